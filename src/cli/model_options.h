@@ -1,0 +1,35 @@
+// Options every model-running subcommand takes (-m, -t), and the loaded objects they give.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "kernels/kernels.h"
+#include "model/model.h"
+#include "util/thread_pool.h"
+
+namespace fh1::cli {
+
+struct ModelOptions {
+  std::string dir;
+  int threads = 0;
+  bool quiet = false;
+
+  void add_to(CLI::App& cmd) {
+    cmd.add_option("-m,--model", dir, "Hugging Face model directory (config.json + safetensors)")->required();
+    cmd.add_option("-t,--threads", threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  }
+};
+
+// Owns the thread pool and backend the model runs on. Prints load time to stderr unless quiet.
+struct LoadedModel {
+  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<Kernels> kernels;
+  std::unique_ptr<Model> model;
+
+  static LoadedModel load(const ModelOptions& opt);
+};
+
+}  // namespace fh1::cli

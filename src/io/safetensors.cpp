@@ -1,0 +1,172 @@
+#include "io/safetensors.h"
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "io/json_file.h"
+#include "util/error.h"
+
+namespace fh1 {
+
+std::string shape_to_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+std::string TensorView::shape_string() const { return shape_to_string(shape); }
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : map_(path) {
+  const std::string where = path.string();
+  if (map_.size() < 8)
+    throw Error(where + ": truncated: " + std::to_string(map_.size()) +
+                " bytes, a safetensors file starts with an 8-byte header length");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, map_.data(), 8);  // little-endian on every platform we build for
+  if (header_len > kMaxHeaderBytes)
+    throw Error(where + ": header length " + std::to_string(header_len) +
+                " bytes is absurd (limit " + std::to_string(kMaxHeaderBytes) + "): not a safetensors file?");
+  if (header_len > map_.size() - 8)
+    throw Error(where + ": truncated: header says " + std::to_string(header_len) +
+                " bytes but only " + std::to_string(map_.size() - 8) + " follow");
+  const std::string header_text(reinterpret_cast<const char*>(map_.data() + 8), header_len);
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(header_text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw Error(where + ": header is not valid JSON: " + e.what());
+  }
+  if (!header.is_object()) throw Error(where + ": header is not a JSON object");
+
+  const uint8_t* data_start = map_.data() + 8 + header_len;
+  const uint64_t data_size = map_.size() - 8 - header_len;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  std::vector<std::string> range_names;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") continue;
+    const std::string tw = where + ": tensor '" + it.key() + "'";
+    const auto& e = it.value();
+    if (!e.is_object() || !e.contains("dtype") || !e.contains("shape") || !e.contains("data_offsets"))
+      throw Error(tw + ": header entry needs dtype, shape and data_offsets");
+    if (!e["dtype"].is_string()) throw mismatch(tw + " dtype", "a string", e["dtype"].dump());
+    TensorView t;
+    t.name = it.key();
+    t.dtype = dtype_from_name(e["dtype"].get<std::string>());
+    if (t.dtype == DType::UNKNOWN) throw Error(tw + ": unknown dtype " + e["dtype"].dump());
+    if (!e["shape"].is_array()) throw mismatch(tw + " shape", "an array", e["shape"].dump());
+    uint64_t numel = 1;
+    for (const auto& d : e["shape"]) {
+      if (!d.is_number_unsigned()) throw mismatch(tw + " shape", "non-negative integers", e["shape"].dump());
+      const uint64_t v = d.get<uint64_t>();
+      if (v != 0 && numel > (uint64_t{1} << 62) / v) throw Error(tw + ": shape overflows");
+      numel *= v;
+      t.shape.push_back(static_cast<int64_t>(v));
+    }
+    const auto& off = e["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
+      throw mismatch(tw + " data_offsets", "[begin, end]", off.dump());
+    const uint64_t begin = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
+    if (begin > end) throw Error(tw + ": data_offsets " + off.dump() + " end before begin");
+    if (end > data_size)
+      throw Error(tw + ": data_offsets " + off.dump() + " run past the end of the file (data is " +
+                  std::to_string(data_size) + " bytes): truncated file?");
+    const uint64_t expected = numel * dtype_size(t.dtype);
+    if (end - begin != expected)
+      throw mismatch(tw + " byte count", std::to_string(expected) + " bytes for " +
+                                             dtype_name(t.dtype) + " " + t.shape_string(),
+                     std::to_string(end - begin));
+    t.data = data_start + begin;
+    t.nbytes = end - begin;
+    t.file = &map_.path();
+    ranges.emplace_back(begin, end);
+    range_names.push_back(t.name);
+    tensors_.emplace(t.name, std::move(t));
+  }
+  // No two tensors may share bytes.
+  std::vector<size_t> order(ranges.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return ranges[a] < ranges[b]; });
+  for (size_t i = 1; i < order.size(); ++i) {
+    const auto& prev = ranges[order[i - 1]];
+    const auto& cur = ranges[order[i]];
+    if (cur.first < prev.second && cur.first != cur.second && prev.first != prev.second)
+      throw Error(where + ": tensors '" + range_names[order[i - 1]] + "' and '" + range_names[order[i]] +
+                  "' overlap in the file");
+  }
+}
+
+const TensorView* SafetensorsFile::find(const std::string& name) const {
+  auto it = tensors_.find(name);
+  return it == tensors_.end() ? nullptr : &it->second;
+}
+
+TensorStore TensorStore::open_files(const std::vector<std::filesystem::path>& files) {
+  TensorStore store;
+  for (const auto& f : files) {
+    auto file = std::make_shared<SafetensorsFile>(f);
+    for (const auto& [name, view] : file->tensors()) {
+      if (!store.index_.emplace(name, &view).second)
+        throw Error(f.string() + ": tensor '" + name + "' also appears in another shard");
+    }
+    store.files_.push_back(std::move(file));
+  }
+  return store;
+}
+
+TensorStore TensorStore::open_dir(const std::filesystem::path& dir) {
+  const auto single = dir / "model.safetensors";
+  const auto index_path = dir / "model.safetensors.index.json";
+  if (std::filesystem::exists(index_path)) {
+    const nlohmann::json index = read_json_file(index_path);
+    if (!index.contains("weight_map") || !index["weight_map"].is_object())
+      throw Error(index_path.string() + ": missing object 'weight_map'");
+    std::vector<std::filesystem::path> shards;
+    std::set<std::string> seen;
+    for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
+      if (!it.value().is_string())
+        throw mismatch(index_path.string() + ": weight_map['" + it.key() + "']", "a file name", it.value().dump());
+      const std::string file = it.value().get<std::string>();
+      if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
+        throw Error(index_path.string() + ": shard name '" + file + "' must be a plain file name");
+      if (seen.insert(file).second) shards.push_back(dir / file);
+    }
+    for (const auto& s : shards)
+      if (!std::filesystem::exists(s))
+        throw Error(index_path.string() + " lists shard " + s.filename().string() + ", which is missing");
+    TensorStore store = open_files(shards);
+    for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
+      const TensorView* t = store.find(it.key());
+      if (t == nullptr || t->file->filename() != it.value().get<std::string>())
+        throw Error(index_path.string() + ": tensor '" + it.key() + "' is not in shard " +
+                    it.value().get<std::string>());
+    }
+    return store;
+  }
+  if (std::filesystem::exists(single)) return open_files({single});
+  throw Error(dir.string() + ": no model.safetensors or model.safetensors.index.json");
+}
+
+const TensorView* TensorStore::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : it->second;
+}
+
+const TensorView& TensorStore::get(const std::string& name) const {
+  const TensorView* t = find(name);
+  if (t == nullptr) throw Error("missing tensor '" + name + "' in the checkpoint");
+  return *t;
+}
+
+size_t TensorStore::total_bytes() const {
+  size_t n = 0;
+  for (const auto& [name, t] : index_) n += t->nbytes;
+  return n;
+}
+
+}  // namespace fh1

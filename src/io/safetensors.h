@@ -1,0 +1,69 @@
+// safetensors files (single or sharded through model.safetensors.index.json), memory-mapped.
+// Every header is validated before any tensor is handed out: offsets inside the file, no two
+// tensors overlapping, byte counts matching dtype x shape.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/mapped_file.h"
+#include "util/dtype.h"
+
+namespace fh1 {
+
+struct TensorView {
+  std::string name;
+  DType dtype = DType::UNKNOWN;
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // into the mapped file
+  size_t nbytes = 0;
+  const std::filesystem::path* file = nullptr;
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  std::string shape_string() const;
+};
+
+// Formats a shape as [a, b, c].
+std::string shape_to_string(const std::vector<int64_t>& shape);
+
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::filesystem::path& path);  // maps and validates; throws fh1::Error
+  const TensorView* find(const std::string& name) const;
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  const std::filesystem::path& path() const { return map_.path(); }
+
+  // Largest header accepted: real headers are well under a few MB even for 100K-tensor files.
+  static constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+
+ private:
+  MappedFile map_;
+  std::map<std::string, TensorView> tensors_;
+};
+
+// All tensors of a model directory: model.safetensors, or the shards listed by
+// model.safetensors.index.json.
+class TensorStore {
+ public:
+  static TensorStore open_dir(const std::filesystem::path& dir);
+  static TensorStore open_files(const std::vector<std::filesystem::path>& files);
+
+  const TensorView* find(const std::string& name) const;
+  const TensorView& get(const std::string& name) const;  // throws fh1::Error if missing
+  const std::map<std::string, const TensorView*>& all() const { return index_; }
+  size_t total_bytes() const;
+
+ private:
+  std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> index_;
+};
+
+}  // namespace fh1

@@ -1,0 +1,133 @@
+// The kernel interface: every piece of arithmetic the model does, behind one abstract class, so
+// that SIMD, threaded and GPU backends replace the arithmetic without touching model code.
+//
+// Conventions: float arrays live in the backend's memory (host memory for the CPU backend, device
+// memory for a GPU backend) and are allocated through alloc(); integer arrays (token ids,
+// positions) are host memory. Matrices are row-major; `ld` is a row stride in elements, so a
+// kernel can read one slice of a wider projection without a copy. All reductions are float32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "util/dtype.h"
+
+namespace fh1 {
+
+struct TensorView;
+
+// A weight matrix as stored ([rows, cols], row-major), in backend memory.
+struct WeightView {
+  DType dtype = DType::F32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+// Parameters of one Mamba-2 mixer's scan, in backend memory where they are arrays.
+struct SsmParams {
+  int heads = 0;      // Hm
+  int head_dim = 0;   // P
+  int groups = 0;     // G
+  int d_state = 0;    // N
+  int chunk_size = 0; // cs
+  const float* A = nullptr;        // [Hm], -exp(A_log)
+  const float* D = nullptr;        // [Hm]
+  const float* dt_bias = nullptr;  // [Hm]
+  float dt_min = 0.0f, dt_max = 0.0f;  // time_step_limit
+};
+
+class Kernels {
+ public:
+  virtual ~Kernels() = default;
+  virtual std::string name() const = 0;
+
+  // ---- memory ----
+  virtual float* alloc(size_t n) = 0;  // n floats, zeroed
+  virtual void free(float* p) = 0;
+  virtual void to_host(float* host_dst, const float* src, size_t n) = 0;
+  virtual void from_host(float* dst, const float* host_src, size_t n) = 0;
+  virtual void copy(float* dst, const float* src, size_t n) = 0;
+  virtual void zero(float* dst, size_t n) = 0;
+  // A stored tensor as the backend reads it: a view of the mapped file, or an uploaded copy.
+  virtual WeightView bind_weight(const TensorView& t) = 0;
+
+  // ---- row-wise dense ops over T rows ----
+  // y[t, :] = x[t, :] (row stride ldx) @ W^T + bias; W is [N, K]; y is [T, N] contiguous.
+  virtual void matmul(const float* x, int64_t ldx, int64_t T, const WeightView& W, const float* bias, float* y) = 0;
+  // out[t, :] = float(table[ids[t], :]) * scale
+  virtual void embed(const int32_t* ids, int64_t T, const WeightView& table, float scale, float* out) = 0;
+  // out[t] = weight * x[t] / sqrt(mean(x[t]^2) + eps), rows of width d
+  virtual void rmsnorm(const float* x, int64_t T, int64_t d, const float* weight, float eps, float* out) = 0;
+  // out = x * s (n elements)
+  virtual void scale(const float* x, size_t n, float s, float* out) = 0;
+  // x[t, j] *= v[j] for rows of width d
+  virtual void mul_columns(float* x, int64_t T, int64_t d, const float* v) = 0;
+  // h += a * sa + b * sb   (the two parallel mixers joining the residual stream)
+  virtual void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n) = 0;
+  // h += a * s
+  virtual void residual_add(float* h, const float* a, float s, size_t n) = 0;
+  // out = up * silu(gate * gate_scale)
+  virtual void silu_mul(const float* gate, const float* up, float gate_scale, size_t n, float* out) = 0;
+  // y[t, :] *= silu(z[t, :]), z with row stride ldz, rows of width d
+  virtual void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) = 0;
+  // Mamba's gated RMSNorm over `groups` groups of each row:
+  //   norm_before_gate: y = norm(y) * silu(z);  else: y = norm(y * silu(z))
+  virtual void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups,
+                             const float* weight, float eps, bool norm_before_gate) = 0;
+
+  // ---- attention ----
+  // Rotate-half RoPE in place on `heads` heads of hd dims per row (row stride ld); row t is at
+  // position positions[t]; inv_freq has hd/2 entries (host memory).
+  virtual void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* positions,
+                    const float* inv_freq) = 0;
+  // Causal attention of one sequence: T queries at positions n_past .. n_past+T-1 over the cache
+  // rows 0 .. n_past+T-1. q is [T, H*hd] (row stride ldq); caches are [rows, Hkv*hd]; out [T, H*hd].
+  virtual void attention(const float* q, int64_t ldq, int64_t T, const float* k_cache, const float* v_cache,
+                         int64_t n_past, int H, int Hkv, int hd, float scale, float* out) = 0;
+
+  // ---- Mamba-2 ----
+  // Causal depthwise conv of T new rows of C channels (row stride ld_in), continuing from
+  // conv_state [K-1, C] (oldest row first), which is updated; then SiLU. w is [C, K]; out [T, C].
+  virtual void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w,
+                           const float* bias, float* conv_state, float* out) = 0;
+  // SSM over T tokens of one sequence, continuing from state [Hm, P, N] (updated). x [T, Hm*P],
+  // B and C [T, G*N], all with row stride ld_xbc (they are slices of the conv output); dt_raw
+  // [T, Hm] with row stride ld_dt (before dt_bias and softplus). y [T, Hm*P] includes the D skip.
+  // T > 1 runs the chunked SSD algorithm; T == 1 the recurrence. Both compute the same thing.
+  virtual void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw,
+                        int64_t ld_dt, int64_t T, const SsmParams& p, float* state, float* y) = 0;
+};
+
+// RAII for a backend allocation.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Kernels& k, size_t n) : k_(&k), p_(n ? k.alloc(n) : nullptr), n_(n) {}
+  ~Buffer() { reset(); }
+  Buffer(Buffer&& o) noexcept : k_(o.k_), p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) { reset(); k_ = o.k_; p_ = o.p_; n_ = o.n_; o.p_ = nullptr; o.n_ = 0; }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  float* data() { return p_; }
+  const float* data() const { return p_; }
+  size_t size() const { return n_; }
+  void reset() { if (p_) k_->free(p_); p_ = nullptr; n_ = 0; }
+
+ private:
+  Kernels* k_ = nullptr;
+  float* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+class ThreadPool;
+// The CPU backend (portable C++, threaded over the given pool).
+std::unique_ptr<Kernels> make_cpu_kernels(ThreadPool& pool);
+
+}  // namespace fh1

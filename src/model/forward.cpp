@@ -1,0 +1,155 @@
+// The forward pass of Falcon-H1, one hybrid layer readable in one place:
+//   u = RMSNorm(h);  h += Mamba2(u * ssm_in) * ssm_out + Attention(u * attn_in) * attn_out
+//   h += MLP(RMSNorm(h))
+// Dense ops run on all tokens of the batch at once; the conv, scan and attention run per sequence
+// on that sequence's state. See ../shared/design/falcon-h1-model.md.
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "model/model.h"
+#include "util/error.h"
+
+namespace fh1 {
+namespace {
+
+// The rows of one batch item in the batch's token matrix.
+struct Span {
+  int64_t row = 0;  // first row
+  int64_t T = 0;    // tokens
+  SequenceState* state = nullptr;
+  int64_t n_past = 0;
+};
+
+}  // namespace
+
+std::vector<float> Model::forward(SequenceState& state, std::span<const int32_t> tokens, bool all_logits) const {
+  const BatchItem item{&state, tokens, all_logits};
+  return forward(std::span<const BatchItem>(&item, 1));
+}
+
+std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
+  const ModelConfig& c = config_;
+  Kernels& k = *kernels_;
+  const int64_t d = c.hidden_size, V = c.vocab_size;
+
+  // Lay the items out as consecutive rows; check the inputs before touching any state.
+  std::vector<Span> spans;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> positions;
+  std::set<const SequenceState*> seen;
+  int64_t logit_rows = 0;
+  for (const BatchItem& it : batch) {
+    if (it.state == nullptr || it.tokens.empty()) throw Error("forward: every batch item needs a state and at least one token");
+    if (!seen.insert(it.state).second) throw Error("forward: the same sequence appears twice in one batch");
+    for (int32_t id : it.tokens)
+      if (id < 0 || id >= c.vocab_size)
+        throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+    Span s{static_cast<int64_t>(ids.size()), static_cast<int64_t>(it.tokens.size()), it.state, it.state->n_past()};
+    for (int64_t t = 0; t < s.T; ++t) positions.push_back(s.n_past + t);
+    ids.insert(ids.end(), it.tokens.begin(), it.tokens.end());
+    logit_rows += it.all_logits ? s.T : 1;
+    it.state->reserve(s.n_past + s.T);
+    spans.push_back(s);
+  }
+  const int64_t T = static_cast<int64_t>(ids.size());
+  if (T == 0) return {};
+
+  const int64_t ds = c.mamba_d_ssm, GN = static_cast<int64_t>(c.mamba_n_groups) * c.mamba_d_state;
+  const int64_t in_dim = c.in_proj_dim(), conv_dim = c.conv_dim();
+  const int64_t qd = c.q_dim(), kvd = c.kv_dim(), ff = c.intermediate_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+
+  Buffer h(k, T * d), u(k, T * d), x_in(k, T * d);
+  Buffer zxbcdt(k, T * in_dim), xbc(k, T * conv_dim), y(k, T * ds), mixer_out(k, T * d);
+  Buffer q(k, T * qd), kk(k, T * kvd), vv(k, T * kvd), att(k, T * qd), att_out(k, T * d);
+  Buffer gate(k, T * ff), up(k, T * ff);
+
+  SsmParams ssm;
+  ssm.heads = c.mamba_n_heads;
+  ssm.head_dim = c.mamba_d_head;
+  ssm.groups = c.mamba_n_groups;
+  ssm.d_state = c.mamba_d_state;
+  ssm.chunk_size = c.mamba_chunk_size;
+  ssm.dt_min = static_cast<float>(c.time_step_min);
+  ssm.dt_max = static_cast<float>(c.time_step_max);
+
+  k.embed(ids.data(), T, embed_tokens_, static_cast<float>(c.embedding_multiplier), h.data());
+
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& L = layers_[static_cast<size_t>(l)];
+    k.rmsnorm(h.data(), T, d, L.input_norm.data(), eps, u.data());
+
+    // ---- Mamba-2 mixer ----
+    k.scale(u.data(), T * d, static_cast<float>(c.ssm_in_multiplier), x_in.data());
+    k.matmul(x_in.data(), d, T, L.in_proj, L.in_proj_bias.data(), zxbcdt.data());
+    k.mul_columns(zxbcdt.data(), T, in_dim, mup_vector_.data());
+    ssm.A = L.A.data();
+    ssm.D = L.D.data();
+    ssm.dt_bias = L.dt_bias.data();
+    for (const Span& s : spans) {
+      const float* zr = zxbcdt.data() + s.row * in_dim;  // [z | xBC | dt]
+      float* xr = xbc.data() + s.row * conv_dim;           // [x | B | C] after conv + SiLU
+      k.conv1d_silu(zr + ds, in_dim, s.T, conv_dim, c.mamba_d_conv, L.conv_weight.data(), L.conv_bias.data(),
+                    s.state->conv_state(l), xr);
+      k.ssm_scan(xr, xr + ds, xr + ds + GN, conv_dim, zr + ds + conv_dim, in_dim, s.T, ssm, s.state->ssm_state(l),
+                 y.data() + s.row * ds);
+    }
+    if (c.mamba_rms_norm)
+      k.gated_rmsnorm(y.data(), zxbcdt.data(), in_dim, T, ds, c.mamba_n_groups, L.norm.data(), eps,
+                      c.mamba_norm_before_gate);
+    else
+      k.gate_silu(y.data(), zxbcdt.data(), in_dim, T, ds);
+    k.matmul(y.data(), ds, T, L.out_proj, L.out_proj_bias.data(), mixer_out.data());
+
+    // ---- attention ----
+    k.scale(u.data(), T * d, static_cast<float>(c.attention_in_multiplier), x_in.data());
+    k.matmul(x_in.data(), d, T, L.q_proj, L.q_bias.data(), q.data());
+    k.matmul(x_in.data(), d, T, L.k_proj, L.k_bias.data(), kk.data());
+    k.matmul(x_in.data(), d, T, L.v_proj, L.v_bias.data(), vv.data());
+    k.scale(kk.data(), T * kvd, static_cast<float>(c.key_multiplier), kk.data());
+    k.rope(q.data(), qd, T, c.num_attention_heads, c.head_dim, positions.data(), inv_freq_.data());
+    k.rope(kk.data(), kvd, T, c.num_key_value_heads, c.head_dim, positions.data(), inv_freq_.data());
+    for (const Span& s : spans) {
+      float* kc = s.state->k_cache(l);
+      float* vc = s.state->v_cache(l);
+      k.copy(kc + s.n_past * kvd, kk.data() + s.row * kvd, static_cast<size_t>(s.T * kvd));
+      k.copy(vc + s.n_past * kvd, vv.data() + s.row * kvd, static_cast<size_t>(s.T * kvd));
+      k.attention(q.data() + s.row * qd, qd, s.T, kc, vc, s.n_past, c.num_attention_heads, c.num_key_value_heads,
+                  c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), att.data() + s.row * qd);
+    }
+    k.matmul(att.data(), qd, T, L.o_proj, L.o_bias.data(), att_out.data());
+
+    // The two mixers join the residual stream together.
+    k.residual_add2(h.data(), mixer_out.data(), static_cast<float>(c.ssm_out_multiplier), att_out.data(),
+                    static_cast<float>(c.attention_out_multiplier), static_cast<size_t>(T * d));
+
+    // ---- MLP ----
+    k.rmsnorm(h.data(), T, d, L.pre_ff_norm.data(), eps, u.data());
+    k.matmul(u.data(), d, T, L.gate_proj, L.gate_bias.data(), gate.data());
+    k.matmul(u.data(), d, T, L.up_proj, L.up_bias.data(), up.data());
+    k.silu_mul(gate.data(), up.data(), static_cast<float>(c.mlp_multipliers[0]), static_cast<size_t>(T * ff), gate.data());
+    k.matmul(gate.data(), ff, T, L.down_proj, L.down_bias.data(), mixer_out.data());
+    k.residual_add(h.data(), mixer_out.data(), static_cast<float>(c.mlp_multipliers[1]), static_cast<size_t>(T * d));
+  }
+  for (const Span& s : spans) s.state->advance(s.T);
+
+  // Final norm and lm_head only on the rows whose logits are wanted.
+  Buffer picked(k, logit_rows * d);
+  int64_t r = 0;
+  for (size_t i = 0; i < spans.size(); ++i) {
+    const Span& s = spans[i];
+    const int64_t n = batch[i].all_logits ? s.T : 1;
+    k.copy(picked.data() + r * d, h.data() + (s.row + s.T - n) * d, static_cast<size_t>(n * d));
+    r += n;
+  }
+  k.rmsnorm(picked.data(), logit_rows, d, final_norm_.data(), eps, picked.data());
+  Buffer logits(k, logit_rows * V);
+  k.matmul(picked.data(), d, logit_rows, lm_head_, nullptr, logits.data());
+  k.scale(logits.data(), static_cast<size_t>(logit_rows * V), static_cast<float>(c.lm_head_multiplier), logits.data());
+  std::vector<float> out(static_cast<size_t>(logit_rows * V));
+  k.to_host(out.data(), logits.data(), out.size());
+  return out;
+}
+
+}  // namespace fh1

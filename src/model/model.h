@@ -1,0 +1,82 @@
+// A loaded Falcon-H1 model: config + weights bound once to typed views (no string lookups in the
+// forward pass), immutable after loading and shareable by any number of sequences.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "kernels/kernels.h"
+#include "model/config.h"
+#include "model/state.h"
+
+namespace fh1 {
+
+struct LayerWeights {
+  Buffer input_norm, pre_ff_norm;
+  // attention
+  WeightView q_proj, k_proj, v_proj, o_proj;
+  Buffer q_bias, k_bias, v_bias, o_bias;  // empty unless attention_bias
+  // MLP
+  WeightView gate_proj, up_proj, down_proj;
+  Buffer gate_bias, up_bias, down_bias;  // empty unless mlp_bias
+  // Mamba-2
+  WeightView in_proj, out_proj;
+  Buffer in_proj_bias, out_proj_bias;  // mamba_proj_bias / projectors_bias
+  Buffer conv_weight;                  // [conv_dim, K]
+  Buffer conv_bias;                    // empty unless mamba_conv_bias
+  Buffer A;                            // -exp(A_log), [Hm]
+  Buffer D, dt_bias;                   // [Hm]
+  Buffer norm;                         // gated RMSNorm weight [ds], when mamba_rms_norm
+};
+
+// One sequence's share of a batched forward call.
+struct BatchItem {
+  SequenceState* state = nullptr;
+  std::span<const int32_t> tokens;  // appended to the sequence
+  bool all_logits = false;          // logits of every token, or only of the last
+};
+
+class Model {
+ public:
+  // Loads config.json and the safetensors weights of a Hugging Face directory; checks every
+  // tensor's presence, dtype and shape. Throws fh1::Error.
+  static Model load(const std::filesystem::path& dir, Kernels& kernels);
+  // Binds weights from an already opened store (used by benchmarks with random weights).
+  static Model from_store(const ModelConfig& config, TensorStore store, Kernels& kernels);
+
+  const ModelConfig& config() const { return config_; }
+  Kernels& kernels() const { return *kernels_; }
+  const TensorStore& tensors() const { return store_; }
+  uint64_t parameter_count() const;
+  uint64_t weight_bytes() const { return store_.total_bytes(); }
+
+  SequenceState new_state(int64_t initial_capacity = 256) const {
+    return SequenceState(config_, *kernels_, initial_capacity);
+  }
+
+  // Runs the tokens of every item through the model, appending them to each item's state.
+  // Returns host logits, [rows, vocab], rows in item order: every token of an item with
+  // all_logits, else its last token only.
+  std::vector<float> forward(std::span<const BatchItem> batch) const;
+
+  // Convenience for one sequence.
+  std::vector<float> forward(SequenceState& state, std::span<const int32_t> tokens, bool all_logits = false) const;
+
+ private:
+  Model() = default;
+  void bind();
+
+  ModelConfig config_;
+  TensorStore store_;
+  Kernels* kernels_ = nullptr;
+  WeightView embed_tokens_, lm_head_;
+  Buffer final_norm_;
+  Buffer mup_vector_;            // per-column multipliers of in_proj's output
+  std::vector<float> inv_freq_;  // RoPE, host
+  std::vector<LayerWeights> layers_;
+};
+
+}  // namespace fh1

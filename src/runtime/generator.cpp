@@ -1,0 +1,60 @@
+#include "runtime/generator.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "util/error.h"
+
+namespace fh1 {
+
+std::vector<float> prefill(const Model& model, SequenceState& state, std::span<const int32_t> tokens, int64_t chunk) {
+  if (tokens.empty()) throw Error("the prompt is empty: at least one token is needed");
+  if (chunk <= 0) chunk = static_cast<int64_t>(tokens.size());
+  std::vector<float> logits;
+  for (size_t i = 0; i < tokens.size(); i += static_cast<size_t>(chunk)) {
+    const size_t n = std::min(tokens.size() - i, static_cast<size_t>(chunk));
+    logits = model.forward(state, tokens.subspan(i, n));
+  }
+  return logits;
+}
+
+GenerateResult generate(const Model& model, SequenceState& state, std::span<const int32_t> prompt,
+                        const GenerateOptions& opt, const std::function<bool(int32_t)>& on_token) {
+  using clock = std::chrono::steady_clock;
+  const int64_t ctx = opt.context_length > 0 ? opt.context_length : model.config().max_position_embeddings;
+  if (state.n_past() + static_cast<int64_t>(prompt.size()) > ctx)
+    throw Error("the prompt has " + std::to_string(prompt.size()) + " tokens (plus " + std::to_string(state.n_past()) +
+                " already in the context) but the context length is " + std::to_string(ctx));
+  if (opt.max_new_tokens < 0) throw Error("the number of tokens to generate must be >= 0");
+  Sampler sampler(opt.sampling);
+  GenerateResult result;
+  result.finish_reason = "length";
+  if (opt.max_new_tokens == 0) return result;
+
+  auto t0 = clock::now();
+  std::vector<float> logits = prefill(model, state, prompt, opt.prefill_chunk);
+  auto t1 = clock::now();
+  result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+  for (int i = 0; i < opt.max_new_tokens; ++i) {
+    const int32_t id = sampler.sample(logits);
+    result.ids.push_back(id);
+    if (on_token && !on_token(id)) {
+      result.finish_reason = "cancelled";
+      break;
+    }
+    if (!opt.ignore_eos && std::find(opt.eos_ids.begin(), opt.eos_ids.end(), id) != opt.eos_ids.end()) {
+      result.finish_reason = "stop";
+      break;
+    }
+    if (i + 1 == opt.max_new_tokens) break;
+    if (state.n_past() + 1 > ctx) {
+      result.finish_reason = "context";
+      break;
+    }
+    logits = model.forward(state, std::span<const int32_t>(&id, 1));
+  }
+  result.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  return result;
+}
+
+}  // namespace fh1

@@ -1,0 +1,81 @@
+#include "runtime/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "util/error.h"
+
+namespace fh1 {
+
+int32_t argmax(std::span<const float> logits) {
+  int32_t best = 0;
+  for (size_t i = 1; i < logits.size(); ++i)
+    if (logits[i] > logits[static_cast<size_t>(best)]) best = static_cast<int32_t>(i);
+  return best;
+}
+
+Sampler::Sampler(const SamplingParams& p) : params_(p), rng_(p.seed) {
+  if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature))
+    throw Error("temperature must be >= 0, got " + std::to_string(p.temperature));
+  if (p.top_k < 0) throw Error("top-k must be >= 0, got " + std::to_string(p.top_k));
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) throw Error("top-p must be in (0, 1], got " + std::to_string(p.top_p));
+  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) throw Error("min-p must be in [0, 1], got " + std::to_string(p.min_p));
+}
+
+int32_t Sampler::sample(std::span<const float> logits) {
+  if (logits.empty()) throw Error("sample: empty logits");
+  if (params_.temperature == 0.0f) return argmax(logits);
+
+  // Candidates, best first. Only top-k (or, without it, the whole vocabulary) is ordered.
+  std::vector<int32_t> idx(logits.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  const auto by_logit = [&](int32_t a, int32_t b) {
+    return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
+           (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
+  };
+  size_t n = idx.size();
+  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n) {
+    n = static_cast<size_t>(params_.top_k);
+    std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(n), idx.end(), by_logit);
+    idx.resize(n);
+  } else {
+    std::sort(idx.begin(), idx.end(), by_logit);
+  }
+  // Softmax of logits / temperature over the candidates.
+  const float inv_t = 1.0f / params_.temperature;
+  const double top = static_cast<double>(logits[static_cast<size_t>(idx[0])]) * inv_t;
+  std::vector<double> prob(n);
+  double sum = 0.0;
+  for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(static_cast<double>(logits[static_cast<size_t>(idx[i])]) * inv_t - top);
+  for (double& p : prob) p /= sum;
+  // top-p: the smallest prefix whose mass reaches top_p (at least one token).
+  if (params_.top_p < 1.0f) {
+    double mass = 0.0;
+    size_t keep = 0;
+    while (keep < n) {
+      mass += prob[keep++];
+      if (mass >= params_.top_p) break;
+    }
+    n = keep;
+  }
+  // min-p: drop tokens below min_p times the most likely one.
+  if (params_.min_p > 0.0f) {
+    const double floor = prob[0] * params_.min_p;
+    size_t keep = 1;
+    while (keep < n && prob[keep] >= floor) ++keep;
+    n = keep;
+  }
+  double total = 0.0;
+  for (size_t i = 0; i < n; ++i) total += prob[i];
+  double r = std::uniform_real_distribution<double>(0.0, total)(rng_);
+  for (size_t i = 0; i < n; ++i) {
+    r -= prob[i];
+    if (r < 0.0) return idx[i];
+  }
+  return idx[n - 1];
+}
+
+}  // namespace fh1
