@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The CLI end to end: real runs give the reference's tokens; bad input gives a clear message and
+# exit code 1 or 2 (never a crash: a signal would give >= 128).
+set -u
+BIN=$1
+FIX=$2
+M=$FIX/models/norm_off_g1_tied
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+pass=0
+fail=0
+
+# expect_fail "what" "fragment of stderr" cmd...
+expect_fail() {
+  local what=$1 frag=$2
+  shift 2
+  "$@" >"$TMP/out" 2>"$TMP/err"
+  local rc=$?
+  if [[ $rc -ge 1 && $rc -lt 128 ]] && grep -qF -- "$frag" "$TMP/err"; then
+    pass=$((pass + 1))
+  else
+    fail=$((fail + 1))
+    echo "FAIL: $what (exit $rc), stderr: $(head -c 400 "$TMP/err")"
+  fi
+}
+
+expect_ok() {
+  local what=$1
+  shift
+  if "$@" >"$TMP/out" 2>"$TMP/err"; then
+    pass=$((pass + 1))
+  else
+    fail=$((fail + 1))
+    echo "FAIL: $what (exit $?), stderr: $(head -c 400 "$TMP/err")"
+  fi
+}
+
+# Greedy generation gives transformers' tokens (the reference.json of the fixture).
+flat=$(tr -d ' \n' <"$M/reference.json")
+ref_prompt=$(echo "$flat" | grep -o '"greedy_prompt_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
+ref_ids=$(echo "$flat" | grep -o '"greedy_ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
+n=$(echo "$ref_ids" | tr ',' '\n' | wc -l)
+expect_ok "generate --json" "$BIN" generate -m "$M" --ids "$ref_prompt" -n "$n" --ignore-eos --json
+got=$(tail -n 1 "$TMP/out" | grep -o '"ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
+if [[ "$got" == "$ref_ids" ]]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: greedy ids $got != $ref_ids"; fi
+
+expect_ok "info" "$BIN" info -m "$M" --ctx 1000
+grep -q "parameters" "$TMP/out" && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: info output"; }
+expect_ok "info --json" "$BIN" info -m "$M" --json
+expect_ok "logits" "$BIN" logits -m "$M" --ids 1,2,3 --out "$TMP/l.npy"
+size=$(stat -c %s "$TMP/l.npy")
+vocab=$(grep -o '"vocab_size": *[0-9]*' "$M/config.json" | grep -o '[0-9]*$')
+if [[ $size -eq $((128 + 3 * vocab * 4)) ]]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: logits file size $size"; fi
+expect_ok "sampling with a seed" "$BIN" generate -m "$M" --ids 1,2,3 -n 5 --temperature 0.8 --top-k 20 --top-p 0.9 --min-p 0.01 --seed 7 --json
+a=$(tail -n 1 "$TMP/out")
+"$BIN" generate -m "$M" --ids 1,2,3 -n 5 --temperature 0.8 --top-k 20 --top-p 0.9 --min-p 0.01 --seed 7 --json >"$TMP/out2" 2>/dev/null
+b=$(tail -n 1 "$TMP/out2")
+a_ids=$(echo "$a" | grep -o '"ids":\[[^]]*\]'); b_ids=$(echo "$b" | grep -o '"ids":\[[^]]*\]')
+if [[ -n "$a_ids" && "$a_ids" == "$b_ids" ]]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: same seed, different ids: $a_ids / $b_ids"; fi
+
+# Bad input.
+expect_fail "missing model dir" "not a directory" "$BIN" generate -m "$TMP/nope" --ids 1,2
+expect_fail "bad id list" "not a token id" "$BIN" generate -m "$M" --ids 1,x,3
+expect_fail "id outside the vocabulary" "outside the vocabulary" "$BIN" generate -m "$M" --ids 1,999999
+expect_fail "empty ids" "no token ids" "$BIN" logits -m "$M" --ids "" --out "$TMP/x.npy"
+expect_fail "prompt longer than the context" "context length" "$BIN" generate -m "$M" --ids 1,2,3,4,5 --ctx 3
+expect_fail "unknown option" "" "$BIN" generate -m "$M" --ids 1 --bogus
+expect_fail "no subcommand" "" "$BIN"
+mkdir -p "$TMP/bad"
+echo '{"model_type": "llama"}' >"$TMP/bad/config.json"
+expect_fail "unknown model_type" "falcon_h1" "$BIN" info -m "$TMP/bad"
+echo '{"model_type": "falcon_h1", ' >"$TMP/bad/config.json"
+expect_fail "truncated config" "invalid JSON" "$BIN" info -m "$TMP/bad"
+cp "$M/config.json" "$TMP/bad/config.json"
+head -c 1000 "$M/model.safetensors" >"$TMP/bad/model.safetensors"
+expect_fail "truncated weights" "model.safetensors" "$BIN" generate -m "$TMP/bad" --ids 1
+printf '\xff\xff\xff\xff\xff\xff\xff\x7f{}' >"$TMP/bad/model.safetensors"
+expect_fail "absurd header" "absurd" "$BIN" generate -m "$TMP/bad" --ids 1
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]

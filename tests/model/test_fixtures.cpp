@@ -1,0 +1,72 @@
+// The whole model against transformers' FalconH1ForCausalLM, on every fixture.
+#include <gtest/gtest.h>
+
+#include "model/fixture_util.h"
+#include "runtime/generator.h"
+
+namespace fh1::test {
+namespace {
+
+class FixtureTest : public ::testing::TestWithParam<std::string> {};
+
+// Teacher-forced logits of the whole prompt, in one call, within 1e-4 of the reference.
+TEST_P(FixtureTest, LogitsMatchTransformers) {
+  const Fixture f = load_fixture(GetParam());
+  Backend be;
+  const Model model = Model::load(f.dir, *be.kernels);
+  SequenceState state = model.new_state();
+  const std::vector<float> logits = model.forward(state, f.prompt_ids, true);
+  const double rel = relative_max_diff(logits, f.logits);
+  EXPECT_LE(rel, 1e-4) << f.name << ": max|diff|/rms(ref) = " << rel;
+  EXPECT_EQ(state.n_past(), static_cast<int64_t>(f.prompt_ids.size()));
+}
+
+// Greedy continuation: identical tokens, a difference allowed only where the reference's top-2
+// margin is below 1e-4 (after which the sequences may part ways).
+TEST_P(FixtureTest, GreedyTokensMatchTransformers) {
+  const Fixture f = load_fixture(GetParam());
+  Backend be;
+  const Model model = Model::load(f.dir, *be.kernels);
+  SequenceState state = model.new_state();
+  GenerateOptions opt;
+  opt.max_new_tokens = static_cast<int>(f.greedy_ids.size());
+  opt.ignore_eos = true;
+  opt.prefill_chunk = 5;  // the prompt crosses several forward calls too
+  const GenerateResult r = generate(model, state, f.greedy_prompt_ids, opt);
+  ASSERT_EQ(r.ids.size(), f.greedy_ids.size());
+  for (size_t i = 0; i < r.ids.size(); ++i) {
+    if (r.ids[i] != f.greedy_ids[i]) {
+      EXPECT_LT(f.greedy_top2_margin[i], 1e-4) << f.name << ": token " << i << " is " << r.ids[i] << ", reference "
+                                               << f.greedy_ids[i] << " with margin " << f.greedy_top2_margin[i];
+      break;
+    }
+  }
+}
+
+// The prompt fed in pieces of several sizes (token by token included) gives the logits of one call.
+TEST_P(FixtureTest, ChunkedPrefillEqualsOneShotEqualsTokenByToken) {
+  const Fixture f = load_fixture(GetParam());
+  Backend be;
+  const Model model = Model::load(f.dir, *be.kernels);
+  SequenceState one = model.new_state();
+  const std::vector<float> ref = model.forward(one, f.prompt_ids, true);
+  for (size_t piece : {size_t{1}, size_t{3}, size_t{16}, size_t{29}}) {
+    SequenceState s = model.new_state(4);  // small start: the KV cache must grow
+    std::vector<float> got;
+    for (size_t i = 0; i < f.prompt_ids.size(); i += piece) {
+      const size_t n = std::min(piece, f.prompt_ids.size() - i);
+      const auto part = model.forward(s, std::span<const int32_t>(f.prompt_ids).subspan(i, n), true);
+      got.insert(got.end(), part.begin(), part.end());
+    }
+    EXPECT_LE(relative_max_diff(got, ref), 2e-5) << f.name << " in pieces of " << piece;
+    EXPECT_LE(relative_max_diff(got, f.logits), 1e-4) << f.name << " in pieces of " << piece;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllFixtures, FixtureTest, ::testing::ValuesIn(fixture_names()),
+                         [](const auto& info) { return info.param; });
+
+TEST(Fixtures, AllPresent) { EXPECT_GE(fixture_names().size(), 5u); }
+
+}  // namespace
+}  // namespace fh1::test

@@ -1,0 +1,74 @@
+// The sampler: greedy, filters, reproducibility, bad parameters.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "runtime/sampler.h"
+#include "util/error.h"
+
+namespace fh1 {
+namespace {
+
+TEST(Sampler, GreedyIsArgmaxFirstOnTies) {
+  const std::vector<float> logits = {0.5f, 3.0f, -1.0f, 3.0f};
+  Sampler s({});
+  EXPECT_EQ(s.sample(logits), 1);
+  EXPECT_EQ(argmax(logits), 1);
+}
+
+TEST(Sampler, TopKOneIsGreedy) {
+  const std::vector<float> logits = {0.1f, 0.2f, 5.0f, 0.3f};
+  Sampler s({1.0f, 1, 1.0f, 0.0f, 42});
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(s.sample(logits), 2);
+}
+
+TEST(Sampler, TopPKeepsTheSmallestPrefixReachingTheMass) {
+  // probabilities ~ 0.64, 0.24, 0.09, 0.03: top-p 0.7 keeps the first two only
+  const std::vector<float> logits = {3.0f, 2.0f, 1.0f, 0.0f};
+  Sampler s({1.0f, 0, 0.7f, 0.0f, 7});
+  std::map<int, int> seen;
+  for (int i = 0; i < 2000; ++i) ++seen[s.sample(logits)];
+  EXPECT_GT(seen[0], 0);
+  EXPECT_GT(seen[1], 0);
+  EXPECT_EQ(seen.count(2), 0u);
+  EXPECT_EQ(seen.count(3), 0u);
+}
+
+TEST(Sampler, MinPDropsUnlikelyTokens) {
+  const std::vector<float> logits = {3.0f, 2.9f, 0.0f, -5.0f};
+  Sampler s({1.0f, 0, 1.0f, 0.5f, 3});
+  for (int i = 0; i < 1000; ++i) EXPECT_LT(s.sample(logits), 2);
+}
+
+TEST(Sampler, FrequenciesFollowTheSoftmax) {
+  const std::vector<float> logits = {0.0f, std::log(3.0f)};  // 1 : 3
+  Sampler s({1.0f, 0, 1.0f, 0.0f, 11});
+  int ones = 0;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) ones += s.sample(logits);
+  EXPECT_NEAR(static_cast<double>(ones) / n, 0.75, 0.02);
+}
+
+TEST(Sampler, SameSeedSameDraws) {
+  std::vector<float> logits(1000);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = static_cast<float>((i * 7919) % 101) / 10.0f;
+  Sampler a({0.8f, 50, 0.9f, 0.01f, 123}), b({0.8f, 50, 0.9f, 0.01f, 123}), c({0.8f, 50, 0.9f, 0.01f, 124});
+  int differ = 0;
+  for (int i = 0; i < 100; ++i) {
+    const int x = a.sample(logits);
+    EXPECT_EQ(x, b.sample(logits));
+    differ += x != c.sample(logits);
+  }
+  EXPECT_GT(differ, 0);
+}
+
+TEST(Sampler, BadParametersAreErrors) {
+  EXPECT_THROW(Sampler({-1.0f, 0, 1.0f, 0.0f, 0}), Error);
+  EXPECT_THROW(Sampler({1.0f, -2, 1.0f, 0.0f, 0}), Error);
+  EXPECT_THROW(Sampler({1.0f, 0, 0.0f, 0.0f, 0}), Error);
+  EXPECT_THROW(Sampler({1.0f, 0, 1.5f, 0.0f, 0}), Error);
+  EXPECT_THROW(Sampler({1.0f, 0, 1.0f, 2.0f, 0}), Error);
+}
+
+}  // namespace
+}  // namespace fh1
