@@ -10,6 +10,8 @@
 
 namespace fh1::cli {
 
+namespace {
+
 Runner add_generate_command(CLI::App& app) {
   struct Options {
     ModelOptions model;
@@ -71,4 +73,7 @@ Runner add_generate_command(CLI::App& app) {
   };
 }
 
+const RegisterCommand registered(add_generate_command);
+
+}  // namespace
 }  // namespace fh1::cli

@@ -9,6 +9,8 @@
 
 namespace fh1::cli {
 
+namespace {
+
 Runner add_info_command(CLI::App& app) {
   struct Options {
     std::string dir;
@@ -84,4 +86,7 @@ Runner add_info_command(CLI::App& app) {
   };
 }
 
+const RegisterCommand registered(add_info_command);
+
+}  // namespace
 }  // namespace fh1::cli

@@ -8,6 +8,8 @@
 
 namespace fh1::cli {
 
+namespace {
+
 Runner add_logits_command(CLI::App& app) {
   struct Options {
     ModelOptions model;
@@ -40,4 +42,7 @@ Runner add_logits_command(CLI::App& app) {
   };
 }
 
+const RegisterCommand registered(add_logits_command);
+
+}  // namespace
 }  // namespace fh1::cli

@@ -7,6 +7,11 @@
 
 namespace fh1::cli {
 
+std::vector<CommandFactory>& command_registry() {
+  static std::vector<CommandFactory> registry;
+  return registry;
+}
+
 std::vector<int32_t> parse_id_list(const std::string& text) {
   std::vector<int32_t> ids;
   size_t i = 0;

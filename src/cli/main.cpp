@@ -11,9 +11,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "falcon-h1 0.1.0");
   std::vector<fh1::cli::Runner> runners;
-  runners.push_back(fh1::cli::add_info_command(app));
-  runners.push_back(fh1::cli::add_logits_command(app));
-  runners.push_back(fh1::cli::add_generate_command(app));
+  for (auto factory : fh1::cli::command_registry()) runners.push_back(factory(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every test in one command: install dependencies, build (Release), run all tests, then build
+# again with AddressSanitizer + UBSan and run them there too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+jobs=$(nproc)
+
+echo "== Release build and tests"
+bash scripts/build.sh
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+if [[ "${FH1_SKIP_ASAN:-0}" != "1" ]]; then
+  echo "== AddressSanitizer + UBSan build and tests"
+  gen=()
+  command -v ninja >/dev/null && [[ ! -f build-asan/CMakeCache.txt ]] && gen=(-G Ninja)
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFALCON_H1_SANITIZE=ON "${gen[@]}" >/dev/null
+  cmake --build build-asan -j "$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir build-asan --output-on-failure -j "$jobs"
+fi
