@@ -1,73 +1,105 @@
-// falcon-h1 generate: continue a token sequence (--ids) or a text prompt (-p).
+// falcon-h1 generate: continue a token sequence (--ids) or a text prompt (-p, streamed as text;
+// --chat wraps it in the model's chat template first).
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
 #include "cli/model_options.h"
-#include "runtime/generator.h"
+#include "cli/sampling_options.h"
+#include "runtime/text_model.h"
 #include "util/error.h"
 
 namespace fh1::cli {
-
 namespace {
 
 Runner add_generate_command(CLI::App& app) {
   struct Options {
     ModelOptions model;
-    std::string ids;
-    int n = 64;
-    float temperature = 0.0f, top_p = 1.0f, min_p = 0.0f;
-    int top_k = 0;
-    uint64_t seed = 0;
-    bool json = false, ignore_eos = false;
-    int64_t ctx = 0;
+    SamplingOptions sampling;
+    std::string ids, prompt, system;
+    bool chat = false, json = false;
   };
   auto opt = std::make_shared<Options>();
-  CLI::App* cmd = app.add_subcommand("generate", "Generate a continuation of --ids");
+  CLI::App* cmd = app.add_subcommand("generate", "Continue a text prompt (-p) or token ids (--ids)");
   opt->model.add_to(*cmd);
-  cmd->add_option("--ids", opt->ids, "prompt token ids, e.g. 1,2,3")->required();
-  cmd->add_option("-n,--n-predict", opt->n, "tokens to generate")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--temperature", opt->temperature, "0 = greedy (default)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--top-k", opt->top_k, "keep the k most likely tokens (0 = off)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--top-p", opt->top_p, "nucleus sampling mass (1 = off)")->check(CLI::Range(0.0f, 1.0f));
-  cmd->add_option("--min-p", opt->min_p, "drop tokens below min-p x the top probability")->check(CLI::Range(0.0f, 1.0f));
-  cmd->add_option("--seed", opt->seed, "random seed for sampling");
-  cmd->add_option("--ctx", opt->ctx, "context length limit (default: max_position_embeddings)")->check(CLI::PositiveNumber);
-  cmd->add_flag("--ignore-eos", opt->ignore_eos, "do not stop at end-of-sequence tokens");
-  cmd->add_flag("--json", opt->json, "end with one JSON line: ids, finish_reason, timings");
+  auto* ids = cmd->add_option("--ids", opt->ids, "prompt token ids, e.g. 1,2,3 (prints ids)");
+  auto* prompt = cmd->add_option("-p,--prompt", opt->prompt, "prompt text (prints text as it is generated)");
+  ids->excludes(prompt);
+  cmd->add_flag("--chat", opt->chat, "apply the model's chat template to -p (a user message)");
+  cmd->add_option("--system", opt->system, "system message for --chat");
+  opt->sampling.add_to(*cmd, 64);
+  cmd->add_flag("--json", opt->json, "end with one JSON line: ids, text, finish_reason, timings");
   return [cmd, opt]() -> int {
     if (!cmd->parsed()) return -1;
-    const std::vector<int32_t> prompt = parse_id_list(opt->ids);
-    if (prompt.empty()) throw Error("--ids: no token ids given");
+    const bool text_mode = cmd->count("--prompt") > 0;
+    if (!text_mode && cmd->count("--ids") == 0) throw Error("give a prompt: -p TEXT or --ids 1,2,3");
+    if (opt->chat && !text_mode) throw Error("--chat needs a text prompt (-p)");
+    std::vector<int32_t> prompt_ids;
+    if (!text_mode) {
+      prompt_ids = parse_id_list(opt->ids);
+      if (prompt_ids.empty()) throw Error("--ids: no token ids given");
+    }
     LoadedModel lm = LoadedModel::load(opt->model);
-    const ModelConfig& c = lm.model->config();
-    GenerateOptions g;
-    g.max_new_tokens = opt->n;
-    g.sampling = {opt->temperature, opt->top_k, opt->top_p, opt->min_p, opt->seed};
-    g.eos_ids = c.eos_token_ids;
-    g.ignore_eos = opt->ignore_eos;
-    g.context_length = opt->ctx;
-    SequenceState state = lm.model->new_state(static_cast<int64_t>(prompt.size()) + opt->n);
+    const Model& model = *lm.model;
+    GenerateOptions g = opt->sampling.to_generate_options();
+    g.eos_ids = model.config().eos_token_ids;
+    std::optional<TextModel> text;
+    if (text_mode) {
+      text.emplace(TextModel::load(opt->model.dir, model.config()));
+      g.eos_ids = text->eos_ids();
+      if (opt->chat) {
+        nlohmann::ordered_json messages = nlohmann::ordered_json::array();
+        if (!opt->system.empty()) messages.push_back({{"role", "system"}, {"content", opt->system}});
+        messages.push_back({{"role", "user"}, {"content", opt->prompt}});
+        prompt_ids = text->encode_chat(messages, true);
+      } else {
+        prompt_ids = text->tokenizer().encode(opt->prompt, /*add_special_tokens=*/true);
+      }
+      if (prompt_ids.empty()) throw Error("the prompt is empty after tokenization");
+    }
+    SequenceState state = model.new_state(static_cast<int64_t>(prompt_ids.size()) + g.max_new_tokens);
+    std::optional<StreamDecoder> decoder;
+    if (text) {
+      decoder.emplace(text->tokenizer(), /*skip_special=*/true);
+      if (!opt->chat && !opt->json) {
+        std::printf("%s", opt->prompt.c_str());  // the continuation follows the prompt
+        std::fflush(stdout);
+      }
+    }
+    std::string generated_text;
     bool first = true;
-    const GenerateResult r = generate(*lm.model, state, prompt, g, [&](int32_t id) {
-      std::printf(first ? "%d" : " %d", id);
+    const GenerateResult r = generate(model, state, prompt_ids, g, [&](int32_t id) {
+      if (decoder) {
+        const std::string piece = decoder->push(id);
+        generated_text += piece;
+        std::fputs(piece.c_str(), stdout);
+      } else {
+        std::printf(first ? "%d" : " %d", id);
+      }
       first = false;
       std::fflush(stdout);
       return true;
     });
+    if (decoder) {
+      const std::string rest = decoder->flush();
+      generated_text += rest;
+      std::fputs(rest.c_str(), stdout);
+    }
     std::printf("\n");
-    const double pf = r.prefill_seconds > 0 ? static_cast<double>(prompt.size()) / r.prefill_seconds : 0.0;
-    const double dc = r.decode_seconds > 0 && r.ids.size() > 1 ? static_cast<double>(r.ids.size() - 1) / r.decode_seconds : 0.0;
-    std::fprintf(stderr, "prompt %zu tokens, %.1f tok/s; generated %zu tokens, %.1f tok/s; finish: %s\n", prompt.size(), pf,
-                 r.ids.size(), dc, r.finish_reason.c_str());
+    const double pf = r.prefill_seconds > 0 ? static_cast<double>(prompt_ids.size()) / r.prefill_seconds : 0.0;
+    const double dc =
+        r.decode_seconds > 0 && r.ids.size() > 1 ? static_cast<double>(r.ids.size() - 1) / r.decode_seconds : 0.0;
+    std::fprintf(stderr, "prompt %zu tokens, %.1f tok/s; generated %zu tokens, %.1f tok/s; finish: %s\n",
+                 prompt_ids.size(), pf, r.ids.size(), dc, r.finish_reason.c_str());
     if (opt->json) {
-      const nlohmann::json j = {{"ids", r.ids},
-                                {"prompt_tokens", prompt.size()},
-                                {"finish_reason", r.finish_reason},
-                                {"prefill_tokens_per_s", pf},
-                                {"decode_tokens_per_s", dc}};
-      std::printf("%s\n", j.dump().c_str());
+      nlohmann::json j = {{"ids", r.ids},
+                          {"prompt_tokens", prompt_ids.size()},
+                          {"finish_reason", r.finish_reason},
+                          {"prefill_tokens_per_s", pf},
+                          {"decode_tokens_per_s", dc}};
+      if (text) j["text"] = generated_text;
+      std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     }
     return 0;
   };

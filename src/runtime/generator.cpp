@@ -18,23 +18,33 @@ std::vector<float> prefill(const Model& model, SequenceState& state, std::span<c
   return logits;
 }
 
+int64_t context_limit(const Model& model, const GenerateOptions& opt) {
+  return opt.context_length > 0 ? opt.context_length : model.config().max_position_embeddings;
+}
+
 GenerateResult generate(const Model& model, SequenceState& state, std::span<const int32_t> prompt,
                         const GenerateOptions& opt, const std::function<bool(int32_t)>& on_token) {
-  using clock = std::chrono::steady_clock;
-  const int64_t ctx = opt.context_length > 0 ? opt.context_length : model.config().max_position_embeddings;
+  const int64_t ctx = context_limit(model, opt);
   if (state.n_past() + static_cast<int64_t>(prompt.size()) > ctx)
     throw Error("the prompt has " + std::to_string(prompt.size()) + " tokens (plus " + std::to_string(state.n_past()) +
                 " already in the context) but the context length is " + std::to_string(ctx));
   if (opt.max_new_tokens < 0) throw Error("the number of tokens to generate must be >= 0");
+  Sampler check(opt.sampling);  // bad sampling parameters fail before any work
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<float> logits = prefill(model, state, prompt, opt.prefill_chunk);
+  const double prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  GenerateResult r = continue_generation(model, state, std::move(logits), opt, on_token);
+  r.prefill_seconds = prefill_s;
+  return r;
+}
+
+GenerateResult continue_generation(const Model& model, SequenceState& state, std::vector<float> logits,
+                                   const GenerateOptions& opt, const std::function<bool(int32_t)>& on_token) {
+  const int64_t ctx = context_limit(model, opt);
   Sampler sampler(opt.sampling);
   GenerateResult result;
   result.finish_reason = "length";
-  if (opt.max_new_tokens == 0) return result;
-
-  auto t0 = clock::now();
-  std::vector<float> logits = prefill(model, state, prompt, opt.prefill_chunk);
-  auto t1 = clock::now();
-  result.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+  const auto t1 = std::chrono::steady_clock::now();
   for (int i = 0; i < opt.max_new_tokens; ++i) {
     const int32_t id = sampler.sample(logits);
     result.ids.push_back(id);
@@ -53,7 +63,7 @@ GenerateResult generate(const Model& model, SequenceState& state, std::span<cons
     }
     logits = model.forward(state, std::span<const int32_t>(&id, 1));
   }
-  result.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  result.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   return result;
 }
 

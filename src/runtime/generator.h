@@ -33,6 +33,14 @@ GenerateResult generate(const Model& model, SequenceState& state, std::span<cons
                         const GenerateOptions& options,
                         const std::function<bool(int32_t)>& on_token = nullptr);
 
+// Generates from a state that has consumed a prompt whose last logits are given.
+GenerateResult continue_generation(const Model& model, SequenceState& state, std::vector<float> logits,
+                                   const GenerateOptions& options,
+                                   const std::function<bool(int32_t)>& on_token = nullptr);
+
+// The context limit in force: options.context_length, or the model's max_position_embeddings.
+int64_t context_limit(const Model& model, const GenerateOptions& options);
+
 // Feeds tokens into the state in chunks of at most `chunk`; returns the logits of the last one.
 std::vector<float> prefill(const Model& model, SequenceState& state, std::span<const int32_t> tokens, int64_t chunk);
 

@@ -77,5 +77,27 @@ expect_fail "truncated weights" "model.safetensors" "$BIN" generate -m "$TMP/bad
 printf '\xff\xff\xff\xff\xff\xff\xff\x7f{}' >"$TMP/bad/model.safetensors"
 expect_fail "absurd header" "absurd" "$BIN" generate -m "$TMP/bad" --ids 1
 
+# Text in, text out: a fixture checkpoint with a 300-token byte-level BPE tokenizer.
+TM=$TMP/textmodel
+mkdir -p "$TM"
+cp "$FIX"/models/norm_gate_after_g2_untied_bias/* "$TM"/
+cp "$FIX"/tokenizer/bytelevel_digits_punct_300/tokenizer.json "$TM"/
+expect_ok "tokenize" "$BIN" tokenize -m "$TM" --text "Hello, world 123"
+ids=$(tail -n 1 "$TMP/out")
+[[ "$ids" == "[39,68,75,75,78,11,280,270,75,67,220,16,17,18]" ]] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: tokenize gave $ids"; }
+expect_ok "detokenize" "$BIN" detokenize -m "$TM" --ids "$ids"
+[[ "$(cat "$TMP/out")" == "Hello, world 123" ]] && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: detokenize gave $(cat "$TMP/out")"; }
+expect_ok "generate -p" "$BIN" generate -m "$TM" -p "Once upon a time" -n 8 --json
+grep -q '"text":' "$TMP/out" && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: generate -p --json has no text"; }
+expect_ok "generate --chat" "$BIN" generate -m "$TM" -p "Hi" --chat --system "Be brief." -n 4
+printf 'hello\n/reset\nagain\n/exit\n' >"$TMP/chat_in"
+expect_ok "chat" "$BIN" chat -m "$TM" -n 4 --stats <"$TMP/chat_in"
+grep -q "conversation reset" "$TMP/err" && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: chat /reset"; }
+expect_fail "text prompt without a tokenizer" "no tokenizer.json" "$BIN" generate -m "$M" -p "hello"
+expect_fail "--chat without -p" "--chat needs" "$BIN" generate -m "$M" --ids 1,2 --chat
+expect_fail "no prompt at all" "give a prompt" "$BIN" generate -m "$M"
+printf '{"version": "1.0", "model": {"type": "WordPiece", "vocab": {}}}' >"$TMP/bad/tokenizer.json"
+expect_fail "unsupported tokenizer model" "WordPiece" "$BIN" tokenize -m "$TMP/bad" --text "x"
+
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
