@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
-MODEL=${MODEL:-tests/fixtures/models/norm_off_g1_tied}
+MODEL=${MODEL:-models/falcon-h1-tiny}
+PROMPT=${PROMPT:-'def read_file(path):'}
 echo
 echo "== falcon-h1 info -m $MODEL"
 ./build/falcon-h1 info -m "$MODEL"
 echo
-echo "== falcon-h1 generate -m $MODEL --ids 1,2,3,4,5 -n 24"
-./build/falcon-h1 generate -m "$MODEL" --ids 1,2,3,4,5 -n 24 --ignore-eos
+echo "== falcon-h1 generate -m $MODEL -p '$PROMPT' -n 80"
+./build/falcon-h1 generate -m "$MODEL" -p "$PROMPT" -n 80
