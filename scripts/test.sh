@@ -7,7 +7,13 @@ bash scripts/setup.sh
 jobs=$(nproc)
 
 echo "== Release build and tests"
-bash scripts/build.sh
+# Where nvcc is installed the CUDA backend is compiled too (its tests report SKIPPED without a GPU).
+cuda=()
+if command -v nvcc >/dev/null || [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  export PATH=$PATH:/usr/local/cuda/bin
+  cuda=(-DFALCON_H1_CUDA=ON)
+fi
+bash scripts/build.sh "${cuda[@]}"
 ctest --test-dir build --output-on-failure -j "$jobs"
 
 if [[ "${FH1_SKIP_ASAN:-0}" != "1" ]]; then

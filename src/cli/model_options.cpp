@@ -2,13 +2,39 @@
 
 #include <chrono>
 #include <cstdio>
+#include <string>
+
+#include "util/error.h"
+#ifdef FALCON_H1_HAVE_CUDA
+#include "kernels/cuda/cuda_kernels.h"
+#endif
 
 namespace fh1::cli {
+
+std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& pool) {
+  if (device == "cpu") return make_cpu_kernels(pool);
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+#ifdef FALCON_H1_HAVE_CUDA
+    int index = 0;
+    if (device.size() > 5) {
+      try {
+        index = std::stoi(device.substr(5));
+      } catch (const std::exception&) {
+        throw Error("--device: expected cuda:N with N a GPU index, found " + device);
+      }
+    }
+    return make_cuda_kernels(index);
+#else
+    throw Error("--device " + device + ": this build has no CUDA backend (configure with -DFALCON_H1_CUDA=ON)");
+#endif
+  }
+  throw Error("--device: expected cpu or cuda[:N], found " + device);
+}
 
 LoadedModel LoadedModel::load(const ModelOptions& opt) {
   LoadedModel m;
   m.pool = std::make_unique<ThreadPool>(opt.threads);
-  m.kernels = make_cpu_kernels(*m.pool);
+  m.kernels = make_kernels(opt.device, *m.pool);
   const auto t0 = std::chrono::steady_clock::now();
   m.model = std::make_unique<Model>(Model::load(opt.dir, *m.kernels));
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

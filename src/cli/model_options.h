@@ -15,13 +15,18 @@ namespace fh1::cli {
 struct ModelOptions {
   std::string dir;
   int threads = 0;
+  std::string device = "cpu";
   bool quiet = false;
 
   void add_to(CLI::App& cmd) {
     cmd.add_option("-m,--model", dir, "Hugging Face model directory (config.json + safetensors)")->required();
     cmd.add_option("-t,--threads", threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+    cmd.add_option("--device", device, "cpu, or cuda[:N] in a build with -DFALCON_H1_CUDA=ON")->capture_default_str();
   }
 };
+
+// The backend a --device names; throws fh1::Error for an unknown or unavailable one.
+std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& pool);
 
 // Owns the thread pool and backend the model runs on. Prints load time to stderr unless quiet.
 struct LoadedModel {

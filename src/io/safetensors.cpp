@@ -152,6 +152,28 @@ TensorStore TensorStore::open_dir(const std::filesystem::path& dir) {
   throw Error(dir.string() + ": no model.safetensors or model.safetensors.index.json");
 }
 
+TensorStore TensorStore::from_memory(std::vector<OwnedTensor> tensors) {
+  TensorStore store;
+  auto owned = std::make_shared<const std::vector<OwnedTensor>>(std::move(tensors));
+  auto views = std::make_shared<std::map<std::string, TensorView>>();
+  for (const OwnedTensor& o : *owned) {
+    TensorView t;
+    t.name = o.name;
+    t.dtype = o.dtype;
+    t.shape = o.shape;
+    t.data = o.bytes.data();
+    t.nbytes = o.bytes.size();
+    if (t.nbytes != static_cast<size_t>(t.numel()) * dtype_size(t.dtype))
+      throw mismatch("in-memory tensor '" + o.name + "' byte count",
+                     std::to_string(static_cast<size_t>(t.numel()) * dtype_size(t.dtype)), std::to_string(t.nbytes));
+    if (!views->emplace(o.name, std::move(t)).second) throw Error("in-memory tensor '" + o.name + "' appears twice");
+  }
+  for (const auto& [name, view] : *views) store.index_.emplace(name, &view);
+  store.owned_ = std::move(owned);
+  store.owned_views_ = std::move(views);
+  return store;
+}
+
 const TensorView* TensorStore::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : it->second;

@@ -49,10 +49,21 @@ class SafetensorsFile {
   std::map<std::string, TensorView> tensors_;
 };
 
+// A tensor held in memory rather than in a mapped file (see TensorStore::from_memory).
+struct OwnedTensor {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;  // numel * dtype_size(dtype) bytes
+};
+
 // All tensors of a model directory: model.safetensors, or the shards listed by
 // model.safetensors.index.json.
 class TensorStore {
  public:
+  // A store over tensors in memory, which it keeps (e.g. random weights for benchmarks).
+  // Throws fh1::Error if a byte count disagrees with dtype x shape or a name repeats.
+  static TensorStore from_memory(std::vector<OwnedTensor> tensors);
   static TensorStore open_dir(const std::filesystem::path& dir);
   static TensorStore open_files(const std::vector<std::filesystem::path>& files);
 
@@ -63,6 +74,8 @@ class TensorStore {
 
  private:
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::shared_ptr<const std::vector<OwnedTensor>> owned_;                // from_memory's bytes
+  std::shared_ptr<const std::map<std::string, TensorView>> owned_views_;  // and their views
   std::map<std::string, const TensorView*> index_;
 };
 

@@ -127,7 +127,11 @@ class Buffer {
 };
 
 class ThreadPool;
-// The CPU backend (portable C++, threaded over the given pool).
+// The CPU backend: SIMD kernels (Highway, dispatched at run time to the best instruction set of
+// the machine), threaded over the given pool.
 std::unique_ptr<Kernels> make_cpu_kernels(ThreadPool& pool);
+// The reference CPU backend: portable C++ loops, threaded over the given pool; slower, kept as the
+// implementation every faster kernel is tested against.
+std::unique_ptr<Kernels> make_reference_kernels(ThreadPool& pool);
 
 }  // namespace fh1

@@ -1,4 +1,5 @@
-// Every CPU kernel against a naive float64 implementation, on random shapes with odd sizes.
+// Every CPU kernel of both CPU backends (the reference and the fast one) against a naive float64
+// implementation, on random shapes with odd sizes.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,9 +13,9 @@
 namespace fh1 {
 namespace {
 
-struct KernelTest : ::testing::Test {
+struct KernelTest : ::testing::TestWithParam<bool> {  // param: reference backend
   ThreadPool pool{2};
-  std::unique_ptr<Kernels> k = make_cpu_kernels(pool);
+  std::unique_ptr<Kernels> k = GetParam() ? make_reference_kernels(pool) : make_cpu_kernels(pool);
   std::mt19937 rng{1234};
 
   std::vector<float> randn(size_t n, float scale = 1.0f) {
@@ -35,7 +36,7 @@ struct KernelTest : ::testing::Test {
 
 double silu64(double x) { return x / (1.0 + std::exp(-x)); }
 
-TEST_F(KernelTest, MatmulAllDtypesOddShapesWithStrideAndBias) {
+TEST_P(KernelTest, MatmulAllDtypesOddShapesWithStrideAndBias) {
   for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     for (auto [T, N, K] : {std::tuple{1, 1, 1}, {3, 17, 33}, {7, 70, 129}, {2, 5, 16}}) {
       const int64_t ldx = K + 3;
@@ -90,7 +91,7 @@ TEST(HalfConversions, KnownValues) {
   EXPECT_EQ(f32_to_bf16(1.01171875f), 0x3F82);  // halfway: rounds to even (up)
 }
 
-TEST_F(KernelTest, RmsNormAndGatedRmsNormBothOrders) {
+TEST_P(KernelTest, RmsNormAndGatedRmsNormBothOrders) {
   const int T = 5, d = 37;
   const auto x = randn(T * d, 3.0f), w = randn(d), z = randn(T * (d + 4));
   std::vector<float> out(T * d);
@@ -129,7 +130,7 @@ TEST_F(KernelTest, RmsNormAndGatedRmsNormBothOrders) {
   }
 }
 
-TEST_F(KernelTest, RopeMatchesRotateHalf) {
+TEST_P(KernelTest, RopeMatchesRotateHalf) {
   const int T = 4, heads = 3, hd = 10, ld = heads * hd + 2;
   auto x = randn(T * ld);
   const auto x0 = x;
@@ -152,7 +153,7 @@ TEST_F(KernelTest, RopeMatchesRotateHalf) {
   EXPECT_LE(max_rel(got, ref), 1e-6);
 }
 
-TEST_F(KernelTest, AttentionCausalGqaWithPast) {
+TEST_P(KernelTest, AttentionCausalGqaWithPast) {
   const int H = 6, Hkv = 2, hd = 9, n_past = 5, T = 4, rows = n_past + T;
   const auto q = randn(T * H * hd), kc = randn(rows * Hkv * hd), vc = randn(rows * Hkv * hd);
   std::vector<float> out(T * H * hd);
@@ -181,7 +182,7 @@ TEST_F(KernelTest, AttentionCausalGqaWithPast) {
   EXPECT_LE(max_rel(out, ref), 1e-5);
 }
 
-TEST_F(KernelTest, Conv1dContinuesFromItsState) {
+TEST_P(KernelTest, Conv1dContinuesFromItsState) {
   const int C = 11, K = 4, T1 = 3, T2 = 6, ld = C + 2;
   const auto in = randn((T1 + T2) * ld), w = randn(C * K), bias = randn(C);
   std::vector<float> state((K - 1) * C, 0.0f), out1(T1 * C), out2(T2 * C);
@@ -206,7 +207,7 @@ TEST_F(KernelTest, Conv1dContinuesFromItsState) {
 
 // The chunked SSD scan (any T, chunks plus a remainder, split across calls) and the one-step
 // recurrence both equal the float64 recurrence.
-TEST_F(KernelTest, SsmScanChunkedAndStepEqualRecurrence) {
+TEST_P(KernelTest, SsmScanChunkedAndStepEqualRecurrence) {
   const int H = 6, P = 5, G = 2, N = 7, cs = 8;
   const int ld = H * P + 2 * G * N + 3;  // x | B | C | padding
   for (int T : {1, 5, 8, 19, 33}) {
@@ -250,7 +251,7 @@ TEST_F(KernelTest, SsmScanChunkedAndStepEqualRecurrence) {
   }
 }
 
-TEST_F(KernelTest, ElementwiseOps) {
+TEST_P(KernelTest, ElementwiseOps) {
   const size_t n = 23;
   const auto a = randn(n), b = randn(n), h0 = randn(n);
   std::vector<float> h = h0;
@@ -260,6 +261,9 @@ TEST_F(KernelTest, ElementwiseOps) {
   k->silu_mul(a.data(), b.data(), 1.5f, n, o.data());
   for (size_t i = 0; i < n; ++i) EXPECT_NEAR(o[i], b[i] * silu64(a[i] * 1.5), 1e-6);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, KernelTest, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "reference" : "fast"; });
 
 }  // namespace
 }  // namespace fh1

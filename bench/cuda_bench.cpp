@@ -1,0 +1,402 @@
+// cuda-bench: Falcon-H1 on the CUDA backend with random bf16 weights at release shapes.
+// Prefill tokens/s (one forward call of T tokens), decode tokens/s at batch 1 and 8 at several
+// contexts, GPU memory, and the two ceilings the numbers are read against: the device-to-device
+// copy bandwidth (bytes read + written) and the cuBLAS bf16 GEMM rate on a large square product.
+//
+// The weights: a safetensors file is written with real values for the small tensors (norms,
+// A_log, D, dt_bias, conv) and holes (zeros, no disk) for the matrices; after the model binds it,
+// CudaKernels::randomize_weights fills every uploaded matrix with random values on the device.
+//
+//   cuda-bench [--models 0.5b,1.5b-deep,7b] [--prefill 1024,4096,16384,32768]
+//              [--decode-steps 32] [--batch8-ctx 1024,8192] [--json out.jsonl] [--dir /tmp]
+//              [--matmul bf16x2|bf16]
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/cuda/cuda_kernels.h"
+#include "model/model.h"
+#include "util/error.h"
+#include "util/half.h"
+
+using namespace fh1;
+namespace fs = std::filesystem;
+
+namespace {
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+struct Shape {
+  std::string name;
+  int layers, hidden, heads, kv_heads, head_dim, m_heads, m_head_dim, d_state, inter, vocab, groups;
+  bool tied;
+  const char* guessed;  // fields not in the design note's table
+};
+
+std::vector<Shape> all_shapes() {
+  return {
+      {"0.5b", 36, 1024, 8, 2, 64, 24, 64, 128, 2048, 32784, 1, true, ""},
+      {"1.5b-deep", 66, 1280, 6, 2, 128, 24, 64, 256, 3072, 65537, 1, false, "intermediate_size, vocab_size, tied"},
+      {"7b", 44, 3072, 12, 2, 128, 24, 128, 256, 12288, 130049, 1, false, "intermediate_size, vocab_size, tied"},
+  };
+}
+
+ModelConfig make_config(const Shape& s) {
+  ModelConfig c;
+  c.vocab_size = s.vocab;
+  c.hidden_size = s.hidden;
+  c.intermediate_size = s.inter;
+  c.num_hidden_layers = s.layers;
+  c.num_attention_heads = s.heads;
+  c.num_key_value_heads = s.kv_heads;
+  c.head_dim = s.head_dim;
+  c.max_position_embeddings = 1 << 20;
+  c.rope_theta = 1e11;
+  c.mamba_n_heads = s.m_heads;
+  c.mamba_d_head = s.m_head_dim;
+  c.mamba_d_ssm = s.m_heads * s.m_head_dim;
+  c.mamba_n_groups = s.groups;
+  c.mamba_d_state = s.d_state;
+  c.mamba_d_conv = 4;
+  c.mamba_chunk_size = 128;
+  c.mamba_conv_bias = true;
+  c.mamba_rms_norm = false;
+  c.tie_word_embeddings = s.tied;
+  c.embedding_multiplier = 5.657;
+  c.lm_head_multiplier = 0.0391;
+  c.key_multiplier = 0.3906;
+  c.attention_out_multiplier = 0.9375;
+  c.mlp_multipliers = {0.884, 0.586};
+  return c;
+}
+
+struct Entry {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<float> values;  // empty: a hole (zeros), randomized on the device later
+};
+
+// Writes the checkpoint; returns its path.
+fs::path write_checkpoint(const ModelConfig& c, const fs::path& dir) {
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const int64_t d = c.hidden_size, ds = c.mamba_d_ssm, Hm = c.mamba_n_heads, conv = c.conv_dim();
+  std::vector<Entry> es;
+  auto vec = [&](const std::string& n, std::vector<int64_t> shape, auto gen) {
+    int64_t numel = 1;
+    for (int64_t x : shape) numel *= x;
+    Entry e{n, shape, std::vector<float>(static_cast<size_t>(numel))};
+    for (auto& v : e.values) v = gen();
+    es.push_back(std::move(e));
+  };
+  auto mat = [&](const std::string& n, int64_t r, int64_t k) { es.push_back({n, {r, k}, {}}); };
+  auto one = [] { return 1.0f; };
+  mat("model.embed_tokens.weight", c.vocab_size, d);
+  if (!c.tie_word_embeddings) mat("lm_head.weight", c.vocab_size, d);
+  vec("model.final_layernorm.weight", {d}, one);
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    vec(p + "input_layernorm.weight", {d}, one);
+    vec(p + "pre_ff_layernorm.weight", {d}, one);
+    mat(p + "self_attn.q_proj.weight", c.q_dim(), d);
+    mat(p + "self_attn.k_proj.weight", c.kv_dim(), d);
+    mat(p + "self_attn.v_proj.weight", c.kv_dim(), d);
+    mat(p + "self_attn.o_proj.weight", d, c.q_dim());
+    mat(p + "feed_forward.gate_proj.weight", c.intermediate_size, d);
+    mat(p + "feed_forward.up_proj.weight", c.intermediate_size, d);
+    mat(p + "feed_forward.down_proj.weight", d, c.intermediate_size);
+    mat(p + "mamba.in_proj.weight", c.in_proj_dim(), d);
+    vec(p + "mamba.conv1d.weight", {conv, 1, c.mamba_d_conv}, [&] { return 0.5f * u(rng); });
+    vec(p + "mamba.conv1d.bias", {conv}, [&] { return 0.1f * u(rng); });
+    vec(p + "mamba.dt_bias", {Hm}, [&] { return -4.0f + u(rng); });
+    vec(p + "mamba.A_log", {Hm}, [&] { return 1.5f + 1.3f * u(rng); });
+    vec(p + "mamba.D", {Hm}, one);
+    mat(p + "mamba.out_proj.weight", d, ds);
+  }
+  nlohmann::json header = nlohmann::json::object();
+  uint64_t off = 0;
+  for (const Entry& e : es) {
+    int64_t numel = 1;
+    for (int64_t x : e.shape) numel *= x;
+    const uint64_t bytes = static_cast<uint64_t>(numel) * 2;
+    header[e.name] = {{"dtype", "BF16"}, {"shape", e.shape}, {"data_offsets", {off, off + bytes}}};
+    off += bytes;
+  }
+  std::string h = header.dump();
+  while ((h.size() + 8) % 8) h.push_back(' ');
+  const fs::path path = dir / "model.safetensors";
+  const int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY, 0644);
+  if (fd < 0) throw Error("cannot create " + path.string());
+  const uint64_t hl = h.size();
+  const uint64_t base = 8 + hl;
+  if (::ftruncate(fd, static_cast<off_t>(base + off)) != 0) throw Error("ftruncate failed");
+  auto pw = [&](const void* p, size_t n, uint64_t at) {
+    if (::pwrite(fd, p, n, static_cast<off_t>(at)) != static_cast<ssize_t>(n)) throw Error("write failed");
+  };
+  pw(&hl, 8, 0);
+  pw(h.data(), h.size(), 8);
+  off = 0;
+  for (const Entry& e : es) {
+    int64_t numel = 1;
+    for (int64_t x : e.shape) numel *= x;
+    if (!e.values.empty()) {
+      std::vector<uint16_t> b(e.values.size());
+      for (size_t i = 0; i < b.size(); ++i) b[i] = f32_to_bf16(e.values[i]);
+      pw(b.data(), b.size() * 2, base + off);
+    }
+    off += static_cast<uint64_t>(numel) * 2;
+  }
+  ::close(fd);
+  return path;
+}
+
+void ck(cudaError_t e, const char* w) {
+  if (e != cudaSuccess) throw Error(std::string(w) + ": " + cudaGetErrorString(e));
+}
+
+// Device-to-device copy bandwidth, bytes read + written, GB/s (median of 10).
+double measure_copy_bw() {
+  const size_t bytes = size_t(2) << 30;
+  void *a, *b;
+  ck(cudaMalloc(&a, bytes), "malloc");
+  ck(cudaMalloc(&b, bytes), "malloc");
+  ck(cudaMemset(a, 1, bytes), "memset");
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<float> ms;
+  for (int i = 0; i < 13; ++i) {
+    cudaEventRecord(e0);
+    ck(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice), "copy");
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float t;
+    cudaEventElapsedTime(&t, e0, e1);
+    if (i >= 3) ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3) / 1e9;
+}
+
+// cuBLAS bf16 x bf16 -> f32 (as the backend calls it) on an 8192^3 product of random data, TFLOP/s.
+double measure_gemm_rate() {
+  const int n = 8192;
+  void *A, *B, *C;
+  ck(cudaMalloc(&A, size_t(n) * n * 2), "malloc");
+  ck(cudaMalloc(&B, size_t(n) * n * 2), "malloc");
+  ck(cudaMalloc(&C, size_t(n) * n * 4), "malloc");
+  std::vector<uint16_t> h(size_t(n) * n);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1, 1);
+  for (auto& x : h) x = f32_to_bf16(u(rng));
+  ck(cudaMemcpy(A, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "up");
+  ck(cudaMemcpy(B, h.data(), h.size() * 2, cudaMemcpyHostToDevice), "up");
+  cublasHandle_t hd;
+  cublasCreate(&hd);
+  const float one = 1, zero = 0;
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  std::vector<float> ms;
+  for (int i = 0; i < 13; ++i) {
+    cudaEventRecord(e0);
+    cublasGemmEx(hd, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_16BF, n, B, CUDA_R_16BF, n, &zero, C,
+                 CUDA_R_32F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float t;
+    cudaEventElapsedTime(&t, e0, e1);
+    if (i >= 3) ms.push_back(t);
+  }
+  ck(cudaGetLastError(), "gemm");
+  std::sort(ms.begin(), ms.end());
+  cublasDestroy(hd);
+  cudaFree(A);
+  cudaFree(B);
+  cudaFree(C);
+  return 2.0 * n * double(n) * n / (ms[ms.size() / 2] * 1e-3) / 1e12;
+}
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string x;
+  while (std::getline(ss, x, ','))
+    if (!x.empty()) v.push_back(std::stoll(x));
+  return v;
+}
+
+size_t device_used() {
+  size_t fr = 0, tot = 0;
+  cudaMemGetInfo(&fr, &tot);
+  return tot - fr;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string models = "0.5b,1.5b-deep,7b", json_path, dir = "/tmp";
+  std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, b8ctx = {1024, 8192};
+  int steps = 32;
+  bool split = true;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i], v = argv[i + 1];
+    if (a == "--models") models = v;
+    else if (a == "--matmul") split = v != "bf16";
+    else if (a == "--prefill") prefill = parse_list(v);
+    else if (a == "--decode-steps") steps = std::stoi(v);
+    else if (a == "--batch8-ctx") b8ctx = parse_list(v);
+    else if (a == "--json") json_path = v;
+    else if (a == "--dir") dir = v;
+    else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 2; }
+  }
+  try {
+    if (cuda_device_count() == 0) throw Error("no CUDA device");
+    cudaDeviceProp prop{};
+    ck(cudaGetDeviceProperties(&prop, 0), "props");
+    const double bw = measure_copy_bw(), gemm = measure_gemm_rate();
+    std::printf("device: %s, %d SMs, %.1f GiB; copy %.0f GB/s (read+write); bf16 GEMM 8192^3 %.0f TFLOP/s; matmul %s\n",
+                prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, bw, gemm,
+                split ? "bf16x2 (activations as hi + lo bf16)" : "bf16 (activations rounded once)");
+    std::ofstream js;
+    if (!json_path.empty()) js.open(json_path);
+    auto emit = [&](nlohmann::json j) {
+      j["device"] = prop.name;
+      j["copy_GBps"] = bw;
+      j["gemm_TFLOPs"] = gemm;
+      j["matmul"] = split ? "bf16x2 (hi+lo activations)" : "bf16";
+      if (js) js << j.dump() << "\n" << std::flush;
+    };
+    for (const Shape& s : all_shapes()) {
+      if (models.find(s.name) == std::string::npos) continue;
+      const ModelConfig c = make_config(s);
+      const fs::path mdir = fs::path(dir) / ("fh1-bench-" + s.name);
+      fs::create_directories(mdir);
+      double t0 = now();
+      const fs::path file = write_checkpoint(c, mdir);
+      auto k = make_cuda_kernels(0);
+      k->set_matmul_split(split);
+      Model model = Model::from_store(c, TensorStore::open_files({file}), *k);
+      k->randomize_weights(42);
+      fs::remove(file);
+      const CudaMemoryStats ms0 = k->memory_stats();
+      if (true) {  // per-launch cost of a trivial op, host-timed
+        Buffer a(*k, 1024), b(*k, 1024);
+        k->synchronize();
+        const double l0 = now();
+        for (int i = 0; i < 2000; ++i) k->scale(a.data(), 1024, 1.0f, b.data());
+        const double host_us = (now() - l0) / 2000 * 1e6;
+        k->synchronize();
+        const double all_us = (now() - l0) / 2000 * 1e6;
+        std::printf("launch cost of one small op: %.2f us host (enqueue), %.2f us until done\n", host_us, all_us);
+      }
+      // Bytes a decode step must read at least: every matrix once (embedding: one row).
+      uint64_t mat_bytes = 0, mat_params = 0;
+      for (const auto& [name, t] : model.tensors().all())
+        if (t->shape.size() == 2 && name != "model.embed_tokens.weight") { mat_bytes += t->nbytes; mat_params += t->numel(); }
+      if (c.tie_word_embeddings) { mat_bytes += uint64_t(c.vocab_size) * c.hidden_size * 2; mat_params += uint64_t(c.vocab_size) * c.hidden_size; }
+      const uint64_t ssm_bytes = uint64_t(c.num_hidden_layers) * c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state * 4 * 2;
+      std::printf("\n== %s: %.2fB parameters, weights %.2f GB on device, loaded in %.1f s%s%s\n", s.name.c_str(),
+                  model.parameter_count() / 1e9, ms0.weight_bytes / 1e9, now() - t0,
+                  *s.guessed ? "; guessed: " : "", s.guessed);
+      std::printf("%-8s %8s %12s %10s %10s %10s\n", "what", "tokens", "tok/s", "ms", "%ceiling", "GPU GB");
+      const std::vector<int32_t> ids = [&] {
+        std::vector<int32_t> v(static_cast<size_t>(*std::max_element(prefill.begin(), prefill.end()) + steps + 16));
+        std::mt19937 r(3);
+        for (auto& x : v) x = static_cast<int32_t>(r() % static_cast<uint32_t>(c.vocab_size));
+        return v;
+      }();
+      {  // warm-up
+        SequenceState st = model.new_state(512);
+        model.forward(st, std::span<const int32_t>(ids).subspan(0, 256));
+        for (int i = 0; i < 3; ++i) model.forward(st, std::span<const int32_t>(ids).subspan(256 + i, 1));
+      }
+      auto decode_run = [&](std::vector<SequenceState*> states, int64_t ctx) {
+        const size_t B = states.size();
+        std::vector<int32_t> tok(B);
+        std::vector<BatchItem> items(B);
+        double best = 1e30;
+        const int reps = 2;
+        for (int r = 0; r < reps; ++r) {
+          const double a = now();
+          for (int i = 0; i < steps / reps; ++i) {
+            for (size_t b = 0; b < B; ++b) {
+              tok[b] = ids[static_cast<size_t>(i + b) % ids.size()];
+              items[b] = BatchItem{states[b], std::span<const int32_t>(&tok[b], 1), false};
+            }
+            model.forward(items);
+          }
+          best = std::min(best, (now() - a) / (steps / reps));
+        }
+        const uint64_t kv_bytes = uint64_t(ctx) * c.kv_dim() * 2 * 4 * c.num_hidden_layers;
+        const double floor_s = double(mat_bytes + B * (kv_bytes + ssm_bytes)) / (bw * 1e9);
+        const double tps = B / best;
+        std::printf("%-8s %8lld %12.1f %10.3f %9.1f%% %10.2f\n", (B == 1 ? "decode" : "decode8"),
+                    static_cast<long long>(ctx), tps, best * 1e3, 100.0 * floor_s / best, device_used() / 1e9);
+        emit({{"model", s.name}, {"kind", B == 1 ? "decode" : "decode_b8"}, {"batch", B}, {"context", ctx},
+              {"tokens_per_s", tps}, {"ms_per_step", best * 1e3}, {"hbm_floor_ms", floor_s * 1e3},
+              {"pct_of_floor", 100.0 * floor_s / best}, {"gpu_used_GB", device_used() / 1e9}});
+      };
+      {  // decode from an almost empty context
+        SequenceState st = model.new_state(1024);
+        model.forward(st, std::span<const int32_t>(ids).subspan(0, 16));
+        decode_run({&st}, 16);
+      }
+      for (int64_t T : prefill) {
+        SequenceState st = model.new_state(T + steps + 8);
+        k->reset_peak();
+        double best = 1e30;
+        const int reps = T <= 4096 ? 3 : 1;
+        for (int r = 0; r < reps; ++r) {
+          st.reset();
+          const double a = now();
+          model.forward(st, std::span<const int32_t>(ids).subspan(0, static_cast<size_t>(T)));
+          best = std::min(best, now() - a);
+        }
+        const double flops = 2.0 * mat_params * T +
+                             4.0 * (double(T) * T / 2) * c.head_dim * c.num_attention_heads * c.num_hidden_layers;
+        const double pct = 100.0 * flops / best / (gemm * 1e12);
+        const CudaMemoryStats m = k->memory_stats();
+        std::printf("%-8s %8lld %12.1f %10.1f %9.1f%% %10.2f\n", "prefill", static_cast<long long>(T), T / best,
+                    best * 1e3, pct, device_used() / 1e9);
+        emit({{"model", s.name}, {"kind", "prefill"}, {"tokens", T}, {"tokens_per_s", T / best}, {"ms", best * 1e3},
+              {"model_TFLOP", flops / 1e12}, {"pct_of_gemm_rate", pct}, {"gpu_used_GB", device_used() / 1e9},
+              {"weights_GB", m.weight_bytes / 1e9}, {"peak_activations_GB", m.peak_live_bytes / 1e9}});
+        decode_run({&st}, T);
+        if (std::find(b8ctx.begin(), b8ctx.end(), T) != b8ctx.end()) {
+          try {  // 8 copies of this state (each KV cache grows to twice the context: state.cpp doubles)
+            std::vector<SequenceState> clones;
+            for (int b = 0; b < 8; ++b) clones.push_back(st.clone());
+            std::vector<SequenceState*> ptrs;
+            for (auto& cst : clones) { cst.reserve(T + steps + 8); ptrs.push_back(&cst); }
+            decode_run(ptrs, T);
+          } catch (const std::exception& e) {
+            std::printf("decode8  %8lld   skipped: %s\n", static_cast<long long>(T), e.what());
+          }
+        }
+        k->trim();
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cuda-bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# On a GPU machine: build with -DFALCON_H1_CUDA=ON (or use a carried build), run the CUDA tests,
+# the CUDA benchmark and transformers' reference benchmark; results go to $OUT (default ./gpu-out).
+#   scripts/gpu_check.sh                  build in build-cuda, then test and bench
+#   GPU_CHECK_PREBUILT=1 scripts/gpu_check.sh   use build-cuda as it is (built elsewhere)
+# Knobs: BENCH_MODELS, BENCH_ARGS (e.g. "--matmul bf16"), BENCH_PREFILL, BENCH_B8CTX, HF_MODELS, HF_PREFILL, HF_DECODE_CTX, SKIP_HF=1.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+BUILD=${BUILD:-build-cuda}
+export LD_LIBRARY_PATH="$PWD/$BUILD/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT/device.txt"
+if [ "${GPU_CHECK_PREBUILT:-0}" != 1 ]; then
+  start=$(date +%s)
+  cmake -S . -B "$BUILD" -DFALCON_H1_CUDA=ON -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
+    cmake --build "$BUILD" -j"$(nproc)" --target test_cuda cuda-bench >>"$OUT/build.log" 2>&1 ||
+    { echo "BUILD FAILED"; tail -30 "$OUT/build.log"; exit 1; }
+  echo "build: $(( $(date +%s) - start )) s"
+fi
+
+# The tests find the fixtures through the source path compiled in (FIXTURES_SRC, /work/main by
+# default): when this checkout lives elsewhere, link that path to it.
+src=${FIXTURES_SRC:-/work/main}
+if [ ! -d "$src/tests/fixtures" ]; then mkdir -p "$(dirname "$src")" && ln -sfn "$PWD" "$src"; fi
+
+echo "== CUDA tests"
+timeout 120 "$BUILD/tests/cuda/test_cuda" --gtest_color=no 2>&1 | tee "$OUT/test_cuda.log" | grep -E "^\[  (FAILED|PASSED|SKIPPED) |cuda logits|Failure|Expected|Which is|rel\(|error" | head -80
+test_rc=${PIPESTATUS[0]}
+echo "test_cuda exit code: $test_rc"
+
+echo "== cuda-bench"
+timeout "${BENCH_TIMEOUT:-300}" "$BUILD/cuda-bench" --models "${BENCH_MODELS:-0.5b,1.5b-deep,7b}" \
+  --prefill "${BENCH_PREFILL:-1024,4096,16384,32768}" --batch8-ctx "${BENCH_B8CTX:-1024,16384}" \
+  --json "$OUT/cuda_bench.jsonl" --dir /dev/shm ${BENCH_ARGS:-} 2>&1 | tee "$OUT/cuda_bench.txt"
+
+if [ "${SKIP_HF:-0}" != 1 ]; then
+  echo "== transformers reference"
+  PYTHONUNBUFFERED=1 timeout "${HF_TIMEOUT:-200}" python3 bench/hf_reference_bench.py --models "${HF_MODELS:-0.5b,1.5b-deep,7b}" \
+    --prefill "${HF_PREFILL:-1024,4096}" --decode-ctx "${HF_DECODE_CTX:-1024}" --json "$OUT/hf_bench.jsonl" 2>&1 |
+    grep -v Warning | tee "$OUT/hf_bench.txt"
+fi
+exit "$test_rc"

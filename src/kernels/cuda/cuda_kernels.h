@@ -1,0 +1,53 @@
+// The CUDA backend: every Kernels op on one NVIDIA GPU. Float arrays live in device memory
+// (cudaMalloc through a caching allocator, never managed memory); integer arrays (token ids,
+// positions) stay on the host, as the interface says, and are uploaded through a pinned buffer.
+//
+// Weights: BF16 tensors are uploaded once and stay BF16; F16 and F32 tensors are uploaded as F32.
+// matmul with BF16 weights (cuBLAS, bf16 tensor cores, float32 accumulate and output): by default
+// each float32 activation is split into two bf16 parts (hi + lo, about 16 bits kept), so the
+// result is within ~1e-5 of float32 activations times the bf16 weights; this costs a second pass
+// of tensor-core work (decode: one GEMM over 2T rows, the weights still read once).
+// set_matmul_split(false), or FH1_CUDA_MATMUL=bf16 in the environment, rounds activations to
+// bf16 once instead (faster prefill, ~4e-2 of rms on the tiny fixtures, over the 2e-2 tolerance).
+// F32 weights use plain SGEMM (no TF32), so F32 checkpoints compute in float32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "kernels/kernels.h"
+
+namespace fh1 {
+
+// Number of CUDA devices visible (0 when there is no GPU or no driver; never throws).
+int cuda_device_count();
+
+// Memory the backend holds on the device.
+struct CudaMemoryStats {
+  size_t weight_bytes = 0;   // uploaded weights
+  size_t live_bytes = 0;     // buffers handed out by alloc() and not freed
+  size_t peak_live_bytes = 0;
+  size_t cached_bytes = 0;   // freed buffers kept for reuse
+};
+
+class CudaKernels : public Kernels {
+ public:
+  // Activations as hi + lo bf16 parts in bf16 matmuls (default), or rounded to bf16 once.
+  virtual void set_matmul_split(bool on) = 0;
+  virtual bool matmul_split() const = 0;
+  // Waits for all queued device work.
+  virtual void synchronize() = 0;
+  virtual CudaMemoryStats memory_stats() const = 0;
+  virtual void reset_peak() = 0;
+  // Returns cached (freed) buffers to the driver.
+  virtual void trim() = 0;
+  // Benchmarks only: overwrites every uploaded weight matrix with reproducible random values
+  // (uniform in +-1/sqrt(cols)), so that a model bound from an all-zero file computes on real data.
+  virtual void randomize_weights(uint64_t seed) = 0;
+};
+
+// Throws fh1::Error when the device cannot be used.
+std::unique_ptr<CudaKernels> make_cuda_kernels(int device = 0);
+
+}  // namespace fh1

@@ -1,0 +1,266 @@
+// Every CUDA op against the CPU backend on random shapes with odd sizes. The inputs are drawn
+// fresh for each case; outputs are compared by max|diff| / rms(cpu). Without a GPU every test is
+// SKIPPED (never passed).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <tuple>
+
+#include "io/safetensors.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "util/half.h"
+#include "util/thread_pool.h"
+
+namespace fh1 {
+namespace {
+
+struct CudaOpTest : ::testing::Test {
+  ThreadPool pool{2};
+  std::unique_ptr<Kernels> cpu = make_reference_kernels(pool);  // the portable reference
+  std::unique_ptr<Kernels> gpu;
+  std::mt19937 rng{4321};
+
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible: CUDA tests not run";
+    gpu = make_cuda_kernels(0);
+  }
+
+  std::vector<float> randn(size_t n, float scale = 1.0f) {
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+  }
+  // The same host data in both backends' memory.
+  struct Pair {
+    Buffer c, g;
+    size_t n;
+  };
+  Pair both(const std::vector<float>& v) {
+    Pair p{Buffer(*cpu, v.size()), Buffer(*gpu, v.size()), v.size()};
+    cpu->from_host(p.c.data(), v.data(), v.size());
+    gpu->from_host(p.g.data(), v.data(), v.size());
+    return p;
+  }
+  std::vector<float> host(Kernels& k, const float* p, size_t n) {
+    std::vector<float> v(n);
+    k.to_host(v.data(), p, n);
+    return v;
+  }
+  // max |gpu - cpu| / rms(cpu); NaN anywhere fails.
+  double rel(const Pair& p) { return rel(host(*gpu, p.g.data(), p.n), host(*cpu, p.c.data(), p.n)); }
+  static double rel(const std::vector<float>& got, const std::vector<float>& ref) {
+    double mx = 0, ss = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      if (!std::isfinite(got[i])) return INFINITY;
+      mx = std::max(mx, std::abs(static_cast<double>(got[i]) - ref[i]));
+      ss += static_cast<double>(ref[i]) * ref[i];
+    }
+    return mx / std::max(1e-30, std::sqrt(ss / std::max<double>(1, static_cast<double>(ref.size()))));
+  }
+  // An output poisoned with NaN in both backends, so unwritten elements fail.
+  Pair poisoned(size_t n) { return both(std::vector<float>(n, NAN)); }
+};
+
+TEST_F(CudaOpTest, MatmulAllDtypesOddShapesWithStrideAndBias) {
+  for (DType dt : {DType::BF16, DType::F32, DType::F16}) {
+    for (auto [T, N, K] : {std::tuple{1, 1, 1}, {3, 17, 33}, {7, 70, 129}, {1, 301, 257}, {65, 129, 96}}) {
+      const int64_t ldx = K + 3;
+      const auto x = randn(static_cast<size_t>(T * ldx));
+      const auto wf = randn(static_cast<size_t>(N * K), 0.5f);
+      std::vector<uint8_t> bytes(wf.size() * (dt == DType::F32 ? 4 : 2));
+      for (size_t i = 0; i < wf.size(); ++i) {
+        if (dt == DType::F32) std::memcpy(&bytes[4 * i], &wf[i], 4);
+        else {
+          const uint16_t h = dt == DType::BF16 ? f32_to_bf16(wf[i]) : static_cast<uint16_t>(0x3000 + (i * 7919) % 0x1000);
+          std::memcpy(&bytes[2 * i], &h, 2);
+        }
+      }
+      TensorView tv;
+      tv.name = "w";
+      tv.dtype = dt;
+      tv.shape = {N, K};
+      tv.data = bytes.data();
+      tv.nbytes = bytes.size();
+      const WeightView wc = cpu->bind_weight(tv), wg = gpu->bind_weight(tv);
+      auto xs = both(x), b = both(randn(static_cast<size_t>(N)));
+      auto y = poisoned(static_cast<size_t>(T * N));
+      cpu->matmul(xs.c.data(), ldx, T, wc, b.c.data(), y.c.data());
+      gpu->matmul(xs.g.data(), ldx, T, wg, b.g.data(), y.g.data());
+      // bf16 rounds the activations too (K terms of relative error 2^-9 each); f32 is exact.
+      const double tol = dt == DType::BF16 ? 2e-2 : 1e-5;
+      EXPECT_LE(rel(y), tol) << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K;
+      auto y2 = poisoned(static_cast<size_t>(T * N));
+      cpu->matmul(xs.c.data(), ldx, T, wc, nullptr, y2.c.data());
+      gpu->matmul(xs.g.data(), ldx, T, wg, nullptr, y2.g.data());
+      EXPECT_LE(rel(y2), tol) << dtype_name(dt) << " no bias, T=" << T;
+    }
+  }
+}
+
+TEST_F(CudaOpTest, EmbedBf16AndF32Tables) {
+  for (DType dt : {DType::BF16, DType::F32}) {
+    const int64_t V = 37, d = 75;
+    const auto wf = randn(static_cast<size_t>(V * d));
+    std::vector<uint8_t> bytes(wf.size() * (dt == DType::F32 ? 4 : 2));
+    for (size_t i = 0; i < wf.size(); ++i) {
+      if (dt == DType::F32) std::memcpy(&bytes[4 * i], &wf[i], 4);
+      else { const uint16_t h = f32_to_bf16(wf[i]); std::memcpy(&bytes[2 * i], &h, 2); }
+    }
+    TensorView tv{"emb", dt, {V, d}, bytes.data(), bytes.size(), nullptr};
+    const WeightView wc = cpu->bind_weight(tv), wg = gpu->bind_weight(tv);
+    const std::vector<int32_t> ids = {3, 0, 36, 3, 17};
+    auto out = poisoned(ids.size() * d);
+    cpu->embed(ids.data(), 5, wc, 1.7f, out.c.data());
+    gpu->embed(ids.data(), 5, wg, 1.7f, out.g.data());
+    EXPECT_EQ(rel(out), 0.0) << dtype_name(dt);
+    const int32_t bad = 37;
+    EXPECT_THROW(gpu->embed(&bad, 1, wg, 1.0f, out.g.data()), std::exception);
+  }
+}
+
+TEST_F(CudaOpTest, NormsAndElementwise) {
+  for (auto [T, d] : {std::pair{1, 7}, {5, 64}, {3, 1031}, {9, 3072}}) {
+    const size_t n = static_cast<size_t>(T * d);
+    auto x = both(randn(n, 3.0f)), w = both(randn(static_cast<size_t>(d))), out = poisoned(n);
+    cpu->rmsnorm(x.c.data(), T, d, w.c.data(), 1e-5f, out.c.data());
+    gpu->rmsnorm(x.g.data(), T, d, w.g.data(), 1e-5f, out.g.data());
+    EXPECT_LE(rel(out), 1e-5) << "rmsnorm d=" << d;
+
+    auto s = poisoned(n);
+    cpu->scale(x.c.data(), n, -0.37f, s.c.data());
+    gpu->scale(x.g.data(), n, -0.37f, s.g.data());
+    EXPECT_EQ(rel(s), 0.0);
+
+    auto mc = both(randn(n));
+    cpu->mul_columns(mc.c.data(), T, d, w.c.data());
+    gpu->mul_columns(mc.g.data(), T, d, w.g.data());
+    EXPECT_EQ(rel(mc), 0.0);
+
+    auto h = both(randn(n)), a = both(randn(n)), b = both(randn(n));
+    cpu->residual_add2(h.c.data(), a.c.data(), 0.5f, b.c.data(), -1.25f, n);
+    gpu->residual_add2(h.g.data(), a.g.data(), 0.5f, b.g.data(), -1.25f, n);
+    EXPECT_LE(rel(h), 1e-6);
+    cpu->residual_add(h.c.data(), a.c.data(), 0.75f, n);
+    gpu->residual_add(h.g.data(), a.g.data(), 0.75f, n);
+    EXPECT_LE(rel(h), 1e-6);
+
+    auto sm = poisoned(n);
+    cpu->silu_mul(a.c.data(), b.c.data(), 0.8f, n, sm.c.data());
+    gpu->silu_mul(a.g.data(), b.g.data(), 0.8f, n, sm.g.data());
+    EXPECT_LE(rel(sm), 1e-5);
+  }
+}
+
+TEST_F(CudaOpTest, GateSiluAndGatedRmsnorm) {
+  for (auto [T, d, groups] : {std::tuple{1, 48, 1}, {6, 96, 2}, {4, 99, 3}, {3, 3072, 1}}) {
+    const int64_t ldz = d + 11;
+    auto z = both(randn(static_cast<size_t>(T * ldz), 2.0f));
+    const auto yv = randn(static_cast<size_t>(T * d), 2.0f);
+    auto y = both(yv);
+    cpu->gate_silu(y.c.data(), z.c.data(), ldz, T, d);
+    gpu->gate_silu(y.g.data(), z.g.data(), ldz, T, d);
+    EXPECT_LE(rel(y), 1e-6);
+    auto w = both(randn(static_cast<size_t>(d)));
+    for (bool before : {false, true}) {
+      auto g = both(yv);
+      cpu->gated_rmsnorm(g.c.data(), z.c.data(), ldz, T, d, groups, w.c.data(), 1e-6f, before);
+      gpu->gated_rmsnorm(g.g.data(), z.g.data(), ldz, T, d, groups, w.g.data(), 1e-6f, before);
+      EXPECT_LE(rel(g), 1e-5) << "d=" << d << " groups=" << groups << " before=" << before;
+    }
+  }
+}
+
+TEST_F(CudaOpTest, RopeAtLargePositions) {
+  for (auto [T, heads, hd] : {std::tuple{1, 3, 16}, {7, 5, 24}, {33, 2, 128}, {4, 12, 64}}) {
+    const int64_t ld = heads * hd + 5;
+    std::vector<int64_t> pos(static_cast<size_t>(T));
+    for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(t)] = (t * 977 + 13) % 300000;
+    std::vector<float> inv(static_cast<size_t>(hd / 2));
+    for (int i = 0; i < hd / 2; ++i) inv[static_cast<size_t>(i)] = 1.0f / std::pow(1e11f, 2.0f * i / hd);
+    auto x = both(randn(static_cast<size_t>(T * ld)));
+    cpu->rope(x.c.data(), ld, T, heads, hd, pos.data(), inv.data());
+    gpu->rope(x.g.data(), ld, T, heads, hd, pos.data(), inv.data());
+    EXPECT_LE(rel(x), 1e-5) << "hd=" << hd;
+  }
+}
+
+TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
+  struct Case { int64_t T, n_past; int H, Hkv, hd; };
+  for (Case c : {Case{1, 0, 4, 2, 16}, {1, 300, 6, 2, 64}, {3, 5, 5, 1, 24}, {8, 1000, 8, 2, 128},
+                 {9, 0, 4, 4, 16}, {50, 7, 6, 2, 24}, {77, 130, 12, 2, 128}, {200, 0, 8, 2, 64},
+                 {1, 4000, 12, 2, 128}, {40, 0, 2, 1, 256}}) {
+    const int64_t ldq = c.H * c.hd + 7, kvd = c.Hkv * c.hd, rows = c.n_past + c.T;
+    auto q = both(randn(static_cast<size_t>(c.T * ldq)));
+    auto kc = both(randn(static_cast<size_t>(rows * kvd))), vc = both(randn(static_cast<size_t>(rows * kvd)));
+    auto out = poisoned(static_cast<size_t>(c.T * c.H * c.hd));
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    cpu->attention(q.c.data(), ldq, c.T, kc.c.data(), vc.c.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.c.data());
+    gpu->attention(q.g.data(), ldq, c.T, kc.g.data(), vc.g.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.g.data());
+    EXPECT_LE(rel(out), 1e-4) << "T=" << c.T << " n_past=" << c.n_past << " H=" << c.H << " Hkv=" << c.Hkv
+                              << " hd=" << c.hd;
+  }
+}
+
+TEST_F(CudaOpTest, Conv1dSiluContinuesFromState) {
+  for (auto [T, C, K] : {std::tuple{1, 5, 4}, {2, 33, 4}, {3, 130, 4}, {37, 65, 3}, {300, 1792, 4}}) {
+    const int64_t ld = C + 9;
+    auto in = both(randn(static_cast<size_t>(T * ld)));
+    auto w = both(randn(static_cast<size_t>(C * K), 0.5f)), bias = both(randn(static_cast<size_t>(C)));
+    auto st = both(randn(static_cast<size_t>((K - 1) * C)));
+    auto out = poisoned(static_cast<size_t>(T * C));
+    cpu->conv1d_silu(in.c.data(), ld, T, C, K, w.c.data(), bias.c.data(), st.c.data(), out.c.data());
+    gpu->conv1d_silu(in.g.data(), ld, T, C, K, w.g.data(), bias.g.data(), st.g.data(), out.g.data());
+    EXPECT_LE(rel(out), 1e-5) << "T=" << T << " C=" << C;
+    EXPECT_EQ(rel(st), 0.0) << "state, T=" << T;
+    // And once more without bias, continuing from the updated state.
+    cpu->conv1d_silu(in.c.data(), ld, T, C, K, w.c.data(), nullptr, st.c.data(), out.c.data());
+    gpu->conv1d_silu(in.g.data(), ld, T, C, K, w.g.data(), nullptr, st.g.data(), out.g.data());
+    EXPECT_LE(rel(out), 1e-5) << "second call, T=" << T;
+    EXPECT_EQ(rel(st), 0.0);
+  }
+}
+
+TEST_F(CudaOpTest, SsmScanChunkedAndRecurrentAgree) {
+  struct Case { int64_t T; int H, P, G, N, cs; float dt_max; };
+  for (Case c : {Case{1, 4, 16, 1, 16, 16, INFINITY}, {7, 6, 16, 2, 8, 8, INFINITY}, {45, 8, 16, 2, 16, 16, 0.3f},
+                 {130, 24, 64, 1, 128, 128, INFINITY}, {1, 24, 64, 1, 128, 128, INFINITY},
+                 {300, 4, 32, 1, 256, 64, INFINITY}, {20, 3, 5, 1, 40, 8, INFINITY}}) {
+    const int64_t ds = int64_t(c.H) * c.P, GN = int64_t(c.G) * c.N, ld_xbc = ds + 2 * GN + 3, ld_dt = c.H + 2;
+    auto xbc = both(randn(static_cast<size_t>(c.T * ld_xbc)));
+    auto dt = both(randn(static_cast<size_t>(c.T * ld_dt)));
+    std::vector<float> A(static_cast<size_t>(c.H)), D = randn(static_cast<size_t>(c.H)), dtb = randn(static_cast<size_t>(c.H));
+    for (auto& a : A) a = -std::exp(std::uniform_real_distribution<float>(-2.0f, 1.0f)(rng));
+    auto Ab = both(A), Db = both(D), dtbb = both(dtb);
+    auto st = both(randn(static_cast<size_t>(ds * c.N), 0.5f));
+    auto y = poisoned(static_cast<size_t>(c.T * ds));
+    SsmParams pc{c.H, c.P, c.G, c.N, c.cs, Ab.c.data(), Db.c.data(), dtbb.c.data(), 0.0f, c.dt_max};
+    SsmParams pg{c.H, c.P, c.G, c.N, c.cs, Ab.g.data(), Db.g.data(), dtbb.g.data(), 0.0f, c.dt_max};
+    const float* xc = xbc.c.data();
+    const float* xg = xbc.g.data();
+    cpu->ssm_scan(xc, xc + ds, xc + ds + GN, ld_xbc, dt.c.data(), ld_dt, c.T, pc, st.c.data(), y.c.data());
+    gpu->ssm_scan(xg, xg + ds, xg + ds + GN, ld_xbc, dt.g.data(), ld_dt, c.T, pg, st.g.data(), y.g.data());
+    EXPECT_LE(rel(y), 1e-4) << "T=" << c.T << " H=" << c.H << " N=" << c.N;
+    EXPECT_LE(rel(st), 1e-4) << "state, T=" << c.T;
+  }
+}
+
+TEST_F(CudaOpTest, MemoryCopyZeroAndReuse) {
+  const auto v = randn(1000);
+  Buffer a(*gpu, 1000), b(*gpu, 1000);
+  gpu->from_host(a.data(), v.data(), 1000);
+  gpu->copy(b.data(), a.data(), 1000);
+  EXPECT_EQ(rel(host(*gpu, b.data(), 1000), v), 0.0);
+  gpu->zero(b.data(), 500);
+  const auto z = host(*gpu, b.data(), 1000);
+  for (int i = 0; i < 500; ++i) ASSERT_EQ(z[static_cast<size_t>(i)], 0.0f);
+  EXPECT_EQ(z[700], v[700]);
+  b.reset();
+  Buffer c(*gpu, 1000);  // reuses b's memory: must come back zeroed
+  const auto zc = host(*gpu, c.data(), 1000);
+  for (float f : zc) ASSERT_EQ(f, 0.0f);
+}
+
+}  // namespace
+}  // namespace fh1
