@@ -6,8 +6,10 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   nlohmann-json3-dev libcli11-dev libpcre2-dev libutf8proc-dev libhwy-dev libcpp-httplib-dev libssl-dev
+  zlib1g-dev libbrotli-dev
   libgtest-dev libgmock-dev libbenchmark-dev libopenblas-dev
   python3 python3-venv python3-pip
+  chromium
 )
 missing=()
 for p in "${packages[@]}"; do

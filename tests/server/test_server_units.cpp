@@ -1,0 +1,197 @@
+// Unit tests of the server's C++ parts: stop strings, the state cache, the scheduler (batched
+// requests give what each gives alone; cancellation; cache hits) and request parsing.
+#include <chrono>
+#include <memory>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "runtime/generator.h"
+#include "runtime/scheduler.h"
+#include "runtime/state_cache.h"
+#include "runtime/text_model.h"
+#include "server/api_error.h"
+#include "server/openai_request.h"
+#include "server/stop_strings.h"
+#include "util/thread_pool.h"
+
+namespace fh1 {
+namespace {
+
+const std::string kModelDir = std::string(FH1_FIXTURES_DIR) + "/server/model";
+
+struct Loaded {
+  ThreadPool pool{2};
+  std::unique_ptr<Kernels> kernels = make_cpu_kernels(pool);
+  Model model = Model::load(kModelDir, *kernels);
+};
+
+std::vector<int32_t> greedy_alone(const Model& model, const std::vector<int32_t>& prompt, int n) {
+  SequenceState state = model.new_state();
+  GenerateOptions g;
+  g.max_new_tokens = n;
+  return generate(model, state, prompt, g).ids;
+}
+
+std::vector<int32_t> run_to_end(const std::shared_ptr<GenerationRequest>& r, GenerationResult* result = nullptr) {
+  std::vector<GeneratedToken> tokens;
+  std::optional<GenerationResult> done;
+  while (!(done = r->wait_for(std::chrono::milliseconds(50), tokens))) {
+  }
+  std::vector<int32_t> ids;
+  for (const auto& t : tokens) ids.push_back(t.id);
+  if (result) *result = *done;
+  return ids;
+}
+
+TEST(StopStrings, HoldsBackPartialMatches) {
+  server::StopStringMatcher m({"STOP", "xy"});
+  EXPECT_EQ(m.push("hello S"), "hello ");
+  EXPECT_EQ(m.push("T"), "");
+  EXPECT_EQ(m.push("an"), "STan");
+  EXPECT_EQ(m.push("d x"), "d ");
+  EXPECT_EQ(m.push("yz"), "");
+  EXPECT_TRUE(m.matched());
+  EXPECT_EQ(m.push("more"), "");
+  server::StopStringMatcher n({"END"});
+  EXPECT_EQ(n.push("the E"), "the ");
+  EXPECT_EQ(n.flush(), "E");
+  server::StopStringMatcher none({});
+  EXPECT_EQ(none.push("abc"), "abc");
+}
+
+TEST(StopStrings, EarliestMatchWins) {
+  server::StopStringMatcher m({"cd", "b"});
+  EXPECT_EQ(m.push("abcd"), "a");
+}
+
+TEST(StateCache, LongestProperPrefixAndLru) {
+  Loaded l;
+  const auto& c = l.model.config();
+  StateCache cache(c, c.state_bytes(10) * 2 + 1);  // room for two 10-token states
+  auto state_of = [&](std::vector<int32_t> ids) {
+    SequenceState s = l.model.new_state();
+    l.model.forward(s, ids);
+    return s;
+  };
+  cache.insert(std::vector<int32_t>{1, 2, 3}, state_of({1, 2, 3}));
+  cache.insert(std::vector<int32_t>{1, 2, 3, 4, 5}, state_of({1, 2, 3, 4, 5}));
+  auto hit = cache.lookup(std::vector<int32_t>{1, 2, 3, 4, 5, 6});
+  ASSERT_TRUE(hit);
+  EXPECT_EQ(hit->tokens, 5);
+  EXPECT_EQ(hit->state.n_past(), 5);
+  hit = cache.lookup(std::vector<int32_t>{1, 2, 3, 4, 5});  // proper prefix only
+  ASSERT_TRUE(hit);
+  EXPECT_EQ(hit->tokens, 3);
+  EXPECT_FALSE(cache.lookup(std::vector<int32_t>{9, 1, 2, 3}));
+  // the restored state continues exactly like the original
+  const std::vector<int32_t> rest{6, 7};
+  SequenceState full = state_of({1, 2, 3, 4, 5});
+  auto a = l.model.forward(full, rest);
+  auto again = cache.lookup(std::vector<int32_t>{1, 2, 3, 4, 5, 6});
+  auto b = l.model.forward(again->state, rest);
+  EXPECT_EQ(a, b);
+  // a third 10-token state evicts the least recently used
+  cache.insert(std::vector<int32_t>(10, 7), state_of(std::vector<int32_t>(10, 7)));
+  EXPECT_LE(cache.stats().bytes, cache.stats().max_bytes);
+  EXPECT_GE(cache.stats().evictions, 1u);
+}
+
+TEST(Scheduler, BatchedRequestsMatchEachAlone) {
+  Loaded l;
+  SchedulerOptions o;
+  o.parallel = 3;  // 6 requests: some wait in the queue
+  o.step_tokens = 7;  // prompts are fed in several chunks, interleaved with decoding
+  Scheduler s(l.model, o);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int32_t> p;
+    for (int t = 0; t < 5 + 6 * i; ++t) p.push_back(3 + (t * 7 + i * 13) % 300);
+    prompts.push_back(p);
+  }
+  // Only one thread may run the model at a time (its thread pool is not shared): the references
+  // first, then the scheduler.
+  std::vector<std::vector<int32_t>> expected;
+  for (const auto& p : prompts) expected.push_back(greedy_alone(l.model, p, 12));
+  std::vector<std::shared_ptr<GenerationRequest>> reqs;
+  for (const auto& p : prompts) {
+    GenerationParams g;
+    g.prompt = p;
+    g.max_tokens = 12;
+    reqs.push_back(std::make_shared<GenerationRequest>(g));
+    ASSERT_EQ(s.submit(reqs.back()), Scheduler::Admission::accepted);
+  }
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    GenerationResult r;
+    EXPECT_EQ(run_to_end(reqs[i], &r), expected[i]) << "request " << i;
+    EXPECT_EQ(r.finish_reason, "length");
+    EXPECT_EQ(r.completion_tokens, 12);
+  }
+}
+
+TEST(Scheduler, CancelFreesTheSlotAndCacheResumes) {
+  Loaded l;
+  SchedulerOptions o;
+  o.parallel = 1;
+  o.queue = 0;
+  const std::vector<int32_t> follow_prompt{5, 6, 7, 8, 9, 10, 11};
+  const std::vector<int32_t> follow_expected = greedy_alone(l.model, follow_prompt, 4);
+  Scheduler s(l.model, o);
+  GenerationParams g;
+  g.prompt = {5, 6, 7, 8, 9};
+  g.max_tokens = 1000;
+  auto long_one = std::make_shared<GenerationRequest>(g);
+  ASSERT_EQ(s.submit(long_one), Scheduler::Admission::accepted);
+  auto refused = std::make_shared<GenerationRequest>(g);
+  EXPECT_EQ(s.submit(refused), Scheduler::Admission::queue_full);
+  std::vector<GeneratedToken> first;
+  while (first.empty()) long_one->wait_for(std::chrono::milliseconds(50), first);  // prompt fed
+  long_one->cancel();
+  GenerationResult r;
+  run_to_end(long_one, &r);
+  EXPECT_EQ(r.finish_reason, "cancelled");
+  // the prompt's snapshot was saved: the same prompt plus more resumes from it
+  g.prompt = follow_prompt;
+  g.max_tokens = 4;
+  auto follow = std::make_shared<GenerationRequest>(g);
+  ASSERT_EQ(s.submit(follow), Scheduler::Admission::accepted);
+  EXPECT_EQ(run_to_end(follow, &r), follow_expected);
+  EXPECT_EQ(r.cached_tokens, 5);
+  // invalid input is refused, not crashed on
+  g.prompt = {1, 100000};
+  EXPECT_EQ(s.submit(std::make_shared<GenerationRequest>(g)), Scheduler::Admission::invalid);
+  s.shutdown();
+  EXPECT_EQ(s.submit(std::make_shared<GenerationRequest>(g)), Scheduler::Admission::invalid);
+}
+
+TEST(OpenAiRequest, ParsesAndRejects) {
+  Loaded l;
+  const TextModel text = TextModel::load(kModelDir, l.model.config());
+  server::ServedModel m{"m", &text, 64, l.model.config().vocab_size};
+  auto r = server::parse_completion_request(
+      server::Endpoint::chat,
+      R"({"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"temperature":0,"stop":"x"})", m);
+  EXPECT_EQ(r.generation.max_tokens, 5);
+  EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
+  EXPECT_FALSE(r.generation.prompt.empty());
+  auto status = [&](const std::string& body) {
+    try {
+      server::parse_completion_request(server::Endpoint::completion, body, m);
+      return 200;
+    } catch (const server::ApiError& e) {
+      return e.status();
+    }
+  };
+  EXPECT_EQ(status(R"({"prompt":"hi"})"), 200);
+  EXPECT_EQ(status(R"({"prompt":"hi","model":"other"})"), 404);
+  EXPECT_EQ(status(R"({"prompt":"hi","max_tokens":0})"), 400);
+  EXPECT_EQ(status(R"({"prompt":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,
+                      31,32,33,34,35,36,37,38,39,40,41,42,43,44,45,46,47,48,49,50,51,52,53,54,55,56,57,58,59,60,
+                      61,62,63,64]})"), 400);
+  EXPECT_EQ(status("{"), 400);
+  EXPECT_EQ(status("[]"), 400);
+  EXPECT_EQ(status(R"({"prompt":"hi","seed":18446744073709551615})"), 200);
+}
+
+}  // namespace
+}  // namespace fh1
