@@ -1,5 +1,5 @@
 // Element-wise, normalization, RoPE, embedding and conv kernels of the CUDA backend. Each one
-// computes what the CPU reference (src/kernels/cpu/cpu_kernels.cpp) computes, in float32.
+// computes what the CPU reference (src/kernels/cpu/reference_kernels.cpp) computes, in float32.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
