@@ -87,6 +87,7 @@ Runner add_generate_command(CLI::App& app) {
       std::fputs(rest.c_str(), stdout);
     }
     std::printf("\n");
+    std::fflush(stdout);  // the text before the statistics on stderr
     const double pf = r.prefill_seconds > 0 ? static_cast<double>(prompt_ids.size()) / r.prefill_seconds : 0.0;
     const double dc =
         r.decode_seconds > 0 && r.ids.size() > 1 ? static_cast<double>(r.ids.size() - 1) / r.decode_seconds : 0.0;
