@@ -19,7 +19,9 @@ SequenceState::SequenceState(const ModelConfig& c, Kernels& kernels, int64_t ini
 
 void SequenceState::reserve(int64_t rows) {
   if (rows <= capacity_) return;
-  const int64_t new_cap = std::max(rows, capacity_ * 2);
+  // Grow by a quarter (at least 256 rows): amortized copies stay cheap, and a long context (or a
+  // snapshot cloned at its exact size) does not end up with twice the KV memory it uses.
+  const int64_t new_cap = std::max(rows, capacity_ + std::max<int64_t>(256, capacity_ / 4));
   for (auto& l : layers_) {
     Buffer k(*kernels_, static_cast<size_t>(new_cap * kv_dim_));
     Buffer v(*kernels_, static_cast<size_t>(new_cap * kv_dim_));
