@@ -23,7 +23,7 @@
 #include "kernels/cpu/memory_bandwidth.h"
 #include "kernels/cpu/simd_kernels.h"
 #include "model/model.h"
-#include "util/benchmark_model.h"
+#include "model/benchmark_model.h"
 #include "util/error.h"
 #include "util/half.h"
 #include "util/thread_pool.h"

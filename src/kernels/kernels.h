@@ -7,6 +7,8 @@
 // kernel can read one slice of a wider projection without a copy. All reductions are float32.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -38,6 +40,14 @@ struct SsmParams {
   const float* dt_bias = nullptr;  // [Hm]
   float dt_min = 0.0f, dt_max = 0.0f;  // time_step_limit
 };
+
+// The time step of head h from its raw in_proj column: softplus(raw + dt_bias) (torch's softplus,
+// threshold 20), clamped to time_step_limit. One definition for every CPU kernel.
+inline float ssm_time_step(const SsmParams& p, int h, float raw) {
+  const float x = raw + p.dt_bias[h];
+  const float dt = x > 20.0f ? x : std::log1p(std::exp(x));
+  return std::clamp(dt, p.dt_min, p.dt_max);
+}
 
 class Kernels {
  public:

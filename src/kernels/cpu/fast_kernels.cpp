@@ -15,8 +15,6 @@
 namespace fh1 {
 namespace {
 
-inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
-
 // Per-thread scratch that only grows.
 float* scratch(std::vector<float>& v, size_t n) {
   if (v.size() < n) v.resize(n);
@@ -291,7 +289,7 @@ void FastKernels::ssm_scan(const float* x, const float* B, const float* C, int64
       for (size_t hs = h0; hs < h1; ++hs) {
         const int h = static_cast<int>(hs);
         const int64_t g_off = static_cast<int64_t>(h / heads_per_group) * N;
-        const float dt = std::clamp(softplus(dt_raw[h] + p.dt_bias[h]), p.dt_min, p.dt_max);
+        const float dt = ssm_time_step(p, h, dt_raw[h]);
         simd::ssm_step_head(state + static_cast<int64_t>(h) * P * N, P, N, x + static_cast<int64_t>(h) * P, B + g_off,
                             C + g_off, dt, std::exp(dt * p.A[h]), p.D[h], y + static_cast<int64_t>(h) * P);
       }
@@ -316,7 +314,7 @@ void FastKernels::ssm_scan(const float* x, const float* B, const float* C, int64
     const int h = static_cast<int>(hs);
     const int64_t g = h / heads_per_group;
     std::vector<float> dt(static_cast<size_t>(T));
-    for (int64_t t = 0; t < T; ++t) dt[t] = std::clamp(softplus(dt_raw[t * ld_dt + h] + p.dt_bias[h]), p.dt_min, p.dt_max);
+    for (int64_t t = 0; t < T; ++t) dt[t] = ssm_time_step(p, h, dt_raw[t * ld_dt + h]);
     for (int64_t c = 0; c < n_chunks; ++c) {
       const int64_t c0 = c * cs;
       ssm_chunk(x + c0 * ld_xbc + static_cast<int64_t>(h) * P, B + c0 * ld_xbc + g * N, C + c0 * ld_xbc + g * N, ld_xbc,

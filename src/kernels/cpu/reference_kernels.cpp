@@ -29,9 +29,6 @@ inline float dot(const float* a, const float* b, int64_t n) {
 
 inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
 
-// torch.nn.functional.softplus (beta 1, threshold 20).
-inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
-
 void row_to_f32(const WeightView& w, int64_t row, float* out) {
   const int64_t K = w.cols;
   switch (w.dtype) {
@@ -271,7 +268,7 @@ void ReferenceKernels::ssm_scan(const float* x, const float* B, const float* C, 
       const float A = p.A[h], Dh = p.D[h];
       float* S = state + static_cast<int64_t>(h) * P * N;  // [P, N]
       for (int64_t t = 0; t < T; ++t)
-        dt[t] = std::clamp(softplus(dt_raw[t * ld_dt + h] + p.dt_bias[h]), p.dt_min, p.dt_max);
+        dt[t] = ssm_time_step(p, h, dt_raw[t * ld_dt + h]);
       const float* xh = x + static_cast<int64_t>(h) * P;
       float* yh = y + static_cast<int64_t>(h) * P;
       if (T == 1) {  // the recurrence, as decoding runs it

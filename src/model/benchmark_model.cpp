@@ -1,4 +1,4 @@
-#include "util/benchmark_model.h"
+#include "model/benchmark_model.h"
 
 #include <algorithm>
 #include <cmath>
