@@ -257,7 +257,8 @@ Runner add_bench_command(CLI::App& app) {
   cmd->add_option("-d,--depths", opt->depths, "context depths of the decode step, e.g. 0,1024,4096 (empty: none)")
       ->capture_default_str();
   cmd->add_option("-t,--threads", opt->threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--dtype", opt->dtype, "weights of --shape: bf16 or f32")->check(CLI::IsMember({"bf16", "f32"}))
+  cmd->add_option("--dtype", opt->dtype, "weights of --shape: bf16, f32, q8_0, q4_0 or q4_k")
+      ->check(CLI::IsMember({"bf16", "f32", "q8_0", "q4_0", "q4_k"}, CLI::ignore_case))
       ->capture_default_str();
   cmd->add_option("--min-seconds", opt->min_seconds, "time each figure at least this long (repeats short runs)")
       ->capture_default_str();
@@ -273,7 +274,9 @@ Runner add_bench_command(CLI::App& app) {
     if (opt->dir.empty() == opt->shape.empty()) throw Error("bench: give a model (-m DIR) or a shape (--shape 0.5B)");
     // Check the model request before spending time on measurements.
     std::optional<BenchmarkShape> shape;
-    const DType shape_dtype = opt->dtype == "bf16" ? DType::BF16 : DType::F32;
+    const DType shape_dtype = is_quantized_dtype(quantized_dtype_from_name(opt->dtype))
+                                  ? quantized_dtype_from_name(opt->dtype)
+                                  : (opt->dtype == "f32" || opt->dtype == "F32" ? DType::F32 : DType::BF16);
     if (!opt->shape.empty()) {
       shape = benchmark_shape(opt->shape);
       const size_t need = random_weight_bytes(shape->config, shape_dtype);
@@ -296,9 +299,10 @@ Runner add_bench_command(CLI::App& app) {
     nlohmann::ordered_json j;
     j["machine"] = {{"cpu", cpu_model_name()}, {"threads", pool.size()},
                     {"hardware_threads", std::thread::hardware_concurrency()}, {"llc_bytes", llc_bytes()},
-                    {"simd_target", simd::target_name()}, {"kernels", kernels->name()}};
-    std::fprintf(log, "machine: %s, %d threads, LLC %.0f MB, kernels %s\n", cpu_model_name().c_str(), pool.size(),
-                 static_cast<double>(llc_bytes()) / 1e6, kernels->name().c_str());
+                    {"simd_target", simd::target_name()}, {"int8_dot", simd::quant_dot_name()},
+                    {"kernels", kernels->name()}};
+    std::fprintf(log, "machine: %s, %d threads, LLC %.0f MB, kernels %s, int8 dot %s\n", cpu_model_name().c_str(),
+                 pool.size(), static_cast<double>(llc_bytes()) / 1e6, kernels->name().c_str(), simd::quant_dot_name());
 
     double bandwidth = 0;
     if (!opt->no_bandwidth) {

@@ -88,6 +88,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : map_(path)
     range_names.push_back(t.name);
     tensors_.emplace(t.name, std::move(t));
   }
+  apply_quantization_metadata(header, where);
   // No two tensors may share bytes.
   std::vector<size_t> order(ranges.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
@@ -98,6 +99,36 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) : map_(path)
     if (cur.first < prev.second && cur.first != cur.second && prev.first != prev.second)
       throw Error(where + ": tensors '" + range_names[order[i - 1]] + "' and '" + range_names[order[i]] +
                   "' overlap in the file");
+  }
+}
+
+// Our quantized checkpoints (falcon-h1 quantize) store each quantized matrix as U8 [rows,
+// row_bytes] holding GGUF's blocks, and name its type in the header's metadata under
+// "falcon_h1.quant.<tensor name>"; the view then has that type and the logical shape [rows, cols].
+void SafetensorsFile::apply_quantization_metadata(const nlohmann::json& header, const std::string& where) {
+  if (!header.contains("__metadata__")) return;
+  const auto& meta = header["__metadata__"];
+  if (!meta.is_object()) throw mismatch(where + ": __metadata__", "an object of strings", meta.dump());
+  const std::string prefix = "falcon_h1.quant.";
+  for (auto it = meta.begin(); it != meta.end(); ++it) {
+    if (it.key().rfind(prefix, 0) != 0) continue;
+    const std::string name = it.key().substr(prefix.size());
+    const std::string tw = where + ": quantized tensor '" + name + "'";
+    if (!it.value().is_string()) throw mismatch(tw + " type", "a string", it.value().dump());
+    const DType type = quantized_dtype_from_name(it.value().get<std::string>());
+    if (type == DType::UNKNOWN)
+      throw mismatch(tw + " type", "Q8_0, Q4_0 or Q4_K", it.value().get<std::string>());
+    auto t = tensors_.find(name);
+    if (t == tensors_.end()) throw Error(tw + ": named in __metadata__ but not in the file");
+    TensorView& v = t->second;
+    if (v.dtype != DType::U8 || v.shape.size() != 2)
+      throw mismatch(tw + " storage", "U8 [rows, row_bytes]", std::string(dtype_name(v.dtype)) + " " + v.shape_string());
+    const int64_t bb = dtype_block_bytes(type);
+    if (v.shape[1] % bb != 0)
+      throw Error(tw + ": rows of " + std::to_string(v.shape[1]) + " bytes are not whole " + dtype_name(type) +
+                  " blocks of " + std::to_string(bb) + " bytes");
+    v.dtype = type;
+    v.shape[1] = v.shape[1] / bb * dtype_block_elems(type);
   }
 }
 
@@ -163,9 +194,15 @@ TensorStore TensorStore::from_memory(std::vector<OwnedTensor> tensors) {
     t.shape = o.shape;
     t.data = o.bytes.data();
     t.nbytes = o.bytes.size();
-    if (t.nbytes != static_cast<size_t>(t.numel()) * dtype_size(t.dtype))
-      throw mismatch("in-memory tensor '" + o.name + "' byte count",
-                     std::to_string(static_cast<size_t>(t.numel()) * dtype_size(t.dtype)), std::to_string(t.nbytes));
+    size_t expected = static_cast<size_t>(t.numel()) * dtype_size(t.dtype);
+    if (is_quantized_dtype(t.dtype)) {
+      if (t.shape.size() != 2 || t.shape[1] % dtype_block_elems(t.dtype) != 0)
+        throw Error("in-memory tensor '" + o.name + "': " + dtype_name(t.dtype) + " needs 2 dimensions, the last a multiple of " +
+                    std::to_string(dtype_block_elems(t.dtype)));
+      expected = static_cast<size_t>(t.shape[0] * dtype_row_bytes(t.dtype, t.shape[1]));
+    }
+    if (t.nbytes != expected)
+      throw mismatch("in-memory tensor '" + o.name + "' byte count", std::to_string(expected), std::to_string(t.nbytes));
     if (!views->emplace(o.name, std::move(t)).second) throw Error("in-memory tensor '" + o.name + "' appears twice");
   }
   for (const auto& [name, view] : *views) store.index_.emplace(name, &view);

@@ -1,6 +1,7 @@
 // safetensors files (single or sharded through model.safetensors.index.json), memory-mapped.
 // Every header is validated before any tensor is handed out: offsets inside the file, no two
-// tensors overlapping, byte counts matching dtype x shape.
+// tensors overlapping, byte counts matching dtype x shape. Matrices quantized by `falcon-h1
+// quantize` are U8 in the file and come out with their block type (Q8_0, ...) and logical shape.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +10,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json_fwd.hpp>
 
 #include "io/mapped_file.h"
 #include "util/dtype.h"
@@ -45,6 +48,8 @@ class SafetensorsFile {
   static constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
 
  private:
+  void apply_quantization_metadata(const nlohmann::json& header, const std::string& where);
+
   MappedFile map_;
   std::map<std::string, TensorView> tensors_;
 };
@@ -54,7 +59,7 @@ struct OwnedTensor {
   std::string name;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
-  std::vector<uint8_t> bytes;  // numel * dtype_size(dtype) bytes
+  std::vector<uint8_t> bytes;  // numel * dtype_size(dtype) bytes (rows x row bytes if quantized)
 };
 
 // All tensors of a model directory: model.safetensors, or the shards listed by

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "quant/blocks.h"
 #include "util/error.h"
 #include "util/half.h"
 #include "util/thread_pool.h"
@@ -145,12 +146,17 @@ int64_t numel(const std::vector<int64_t>& shape) {
 
 size_t random_weight_bytes(const ModelConfig& c, DType dtype) {
   size_t n = 0;
-  for (const Spec& s : specs(c)) n += static_cast<size_t>(numel(s.shape)) * (s.matrix ? dtype_size(dtype) : 4);
+  for (const Spec& s : specs(c)) {
+    if (!s.matrix) n += static_cast<size_t>(numel(s.shape)) * 4;
+    else if (is_quantized_dtype(dtype)) n += static_cast<size_t>(s.shape[0] * dtype_row_bytes(dtype, s.shape[1]));
+    else n += static_cast<size_t>(numel(s.shape)) * dtype_size(dtype);
+  }
   return n;
 }
 
 TensorStore random_weights(const ModelConfig& c, DType dtype, ThreadPool& pool, uint64_t seed) {
-  if (dtype != DType::BF16 && dtype != DType::F32) throw Error("random weights are BF16 or F32");
+  if (dtype != DType::BF16 && dtype != DType::F32 && !is_quantized_dtype(dtype))
+    throw Error("random weights are BF16, F32, Q8_0, Q4_0 or Q4_K");
   std::vector<OwnedTensor> tensors;
   uint64_t stream = seed * 0x100000001b3ull;
   for (const Spec& s : specs(c)) {
@@ -159,6 +165,23 @@ TensorStore random_weights(const ModelConfig& c, DType dtype, ThreadPool& pool, 
     t.shape = s.shape;
     t.dtype = s.matrix ? dtype : DType::F32;
     const size_t n = static_cast<size_t>(numel(s.shape));
+    if (is_quantized_dtype(t.dtype)) {  // random rows, quantized one at a time
+      const int64_t rows = s.shape[0], cols = s.shape[1], rb = dtype_row_bytes(t.dtype, cols);
+      if (cols % dtype_block_elems(t.dtype) != 0)
+        throw Error(s.name + ": rows of " + std::to_string(cols) + " are not whole " + dtype_name(t.dtype) + " blocks");
+      t.bytes.resize(static_cast<size_t>(rows * rb));
+      const uint64_t base = mix(++stream);
+      pool.parallel_for(static_cast<size_t>(rows), [&](size_t r0, size_t r1) {
+        std::vector<float> row(static_cast<size_t>(cols));
+        for (size_t r = r0; r < r1; ++r) {
+          uint64_t state = mix(base ^ (r * 0x9e3779b97f4a7c15ull));
+          for (float& v : row) v = uniform(state = mix(state), s.scale);
+          quant::quantize_row(t.dtype, row.data(), cols, t.bytes.data() + static_cast<int64_t>(r) * rb);
+        }
+      });
+      tensors.push_back(std::move(t));
+      continue;
+    }
     t.bytes.resize(n * dtype_size(t.dtype));
     uint8_t* out = t.bytes.data();
     const bool bf16 = t.dtype == DType::BF16;

@@ -27,7 +27,7 @@ std::vector<std::string> benchmark_shape_names();
 size_t random_weight_bytes(const ModelConfig& c, DType dtype);
 
 // Every tensor the config needs, random (uniform, scaled by 1/sqrt(fan-in) so activations stay
-// O(1)), matrices in `dtype` (BF16 or F32), vectors in F32. Filled on the pool's threads.
+// O(1)), matrices in `dtype` (BF16, F32, or quantized: Q8_0, Q4_0, Q4_K), vectors in F32. Filled on the pool's threads.
 TensorStore random_weights(const ModelConfig& c, DType dtype, ThreadPool& pool, uint64_t seed = 1);
 
 }  // namespace fh1

@@ -14,18 +14,20 @@ class Binder {
  public:
   Binder(const TensorStore& store, Kernels& k) : store_(store), k_(k) {}
 
-  const TensorView& tensor(const std::string& name, std::vector<int64_t> shape) {
+  // A tensor of the given shape; matrices may also be block-quantized (falcon-h1 quantize).
+  const TensorView& tensor(const std::string& name, std::vector<int64_t> shape, bool matrix = false) {
     const TensorView* t = store_.find(name);
     if (t == nullptr) throw Error("missing tensor '" + name + "' (expected shape " + shape_to_string(shape) + ")");
-    if (!is_float_dtype(t->dtype))
-      throw mismatch("tensor '" + name + "' dtype", "BF16, F16 or F32", dtype_name(t->dtype));
+    if (!is_float_dtype(t->dtype) && !(matrix && is_quantized_dtype(t->dtype)))
+      throw mismatch("tensor '" + name + "' dtype", matrix ? "BF16, F16, F32, Q8_0, Q4_0 or Q4_K" : "BF16, F16 or F32",
+                     dtype_name(t->dtype));
     if (t->shape != shape)
       throw mismatch("tensor '" + name + "' shape", shape_to_string(shape) + " (from config.json)", t->shape_string());
     return *t;
   }
 
   WeightView matrix(const std::string& name, int64_t rows, int64_t cols) {
-    return k_.bind_weight(tensor(name, {rows, cols}));
+    return k_.bind_weight(tensor(name, {rows, cols}, true));
   }
 
   // Small tensors are converted to float32 once and kept in backend memory.

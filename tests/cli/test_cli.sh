@@ -93,6 +93,14 @@ expect_ok "generate --chat" "$BIN" generate -m "$TM" -p "Hi" --chat --system "Be
 printf 'hello\n/reset\nagain\n/exit\n' >"$TMP/chat_in"
 expect_ok "chat" "$BIN" chat -m "$TM" -n 4 --stats <"$TMP/chat_in"
 grep -q "conversation reset" "$TMP/err" && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: chat /reset"; }
+# quantize: a working run, then bad requests.
+expect_ok "quantize q8_0" "$BIN" quantize -m "$M" --type q8_0 -o "$TMP/q8"
+expect_ok "generate from the quantized copy" "$BIN" generate -m "$TMP/q8" --ids 1,2,3 -n 4
+expect_fail "quantize: unknown type" "q5_1" "$BIN" quantize -m "$M" --type q5_1 -o "$TMP/q"
+expect_fail "quantize: same directory" "must differ" "$BIN" quantize -m "$TMP/q8" --type q4_0 -o "$TMP/q8"
+expect_fail "quantize: already quantized" "already" "$BIN" quantize -m "$TMP/q8" --type q4_0 -o "$TMP/q4"
+expect_fail "quantize: missing input" "not a directory" "$BIN" quantize -m "$TMP/nope" --type q8_0 -o "$TMP/q"
+
 expect_fail "text prompt without a tokenizer" "no tokenizer.json" "$BIN" generate -m "$M" -p "hello"
 expect_fail "--chat without -p" "--chat needs" "$BIN" generate -m "$M" --ids 1,2 --chat
 expect_fail "no prompt at all" "give a prompt" "$BIN" generate -m "$M"

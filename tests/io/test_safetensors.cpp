@@ -127,6 +127,37 @@ TEST(TensorStore, ShardedIndexProblems) {
   EXPECT_EQ(store.total_bytes(), 4u);
 }
 
+// Quantized matrices: U8 storage + a type in __metadata__ give a view of that type and logical
+// shape; every inconsistency is a clear error.
+TEST(Safetensors, QuantizedTensorsFromMetadata) {
+  TempDir dir;
+  const std::string data(2 * 68 + 4, '\0');
+  const auto file = [&](const std::string& meta, const std::string& q_entry) {
+    return safetensors_bytes(R"({"__metadata__":{"format":"pt")" + meta + R"(},"q":)" + q_entry +
+                                 R"(,"v":{"dtype":"F32","shape":[1],"data_offsets":[136,140]}})",
+                             data);
+  };
+  const std::string u8 = R"({"dtype":"U8","shape":[2,68],"data_offsets":[0,136]})";
+  const SafetensorsFile f(dir.write("ok.safetensors", file(R"(,"falcon_h1.quant.q":"Q8_0")", u8)));
+  EXPECT_EQ(f.find("q")->dtype, DType::Q8_0);
+  EXPECT_EQ(f.find("q")->shape, (std::vector<int64_t>{2, 64}));
+  EXPECT_EQ(f.find("q")->nbytes, 136u);
+  EXPECT_EQ(f.find("v")->dtype, DType::F32);
+  const SafetensorsFile plain(dir.write("plain.safetensors", file("", u8)));  // no metadata: stays U8
+  EXPECT_EQ(plain.find("q")->dtype, DType::U8);
+
+  expect_error([&] { SafetensorsFile g(dir.write("a.safetensors", file(R"(,"falcon_h1.quant.q":"Q5_1")", u8))); },
+               {"'q'", "Q8_0, Q4_0 or Q4_K", "Q5_1"});
+  expect_error([&] { SafetensorsFile g(dir.write("b.safetensors", file(R"(,"falcon_h1.quant.zz":"Q8_0")", u8))); },
+               {"'zz'", "not in the file"});
+  expect_error([&] { SafetensorsFile g(dir.write("c.safetensors", file(R"(,"falcon_h1.quant.v":"Q8_0")", u8))); },
+               {"'v'", "U8 [rows, row_bytes]"});
+  expect_error([&] { SafetensorsFile g(dir.write("d.safetensors", file(R"(,"falcon_h1.quant.q":"Q4_K")", u8))); },
+               {"'q'", "not whole Q4_K blocks"});
+  expect_error([&] { SafetensorsFile g(dir.write("e.safetensors", file(R"(,"falcon_h1.quant.q":7)", u8))); },
+               {"'q'", "a string"});
+}
+
 TEST(TensorStore, EmptyDirectory) {
   TempDir dir;
   expect_error([&] { TensorStore::open_dir(dir.path); }, {"no model.safetensors"});

@@ -9,6 +9,8 @@
 
 #include "kernels/cpu/reference_kernels.h"
 #include "kernels/cpu/simd_kernels.h"
+#include "quant/blocks.h"
+#include "util/error.h"
 #include "util/parallel_dynamic.h"
 #include "util/thread_pool.h"
 
@@ -38,6 +40,10 @@ class FastKernels final : public ReferenceKernels {
   void matmul(const float* x, int64_t ldx, int64_t T, const WeightView& W, const float* bias, float* y) override {
     const int64_t N = W.rows, K = W.cols;
     const int64_t threads = pool_.size();
+    if (T < 4 && is_quantized_dtype(W.dtype)) {  // decode over quantized weights: int8 dot products
+      quant_gemv(x, ldx, T, W, bias, y);
+      return;
+    }
     if (T < 4) {  // decode: a GEMV streaming the weights once, rows split evenly over threads
       const int64_t groups = (N + 15) / 16;
       pool_.parallel_for(static_cast<size_t>(groups), [&](size_t g0, size_t g1) {
@@ -61,6 +67,23 @@ class FastKernels final : public ReferenceKernels {
       if (t0 >= t1) return;
       float* s = scratch(tl_weights, static_cast<size_t>((r1 - r0 + 64) * K));
       simd::matmul_block(x, ldx, t0, t1, W, r0, r1, bias, y, N, s);
+    });
+  }
+
+  // The activations quantized once (blocks of 32 int8 and a scale), then the rows of W split
+  // evenly over the threads.
+  void quant_gemv(const float* x, int64_t ldx, int64_t T, const WeightView& W, const float* bias, float* y) {
+    const int64_t N = W.rows, K = W.cols, nb = K / 32;
+    if (K % 32 != 0) throw Error("quantized matmul: " + std::to_string(K) + " columns is not a multiple of 32");
+    act_q_.resize(static_cast<size_t>(T * K));
+    act_d_.resize(static_cast<size_t>(2 * T * nb));
+    for (int64_t t = 0; t < T; ++t)
+      quant::quantize_activations(x + t * ldx, K, act_q_.data() + t * K, act_d_.data() + t * nb,
+                                  act_d_.data() + (T + t) * nb);
+    const int64_t groups = (N + 15) / 16;
+    pool_.parallel_for(static_cast<size_t>(groups), [&](size_t g0, size_t g1) {
+      simd::quant_gemv(act_q_.data(), act_d_.data(), act_d_.data() + T * nb, T, W, static_cast<int64_t>(g0) * 16,
+                       std::min<int64_t>(N, static_cast<int64_t>(g1) * 16), bias, y, N);
     });
   }
 
@@ -119,6 +142,8 @@ class FastKernels final : public ReferenceKernels {
  private:
   static constexpr int64_t kBlockBytes = 384 << 10;  // widened weight rows per prefill item
   static constexpr int64_t kParallelMin = 1 << 14;   // below this many floats, one thread
+  std::vector<int8_t> act_q_;  // quantized activations of quant_gemv
+  std::vector<float> act_d_;   // their scales, then scale x sum per block
 
   template <class Fn>
   void rows(int64_t T, int64_t d, Fn&& fn) {

@@ -8,6 +8,7 @@
 
 #include "io/safetensors.h"
 #include "kernels/cpu/reference_kernels.h"
+#include "quant/blocks.h"
 #include "util/error.h"
 #include "util/half.h"
 #include "util/thread_pool.h"
@@ -45,6 +46,9 @@ void row_to_f32(const WeightView& w, int64_t row, float* out) {
       for (int64_t k = 0; k < K; ++k) out[k] = f16_to_f32(p[k]);
       break;
     }
+    case DType::Q8_0: case DType::Q4_0: case DType::Q4_K:
+      quant::dequantize_row(w.dtype, static_cast<const uint8_t*>(w.data) + row * dtype_row_bytes(w.dtype, K), K, out);
+      break;
     default:
       throw Error(std::string("CPU kernels cannot read weights of dtype ") + dtype_name(w.dtype));
   }
@@ -71,8 +75,9 @@ void ReferenceKernels::copy(float* dst, const float* src, size_t n) { std::memmo
 void ReferenceKernels::zero(float* dst, size_t n) { std::memset(dst, 0, n * sizeof(float)); }
 
 WeightView ReferenceKernels::bind_weight(const TensorView& t) {
-  if (!is_float_dtype(t.dtype))
-    throw Error("tensor '" + t.name + "': dtype " + dtype_name(t.dtype) + " is not a float type (F32, F16, BF16)");
+  if (!is_float_dtype(t.dtype) && !is_quantized_dtype(t.dtype))
+    throw Error("tensor '" + t.name + "': dtype " + dtype_name(t.dtype) +
+                " is neither a float type (F32, F16, BF16) nor a quantized one (Q8_0, Q4_0, Q4_K)");
   WeightView w;
   w.dtype = t.dtype;
   w.data = t.data;

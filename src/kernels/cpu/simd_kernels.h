@@ -22,9 +22,18 @@ size_t float_lanes();
 // y has row stride ldy and is indexed by the absolute t and r. With four tokens or more, the rows
 // are packed once (widened to f32, transposed into panels) into `scratch`, which must hold
 // (r1 - r0 + 64) * W.cols floats, and reused by every token; with one to three tokens (or no
-// scratch) the rows are streamed and widened on the fly (decode GEMV).
+// scratch) the rows are streamed and widened on the fly (decode GEMV). Quantized rows are
+// dequantized exactly to f32 (packed, or one row at a time without scratch).
 void matmul_block(const float* x, int64_t ldx, int64_t t0, int64_t t1, const WeightView& W, int64_t r0, int64_t r1,
                   const float* bias, float* y, int64_t ldy, float* scratch);
+
+// Decode GEMV over a block-quantized W (Q8_0, Q4_0, Q4_K) for T tokens whose activations were
+// quantized by quant::quantize_activations (xq [T, K] int8, xd and xd_sum [T, K / 32]): y[t, r]
+// for rows r in [r0, r1), in int8 dot products (AVX512-VNNI where the CPU has it).
+void quant_gemv(const int8_t* xq, const float* xd, const float* xd_sum, int64_t T, const WeightView& W, int64_t r0,
+                int64_t r1, const float* bias, float* y, int64_t ldy);
+// The instruction set quant_gemv runs on here: "AVX512-VNNI", "AVX2" or "scalar".
+const char* quant_dot_name();
 
 // y[m, n] = x[m, :] . w[n, :] over K (f32 rows with strides ldx, ldw): scores of attention.
 void dot_rows(const float* x, int64_t ldx, int64_t M, const float* w, int64_t ldw, int64_t N, int64_t K, float* y,

@@ -15,8 +15,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "kernels/cpu/simd_kernels.h"
+#include "quant/blocks.h"
 #include "util/error.h"
 #include "util/half.h"
 
@@ -277,6 +279,23 @@ void MatmulBlock(const float* x, int64_t ldx, int64_t t0, int64_t t1, const Weig
     const auto* w = static_cast<const hwy::float16_t*>(W.data) + r0 * K;
     if (!pack) return Gemv(x, ldx, t0, t1, w, K, r0, r1, K, bias, y, ldy);
     PackPanels(w, K, r1 - r0, K, scratch);
+  } else if (is_quantized_dtype(W.dtype)) {
+    // Dequantized exactly to f32, a panel's rows (or, without scratch, one row) at a time.
+    const auto* w = static_cast<const uint8_t*>(W.data);
+    const int64_t rb = dtype_row_bytes(W.dtype, K);
+    const int64_t PW = pack ? kPNV * static_cast<int64_t>(hn::Lanes(DF())) : 1;
+    thread_local std::vector<float> rows_f32;
+    if (rows_f32.size() < static_cast<size_t>(PW * K)) rows_f32.resize(static_cast<size_t>(PW * K));
+    for (int64_t p0 = r0; p0 < r1; p0 += PW) {
+      const int64_t n = std::min(PW, r1 - p0);
+      for (int64_t r = 0; r < n; ++r) quant::dequantize_row(W.dtype, w + (p0 + r) * rb, K, rows_f32.data() + r * K);
+      if (pack) {
+        PackPanels(rows_f32.data(), K, n, K, scratch + (p0 - r0) * K);
+      } else {
+        Gemv(x, ldx, t0, t1, rows_f32.data(), K, p0, p0 + 1, K, bias, y, ldy);
+      }
+    }
+    if (!pack) return;
   } else {
     throw Error(std::string("CPU kernels cannot read weights of dtype ") + dtype_name(W.dtype));
   }
