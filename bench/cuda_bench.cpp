@@ -1,15 +1,18 @@
 // cuda-bench: Falcon-H1 on the CUDA backend with random bf16 weights at release shapes.
-// Prefill tokens/s (one forward call of T tokens), decode tokens/s at batch 1 and 8 at several
-// contexts, GPU memory, and the two ceilings the numbers are read against: the device-to-device
+// Prefill tokens/s, decode tokens/s at batch 1, 8 and 64 at several contexts, GPU memory, and the two ceilings the numbers are read against: the device-to-device
 // copy bandwidth (bytes read + written) and the cuBLAS bf16 GEMM rate on a large square product.
 //
 // The weights: a safetensors file is written with real values for the small tensors (norms,
 // A_log, D, dt_bias, conv) and holes (zeros, no disk) for the matrices; after the model binds it,
 // CudaKernels::randomize_weights fills every uploaded matrix with random values on the device.
 //
-//   cuda-bench [--models 0.5b,1.5b-deep,7b] [--prefill 1024,4096,16384,32768]
-//              [--decode-steps 32] [--batch8-ctx 1024,8192] [--json out.jsonl] [--dir /tmp]
-//              [--matmul bf16x2|bf16]
+//   cuda-bench [--models 0.5b,1.5b-deep,7b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
+//              [--decode-ctx 1024,16384] [--batches 1,8,64] [--decode-steps 32] [--json out.jsonl]
+//              [--dir /tmp] [--matmul bf16x2|bf16] [--attention tf32|f32] [--graphs 1|0]
+// Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
+// KV cache holds all T). Decode at context C: B sequences whose KV caches hold C rows of random
+// values (set up without a prefill), one token per sequence per step; combinations whose KV
+// caches do not fit are skipped.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <fcntl.h>
@@ -249,20 +252,29 @@ size_t device_used() {
   return tot - fr;
 }
 
+
+// Bytes of KV cache per token of one sequence (float32 K and V, every layer).
+uint64_t kv_bytes_per_token(const ModelConfig& c) { return uint64_t(c.kv_dim()) * 2 * 4 * c.num_hidden_layers; }
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string models = "0.5b,1.5b-deep,7b", json_path, dir = "/tmp";
-  std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, b8ctx = {1024, 8192};
+  std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, decode_ctx = {1024, 16384}, batches = {1, 8, 64};
   int steps = 32;
-  bool split = true;
+  int64_t chunk = 32768;
+  bool split = true, tf32 = true, graphs = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--models") models = v;
     else if (a == "--matmul") split = v != "bf16";
+    else if (a == "--attention") tf32 = v != "f32";
+    else if (a == "--graphs") graphs = v != "0";
     else if (a == "--prefill") prefill = parse_list(v);
+    else if (a == "--prefill-chunk") chunk = std::stoll(v);
     else if (a == "--decode-steps") steps = std::stoi(v);
-    else if (a == "--batch8-ctx") b8ctx = parse_list(v);
+    else if (a == "--decode-ctx" || a == "--batch8-ctx") decode_ctx = parse_list(v);
+    else if (a == "--batches") batches = parse_list(v);
     else if (a == "--json") json_path = v;
     else if (a == "--dir") dir = v;
     else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 2; }
@@ -272,9 +284,11 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop{};
     ck(cudaGetDeviceProperties(&prop, 0), "props");
     const double bw = measure_copy_bw(), gemm = measure_gemm_rate();
-    std::printf("device: %s, %d SMs, %.1f GiB; copy %.0f GB/s (read+write); bf16 GEMM 8192^3 %.0f TFLOP/s; matmul %s\n",
+    std::printf("device: %s, %d SMs, %.1f GiB; copy %.0f GB/s (read+write); bf16 GEMM 8192^3 %.0f TFLOP/s\n"
+                "matmul %s; prefill attention %s; decode graphs %s; prefill in chunks of %lld tokens\n",
                 prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, bw, gemm,
-                split ? "bf16x2 (activations as hi + lo bf16)" : "bf16 (activations rounded once)");
+                split ? "bf16x2 (activations as hi + lo bf16)" : "bf16 (activations rounded once)",
+                tf32 ? "tf32 tensor cores" : "f32", graphs ? "on" : "off", static_cast<long long>(chunk));
     std::ofstream js;
     if (!json_path.empty()) js.open(json_path);
     auto emit = [&](nlohmann::json j) {
@@ -282,6 +296,8 @@ int main(int argc, char** argv) {
       j["copy_GBps"] = bw;
       j["gemm_TFLOPs"] = gemm;
       j["matmul"] = split ? "bf16x2 (hi+lo activations)" : "bf16";
+      j["attention"] = tf32 ? "tf32" : "f32";
+      j["graphs"] = graphs;
       if (js) js << j.dump() << "\n" << std::flush;
     };
     for (const Shape& s : all_shapes()) {
@@ -293,6 +309,8 @@ int main(int argc, char** argv) {
       const fs::path file = write_checkpoint(c, mdir);
       auto k = make_cuda_kernels(0);
       k->set_matmul_split(split);
+      k->set_attention_tf32(tf32);
+      k->set_decode_graphs(graphs);
       Model model = Model::from_store(c, TensorStore::open_files({file}), *k);
       k->randomize_weights(42);
       fs::remove(file);
@@ -307,6 +325,38 @@ int main(int argc, char** argv) {
         const double all_us = (now() - l0) / 2000 * 1e6;
         std::printf("launch cost of one small op: %.2f us host (enqueue), %.2f us until done\n", host_us, all_us);
       }
+      {  // the decode GEMV alone: matrices of this model's shapes, enough copies to defeat the L2
+        const int64_t d = c.hidden_size, ff = c.intermediate_size, in_dim = c.in_proj_dim();
+        std::printf("decode matmul alone (bf16 weights, float32 activations; GB/s of weights read):");
+        for (auto [N, K] : {std::pair{in_dim, d}, std::pair{ff, d}, std::pair{d, ff}}) {
+          const size_t bytes = size_t(N) * K * 2;
+          const int copies = static_cast<int>(std::max<size_t>(2, (size_t(512) << 20) / bytes));
+          std::vector<void*> mats(static_cast<size_t>(copies));
+          for (auto& m : mats) {
+            ck(cudaMalloc(&m, bytes), "malloc");
+            ck(cudaMemset(m, 0x3c, bytes), "memset");
+          }
+          for (int64_t T : {1, 4}) {
+            Buffer x(*k, static_cast<size_t>(T * K)), y(*k, static_cast<size_t>(T * N));
+            k->fill_random(x.data(), x.size(), 1.0f, 5);
+            auto once = [&] {
+              for (void* m : mats) k->matmul(x.data(), K, T, WeightView{DType::BF16, m, N, K}, nullptr, y.data());
+            };
+            once();
+            k->synchronize();
+            const double a = now();
+            for (int r = 0; r < 3; ++r) once();
+            k->synchronize();
+            const double dt = (now() - a) / (3.0 * copies);
+            std::printf("  %lldx%lld T=%lld: %.0f GB/s (%.1f us)", static_cast<long long>(N), static_cast<long long>(K),
+                        static_cast<long long>(T), bytes / dt / 1e9, dt * 1e6);
+            emit({{"model", s.name}, {"kind", "gemv"}, {"N", N}, {"K", K}, {"rows", T}, {"GBps", bytes / dt / 1e9},
+                  {"us", dt * 1e6}});
+          }
+          for (void* m : mats) cudaFree(m);
+        }
+        std::printf("\n");
+      }
       // Bytes a decode step must read at least: every matrix once (embedding: one row).
       uint64_t mat_bytes = 0, mat_params = 0;
       for (const auto& [name, t] : model.tensors().all())
@@ -316,9 +366,10 @@ int main(int argc, char** argv) {
       std::printf("\n== %s: %.2fB parameters, weights %.2f GB on device, loaded in %.1f s%s%s\n", s.name.c_str(),
                   model.parameter_count() / 1e9, ms0.weight_bytes / 1e9, now() - t0,
                   *s.guessed ? "; guessed: " : "", s.guessed);
-      std::printf("%-8s %8s %12s %10s %10s %10s\n", "what", "tokens", "tok/s", "ms", "%ceiling", "GPU GB");
+      std::printf("%-8s %5s %8s %12s %10s %10s %10s\n", "what", "batch", "tokens", "tok/s", "ms", "%ceiling", "GPU GB");
+      const int64_t max_prefill = prefill.empty() ? 0 : *std::max_element(prefill.begin(), prefill.end());
       const std::vector<int32_t> ids = [&] {
-        std::vector<int32_t> v(static_cast<size_t>(*std::max_element(prefill.begin(), prefill.end()) + steps + 16));
+        std::vector<int32_t> v(static_cast<size_t>(std::max<int64_t>(max_prefill, 4096) + steps + 256));
         std::mt19937 r(3);
         for (auto& x : v) x = static_cast<int32_t>(r() % static_cast<uint32_t>(c.vocab_size));
         return v;
@@ -328,38 +379,16 @@ int main(int argc, char** argv) {
         model.forward(st, std::span<const int32_t>(ids).subspan(0, 256));
         for (int i = 0; i < 3; ++i) model.forward(st, std::span<const int32_t>(ids).subspan(256 + i, 1));
       }
-      auto decode_run = [&](std::vector<SequenceState*> states, int64_t ctx) {
-        const size_t B = states.size();
-        std::vector<int32_t> tok(B);
-        std::vector<BatchItem> items(B);
-        double best = 1e30;
-        const int reps = 2;
-        for (int r = 0; r < reps; ++r) {
-          const double a = now();
-          for (int i = 0; i < steps / reps; ++i) {
-            for (size_t b = 0; b < B; ++b) {
-              tok[b] = ids[static_cast<size_t>(i + b) % ids.size()];
-              items[b] = BatchItem{states[b], std::span<const int32_t>(&tok[b], 1), false};
-            }
-            model.forward(items);
-          }
-          best = std::min(best, (now() - a) / (steps / reps));
-        }
-        const uint64_t kv_bytes = uint64_t(ctx) * c.kv_dim() * 2 * 4 * c.num_hidden_layers;
-        const double floor_s = double(mat_bytes + B * (kv_bytes + ssm_bytes)) / (bw * 1e9);
-        const double tps = B / best;
-        std::printf("%-8s %8lld %12.1f %10.3f %9.1f%% %10.2f\n", (B == 1 ? "decode" : "decode8"),
-                    static_cast<long long>(ctx), tps, best * 1e3, 100.0 * floor_s / best, device_used() / 1e9);
-        emit({{"model", s.name}, {"kind", B == 1 ? "decode" : "decode_b8"}, {"batch", B}, {"context", ctx},
-              {"tokens_per_s", tps}, {"ms_per_step", best * 1e3}, {"hbm_floor_ms", floor_s * 1e3},
-              {"pct_of_floor", 100.0 * floor_s / best}, {"gpu_used_GB", device_used() / 1e9}});
-      };
-      {  // decode from an almost empty context
-        SequenceState st = model.new_state(1024);
-        model.forward(st, std::span<const int32_t>(ids).subspan(0, 16));
-        decode_run({&st}, 16);
-      }
+      // ---- prefill: T tokens in calls of at most `chunk` tokens ----
       for (int64_t T : prefill) {
+        const uint64_t need = uint64_t(T + steps + 8) * kv_bytes_per_token(c);
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        if (need > fr) {
+          std::printf("prefill  %5d %8lld   skipped: KV cache %.1f GB > free %.1f GB\n", 1, static_cast<long long>(T),
+                      need / 1e9, fr / 1e9);
+          continue;
+        }
         SequenceState st = model.new_state(T + steps + 8);
         k->reset_peak();
         double best = 1e30;
@@ -367,31 +396,85 @@ int main(int argc, char** argv) {
         for (int r = 0; r < reps; ++r) {
           st.reset();
           const double a = now();
-          model.forward(st, std::span<const int32_t>(ids).subspan(0, static_cast<size_t>(T)));
+          for (int64_t at = 0; at < T; at += chunk) {
+            const int64_t n = std::min(chunk, T - at);
+            model.forward(st, std::span<const int32_t>(ids).subspan(static_cast<size_t>(at), static_cast<size_t>(n)));
+          }
           best = std::min(best, now() - a);
         }
         const double flops = 2.0 * mat_params * T +
                              4.0 * (double(T) * T / 2) * c.head_dim * c.num_attention_heads * c.num_hidden_layers;
         const double pct = 100.0 * flops / best / (gemm * 1e12);
         const CudaMemoryStats m = k->memory_stats();
-        std::printf("%-8s %8lld %12.1f %10.1f %9.1f%% %10.2f\n", "prefill", static_cast<long long>(T), T / best,
-                    best * 1e3, pct, device_used() / 1e9);
-        emit({{"model", s.name}, {"kind", "prefill"}, {"tokens", T}, {"tokens_per_s", T / best}, {"ms", best * 1e3},
-              {"model_TFLOP", flops / 1e12}, {"pct_of_gemm_rate", pct}, {"gpu_used_GB", device_used() / 1e9},
-              {"weights_GB", m.weight_bytes / 1e9}, {"peak_activations_GB", m.peak_live_bytes / 1e9}});
-        decode_run({&st}, T);
-        if (std::find(b8ctx.begin(), b8ctx.end(), T) != b8ctx.end()) {
-          try {  // 8 copies of this state (each KV cache grows to twice the context: state.cpp doubles)
-            std::vector<SequenceState> clones;
-            for (int b = 0; b < 8; ++b) clones.push_back(st.clone());
-            std::vector<SequenceState*> ptrs;
-            for (auto& cst : clones) { cst.reserve(T + steps + 8); ptrs.push_back(&cst); }
-            decode_run(ptrs, T);
-          } catch (const std::exception& e) {
-            std::printf("decode8  %8lld   skipped: %s\n", static_cast<long long>(T), e.what());
-          }
-        }
+        const double used = device_used() / 1e9;
+        std::printf("%-8s %5d %8lld %12.1f %10.1f %9.1f%% %10.2f  (KV %.2f GB, peak activations %.2f GB)\n", "prefill", 1,
+                    static_cast<long long>(T), T / best, best * 1e3, pct, used,
+                    double(T) * kv_bytes_per_token(c) / 1e9, m.peak_live_bytes / 1e9);
+        emit({{"model", s.name}, {"kind", "prefill"}, {"tokens", T}, {"chunk", chunk}, {"tokens_per_s", T / best},
+              {"ms", best * 1e3}, {"model_TFLOP", flops / 1e12}, {"pct_of_gemm_rate", pct}, {"gpu_used_GB", used},
+              {"weights_GB", m.weight_bytes / 1e9}, {"kv_GB", double(T) * kv_bytes_per_token(c) / 1e9},
+              {"peak_live_GB", m.peak_live_bytes / 1e9}});
         k->trim();
+      }
+      // ---- decode: B sequences of `ctx` tokens each (KV cache filled with random values, no
+      // prefill), one token per sequence per step ----
+      for (int64_t ctx : decode_ctx) {
+        if (ctx <= 0) continue;  // --decode-ctx 0: no decode
+        for (int64_t B : batches) {
+          const uint64_t need = uint64_t(B) * uint64_t(ctx + steps + 8) * kv_bytes_per_token(c);
+          size_t fr = 0, tot = 0;
+          cudaMemGetInfo(&fr, &tot);
+          if (need + (size_t(4) << 30) > fr) {
+            std::printf("decode   %5lld %8lld   skipped: KV caches %.1f GB > free %.1f GB - 4\n",
+                        static_cast<long long>(B), static_cast<long long>(ctx), need / 1e9, fr / 1e9);
+            continue;
+          }
+          std::vector<SequenceState> states;
+          for (int64_t b = 0; b < B; ++b) {
+            states.push_back(model.new_state(ctx + steps + 8));
+            SequenceState& st = states.back();
+            for (int l = 0; l < c.num_hidden_layers; ++l) {
+              k->fill_random(st.k_cache(l), static_cast<size_t>(ctx * c.kv_dim()), 1.0f, 11 + 977 * b + l);
+              k->fill_random(st.v_cache(l), static_cast<size_t>(ctx * c.kv_dim()), 1.0f, 13 + 991 * b + l);
+              k->fill_random(st.ssm_state(l), static_cast<size_t>(c.mamba_n_heads) * c.mamba_d_head * c.mamba_d_state,
+                             0.1f, 17 + 7 * b + l);
+            }
+            st.advance(ctx);
+          }
+          std::vector<int32_t> tok(static_cast<size_t>(B));
+          std::vector<BatchItem> items(static_cast<size_t>(B));
+          auto step = [&](int i) {
+            for (int64_t b = 0; b < B; ++b) {
+              tok[static_cast<size_t>(b)] = ids[static_cast<size_t>(i + b) % ids.size()];
+              items[static_cast<size_t>(b)] =
+                  BatchItem{&states[static_cast<size_t>(b)], std::span<const int32_t>(&tok[static_cast<size_t>(b)], 1), false};
+            }
+            model.forward(items);
+          };
+          const size_t cap0 = k->graphs_captured();
+          step(0);  // captures this shape's graph
+          step(1);
+          const size_t cap1 = k->graphs_captured();
+          double best = 1e30;
+          const int reps = 2;
+          for (int r = 0; r < reps; ++r) {
+            const double a = now();
+            for (int i = 0; i < steps / reps; ++i) step(2 + r * steps + i);
+            best = std::min(best, (now() - a) / (steps / reps));
+          }
+          const uint64_t kv_bytes = uint64_t(ctx) * kv_bytes_per_token(c);
+          const double floor_s = double(mat_bytes + uint64_t(B) * (kv_bytes + ssm_bytes)) / (bw * 1e9);
+          const double tps = double(B) / best;
+          const double used = device_used() / 1e9;
+          std::printf("%-8s %5lld %8lld %12.1f %10.3f %9.1f%% %10.2f  (graphs captured: %zu, then %zu while timed)\n",
+                      "decode", static_cast<long long>(B), static_cast<long long>(ctx), tps, best * 1e3,
+                      100.0 * floor_s / best, used, cap1 - cap0, k->graphs_captured() - cap1);
+          emit({{"model", s.name}, {"kind", "decode"}, {"batch", B}, {"context", ctx}, {"tokens_per_s", tps},
+                {"ms_per_step", best * 1e3}, {"hbm_floor_ms", floor_s * 1e3}, {"pct_of_floor", 100.0 * floor_s / best},
+                {"gpu_used_GB", used}, {"kv_GB", double(B) * kv_bytes / 1e9}});
+          states.clear();
+          k->trim();
+        }
       }
     }
   } catch (const std::exception& e) {

@@ -2,9 +2,11 @@
 """transformers' FalconH1ForCausalLM (bf16, on the GPU, random weights) at the same release shapes
 as cuda-bench, for the ratio. Its Mamba path here is the plain-torch one (no mamba_ssm kernels).
 
-  python3 bench/hf_reference_bench.py --models 0.5b,1.5b-deep,7b --prefill 1024,4096 --decode-ctx 1024 --json out.jsonl
+  python3 bench/hf_reference_bench.py --models 0.5b,1.5b-deep,7b --prefill 1024,4096 --decode-ctx 1024 \
+      --decode-batch 1,8 --json out.jsonl
 Prefill: one forward of T tokens (use_cache=False). Decode: generate() of 1 + N tokens minus
-generate() of 1 token, over N. Sizes that run out of memory are reported as OOM.
+generate() of 1 token, over N, for B sequences of C tokens at once (tokens/s counts all B).
+Sizes that run out of memory are reported as OOM.
 """
 import argparse, json, time
 
@@ -38,6 +40,7 @@ def main():
     ap.add_argument("--prefill", default="1024,4096")
     ap.add_argument("--decode-ctx", default="1024")
     ap.add_argument("--decode-steps", type=int, default=32)
+    ap.add_argument("--decode-batch", default="1")
     ap.add_argument("--json", default="")
     a = ap.parse_args()
     out = open(a.json, "w") if a.json else None
@@ -75,19 +78,20 @@ def main():
                     rec(kind="prefill", tokens=T, error="OOM")
                 torch.cuda.empty_cache()
             for C in [int(x) for x in a.decode_ctx.split(",") if x]:
-                ids = torch.randint(0, V, (1, C), device="cuda")
-                try:
-                    g = dict(do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
-                    t1 = sync_time(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **g))
-                    n = a.decode_steps
-                    tn = sync_time(lambda: model.generate(ids, max_new_tokens=n + 1, min_new_tokens=n + 1, **g))
-                    step = (tn - t1) / n
-                    rec(kind="decode", batch=1, context=C, tokens_per_s=1 / step, ms_per_step=step * 1e3)
-                except torch.OutOfMemoryError:
-                    rec(kind="decode", batch=1, context=C, error="OOM")
-                except Exception as e:  # noqa: BLE001 - report and go on
-                    rec(kind="decode", batch=1, context=C, error=repr(e)[:300])
-                torch.cuda.empty_cache()
+                for B in [int(x) for x in a.decode_batch.split(",") if x]:
+                    ids = torch.randint(0, V, (B, C), device="cuda")
+                    try:
+                        g = dict(do_sample=False, use_cache=True, pad_token_id=0, eos_token_id=None)
+                        t1 = sync_time(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, **g))
+                        n = a.decode_steps
+                        tn = sync_time(lambda: model.generate(ids, max_new_tokens=n + 1, min_new_tokens=n + 1, **g))
+                        step = (tn - t1) / n
+                        rec(kind="decode", batch=B, context=C, tokens_per_s=B / step, ms_per_step=step * 1e3)
+                    except torch.OutOfMemoryError:
+                        rec(kind="decode", batch=B, context=C, error="OOM")
+                    except Exception as e:  # noqa: BLE001 - report and go on
+                        rec(kind="decode", batch=B, context=C, error=repr(e)[:300])
+                    torch.cuda.empty_cache()
         del model
         torch.cuda.empty_cache()
 

@@ -109,6 +109,47 @@ class Kernels {
   // T > 1 runs the chunked SSD algorithm; T == 1 the recurrence. Both compute the same thing.
   virtual void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw,
                         int64_t ld_dt, int64_t T, const SsmParams& p, float* state, float* y) = 0;
+
+  // ---- optional (defaults suit every CPU backend) ----
+  // cache[row + i, :] = src[i, :] for i < rows, rows of `width` floats: appends K or V rows.
+  virtual void kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) {
+    copy(cache + row * width, src, static_cast<size_t>(rows * width));
+  }
+  // A decode step of n sequences, one token each: row i of the inputs and outputs belongs to
+  // sequence i, whose state arrays are conv_states[i], ssm_states[i], k_caches[i], v_caches[i]
+  // (host arrays of backend pointers), with n_past[i] tokens before this one. The defaults run
+  // the per-sequence ops above row by row; a GPU backend does all rows in one launch.
+  virtual void conv1d_silu_rows(const float* in, int64_t ld_in, int64_t n, int64_t C, int K, const float* w,
+                                const float* bias, float* const* conv_states, float* out) {
+    for (int64_t i = 0; i < n; ++i) conv1d_silu(in + i * ld_in, ld_in, 1, C, K, w, bias, conv_states[i], out + i * C);
+  }
+  virtual void ssm_scan_rows(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw,
+                             int64_t ld_dt, int64_t n, const SsmParams& p, float* const* ssm_states, float* y) {
+    const int64_t ds = static_cast<int64_t>(p.heads) * p.head_dim;
+    for (int64_t i = 0; i < n; ++i)
+      ssm_scan(x + i * ld_xbc, B + i * ld_xbc, C + i * ld_xbc, ld_xbc, dt_raw + i * ld_dt, ld_dt, 1, p, ssm_states[i],
+               y + i * ds);
+  }
+  // caches[i][n_past[i], :] = src[i, :] (width floats).
+  virtual void kv_write_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n, int64_t width) {
+    for (int64_t i = 0; i < n; ++i) kv_write(caches[i], n_past[i], src + i * width, 1, width);
+  }
+  // out[i] = attention of query row i (row stride ldq) over rows 0 .. n_past[i] of sequence i's caches.
+  virtual void attention_rows(const float* q, int64_t ldq, int64_t n, const float* const* k_caches,
+                              const float* const* v_caches, const int64_t* n_past, int H, int Hkv, int hd, float scale,
+                              float* out) {
+    for (int64_t i = 0; i < n; ++i)
+      attention(q + i * ldq, ldq, 1, k_caches[i], v_caches[i], n_past[i], H, Hkv, hd, scale,
+                out + i * static_cast<int64_t>(H) * hd);
+  }
+
+  // The model brackets a forward call in which every sequence appends exactly one token (a decode
+  // step) with these two, end_decode_step() before the logits are read back. A backend may record
+  // the ops in between and replay them as one unit (the CUDA backend: a CUDA graph per batch
+  // shape); it must then take host arrays (ids, positions, inverse frequencies) by value when the
+  // op is called. Any other call (to_host, synchronize, ...) in between ends the recording early.
+  virtual void begin_decode_step() {}
+  virtual void end_decode_step() {}
 };
 
 // RAII for a backend allocation.

@@ -74,6 +74,27 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
   ssm.dt_min = static_cast<float>(c.time_step_min);
   ssm.dt_max = static_cast<float>(c.time_step_max);
 
+  // A decode step (one new token per sequence) may be recorded and replayed by the backend as a
+  // unit (kernels.h); the ops are the same either way.
+  bool decode_step = true;
+  for (const Span& s : spans) decode_step = decode_step && s.T == 1;
+  struct DecodeStepScope {  // ends the step also when an op throws
+    Kernels* k = nullptr;
+    ~DecodeStepScope() {
+      if (k) try { k->end_decode_step(); } catch (...) {}
+    }
+  } step_scope;
+  if (decode_step) {
+    k.begin_decode_step();
+    step_scope.k = &k;
+  }
+
+  // Per-sequence state pointers of one layer, for the decode step's row-wise ops.
+  std::vector<float*> conv_states(spans.size()), ssm_states(spans.size()), k_caches(spans.size()),
+      v_caches(spans.size());
+  std::vector<int64_t> n_pasts(spans.size());
+  for (size_t i = 0; i < spans.size(); ++i) n_pasts[i] = spans[i].n_past;
+
   k.embed(ids.data(), T, embed_tokens_, static_cast<float>(c.embedding_multiplier), h.data());
 
   for (int l = 0; l < c.num_hidden_layers; ++l) {
@@ -87,7 +108,18 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
     ssm.A = L.A.data();
     ssm.D = L.D.data();
     ssm.dt_bias = L.dt_bias.data();
+    if (decode_step) {  // one token per sequence: every sequence in one call per op
+      for (size_t i = 0; i < spans.size(); ++i) {
+        conv_states[i] = spans[i].state->conv_state(l);
+        ssm_states[i] = spans[i].state->ssm_state(l);
+      }
+      k.conv1d_silu_rows(zxbcdt.data() + ds, in_dim, T, conv_dim, c.mamba_d_conv, L.conv_weight.data(),
+                         L.conv_bias.data(), conv_states.data(), xbc.data());
+      k.ssm_scan_rows(xbc.data(), xbc.data() + ds, xbc.data() + ds + GN, conv_dim, zxbcdt.data() + ds + conv_dim, in_dim,
+                      T, ssm, ssm_states.data(), y.data());
+    }
     for (const Span& s : spans) {
+      if (decode_step) break;
       const float* zr = zxbcdt.data() + s.row * in_dim;  // [z | xBC | dt]
       float* xr = xbc.data() + s.row * conv_dim;           // [x | B | C] after conv + SiLU
       k.conv1d_silu(zr + ds, in_dim, s.T, conv_dim, c.mamba_d_conv, L.conv_weight.data(), L.conv_bias.data(),
@@ -110,11 +142,22 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
     k.scale(kk.data(), T * kvd, static_cast<float>(c.key_multiplier), kk.data());
     k.rope(q.data(), qd, T, c.num_attention_heads, c.head_dim, positions.data(), inv_freq_.data());
     k.rope(kk.data(), kvd, T, c.num_key_value_heads, c.head_dim, positions.data(), inv_freq_.data());
+    if (decode_step) {
+      for (size_t i = 0; i < spans.size(); ++i) {
+        k_caches[i] = spans[i].state->k_cache(l);
+        v_caches[i] = spans[i].state->v_cache(l);
+      }
+      k.kv_write_rows(k_caches.data(), n_pasts.data(), kk.data(), T, kvd);
+      k.kv_write_rows(v_caches.data(), n_pasts.data(), vv.data(), T, kvd);
+      k.attention_rows(q.data(), qd, T, k_caches.data(), v_caches.data(), n_pasts.data(), c.num_attention_heads,
+                       c.num_key_value_heads, c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), att.data());
+    }
     for (const Span& s : spans) {
+      if (decode_step) break;
       float* kc = s.state->k_cache(l);
       float* vc = s.state->v_cache(l);
-      k.copy(kc + s.n_past * kvd, kk.data() + s.row * kvd, static_cast<size_t>(s.T * kvd));
-      k.copy(vc + s.n_past * kvd, vv.data() + s.row * kvd, static_cast<size_t>(s.T * kvd));
+      k.kv_write(kc, s.n_past, kk.data() + s.row * kvd, s.T, kvd);
+      k.kv_write(vc, s.n_past, vv.data() + s.row * kvd, s.T, kvd);
       k.attention(q.data() + s.row * qd, qd, s.T, kc, vc, s.n_past, c.num_attention_heads, c.num_key_value_heads,
                   c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), att.data() + s.row * qd);
     }
@@ -147,6 +190,10 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
   Buffer logits(k, logit_rows * V);
   k.matmul(picked.data(), d, logit_rows, lm_head_, nullptr, logits.data());
   k.scale(logits.data(), static_cast<size_t>(logit_rows * V), static_cast<float>(c.lm_head_multiplier), logits.data());
+  if (decode_step) {
+    step_scope.k = nullptr;
+    k.end_decode_step();
+  }
   std::vector<float> out(static_cast<size_t>(logit_rows * V));
   k.to_host(out.data(), logits.data(), out.size());
   return out;

@@ -105,8 +105,11 @@ TEST_P(CudaModelTest, PromptInPiecesEqualsOneCall) {
       const auto part = model.forward(s, std::span<const int32_t>(f.prompt_ids).subspan(i, n), true);
       got.insert(got.end(), part.begin(), part.end());
     }
-    // Same backend, same bf16 rounding: only the summation order of the scan and attention differ.
-    EXPECT_LE(relative_max_diff(got, ref), 1e-3) << f.name << " in pieces of " << piece;
+    // Same backend, same bf16 rounding: the summation order of the scan and attention differ, and
+    // pieces of up to 8 tokens take the float32 decode attention where one call takes the TF32
+    // prefill attention (~1e-3 of rms apart; 1e-3 with FH1_CUDA_ATTN=f32).
+    const double tol = static_cast<CudaKernels*>(gpu.get())->attention_tf32() ? 5e-3 : 1e-3;
+    EXPECT_LE(relative_max_diff(got, ref), tol) << f.name << " in pieces of " << piece;
     EXPECT_LE(relative_max_diff(got, f.logits), kTol) << f.name << " in pieces of " << piece;
   }
 }
@@ -129,6 +132,48 @@ TEST_P(CudaModelTest, MixedBatchEqualsEachAlone) {
   const std::vector<float> tb(lt.begin() + static_cast<std::ptrdiff_t>(a.size() * V), lt.end());
   EXPECT_LE(relative_max_diff(ta, la), 1e-3);
   EXPECT_LE(relative_max_diff(tb, lb), 1e-3);
+}
+
+// Decode steps recorded as CUDA graphs (replayed within a length bucket, re-captured when a
+// pointer or the bucket changes) compute what the same ops launched one by one compute.
+TEST_P(CudaModelTest, DecodeGraphsEqualDirectLaunches) {
+  const Fixture f = load_fixture(GetParam());
+  auto* cg = static_cast<CudaKernels*>(gpu.get());
+  const Model model = Model::load(f.dir, *gpu);
+  const std::span<const int32_t> ids(f.prompt_ids);
+  ASSERT_GE(ids.size(), 20u);
+  const int steps = 70;  // sequence lengths cross 64: a new bucket
+  size_t captured = 0;
+  auto run = [&](bool graphs) {
+    cg->set_decode_graphs(graphs);
+    std::vector<SequenceState> st;
+    for (int i = 0; i < 3; ++i) st.push_back(model.new_state(4));
+    const size_t lens[3] = {5, 13, 20};
+    std::vector<float> all;
+    for (int i = 0; i < 3; ++i) model.forward(st[static_cast<size_t>(i)], ids.subspan(0, lens[i]));
+    const size_t before = cg->graphs_captured();
+    std::vector<int32_t> tok(3);
+    for (int s = 0; s < steps; ++s) {
+      std::vector<BatchItem> batch;
+      for (size_t i = 0; i < 3; ++i) {
+        tok[i] = ids[(static_cast<size_t>(s) * 7 + i) % ids.size()];
+        batch.push_back(BatchItem{&st[i], std::span<const int32_t>(&tok[i], 1), false});
+      }
+      // Every other step one sequence alone: two batch shapes interleaved.
+      const auto l = (s % 2) ? model.forward(batch) : model.forward(std::span<const BatchItem>(batch).subspan(1, 1));
+      all.insert(all.end(), l.begin(), l.end());
+    }
+    captured = cg->graphs_captured() - before;
+    return all;
+  };
+  const auto direct = run(false);
+  const auto graphs = run(true);
+  cg->set_decode_graphs(true);
+  ASSERT_EQ(direct.size(), graphs.size());
+  EXPECT_LE(relative_max_diff(graphs, direct), 1e-4) << f.name;
+  // Replayed, not re-captured every step: a few graphs per shape (buckets, KV growth).
+  EXPECT_LE(captured, 16u) << f.name;
+  EXPECT_GE(captured, 2u) << f.name;
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFixtures, CudaModelTest, ::testing::ValuesIn(fixture_names()),

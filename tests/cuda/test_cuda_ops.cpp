@@ -18,7 +18,7 @@ namespace {
 struct CudaOpTest : ::testing::Test {
   ThreadPool pool{2};
   std::unique_ptr<Kernels> cpu = make_reference_kernels(pool);  // the portable reference
-  std::unique_ptr<Kernels> gpu;
+  std::unique_ptr<CudaKernels> gpu;
   std::mt19937 rng{4321};
 
   void SetUp() override {
@@ -188,18 +188,37 @@ TEST_F(CudaOpTest, RopeAtLargePositions) {
 
 TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
   struct Case { int64_t T, n_past; int H, Hkv, hd; };
-  for (Case c : {Case{1, 0, 4, 2, 16}, {1, 300, 6, 2, 64}, {3, 5, 5, 1, 24}, {8, 1000, 8, 2, 128},
-                 {9, 0, 4, 4, 16}, {50, 7, 6, 2, 24}, {77, 130, 12, 2, 128}, {200, 0, 8, 2, 64},
-                 {1, 4000, 12, 2, 128}, {40, 0, 2, 1, 256}}) {
-    const int64_t ldq = c.H * c.hd + 7, kvd = c.Hkv * c.hd, rows = c.n_past + c.T;
-    auto q = both(randn(static_cast<size_t>(c.T * ldq)));
-    auto kc = both(randn(static_cast<size_t>(rows * kvd))), vc = both(randn(static_cast<size_t>(rows * kvd)));
-    auto out = poisoned(static_cast<size_t>(c.T * c.H * c.hd));
-    const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
-    cpu->attention(q.c.data(), ldq, c.T, kc.c.data(), vc.c.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.c.data());
-    gpu->attention(q.g.data(), ldq, c.T, kc.g.data(), vc.g.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.g.data());
-    EXPECT_LE(rel(out), 1e-4) << "T=" << c.T << " n_past=" << c.n_past << " H=" << c.H << " Hkv=" << c.Hkv
-                              << " hd=" << c.hd;
+  for (const bool tf32 : {true, false}) {
+    gpu->set_attention_tf32(tf32);
+    for (Case c : {Case{1, 0, 4, 2, 16}, {1, 300, 6, 2, 64}, {3, 5, 5, 1, 24}, {8, 1000, 8, 2, 128},
+                   {9, 0, 4, 4, 16}, {50, 7, 6, 2, 24}, {77, 130, 12, 2, 128}, {200, 0, 8, 2, 64},
+                   {1, 4000, 12, 2, 128}, {40, 0, 2, 1, 256}, {1, 20000, 16, 2, 64}, {2, 700, 10, 1, 256},
+                   {1, 40, 4, 2, 18}, {5, 90, 6, 3, 20}, {130, 70, 4, 2, 40}, {300, 1000, 12, 2, 128},
+                   {65, 3, 3, 1, 200}}) {
+      const int64_t ldq = c.H * c.hd + 7, kvd = c.Hkv * c.hd, rows = c.n_past + c.T;
+      auto q = both(randn(static_cast<size_t>(c.T * ldq)));
+      auto kc = both(randn(static_cast<size_t>(rows * kvd))), vc = both(randn(static_cast<size_t>(rows * kvd)));
+      auto out = poisoned(static_cast<size_t>(c.T * c.H * c.hd));
+      const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+      cpu->attention(q.c.data(), ldq, c.T, kc.c.data(), vc.c.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.c.data());
+      gpu->attention(q.g.data(), ldq, c.T, kc.g.data(), vc.g.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.g.data());
+      // Prefill (T > 8) in TF32: 10-bit mantissas in the products, float32 sums.
+      const double tol = (tf32 && c.T > 8) ? 5e-3 : 1e-4;
+      EXPECT_LE(rel(out), tol) << "T=" << c.T << " n_past=" << c.n_past << " H=" << c.H << " Hkv=" << c.Hkv
+                               << " hd=" << c.hd << " tf32=" << tf32;
+    }
+  }
+  gpu->set_attention_tf32(true);
+}
+
+TEST_F(CudaOpTest, KvWriteAppendsRows) {
+  for (auto [rows, width, at] : {std::tuple{1, 256, 7}, {5, 37, 0}, {3, 128, 300}}) {
+    const size_t cap = static_cast<size_t>((at + rows + 4) * width);
+    auto cache = both(randn(cap));
+    auto src = both(randn(static_cast<size_t>(rows * width)));
+    cpu->kv_write(cache.c.data(), at, src.c.data(), rows, width);
+    gpu->kv_write(cache.g.data(), at, src.g.data(), rows, width);
+    EXPECT_EQ(rel(cache), 0.0) << "rows=" << rows << " width=" << width;
   }
 }
 

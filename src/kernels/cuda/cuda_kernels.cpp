@@ -1,16 +1,30 @@
 // The CUDA backend's host side: device memory (a caching allocator over cudaMalloc), weight
 // upload, host-array uploads, cuBLAS matmuls, and the dispatch of every other op to the device
 // kernels of cuda_ops.cu, cuda_attention.cu and cuda_ssm.cu. All work runs in order on one stream.
+//
+// Decode steps as CUDA graphs: between begin_decode_step() and end_decode_step() every op is
+// recorded (a closure that launches it, and a signature: the op and every argument, except the
+// values a decode step changes, which go to a small device array uploaded once per step: token
+// ids, positions, the KV row written and the attention length). At the end of the step the
+// signature is looked up among the graphs captured before (a few, least recently used dropped);
+// a match is replayed with one cudaGraphLaunch, else the closures are captured into a new graph.
+// A step whose recording had to free memory that earlier closures use (a scratch buffer grew)
+// runs its closures directly. FH1_CUDA_GRAPHS=0 turns the recording off.
 #include "kernels/cuda/cuda_kernels.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <type_traits>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -69,20 +83,50 @@ class CudaKernelsImpl final : public CudaKernels {
     check_blas(cublasCreate(&blas_), "cublasCreate");
     check_blas(cublasSetStream(blas_, stream_), "cublasSetStream");
     check_blas(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");  // no TF32
+    // A workspace of our own: cuBLAS calls can then be captured into graphs.
+    check(cudaMalloc(&blas_ws_, kBlasWorkspace), "cuBLAS workspace");
+    check_blas(cublasSetWorkspace(blas_, blas_ws_, kBlasWorkspace), "cublasSetWorkspace");
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
     if (const char* m = std::getenv("FH1_CUDA_MATMUL")) split_ = std::string(m) != "bf16";
-    if (const char* g = std::getenv("FH1_CUDA_GEMV")) gemv_ = std::string(g) != "0";
+    // Up to 4 rows our GEMV (float32 activations, weights read once); from 5 rows on, cuBLAS over
+    // the stacked hi/lo rows reads the weights once too and wins (the GEMV then re-reads the rows
+    // of x from L1 for every 16 bytes of weights). FH1_CUDA_GEMV=0: never; =N: up to N rows.
+    if (const char* g = std::getenv("FH1_CUDA_GEMV"))
+      gemv_rows_ = std::min<int64_t>(cuda::kGemvRows, std::max<int64_t>(0, std::atoll(g)));
+    if (const char* g = std::getenv("FH1_CUDA_GRAPHS")) graphs_on_ = std::string(g) != "0";
+    if (const char* g = std::getenv("FH1_CUDA_PROFILE")) profile_ = std::string(g) == "1";
+    if (const char* g = std::getenv("FH1_CUDA_FUSE")) fuse_ = std::string(g) != "0";
+    if (const char* a = std::getenv("FH1_CUDA_ATTN")) tf32_attn_ = std::string(a) != "f32";
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
   }
 
   ~CudaKernelsImpl() override {
     cudaStreamSynchronize(stream_);
+    if (!prof_.empty()) {
+      std::vector<std::pair<double, std::string>> v;
+      double total = 0;
+      for (const auto& [n, e] : prof_) {
+        v.emplace_back(e.first, n);
+        total += e.first;
+      }
+      std::sort(v.rbegin(), v.rend());
+      std::fprintf(stderr, "FH1_CUDA_PROFILE: %.1f ms in ops outside graphs\n", total);
+      for (const auto& [ms, n] : v)
+        std::fprintf(stderr, "  %-22s %10.2f ms %5.1f%%  (%lld calls)\n", n.c_str(), ms, 100.0 * ms / std::max(total, 1e-9),
+                     static_cast<long long>(prof_[n].second));
+    }
+    if (ev0_) cudaEventDestroy(ev0_);
+    if (ev1_) cudaEventDestroy(ev1_);
+    for (auto& g : graphs_) cudaGraphExecDestroy(g.exec);
+    for (void* p : retired_) cudaFree(p);
+    cudaFree(dyn_dev_);
+    cudaFree(blas_ws_);
     for (auto& [p, w] : weights_) cudaFree(p);
     for (auto& [p, sz] : live_) cudaFree(p);
     for (auto& [sz, v] : cache_)
       for (void* p : v) cudaFree(p);
-    for (auto* u : {&ids_, &pos_, &freq_}) cudaFree(u->dev);
+    for (auto* u : {&ids_, &pos_, &freq_, &rows_}) cudaFree(u->dev);
     cudaFree(xb_);
     cudaFree(y2_);
     cudaFree(att_scratch_);
@@ -111,7 +155,7 @@ class CudaKernelsImpl final : public CudaKernels {
     live_[p] = bytes;
     live_bytes_ += bytes;
     peak_live_ = std::max(peak_live_, live_bytes_);
-    check(cudaMemsetAsync(p, 0, n * sizeof(float), stream_), "cudaMemsetAsync");
+    op("alloc", [=, this] { check(cudaMemsetAsync(p, 0, n * sizeof(float), stream_), "cudaMemsetAsync"); }, p, n);
     return static_cast<float*>(p);
   }
 
@@ -126,21 +170,26 @@ class CudaKernelsImpl final : public CudaKernels {
   }
 
   void to_host(float* dst, const float* src, size_t n) override {
+    flush();
     check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_), "to_host");
     check(cudaStreamSynchronize(stream_), "to_host (synchronize)");
   }
   void from_host(float* dst, const float* src, size_t n) override {
     // From pageable memory the driver stages the data before returning: src may be reused at once.
+    flush();
     check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_), "from_host");
   }
   void copy(float* dst, const float* src, size_t n) override {
-    if (n) check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_), "copy");
+    if (n)
+      op("copy", [=, this] { check(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_), "copy"); },
+         dst, src, n);
   }
   void zero(float* dst, size_t n) override {
-    if (n) check(cudaMemsetAsync(dst, 0, n * sizeof(float), stream_), "zero");
+    if (n) op("zero", [=, this] { check(cudaMemsetAsync(dst, 0, n * sizeof(float), stream_), "zero"); }, dst, n);
   }
 
   WeightView bind_weight(const TensorView& t) override {
+    flush();
     if (!is_float_dtype(t.dtype))
       throw Error("tensor '" + t.name + "': dtype " + dtype_name(t.dtype) + " is not a float type (F32, F16, BF16)");
     WeightView w;
@@ -177,38 +226,52 @@ class CudaKernelsImpl final : public CudaKernels {
   void matmul(const float* x, int64_t ldx, int64_t T, const WeightView& W, const float* bias, float* y) override {
     const int64_t N = W.rows, K = W.cols;
     if (T == 0 || N == 0) return;
-    const float one = 1.0f, zero = 0.0f;
-    if (W.dtype == DType::BF16 && T <= cuda::kGemvRows && gemv_) {
+    const WeightView w = W;
+    if (W.dtype == DType::BF16 && T <= gemv_rows_) {
       // Decode: memory-bound; our GEMV reads the weights once with float32 activations.
-      cuda::gemv_bf16(static_cast<const uint16_t*>(W.data), N, K, x, ldx, T, bias, y, stream_);
+      if (recording_ && fuse_) {
+        fuse_gemv(x, ldx, T, w, bias, y);
+        return;
+      }
+      op("matmul gemv", [=, this] { cuda::gemv_bf16(static_cast<const uint16_t*>(w.data), N, K, x, ldx, T, bias, y, stream_); },
+         w.data, N, K, x, ldx, T, bias, y);
       return;
     }
     if (W.dtype == DType::BF16 && !split_) {
       uint16_t* xb = bf16_scratch(static_cast<size_t>(T * K));
-      cuda::f32_to_bf16(x, ldx, T, K, xb, stream_);
-      gemm_bf16(W, xb, T, y, 0.0f);
+      op("matmul bf16", [=, this] {
+        cuda::f32_to_bf16(x, ldx, T, K, xb, stream_);
+        gemm_bf16(w, xb, T, y, 0.0f);
+        if (bias) cuda::add_bias(y, T, N, bias, stream_);
+      }, w.data, N, K, x, ldx, T, bias, y, xb);
     } else if (W.dtype == DType::BF16) {
       // Activations split as hi + lo bf16 parts: products exact in float32, about 16 bits of each
       // activation kept, so the result is within ~1e-5 of float32 activations times bf16 weights.
       uint16_t* xb = bf16_scratch(static_cast<size_t>(2 * T * K));
-      cuda::f32_to_bf16_split(x, ldx, T, K, xb, xb + T * K, stream_);
-      if (T <= kStackedRows) {  // one GEMM over [hi; lo]: the weights are read once
-        float* y2 = f32_scratch(static_cast<size_t>(2 * T * N));
-        gemm_bf16(W, xb, 2 * T, y2, 0.0f);
-        cuda::sum_halves(y2, T, N, bias, y, stream_);
-        return;
-      }
-      gemm_bf16(W, xb, T, y, 0.0f);
-      gemm_bf16(W, xb + T * K, T, y, 1.0f);
+      float* y2 = T <= kStackedRows ? f32_scratch(static_cast<size_t>(2 * T * N)) : nullptr;
+      op("matmul bf16x2", [=, this] {
+        cuda::f32_to_bf16_split(x, ldx, T, K, xb, xb + T * K, stream_);
+        if (y2) {  // one GEMM over [hi; lo]: the weights are read once
+          gemm_bf16(w, xb, 2 * T, y2, 0.0f);
+          cuda::sum_halves(y2, T, N, bias, y, stream_);
+          return;
+        }
+        gemm_bf16(w, xb, T, y, 0.0f);
+        gemm_bf16(w, xb + T * K, T, y, 1.0f);
+        if (bias) cuda::add_bias(y, T, N, bias, stream_);
+      }, w.data, N, K, x, ldx, T, bias, y, xb, y2);
     } else if (W.dtype == DType::F32) {
-      check_blas(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T),
-                             static_cast<int>(K), &one, static_cast<const float*>(W.data), static_cast<int>(K), x,
-                             static_cast<int>(ldx), &zero, y, static_cast<int>(N)),
-                 "cublasSgemm");
+      op("matmul f32", [=, this] {
+        const float one = 1.0f, zero = 0.0f;
+        check_blas(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T),
+                               static_cast<int>(K), &one, static_cast<const float*>(w.data), static_cast<int>(K), x,
+                               static_cast<int>(ldx), &zero, y, static_cast<int>(N)),
+                   "cublasSgemm");
+        if (bias) cuda::add_bias(y, T, N, bias, stream_);
+      }, w.data, N, K, x, ldx, T, bias, y);
     } else {
       throw Error(std::string("CUDA matmul: weights of dtype ") + dtype_name(W.dtype) + " were not bound by this backend");
     }
-    if (bias) cuda::add_bias(y, T, N, bias, stream_);
   }
 
   void embed(const int32_t* ids, int64_t T, const WeightView& table, float scale, float* out) override {
@@ -216,67 +279,269 @@ class CudaKernelsImpl final : public CudaKernels {
       if (ids[t] < 0 || ids[t] >= table.rows)
         throw Error("token id " + std::to_string(ids[t]) + " is outside the vocabulary [0, " +
                     std::to_string(table.rows) + ")");
+    const DType dt = table.dtype;
+    const void* data = table.data;
+    const int64_t cols = table.cols;
+    if (recording_) {
+      const size_t off = dyn_put(ids, static_cast<size_t>(T) * sizeof(int32_t), 0);
+      op("embed", [=, this] {
+        cuda::embed(reinterpret_cast<const int32_t*>(dyn_dev_ + off), T, dt, data, cols, scale, out, stream_);
+      }, off, T, dt, data, cols, scale, out);
+      return;
+    }
     const auto* d_ids = static_cast<const int32_t*>(upload(ids_, ids, static_cast<size_t>(T) * sizeof(int32_t)));
-    cuda::embed(d_ids, T, table.dtype, table.data, table.cols, scale, out, stream_);
+    op("embed", [=, this] { cuda::embed(d_ids, T, dt, data, cols, scale, out, stream_); });
   }
 
   void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out) override {
-    cuda::rmsnorm(x, T, d, w, eps, out, stream_);
+    op("rmsnorm", [=, this] { cuda::rmsnorm(x, T, d, w, eps, out, stream_); }, x, T, d, w, eps, out);
   }
-  void scale(const float* x, size_t n, float s, float* out) override { cuda::scale(x, n, s, out, stream_); }
-  void mul_columns(float* x, int64_t T, int64_t d, const float* v) override { cuda::mul_columns(x, T, d, v, stream_); }
+  void scale(const float* x, size_t n, float s, float* out) override {
+    if (recording_ && fuse_ && x == out && n > 0) {  // in place: maybe folded into the rope after it
+      flush_pending();
+      psc_ = PendingScale{true, out, n, s};
+      return;
+    }
+    op("scale", [=, this] { cuda::scale(x, n, s, out, stream_); }, x, n, s, out);
+  }
+  void mul_columns(float* x, int64_t T, int64_t d, const float* v) override {
+    if (recording_ && fuse_ && pk_ == PK::Gemv && pg_.nparts == 1 && pg_.epi == cuda::GemvJob::kNone &&
+        pg_.part[0].y == x && pg_.T == T && pg_.part[0].N == d) {
+      pg_.epi = cuda::GemvJob::kMulCols;
+      pg_.v = v;
+      flush_pending();
+      return;
+    }
+    op("mul_columns", [=, this] { cuda::mul_columns(x, T, d, v, stream_); }, x, T, d, v);
+  }
   void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n) override {
-    cuda::residual_add2(h, a, sa, b, sb, n, stream_);
+    if (recording_ && fuse_ && fuse_residual(h, a, sa, b, sb, n)) return;
+    op("residual_add2", [=, this] { cuda::residual_add2(h, a, sa, b, sb, n, stream_); }, h, a, sa, b, sb, n);
   }
   void residual_add(float* h, const float* a, float s, size_t n) override {
-    cuda::residual_add2(h, a, s, nullptr, 0.0f, n, stream_);
+    if (recording_ && fuse_ && fuse_residual(h, a, s, nullptr, 0.0f, n)) return;
+    op("residual_add", [=, this] { cuda::residual_add2(h, a, s, nullptr, 0.0f, n, stream_); }, h, a, s, n);
   }
   void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out) override {
-    cuda::silu_mul(gate, up, gs, n, out, stream_);
+    if (recording_ && fuse_ && pk_ == PK::Gemv && pg_.nparts == 2 && pg_.epi == cuda::GemvJob::kNone &&
+        pg_.part[0].y == gate && pg_.part[1].y == up && pg_.part[0].N == pg_.part[1].N &&
+        n == static_cast<size_t>(pg_.T * pg_.part[0].N) &&
+        (out == gate || !overlap(out, n, pg_.x, gemv_x_floats(pg_)))) {
+      pg_.epi = cuda::GemvJob::kGated;
+      pg_.gs = gs;
+      pg_.out = out;
+      flush_pending();
+      return;
+    }
+    op("silu_mul", [=, this] { cuda::silu_mul(gate, up, gs, n, out, stream_); }, gate, up, gs, n, out);
   }
   void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) override {
-    cuda::gate_silu(y, z, ldz, T, d, stream_);
+    if (recording_ && fuse_ && pk_ == PK::Scan && ps_.y == y && ps_.n == T &&
+        d == static_cast<int64_t>(ps_.p.heads) * ps_.p.head_dim) {
+      ps_.z = z;
+      ps_.ldz = ldz;
+      flush_pending();
+      return;
+    }
+    op("gate_silu", [=, this] { cuda::gate_silu(y, z, ldz, T, d, stream_); }, y, z, ldz, T, d);
   }
   void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w,
                      float eps, bool norm_before_gate) override {
-    cuda::gated_rmsnorm(y, z, ldz, T, d, groups, w, eps, norm_before_gate, stream_);
+    op("gated_rmsnorm", [=, this] { cuda::gated_rmsnorm(y, z, ldz, T, d, groups, w, eps, norm_before_gate, stream_); }, y, z,
+       ldz, T, d, groups, w, eps, norm_before_gate);
   }
 
   // ---- attention ----
   void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* positions,
             const float* inv_freq) override {
+    if (recording_ && fuse_) {
+      const size_t pos = dyn_put(positions, static_cast<size_t>(T) * sizeof(int64_t), 1);
+      const size_t freq = dyn_put(inv_freq, static_cast<size_t>(hd / 2) * sizeof(float), 2);
+      fuse_rope(x, ld, T, heads, hd, pos, freq);
+      return;
+    }
+    if (recording_) {
+      const size_t pos = dyn_put(positions, static_cast<size_t>(T) * sizeof(int64_t), 1);
+      const size_t freq = dyn_put(inv_freq, static_cast<size_t>(hd / 2) * sizeof(float), 2);
+      op("rope", [=, this] {
+        cuda::rope(x, ld, T, heads, hd, reinterpret_cast<const int64_t*>(dyn_dev_ + pos),
+                   reinterpret_cast<const float*>(dyn_dev_ + freq), stream_);
+      }, x, ld, T, heads, hd, pos, freq);
+      return;
+    }
     const auto* d_pos = static_cast<const int64_t*>(upload(pos_, positions, static_cast<size_t>(T) * sizeof(int64_t)));
     const auto* d_freq = static_cast<const float*>(upload(freq_, inv_freq, static_cast<size_t>(hd / 2) * sizeof(float)));
-    cuda::rope(x, ld, T, heads, hd, d_pos, d_freq, stream_);
+    op("rope", [=, this] { cuda::rope(x, ld, T, heads, hd, d_pos, d_freq, stream_); });
   }
 
   void attention(const float* q, int64_t ldq, int64_t T, const float* k_cache, const float* v_cache, int64_t n_past,
                  int H, int Hkv, int hd, float scale, float* out) override {
-    const size_t need = cuda::attention_scratch_floats(T, n_past, H, hd);
-    if (need > att_scratch_cap_) {
-      check(cudaStreamSynchronize(stream_), "attention scratch");
-      cudaFree(att_scratch_);
-      att_scratch_ = nullptr;
-      att_scratch_cap_ = std::max(need, att_scratch_cap_ * 2);
-      check(cudaMalloc(&att_scratch_, att_scratch_cap_ * sizeof(float)), "attention scratch");
+    // Recording a decode step: the length comes from the step's device array, the plan from its
+    // power-of-two bucket, so one graph serves every length of the bucket.
+    const bool dev_len = recording_ && cuda::attention_decode_device_len(T, hd, k_cache, v_cache, Hkv);
+    float* scratch = attention_scratch(cuda::attention_scratch_floats(T, n_past, H, Hkv, hd, dev_len));
+    const bool tf32 = tf32_attn_;
+    if (dev_len) {
+      int64_t bucket = 64;
+      while (bucket < n_past + T) bucket *= 2;
+      const size_t off = dyn_put(&n_past, sizeof(int64_t), -1);
+      op("attention (step)", [=, this] {
+        cuda::attention(q, ldq, T, k_cache, v_cache, n_past, reinterpret_cast<const int64_t*>(dyn_dev_ + off), true,
+                        H, Hkv, hd, scale, tf32, out, scratch, stream_);
+      }, q, ldq, T, k_cache, v_cache, bucket, off, H, Hkv, hd, scale, tf32, out, scratch);
+      return;
     }
-    cuda::attention(q, ldq, T, k_cache, v_cache, n_past, H, Hkv, hd, scale, out, att_scratch_, stream_);
+    op("attention", [=, this] {
+      cuda::attention(q, ldq, T, k_cache, v_cache, n_past, nullptr, false, H, Hkv, hd, scale, tf32, out, scratch,
+                      stream_);
+    }, q, ldq, T, k_cache, v_cache, n_past, H, Hkv, hd, scale, tf32, out, scratch);
+  }
+
+  void kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) override {
+    if (rows * width == 0) return;
+    if (recording_) {
+      const size_t off = dyn_put(&row, sizeof(int64_t), -1);
+      op("kv_write", [=, this] {
+        cuda::kv_write(cache, row, reinterpret_cast<const int64_t*>(dyn_dev_ + off), src, rows, width, stream_);
+      }, cache, off, src, rows, width);
+      return;
+    }
+    op("kv_write", [=, this] { cuda::kv_write(cache, row, nullptr, src, rows, width, stream_); });
   }
 
   // ---- Mamba-2 ----
   void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias,
                    float* conv_state, float* out) override {
-    cuda::conv1d_silu(in, ld_in, T, C, K, w, bias, conv_state, out, stream_);
+    op("conv1d_silu", [=, this] { cuda::conv1d_silu(in, ld_in, T, C, K, w, bias, conv_state, out, stream_); }, in, ld_in, T,
+       C, K, w, bias, conv_state, out);
   }
   void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
                 int64_t T, const SsmParams& p, float* state, float* y) override {
-    cuda::ssm_scan(x, B, C, ld_xbc, dt_raw, ld_dt, T, p, state, y, stream_);
+    const SsmParams pp = p;
+    op("ssm_scan", [=, this] { cuda::ssm_scan(x, B, C, ld_xbc, dt_raw, ld_dt, T, pp, state, y, stream_); }, x, B, C,
+       ld_xbc, dt_raw, ld_dt, T, pp.heads, pp.head_dim, pp.groups, pp.d_state, pp.chunk_size, pp.A, pp.D, pp.dt_bias,
+       pp.dt_min, pp.dt_max, state, y);
   }
+
+  // ---- decode steps: every sequence's row in one launch ----
+  // The pointer arrays and lengths are step data (the device array while recording): a graph
+  // does not depend on which sequences, or which KV buffers, it runs on.
+  void conv1d_silu_rows(const float* in, int64_t ld_in, int64_t n, int64_t C, int K, const float* w,
+                        const float* bias, float* const* conv_states, float* out) override {
+    if (n == 0) return;
+    size_t off[1];
+    const char* base = arrays({{conv_states, n * sizeof(float*)}}, off);
+    op("conv1d_silu_rows", [=, this] {
+      const char* b = base ? base : dyn_dev_;
+      cuda::conv1d_silu_rows(in, ld_in, n, C, K, w, bias, reinterpret_cast<float* const*>(b + off[0]), out, stream_);
+    }, in, ld_in, n, C, K, w, bias, off[0], out);
+  }
+  void ssm_scan_rows(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw,
+                     int64_t ld_dt, int64_t n, const SsmParams& p, float* const* ssm_states, float* y) override {
+    if (n == 0) return;
+    if (recording_ && fuse_) {
+      flush_pending();
+      pk_ = PK::Scan;
+      ps_ = PendingScan{x, B, C, ld_xbc, dt_raw, ld_dt, n, p, dyn_put(ssm_states, n * sizeof(float*), -1), y, nullptr, 0};
+      return;
+    }
+    size_t off[1];
+    const char* base = arrays({{ssm_states, n * sizeof(float*)}}, off);
+    const SsmParams pp = p;
+    op("ssm_scan_rows", [=, this] {
+      const char* b = base ? base : dyn_dev_;
+      cuda::ssm_scan_rows(x, B, C, ld_xbc, dt_raw, ld_dt, n, pp, reinterpret_cast<float* const*>(b + off[0]), y,
+                          stream_);
+    }, x, B, C, ld_xbc, dt_raw, ld_dt, n, pp.heads, pp.head_dim, pp.groups, pp.d_state, pp.A, pp.D, pp.dt_bias,
+       pp.dt_min, pp.dt_max, off[0], y);
+  }
+  void kv_write_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n,
+                     int64_t width) override {
+    if (n == 0) return;
+    if (recording_ && fuse_) {
+      const size_t oc = dyn_put(caches, n * sizeof(float*), -1), orow = dyn_put(n_past, n * sizeof(int64_t), -1);
+      if (pk_ == PK::Kv && pkv_.nparts == 1 && pkv_.n == n && pkv_.width == width &&
+          !overlap(src, static_cast<size_t>(n * width), pkv_.src[0], static_cast<size_t>(n * width))) {
+        pkv_.off[1][0] = oc;
+        pkv_.off[1][1] = orow;
+        pkv_.src[1] = src;
+        pkv_.nparts = 2;
+        flush_pending();
+        return;
+      }
+      flush_pending();
+      pk_ = PK::Kv;
+      pkv_ = PendingKv{};
+      pkv_.off[0][0] = oc;
+      pkv_.off[0][1] = orow;
+      pkv_.src[0] = src;
+      pkv_.nparts = 1;
+      pkv_.n = n;
+      pkv_.width = width;
+      return;
+    }
+    size_t off[2];
+    const char* base = arrays({{caches, n * sizeof(float*)}, {n_past, n * sizeof(int64_t)}}, off);
+    op("kv_write_rows", [=, this] {
+      const char* b = base ? base : dyn_dev_;
+      cuda::kv_write_rows(reinterpret_cast<float* const*>(b + off[0]), reinterpret_cast<const int64_t*>(b + off[1]),
+                          src, n, width, stream_);
+    }, off[0], off[1], src, n, width);
+  }
+  void attention_rows(const float* q, int64_t ldq, int64_t n, const float* const* k_caches,
+                      const float* const* v_caches, const int64_t* n_past, int H, int Hkv, int hd, float scale,
+                      float* out) override {
+    if (n == 0) return;
+    if (!cuda::attention_rows_ok(hd, Hkv)) {
+      Kernels::attention_rows(q, ldq, n, k_caches, v_caches, n_past, H, Hkv, hd, scale, out);
+      return;
+    }
+    int64_t max_past = 0;
+    for (int64_t i = 0; i < n; ++i) max_past = std::max(max_past, n_past[i]);
+    // The plan depends on the longest sequence through its power-of-two bucket only.
+    int64_t bucket = 64;
+    while (bucket < max_past + 1) bucket *= 2;
+    float* scratch = attention_scratch(cuda::attention_rows_scratch_floats(n, max_past, H, Hkv, hd, true));
+    size_t off[3];
+    const char* base = arrays(
+        {{k_caches, n * sizeof(float*)}, {v_caches, n * sizeof(float*)}, {n_past, n * sizeof(int64_t)}}, off);
+    op("attention_rows", [=, this] {
+      const char* b = base ? base : dyn_dev_;
+      cuda::attention_rows(q, ldq, n, reinterpret_cast<const float* const*>(b + off[0]),
+                           reinterpret_cast<const float* const*>(b + off[1]),
+                           reinterpret_cast<const int64_t*>(b + off[2]), max_past, true, H, Hkv, hd, scale, out,
+                           scratch, stream_);
+    }, q, ldq, n, bucket, off[0], off[1], off[2], H, Hkv, hd, scale, out, scratch);
+  }
+
+  // ---- decode steps as graphs ----
+  void begin_decode_step() override {
+    flush();
+    if (!graphs_on_) return;
+    recording_ = true;
+    rec_dirty_ = false;
+    pk_ = PK::None;
+    psc_.on = false;
+    dyn_host_.clear();
+    dyn_last_.fill(SIZE_MAX);
+  }
+  void end_decode_step() override { flush(); }
 
   // ---- CudaKernels ----
   void set_matmul_split(bool on) override { split_ = on; }
   bool matmul_split() const override { return split_; }
-  void synchronize() override { check(cudaStreamSynchronize(stream_), "synchronize"); }
+  void set_attention_tf32(bool on) override { tf32_attn_ = on; }
+  bool attention_tf32() const override { return tf32_attn_; }
+  void set_decode_graphs(bool on) override {
+    flush();
+    graphs_on_ = on;
+  }
+  bool decode_graphs() const override { return graphs_on_; }
+  size_t graphs_captured() const override { return graphs_captured_; }
+  void synchronize() override {
+    flush();
+    check(cudaStreamSynchronize(stream_), "synchronize");
+  }
 
   CudaMemoryStats memory_stats() const override {
     return CudaMemoryStats{weight_bytes_, live_bytes_, peak_live_, cached_bytes_};
@@ -284,6 +549,7 @@ class CudaKernelsImpl final : public CudaKernels {
   void reset_peak() override { peak_live_ = live_bytes_; }
 
   void trim() override {
+    flush();
     cudaStreamSynchronize(stream_);
     for (auto& [sz, v] : cache_)
       for (void* p : v) cudaFree(p);
@@ -291,7 +557,13 @@ class CudaKernelsImpl final : public CudaKernels {
     cached_bytes_ = 0;
   }
 
+  void fill_random(float* p, size_t n, float amplitude, uint64_t seed) override {
+    flush();
+    if (n) cuda::fill_random_f32(p, n, amplitude, seed, stream_);
+  }
+
   void randomize_weights(uint64_t seed) override {
+    flush();
     uint64_t i = 0;
     for (auto& [p, w] : weights_) {
       const float amp = w.cols > 0 ? 1.0f / std::sqrt(static_cast<float>(w.cols)) : 1.0f;
@@ -312,6 +584,361 @@ class CudaKernelsImpl final : public CudaKernels {
   };
 
   static constexpr int64_t kStackedRows = 64;
+  static constexpr size_t kBlasWorkspace = size_t(32) << 20;
+  static constexpr size_t kMaxGraphs = 24;
+
+  // ---- recording ----
+  template <class T>
+  static uint64_t word(T v) {
+    if constexpr (std::is_pointer_v<T>) {
+      return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(v));
+    } else if constexpr (std::is_same_v<T, float>) {
+      uint32_t u;
+      std::memcpy(&u, &v, 4);
+      return u;
+    } else if constexpr (std::is_same_v<T, double>) {
+      uint64_t u;
+      std::memcpy(&u, &v, 8);
+      return u;
+    } else {
+      return static_cast<uint64_t>(v);
+    }
+  }
+
+  // Runs f now, or (recording) keeps it with its signature: the op's tag and its arguments.
+  template <class F, class... A>
+  void op(const char* name, F&& f, A... args) {
+    if (!recording_) {
+      if (profile_) {
+        profiled(name, f);
+        return;
+      }
+      f();
+      return;
+    }
+    flush_pending();
+    record(name, std::forward<F>(f), args...);
+  }
+  template <class F, class... A>
+  void record(const char* name, F&& f, A... args) {
+    sig_.push_back(word(name));
+    (sig_.push_back(word(args)), ...);
+    tape_.emplace_back(std::forward<F>(f));
+  }
+
+  // ---- fusion of a recorded decode step ----
+  // One op is held back (pending) while the next may join it: GEMVs that read the same x become
+  // one launch, the element-wise op after a GEMV becomes its epilogue (mup columns, residual,
+  // gated SiLU), an in-place scale folds into the rope after it, the two ropes and the two KV
+  // writes of a layer become one launch each, and the gate after the scan joins the scan. Every
+  // fusion checks that it computes what the ops one by one compute.
+  enum class PK { None, Gemv, Rope, Kv, Scan };
+  struct PendingScale {
+    bool on = false;
+    float* x = nullptr;
+    size_t n = 0;
+    float s = 1.0f;
+  };
+  struct PendingRope {
+    cuda::RopeParts rp;
+    int64_t T = 0;
+    int hd = 0;
+    size_t pos = 0, freq = 0;
+  };
+  struct PendingKv {
+    size_t off[2][2] = {{0, 0}, {0, 0}};
+    const float* src[2] = {nullptr, nullptr};
+    int nparts = 0;
+    int64_t n = 0, width = 0;
+  };
+  struct PendingScan {
+    const float *x, *B, *C;
+    int64_t ld_xbc;
+    const float* dt;
+    int64_t ld_dt, n;
+    SsmParams p;
+    size_t off;
+    float* y;
+    const float* z;
+    int64_t ldz;
+  };
+
+  static bool overlap(const void* a, size_t na, const void* b, size_t nb) {
+    const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+    return pa < pb + nb * sizeof(float) && pb < pa + na * sizeof(float);
+  }
+  static size_t gemv_x_floats(const cuda::GemvJob& j) { return static_cast<size_t>((j.T - 1) * j.ldx + j.K); }
+
+  void fuse_gemv(const float* x, int64_t ldx, int64_t T, const WeightView& w, const float* bias, float* y) {
+    const size_t ny = static_cast<size_t>(T * w.rows);
+    if (pk_ == PK::Gemv && pg_.nparts < 3 && pg_.epi == cuda::GemvJob::kNone && pg_.x == x && pg_.ldx == ldx &&
+        pg_.T == T && pg_.K == w.cols && !overlap(y, ny, x, gemv_x_floats(pg_))) {
+      bool ok = true;
+      for (int i = 0; i < pg_.nparts; ++i)
+        ok = ok && !overlap(y, ny, pg_.part[i].y, static_cast<size_t>(T * pg_.part[i].N));
+      if (ok) {
+        pg_.part[pg_.nparts++] = cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows};
+        return;
+      }
+    }
+    flush_pending();
+    pk_ = PK::Gemv;
+    pg_ = cuda::GemvJob{};
+    pg_.part[0] = cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows};
+    pg_.nparts = 1;
+    pg_.K = w.cols;
+    pg_.x = x;
+    pg_.ldx = ldx;
+    pg_.T = static_cast<int>(T);
+    if (overlap(y, ny, x, gemv_x_floats(pg_))) flush_pending();  // in place: never joined
+  }
+
+  bool fuse_residual(float* h, const float* a, float sa, const float* b, float sb, size_t n) {
+    if (pk_ != PK::Gemv || pg_.nparts != 1 || pg_.epi != cuda::GemvJob::kNone) return false;
+    const float* y = pg_.part[0].y;
+    if (n != static_cast<size_t>(pg_.T * pg_.part[0].N) || a == b) return false;
+    if (a != y && b != y) return false;
+    const float* other = a == y ? b : a;
+    if (overlap(h, n, y, n) || overlap(h, n, pg_.x, gemv_x_floats(pg_)) || (other && overlap(h, n, other, n) && h != other))
+      return false;
+    if (other == h) return false;
+    pg_.epi = cuda::GemvJob::kResidual;
+    pg_.h = h;
+    pg_.other = other;
+    pg_.y_first = a == y;
+    pg_.sa = sa;
+    pg_.sb = sb;
+    flush_pending();
+    return true;
+  }
+
+  void fuse_rope(float* x, int64_t ld, int64_t T, int heads, int hd, size_t pos, size_t freq) {
+    const size_t nx = static_cast<size_t>((T - 1) * ld + int64_t(heads) * hd);
+    cuda::RopePart part{x, ld, heads, false, 1.0f};
+    if (psc_.on) {
+      if (psc_.x == x && static_cast<size_t>(T * ld) == psc_.n && ld == int64_t(heads) * hd) {
+        part.scaled = true;
+        part.pre = psc_.s;
+        psc_.on = false;
+      } else if (overlap(psc_.x, psc_.n, x, nx)) {
+        emit_scale();
+      }
+    }
+    if (pk_ == PK::Rope && pr_.rp.nparts == 1 && pr_.T == T && pr_.hd == hd && pr_.pos == pos && pr_.freq == freq &&
+        !overlap(x, nx, pr_.rp.part[0].x, static_cast<size_t>((T - 1) * pr_.rp.part[0].ld + int64_t(pr_.rp.part[0].heads) * hd))) {
+      pr_.rp.part[1] = part;
+      pr_.rp.nparts = 2;
+      return;
+    }
+    flush_pending(/*keep_scale=*/true);
+    pk_ = PK::Rope;
+    pr_ = PendingRope{};
+    pr_.rp.part[0] = part;
+    pr_.rp.nparts = 1;
+    pr_.T = T;
+    pr_.hd = hd;
+    pr_.pos = pos;
+    pr_.freq = freq;
+  }
+
+  void emit_scale() {
+    if (!psc_.on) return;
+    psc_.on = false;
+    float* x = psc_.x;
+    const size_t n = psc_.n;
+    const float sc = psc_.s;
+    record("scale", [=, this] { cuda::scale(x, n, sc, x, stream_); }, x, n, sc, x);
+  }
+
+  void flush_pending(bool keep_scale = false) {
+    if (!keep_scale) emit_scale();
+    const PK k = pk_;
+    pk_ = PK::None;
+    switch (k) {
+      case PK::None:
+        return;
+      case PK::Gemv: {
+        const cuda::GemvJob j = pg_;
+        record("gemv job", [=, this] { cuda::gemv_job(j, stream_); }, j.nparts, j.part[0].W, j.part[0].bias,
+               j.part[0].y, j.part[0].N, j.part[1].W, j.part[1].bias, j.part[1].y, j.part[1].N, j.part[2].W,
+               j.part[2].bias, j.part[2].y, j.part[2].N, j.K, j.x, j.ldx, j.T, j.epi, j.v, j.h, j.other, j.y_first,
+               j.sa, j.sb, j.gs, j.out);
+        return;
+      }
+      case PK::Rope: {
+        const PendingRope r = pr_;
+        const cuda::RopePart &a = r.rp.part[0], &b = r.rp.part[1];
+        record("rope parts", [=, this] {
+          cuda::rope_parts(r.rp, r.T, r.hd, reinterpret_cast<const int64_t*>(dyn_dev_ + r.pos),
+                           reinterpret_cast<const float*>(dyn_dev_ + r.freq), stream_);
+        }, r.rp.nparts, a.x, a.ld, a.heads, a.scaled, a.pre, b.x, b.ld, b.heads, b.scaled, b.pre, r.T, r.hd, r.pos,
+               r.freq);
+        return;
+      }
+      case PK::Kv: {
+        const PendingKv kv = pkv_;
+        record("kv rows", [=, this] {
+          cuda::KvRowsParts kp;
+          for (int i = 0; i < kv.nparts; ++i)
+            kp.part[i] = cuda::KvRowsPart{reinterpret_cast<float* const*>(dyn_dev_ + kv.off[i][0]),
+                                          reinterpret_cast<const int64_t*>(dyn_dev_ + kv.off[i][1]), kv.src[i]};
+          cuda::kv_write_rows_parts(kp, kv.nparts, kv.n, kv.width, stream_);
+        }, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.off[1][0], kv.off[1][1], kv.src[1], kv.n, kv.width);
+        return;
+      }
+      case PK::Scan: {
+        const PendingScan q = ps_;
+        record("scan rows", [=, this] {
+          cuda::ssm_scan_rows_gated(q.x, q.B, q.C, q.ld_xbc, q.dt, q.ld_dt, q.n, q.p,
+                                    reinterpret_cast<float* const*>(dyn_dev_ + q.off), q.z, q.ldz, q.y, stream_);
+        }, q.x, q.B, q.C, q.ld_xbc, q.dt, q.ld_dt, q.n, q.p.heads, q.p.head_dim, q.p.groups, q.p.d_state, q.p.A, q.p.D,
+               q.p.dt_bias, q.p.dt_min, q.p.dt_max, q.off, q.y, q.z, q.ldz);
+        return;
+      }
+    }
+  }
+
+  // FH1_CUDA_PROFILE=1: every op outside a recorded step timed alone (events, synchronized), the
+  // totals per op printed when the backend is destroyed. Only for finding where time goes.
+  template <class F>
+  void profiled(const char* name, F& f) {
+    if (!ev0_) {
+      check(cudaEventCreate(&ev0_), "event");
+      check(cudaEventCreate(&ev1_), "event");
+    }
+    check(cudaEventRecord(ev0_, stream_), "event");
+    f();
+    check(cudaEventRecord(ev1_, stream_), "event");
+    check(cudaEventSynchronize(ev1_), "event");
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, ev0_, ev1_);
+    auto& e = prof_[name];
+    e.first += ms;
+    e.second += 1;
+  }
+
+  // Copies a host array into the step's device array; returns its byte offset there. kind >= 0:
+  // reuse the last array of that kind when its content is the same (rope's positions, twice a layer).
+  size_t dyn_put(const void* src, size_t bytes, int kind) {
+    if (kind >= 0 && dyn_last_[static_cast<size_t>(kind)] != SIZE_MAX) {
+      const size_t at = dyn_last_[static_cast<size_t>(kind)];
+      if (dyn_bytes_[static_cast<size_t>(kind)] == bytes && std::memcmp(dyn_host_.data() + at, src, bytes) == 0) return at;
+    }
+    const size_t at = (dyn_host_.size() + 15) / 16 * 16;
+    dyn_host_.resize(at + std::max<size_t>(bytes, 1));
+    std::memcpy(dyn_host_.data() + at, src, bytes);
+    if (kind >= 0) {
+      dyn_last_[static_cast<size_t>(kind)] = at;
+      dyn_bytes_[static_cast<size_t>(kind)] = bytes;
+    }
+    return at;
+  }
+
+  // Small host arrays an op reads on the device. Recording: into the step's array (returns null:
+  // the closure takes dyn_dev_ when it runs); else uploaded now, in stream order (returns the base).
+  const char* arrays(std::initializer_list<std::pair<const void*, size_t>> parts, size_t* offs) {
+    size_t i = 0;
+    if (recording_) {
+      for (const auto& [p, b] : parts) offs[i++] = dyn_put(p, b, -1);
+      return nullptr;
+    }
+    pack_.clear();
+    for (const auto& [p, b] : parts) {
+      const size_t at = (pack_.size() + 15) / 16 * 16;
+      pack_.resize(at + b);
+      std::memcpy(pack_.data() + at, p, b);
+      offs[i++] = at;
+    }
+    return static_cast<const char*>(upload(rows_, pack_.data(), pack_.size()));
+  }
+
+  // A buffer that closures recorded earlier in this step may still use: freed after the step.
+  void retire(void* p) {
+    if (p == nullptr) return;
+    if (recording_) {
+      retired_.push_back(p);
+      rec_dirty_ = true;
+    } else {
+      check(cudaStreamSynchronize(stream_), "scratch");
+      cudaFree(p);
+    }
+  }
+
+  void free_retired() {
+    if (retired_.empty()) return;
+    check(cudaStreamSynchronize(stream_), "scratch");
+    for (void* p : retired_) cudaFree(p);
+    retired_.clear();
+  }
+
+  // Ends a recording: replays the step's graph, captures a new one, or runs the closures.
+  void flush() {
+    if (!recording_) return;
+    flush_pending();
+    recording_ = false;
+    std::vector<std::function<void()>> tape;
+    tape.swap(tape_);
+    std::vector<uint64_t> sig;
+    sig.swap(sig_);
+    bool direct = rec_dirty_;
+    rec_dirty_ = false;
+    if (dyn_host_.size() > dyn_cap_) {
+      check(cudaStreamSynchronize(stream_), "step array");
+      cudaFree(dyn_dev_);
+      dyn_dev_ = nullptr;
+      dyn_cap_ = std::max<size_t>(dyn_host_.size() * 2, 64 << 10);
+      check(cudaMalloc(&dyn_dev_, dyn_cap_), "step array");
+    }
+    if (!dyn_host_.empty())  // pageable: staged before the call returns
+      check(cudaMemcpyAsync(dyn_dev_, dyn_host_.data(), dyn_host_.size(), cudaMemcpyHostToDevice, stream_), "step array");
+    sig.push_back(word(dyn_dev_));
+    if (direct) {
+      for (auto& f : tape) f();
+      free_retired();
+      return;
+    }
+    for (auto& g : graphs_) {
+      if (g.sig == sig) {
+        g.used = ++graph_clock_;
+        check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
+        return;
+      }
+    }
+    cudaGraph_t graph = nullptr;
+    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+    try {
+      for (auto& f : tape) f();
+    } catch (...) {
+      cudaStreamEndCapture(stream_, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      cudaGetLastError();
+      throw;
+    }
+    check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    check(e, "cudaGraphInstantiate");
+    if (graphs_.size() >= kMaxGraphs) {
+      auto lru = std::min_element(graphs_.begin(), graphs_.end(),
+                                  [](const Graph& a, const Graph& b) { return a.used < b.used; });
+      cudaGraphExecDestroy(lru->exec);
+      graphs_.erase(lru);
+    }
+    graphs_.push_back(Graph{std::move(sig), exec, ++graph_clock_});
+    ++graphs_captured_;
+    check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
+  }
+
+  float* attention_scratch(size_t need) {
+    if (need > att_scratch_cap_) {
+      retire(att_scratch_);
+      att_scratch_ = nullptr;
+      att_scratch_cap_ = std::max(need, att_scratch_cap_ * 2);
+      check(cudaMalloc(&att_scratch_, att_scratch_cap_ * sizeof(float)), "attention scratch");
+    }
+    return att_scratch_;
+  }
 
   // y[T, N] = xb[T, K] @ W^T (+ beta * y), float32 accumulate and output.
   void gemm_bf16(const WeightView& W, const uint16_t* xb, int64_t T, float* y, float beta) {
@@ -324,8 +951,7 @@ class CudaKernelsImpl final : public CudaKernels {
 
   float* f32_scratch(size_t n) {
     if (n > y2_cap_) {
-      check(cudaStreamSynchronize(stream_), "f32 scratch");
-      cudaFree(y2_);
+      retire(y2_);
       y2_ = nullptr;
       y2_cap_ = std::max(n, y2_cap_ * 2);
       check(cudaMalloc(&y2_, y2_cap_ * 4), "f32 scratch");
@@ -335,8 +961,7 @@ class CudaKernelsImpl final : public CudaKernels {
 
   uint16_t* bf16_scratch(size_t n) {
     if (n > xb_cap_) {
-      check(cudaStreamSynchronize(stream_), "bf16 scratch");
-      cudaFree(xb_);
+      retire(xb_);
       xb_ = nullptr;
       xb_cap_ = std::max(n, xb_cap_ * 2);
       check(cudaMalloc(&xb_, xb_cap_ * 2), "bf16 scratch");
@@ -368,15 +993,48 @@ class CudaKernelsImpl final : public CudaKernels {
   std::map<size_t, std::vector<void*>> cache_;
   std::map<void*, Uploaded> weights_;
   size_t live_bytes_ = 0, peak_live_ = 0, cached_bytes_ = 0, weight_bytes_ = 0;
-  HostUpload ids_, pos_, freq_;
+  HostUpload ids_, pos_, freq_, rows_;
+  std::vector<char> pack_;
   uint16_t* xb_ = nullptr;
   size_t xb_cap_ = 0;
   float* y2_ = nullptr;
   size_t y2_cap_ = 0;
   bool split_ = true;
-  bool gemv_ = true;
+  int64_t gemv_rows_ = 4;
   float* att_scratch_ = nullptr;
   size_t att_scratch_cap_ = 0;
+  bool tf32_attn_ = true;
+  void* blas_ws_ = nullptr;
+  // recording
+  struct Graph {
+    std::vector<uint64_t> sig;
+    cudaGraphExec_t exec = nullptr;
+    uint64_t used = 0;
+  };
+  bool graphs_on_ = true;
+  bool fuse_ = true;  // FH1_CUDA_FUSE=0: record the ops one by one
+  PK pk_ = PK::None;
+  cuda::GemvJob pg_;
+  PendingRope pr_;
+  PendingKv pkv_;
+  PendingScan ps_{};
+  PendingScale psc_;
+  bool profile_ = false;
+  cudaEvent_t ev0_ = nullptr, ev1_ = nullptr;
+  std::map<std::string, std::pair<double, int64_t>> prof_;
+  bool recording_ = false;
+  bool rec_dirty_ = false;
+  std::vector<uint64_t> sig_;
+  std::vector<std::function<void()>> tape_;
+  std::vector<char> dyn_host_;
+  std::array<size_t, 3> dyn_last_{SIZE_MAX, SIZE_MAX, SIZE_MAX};
+  std::array<size_t, 3> dyn_bytes_{0, 0, 0};
+  char* dyn_dev_ = nullptr;
+  size_t dyn_cap_ = 0;
+  std::vector<void*> retired_;
+  std::vector<Graph> graphs_;
+  uint64_t graph_clock_ = 0;
+  size_t graphs_captured_ = 0;
 };
 
 }  // namespace

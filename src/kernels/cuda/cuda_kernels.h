@@ -10,6 +10,8 @@
 // set_matmul_split(false), or FH1_CUDA_MATMUL=bf16 in the environment, rounds activations to
 // bf16 once instead (faster prefill, ~4e-2 of rms on the tiny fixtures, over the 2e-2 tolerance).
 // F32 weights use plain SGEMM (no TF32), so F32 checkpoints compute in float32.
+// Decode steps (Kernels::begin_decode_step .. end_decode_step) are recorded and replayed as CUDA
+// graphs, one per batch shape and power-of-two context bucket (cuda_kernels.cpp says how).
 #pragma once
 
 #include <cstddef>
@@ -36,6 +38,14 @@ class CudaKernels : public Kernels {
   // Activations as hi + lo bf16 parts in bf16 matmuls (default), or rounded to bf16 once.
   virtual void set_matmul_split(bool on) = 0;
   virtual bool matmul_split() const = 0;
+  // Prefill attention on the tensor cores in TF32 (default; ~1e-3 of rms from float32), or in
+  // float32 (FH1_CUDA_ATTN=f32).
+  virtual void set_attention_tf32(bool on) = 0;
+  virtual bool attention_tf32() const = 0;
+  // Decode steps recorded and replayed as CUDA graphs (default; FH1_CUDA_GRAPHS=0 turns it off).
+  virtual void set_decode_graphs(bool on) = 0;
+  virtual bool decode_graphs() const = 0;
+  virtual size_t graphs_captured() const = 0;  // graphs captured so far (a new one per batch shape and length bucket)
   // Waits for all queued device work.
   virtual void synchronize() = 0;
   virtual CudaMemoryStats memory_stats() const = 0;
@@ -45,6 +55,8 @@ class CudaKernels : public Kernels {
   // Benchmarks only: overwrites every uploaded weight matrix with reproducible random values
   // (uniform in +-1/sqrt(cols)), so that a model bound from an all-zero file computes on real data.
   virtual void randomize_weights(uint64_t seed) = 0;
+  // Benchmarks only: n floats at p (device memory from alloc) uniform in +-amplitude.
+  virtual void fill_random(float* p, size_t n, float amplitude, uint64_t seed) = 0;
 };
 
 // Throws fh1::Error when the device cannot be used.

@@ -3,6 +3,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "kernels/cuda/cuda_ops.h"
 #include "util/error.h"
 
@@ -35,6 +38,7 @@ __device__ float block_sum(float v) {
 }
 
 __global__ void f32_to_bf16_kernel(const float* x, int64_t ldx, int64_t T, int64_t K, __nv_bfloat16* out) {
+  FH1_PDL_ENTER();
   const int64_t n = T * K;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / K, k = i - t * K;
@@ -45,6 +49,7 @@ __global__ void f32_to_bf16_kernel(const float* x, int64_t ldx, int64_t T, int64
 // hi = bf16(x), lo = bf16(x - hi): hi + lo carries about 16 bits of x's 24-bit mantissa.
 __global__ void f32_to_bf16_split_kernel(const float* x, int64_t ldx, int64_t T, int64_t K, __nv_bfloat16* hi,
                                          __nv_bfloat16* lo) {
+  FH1_PDL_ENTER();
   const int64_t n = T * K;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / K, k = i - t * K;
@@ -57,28 +62,43 @@ __global__ void f32_to_bf16_split_kernel(const float* x, int64_t ldx, int64_t T,
 
 // y[t, :] = y2[t, :] + y2[T + t, :] (+ bias)
 __global__ void sum_halves_kernel(const float* y2, int64_t T, int64_t N, const float* bias, float* y) {
+  FH1_PDL_ENTER();
   const int64_t n = T * N;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] = y2[i] + y2[n + i] + (bias ? bias[i % N] : 0.0f);
 }
 
-// Decode GEMV: y[t, n] = sum_k x[t, k] * W[n, k] (+ bias) for t < T <= TB, float32 activations
-// and accumulation. One warp per output row; the row is read once, 16 bytes (8 bf16) per lane
-// per step; x (a few rows) comes through L1.
-template <int TB, bool VEC>  // VEC: x rows 16-byte aligned (float4 loads)
-__global__ void __launch_bounds__(256) gemv_bf16_kernel(const uint16_t* __restrict__ W, int64_t N, int64_t K,
-                                                        const float* __restrict__ x, int64_t ldx, int T,
-                                                        const float* __restrict__ bias, float* __restrict__ y) {
-  const int64_t n = blockIdx.x * int64_t(blockDim.x / 32) + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  if (n >= N) return;
-  const uint16_t* w = W + n * K;
-  float acc[TB];
+// The general decode GEMV (cuda_ops.h). Block: 8 warps = 8 / W rows of the concatenated parts.
+template <int TB, int W, bool VEC, int U>
+__global__ void __launch_bounds__(256) gemv_job_kernel(const GemvJob job) {
+  constexpr int RPB = 8 / W;
+  constexpr int NA = 2;  // accumulator sets: gate and up in kGated
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, sub = warp % W;
+  const bool gated = job.epi == GemvJob::kGated;
+  int64_t r = int64_t(blockIdx.x) * RPB + warp / W;
+  int pi = 0;
+  if (!gated) {
+    while (pi < job.nparts - 1 && r >= job.part[pi].N) {
+      r -= job.part[pi].N;
+      ++pi;
+    }
+  }
+  const GemvPart& P = job.part[pi];
+  const bool valid = r < P.N;
+  const int64_t K = job.K;
+  const int T = job.T;
+  const uint16_t* w0 = P.W + (valid ? r : 0) * K;
+  const uint16_t* w1 = gated ? job.part[1].W + (valid ? r : 0) * K : nullptr;
+  // (Prefetching the rows into L2 here, before the wait, was tried: 6% slower on an H200.)
+  FH1_PDL_ENTER();
+  float acc[NA][TB];
 #pragma unroll
-  for (int t = 0; t < TB; ++t) acc[t] = 0.0f;
-  const int64_t K8 = (K % 8 == 0) ? K : 0;  // rows 16-byte aligned only when K % 8 == 0
-  for (int64_t k = int64_t(lane) * 8; k < K8; k += 32 * 8) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(w + k);
+  for (int a = 0; a < NA; ++a)
+#pragma unroll
+    for (int t = 0; t < TB; ++t) acc[a][t] = 0.0f;
+  const float* x = job.x;
+  const int64_t ldx = job.ldx;
+  auto step = [&](const uint4 raw, int64_t k, float (&ac)[TB]) {
     const uint32_t u[4] = {raw.x, raw.y, raw.z, raw.w};
     float wf[8];
 #pragma unroll
@@ -92,35 +112,163 @@ __global__ void __launch_bounds__(256) gemv_bf16_kernel(const uint16_t* __restri
         const float* xr = x + t * ldx + k;
         if constexpr (VEC) {
           const float4 a = *reinterpret_cast<const float4*>(xr), b = *reinterpret_cast<const float4*>(xr + 4);
-          acc[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z +
-                    wf[7] * b.w;
+          ac[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z +
+                   wf[7] * b.w;
         } else {
 #pragma unroll
-          for (int j = 0; j < 8; ++j) acc[t] += wf[j] * xr[j];
+          for (int j = 0; j < 8; ++j) ac[t] += wf[j] * xr[j];
         }
       }
     }
+  };
+  if (valid) {
+    const int64_t K8 = (K % 8 == 0) ? K : 0;  // rows 16-byte aligned only when K % 8 == 0
+    constexpr int64_t S = int64_t(W) * 256;   // elements per step of the W warps of a row
+    int64_t k = (int64_t(sub) * 32 + lane) * 8;
+    // U 16-byte weight loads in flight per lane before the arithmetic that uses them.
+    if (!gated) {
+      for (; k + (U - 1) * S < K8; k += U * S) {
+        uint4 rw[U];
+#pragma unroll
+        for (int j = 0; j < U; ++j) rw[j] = __ldcs(reinterpret_cast<const uint4*>(w0 + k + j * S));
+#pragma unroll
+        for (int j = 0; j < U; ++j) step(rw[j], k + j * S, acc[0]);
+      }
+    } else {
+      for (; k + (U / 2 - 1) * S < K8; k += (U / 2) * S) {
+        uint4 rw[U];
+#pragma unroll
+        for (int j = 0; j < U / 2; ++j) {
+          rw[2 * j] = __ldcs(reinterpret_cast<const uint4*>(w0 + k + j * S));
+          rw[2 * j + 1] = __ldcs(reinterpret_cast<const uint4*>(w1 + k + j * S));
+        }
+#pragma unroll
+        for (int j = 0; j < U / 2; ++j) {
+          step(rw[2 * j], k + j * S, acc[0]);
+          step(rw[2 * j + 1], k + j * S, acc[1]);
+        }
+      }
+    }
+    for (; k < K8; k += S) {
+      step(__ldcs(reinterpret_cast<const uint4*>(w0 + k)), k, acc[0]);
+      if (gated) step(__ldcs(reinterpret_cast<const uint4*>(w1 + k)), k, acc[1]);
+    }
+    for (int64_t kk = K8 + int64_t(sub) * 32 + lane; kk < K; kk += int64_t(W) * 32) {  // K not a multiple of 8
+      const float wv0 = bf16_bits_to_f32(w0[kk]);
+      const float wv1 = gated ? bf16_bits_to_f32(w1[kk]) : 0.0f;
+#pragma unroll
+      for (int t = 0; t < TB; ++t)
+        if (t < T) {
+          acc[0][t] += wv0 * x[t * ldx + kk];
+          if (gated) acc[1][t] += wv1 * x[t * ldx + kk];
+        }
+    }
   }
-  for (int64_t k = K8 + lane; k < K; k += 32) {  // K not a multiple of 8
-    const float wv = bf16_bits_to_f32(w[k]);
+#pragma unroll
+  for (int a = 0; a < NA; ++a)
 #pragma unroll
     for (int t = 0; t < TB; ++t)
-      if (t < T) acc[t] += wv * x[t * ldx + k];
+      for (int o = 16; o > 0; o >>= 1) acc[a][t] += __shfl_xor_sync(0xffffffffu, acc[a][t], o);
+  if constexpr (W > 1) {
+    __shared__ float red[8][NA][TB];
+    if (lane == 0)
+#pragma unroll
+      for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int t = 0; t < TB; ++t) red[warp][a][t] = acc[a][t];
+    __syncthreads();
+    if (sub == 0 && lane == 0)
+#pragma unroll
+      for (int a = 0; a < NA; ++a)
+#pragma unroll
+        for (int t = 0; t < TB; ++t) {
+          float v = red[warp][a][t];
+          for (int w = 1; w < W; ++w) v += red[warp + w][a][t];
+          acc[a][t] = v;
+        }
   }
+  if (sub != 0 || lane != 0 || !valid) return;
+  const int64_t N = P.N;
 #pragma unroll
   for (int t = 0; t < TB; ++t) {
-    float v = acc[t];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0 && t < T) y[int64_t(t) * N + n] = v + (bias ? bias[n] : 0.0f);
+    if (t >= T) break;
+    const int64_t i = int64_t(t) * N + r;
+    const float val = acc[0][t] + (P.bias ? P.bias[r] : 0.0f);
+    switch (job.epi) {
+      case GemvJob::kMulCols:
+        P.y[i] = val * job.v[r];
+        break;
+      case GemvJob::kResidual: {
+        P.y[i] = val;
+        const float o = job.other ? job.other[i] : 0.0f;
+        if (job.other)
+          job.h[i] += job.y_first ? val * job.sa + o * job.sb : o * job.sa + val * job.sb;
+        else
+          job.h[i] += val * job.sa;
+        break;
+      }
+      case GemvJob::kGated: {
+        const GemvPart& Up = job.part[1];
+        const float up = acc[1][t] + (Up.bias ? Up.bias[r] : 0.0f);
+        Up.y[i] = up;
+        if (job.out != P.y) P.y[i] = val;
+        job.out[i] = up * silu(val * job.gs);
+        break;
+      }
+      default:
+        P.y[i] = val;
+    }
   }
 }
 
+__global__ void kv_write_kernel(float* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t n,
+                                int64_t width) {
+  FH1_PDL_ENTER();
+  float* dst = cache + (row_dev ? *row_dev : row) * width;
+  if (width % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n / 4; i += int64_t(gridDim.x) * blockDim.x)
+      reinterpret_cast<float4*>(dst)[i] = reinterpret_cast<const float4*>(src)[i];
+    return;
+  }
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dst[i] = src[i];
+}
+
+__global__ void kv_write_rows_kernel(KvRowsParts kp, int64_t width) {
+  FH1_PDL_ENTER();
+  const int64_t i = blockIdx.y;
+  const KvRowsPart& P = kp.part[blockIdx.z];
+  float* dst = P.caches[i] + P.rows[i] * width;
+  const float* sr = P.src + i * width;
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < width; j += int64_t(gridDim.x) * blockDim.x)
+    dst[j] = sr[j];
+}
+
+// One thread per (row i, channel c): out from the K-1 state rows and the new input, then the
+// state shifted by one row (reads precede writes).
+__global__ void conv_rows_kernel(const float* in, int64_t ld_in, int64_t C, int K, const float* w, const float* bias,
+                                 float* const* states, float* out) {
+  FH1_PDL_ENTER();
+  const int64_t i = blockIdx.y;
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const int S = K - 1;
+  float* st = states[i];
+  const float xin = in[i * ld_in + c];
+  float acc = bias ? bias[c] : 0.0f;
+  for (int k = 0; k < K; ++k) acc += w[c * K + k] * (k < S ? st[int64_t(k) * C + c] : xin);
+  out[i * C + c] = silu(acc);
+  for (int k = 0; k < S; ++k) st[int64_t(k) * C + c] = k + 1 < S ? st[int64_t(k + 1) * C + c] : xin;
+}
+
 __global__ void f16_to_f32_kernel(const __half* x, size_t n, float* out) {
+  FH1_PDL_ENTER();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     out[i] = __half2float(x[i]);
 }
 
 __global__ void add_bias_kernel(float* y, int64_t T, int64_t N, const float* bias) {
+  FH1_PDL_ENTER();
   const int64_t n = T * N;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] += bias[i % N];
@@ -128,6 +276,7 @@ __global__ void add_bias_kernel(float* y, int64_t T, int64_t N, const float* bia
 
 template <typename Read>
 __global__ void embed_kernel(const int32_t* ids, int64_t T, Read read, int64_t d, float scale, float* out) {
+  FH1_PDL_ENTER();
   const int64_t n = T * d;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / d, k = i - t * d;
@@ -146,6 +295,7 @@ struct ReadF32 {
 
 // One block per row.
 __global__ void rmsnorm_kernel(const float* x, int64_t d, const float* w, float eps, float* out) {
+  FH1_PDL_ENTER();
   const float* xr = x + blockIdx.x * d;
   float* o = out + blockIdx.x * d;
   float ss = 0.0f;
@@ -156,27 +306,32 @@ __global__ void rmsnorm_kernel(const float* x, int64_t d, const float* w, float 
 }
 
 __global__ void scale_kernel(const float* x, size_t n, float a, float* out) {
+  FH1_PDL_ENTER();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     out[i] = x[i] * a;
 }
 
 __global__ void mul_columns_kernel(float* x, int64_t T, int64_t d, const float* v) {
+  FH1_PDL_ENTER();
   const int64_t n = T * d;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     x[i] *= v[i % d];
 }
 
 __global__ void residual_add2_kernel(float* h, const float* a, float sa, const float* b, float sb, size_t n) {
+  FH1_PDL_ENTER();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     h[i] += b ? a[i] * sa + b[i] * sb : a[i] * sa;
 }
 
 __global__ void silu_mul_kernel(const float* gate, const float* up, float gs, size_t n, float* out) {
+  FH1_PDL_ENTER();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     out[i] = up[i] * silu(gate[i] * gs);
 }
 
 __global__ void gate_silu_kernel(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) {
+  FH1_PDL_ENTER();
   const int64_t n = T * d;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / d, k = i - t * d;
@@ -187,6 +342,7 @@ __global__ void gate_silu_kernel(float* y, const float* z, int64_t ldz, int64_t 
 // One block per (row, group).
 __global__ void gated_rmsnorm_kernel(float* y, const float* z, int64_t ldz, int64_t d, int groups, const float* w,
                                      float eps, bool norm_before_gate) {
+  FH1_PDL_ENTER();
   const int64_t t = blockIdx.x / groups, g = blockIdx.x % groups, gd = d / groups;
   float* yg = y + t * d + g * gd;
   const float* zg = z + t * ldz + g * gd;
@@ -212,6 +368,7 @@ __global__ void gated_rmsnorm_kernel(float* y, const float* z, int64_t ldz, int6
 // cosine and sine taken in double and rounded.
 __global__ void rope_kernel(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* pos,
                             const float* inv_freq) {
+  FH1_PDL_ENTER();
   const int half = hd / 2;
   const int64_t n = T * heads * half;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -230,6 +387,36 @@ __global__ void rope_kernel(float* x, int64_t ld, int64_t T, int heads, int hd, 
   }
 }
 
+// Up to two tensors rotated at the same positions, each first multiplied by its `pre` (the key
+// multiplier folded in): the arithmetic of scale_kernel then rope_kernel.
+__global__ void rope_parts_kernel(RopeParts rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq) {
+  FH1_PDL_ENTER();
+  const int half = hd / 2;
+  const int64_t n0 = T * rp.part[0].heads * half;
+  const int64_t n = n0 + (rp.nparts > 1 ? T * rp.part[1].heads * half : 0);
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+    const bool second = e >= n0;
+    const RopePart& P = rp.part[second ? 1 : 0];
+    const int64_t i = second ? e - n0 : e;
+    const int j = static_cast<int>(i % half);
+    const int64_t th = i / half;
+    const int h = static_cast<int>(th % P.heads);
+    const int64_t t = th / P.heads;
+    const float angle = static_cast<float>(pos[t]) * inv_freq[j];
+    double sd, cd;
+    sincos(static_cast<double>(angle), &sd, &cd);
+    const float c = static_cast<float>(cd), sn = static_cast<float>(sd);
+    float* v = P.x + t * P.ld + int64_t(h) * hd;
+    float a = v[j], b = v[j + half];
+    if (P.scaled) {
+      a = a * P.pre;
+      b = b * P.pre;
+    }
+    v[j] = a * c - b * sn;
+    v[j + half] = b * c + a * sn;
+  }
+}
+
 __device__ __forceinline__ float random_uniform(uint64_t seed, size_t i) {  // splitmix64 -> [-1, 1)
   uint64_t z = seed + (static_cast<uint64_t>(i) + 1) * 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -239,11 +426,13 @@ __device__ __forceinline__ float random_uniform(uint64_t seed, size_t i) {  // s
 }
 
 __global__ void fill_random_bf16_kernel(__nv_bfloat16* w, size_t n, float amp, uint64_t seed) {
+  FH1_PDL_ENTER();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     w[i] = __float2bfloat16_rn(amp * random_uniform(seed, i));
 }
 
 __global__ void fill_random_f32_kernel(float* w, size_t n, float amp, uint64_t seed) {
+  FH1_PDL_ENTER();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     w[i] = amp * random_uniform(seed, i);
 }
@@ -252,6 +441,7 @@ __global__ void fill_random_f32_kernel(float* w, size_t n, float amp, uint64_t s
 // K-1 state rows followed by the T new rows.
 __global__ void conv_out_kernel(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w,
                                 const float* bias, const float* conv_state, float* out) {
+  FH1_PDL_ENTER();
   const int S = K - 1;
   const int64_t n = T * C;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -268,6 +458,7 @@ __global__ void conv_out_kernel(const float* in, int64_t ld_in, int64_t T, int64
 
 // One thread per channel, rows in increasing order: new[s] = hist[T + s] (reads precede writes).
 __global__ void conv_state_kernel(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, float* conv_state) {
+  FH1_PDL_ENTER();
   const int S = K - 1;
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
@@ -279,46 +470,123 @@ __global__ void conv_state_kernel(const float* in, int64_t ld_in, int64_t T, int
 
 }  // namespace
 
+bool pdl_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("FH1_CUDA_PDL");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  return on;
+}
+
 void f32_to_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out, cudaStream_t s) {
-  f32_to_bf16_kernel<<<blocks_for(T * K), kThreads, 0, s>>>(x, ldx, T, K, reinterpret_cast<__nv_bfloat16*>(out));
+  launch(f32_to_bf16_kernel, blocks_for(T * K), kThreads, 0, s, x, ldx, T, K, reinterpret_cast<__nv_bfloat16*>(out));
   check_launch("f32_to_bf16");
 }
 
 void f32_to_bf16_split(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* hi, uint16_t* lo, cudaStream_t s) {
-  f32_to_bf16_split_kernel<<<blocks_for(T * K), kThreads, 0, s>>>(x, ldx, T, K, reinterpret_cast<__nv_bfloat16*>(hi),
+  launch(f32_to_bf16_split_kernel, blocks_for(T * K), kThreads, 0, s, x, ldx, T, K, reinterpret_cast<__nv_bfloat16*>(hi),
                                                                    reinterpret_cast<__nv_bfloat16*>(lo));
   check_launch("f32_to_bf16_split");
 }
 
 void sum_halves(const float* y2, int64_t T, int64_t N, const float* bias, float* y, cudaStream_t s) {
-  sum_halves_kernel<<<blocks_for(T * N), kThreads, 0, s>>>(y2, T, N, bias, y);
+  launch(sum_halves_kernel, blocks_for(T * N), kThreads, 0, s, y2, T, N, bias, y);
   check_launch("sum_halves");
 }
 
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,
                float* y, cudaStream_t s) {
-  const unsigned blocks = static_cast<unsigned>((N + 7) / 8);
-  const int t = static_cast<int>(T);
-  const bool vec = ldx % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
-#define FH1_GEMV(TB)                                                                       \
-  (vec ? gemv_bf16_kernel<TB, true><<<blocks, 256, 0, s>>>(W, N, K, x, ldx, t, bias, y)  \
-       : gemv_bf16_kernel<TB, false><<<blocks, 256, 0, s>>>(W, N, K, x, ldx, t, bias, y))
-  if (T <= 1) FH1_GEMV(1);
-  else if (T <= 2) FH1_GEMV(2);
-  else if (T <= 4) FH1_GEMV(4);
-  else if (T <= 8) FH1_GEMV(8);
-#undef FH1_GEMV
-  else throw Error("gemv_bf16: more than 8 rows");
-  check_launch("gemv_bf16");
+  GemvJob job;
+  job.part[0] = GemvPart{W, bias, y, N};
+  job.K = K;
+  job.x = x;
+  job.ldx = ldx;
+  job.T = static_cast<int>(T);
+  gemv_job(job, s);
+}
+
+void gemv_job(const GemvJob& job, cudaStream_t s) {
+  if (job.T <= 0) return;
+  const bool gated = job.epi == GemvJob::kGated;
+  int64_t rows = 0;
+  for (int i = 0; i < (gated ? 1 : job.nparts); ++i) rows += job.part[i].N;
+  if (rows == 0) return;
+  // Enough warps in flight to cover the memory latency: split K when there are few rows.
+  // FH1_CUDA_GEMV_WANT / _W / _U (tuning only): the row target, a fixed split, the loads in flight.
+  static const int64_t want = [] {
+    const char* e = std::getenv("FH1_CUDA_GEMV_WANT");
+    return e ? std::atoll(e) : int64_t(8 * 132 * 8);
+  }();
+  static const int force_w = [] {
+    const char* e = std::getenv("FH1_CUDA_GEMV_W");
+    return e ? std::atoi(e) : 0;
+  }();
+  static const int unroll = [] {
+    const char* e = std::getenv("FH1_CUDA_GEMV_U");
+    return e && std::atoi(e) == 4 ? 4 : 8;
+  }();
+  int W = rows >= want ? 1 : rows * 2 >= want ? 2 : rows * 4 >= want ? 4 : 8;
+  if (force_w == 1 || force_w == 2 || force_w == 4 || force_w == 8) W = force_w;
+  const unsigned blocks = static_cast<unsigned>((rows * W + 7) / 8);
+  const bool vec = job.ldx % 4 == 0 && reinterpret_cast<uintptr_t>(job.x) % 16 == 0;
+#define FH1_GEMV_W(TB, WW)                                                                        \
+  (vec ? (unroll == 8 ? launch(gemv_job_kernel<TB, WW, true, 8>, blocks, 256, 0, s, job)          \
+                      : launch(gemv_job_kernel<TB, WW, true, 4>, blocks, 256, 0, s, job))         \
+       : launch(gemv_job_kernel<TB, WW, false, 4>, blocks, 256, 0, s, job))
+#define FH1_GEMV_T(TB)              \
+  (W == 1   ? FH1_GEMV_W(TB, 1)     \
+   : W == 2 ? FH1_GEMV_W(TB, 2)     \
+   : W == 4 ? FH1_GEMV_W(TB, 4)     \
+            : FH1_GEMV_W(TB, 8))
+  if (job.T <= 1) FH1_GEMV_T(1);
+  else if (job.T <= 2) FH1_GEMV_T(2);
+  else if (job.T <= 4) FH1_GEMV_T(4);
+  else if (job.T <= 8) FH1_GEMV_T(8);
+  else throw Error("gemv: more than 8 rows");
+#undef FH1_GEMV_T
+#undef FH1_GEMV_W
+  check_launch("gemv");
+}
+
+void kv_write(float* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,
+              cudaStream_t s) {
+  const int64_t n = rows * width;
+  if (n == 0) return;
+  launch(kv_write_kernel, blocks_for(static_cast<size_t>(width % 4 == 0 ? n / 4 : n)), kThreads, 0, s, cache, row, row_dev,
+                                                                                                  src, n, width);
+  check_launch("kv_write");
+}
+
+void kv_write_rows(float* const* caches, const int64_t* rows, const float* src, int64_t n, int64_t width,
+                   cudaStream_t s) {
+  if (n == 0 || width == 0) return;
+  KvRowsParts kp;
+  kp.part[0] = KvRowsPart{caches, rows, src};
+  kv_write_rows_parts(kp, 1, n, width, s);
+}
+
+void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, cudaStream_t s) {
+  if (n == 0 || width == 0) return;
+  const dim3 grid(blocks_for(static_cast<size_t>(width)), static_cast<unsigned>(n), static_cast<unsigned>(nparts));
+  launch(kv_write_rows_kernel, grid, kThreads, 0, s, kp, width);
+  check_launch("kv_write_rows");
+}
+
+void conv1d_silu_rows(const float* in, int64_t ld_in, int64_t n, int64_t C, int K, const float* w, const float* bias,
+                      float* const* conv_states, float* out, cudaStream_t s) {
+  if (n == 0 || C == 0) return;
+  const dim3 grid(blocks_for(static_cast<size_t>(C)), static_cast<unsigned>(n));
+  launch(conv_rows_kernel, grid, kThreads, 0, s, in, ld_in, C, K, w, bias, conv_states, out);
+  check_launch("conv1d_silu_rows");
 }
 
 void f16_to_f32(const uint16_t* x, size_t n, float* out, cudaStream_t s) {
-  f16_to_f32_kernel<<<blocks_for(n), kThreads, 0, s>>>(reinterpret_cast<const __half*>(x), n, out);
+  launch(f16_to_f32_kernel, blocks_for(n), kThreads, 0, s, reinterpret_cast<const __half*>(x), n, out);
   check_launch("f16_to_f32");
 }
 
 void add_bias(float* y, int64_t T, int64_t N, const float* bias, cudaStream_t s) {
-  add_bias_kernel<<<blocks_for(T * N), kThreads, 0, s>>>(y, T, N, bias);
+  launch(add_bias_kernel, blocks_for(T * N), kThreads, 0, s, y, T, N, bias);
   check_launch("add_bias");
 }
 
@@ -326,10 +594,10 @@ void embed(const int32_t* ids, int64_t T, DType dt, const void* table, int64_t d
            cudaStream_t s) {
   if (T == 0) return;
   if (dt == DType::BF16)
-    embed_kernel<<<blocks_for(T * d), kThreads, 0, s>>>(ids, T, ReadBf16{static_cast<const uint16_t*>(table)}, d,
+    launch(embed_kernel<ReadBf16>, blocks_for(T * d), kThreads, 0, s, ids, T, ReadBf16{static_cast<const uint16_t*>(table)}, d,
                                                          scale, out);
   else if (dt == DType::F32)
-    embed_kernel<<<blocks_for(T * d), kThreads, 0, s>>>(ids, T, ReadF32{static_cast<const float*>(table)}, d, scale,
+    launch(embed_kernel<ReadF32>, blocks_for(T * d), kThreads, 0, s, ids, T, ReadF32{static_cast<const float*>(table)}, d, scale,
                                                          out);
   else
     throw Error("CUDA embed: the table was not bound by this backend");
@@ -338,44 +606,44 @@ void embed(const int32_t* ids, int64_t T, DType dt, const void* table, int64_t d
 
 void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out, cudaStream_t s) {
   if (T == 0) return;
-  rmsnorm_kernel<<<static_cast<unsigned>(T), d >= 1024 ? 512 : 128, 0, s>>>(x, d, w, eps, out);
+  launch(rmsnorm_kernel, static_cast<unsigned>(T), d >= 1024 ? 512 : 128, 0, s, x, d, w, eps, out);
   check_launch("rmsnorm");
 }
 
 void scale(const float* x, size_t n, float a, float* out, cudaStream_t s) {
   if (n == 0) return;
-  scale_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, n, a, out);
+  launch(scale_kernel, blocks_for(n), kThreads, 0, s, x, n, a, out);
   check_launch("scale");
 }
 
 void mul_columns(float* x, int64_t T, int64_t d, const float* v, cudaStream_t s) {
   if (T * d == 0) return;
-  mul_columns_kernel<<<blocks_for(T * d), kThreads, 0, s>>>(x, T, d, v);
+  launch(mul_columns_kernel, blocks_for(T * d), kThreads, 0, s, x, T, d, v);
   check_launch("mul_columns");
 }
 
 void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  residual_add2_kernel<<<blocks_for(n), kThreads, 0, s>>>(h, a, sa, b, sb, n);
+  launch(residual_add2_kernel, blocks_for(n), kThreads, 0, s, h, a, sa, b, sb, n);
   check_launch("residual_add2");
 }
 
 void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out, cudaStream_t s) {
   if (n == 0) return;
-  silu_mul_kernel<<<blocks_for(n), kThreads, 0, s>>>(gate, up, gs, n, out);
+  launch(silu_mul_kernel, blocks_for(n), kThreads, 0, s, gate, up, gs, n, out);
   check_launch("silu_mul");
 }
 
 void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, cudaStream_t s) {
   if (T * d == 0) return;
-  gate_silu_kernel<<<blocks_for(T * d), kThreads, 0, s>>>(y, z, ldz, T, d);
+  launch(gate_silu_kernel, blocks_for(T * d), kThreads, 0, s, y, z, ldz, T, d);
   check_launch("gate_silu");
 }
 
 void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w,
                    float eps, bool norm_before_gate, cudaStream_t s) {
   if (T == 0) return;
-  gated_rmsnorm_kernel<<<static_cast<unsigned>(T * groups), d / groups >= 1024 ? 512 : 128, 0, s>>>(
+  launch(gated_rmsnorm_kernel, static_cast<unsigned>(T * groups), d / groups >= 1024 ? 512 : 128, 0, s, 
       y, z, ldz, d, groups, w, eps, norm_before_gate);
   check_launch("gated_rmsnorm");
 }
@@ -384,26 +652,35 @@ void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* pos
           cudaStream_t s) {
   const int half = hd / 2;
   if (T == 0 || half == 0) return;
-  rope_kernel<<<blocks_for(T * heads * half), kThreads, 0, s>>>(x, ld, T, heads, hd, pos, inv_freq);
+  launch(rope_kernel, blocks_for(T * heads * half), kThreads, 0, s, x, ld, T, heads, hd, pos, inv_freq);
   check_launch("rope");
 }
 
+void rope_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq, cudaStream_t s) {
+  const int half = hd / 2;
+  int64_t n = 0;
+  for (int i = 0; i < rp.nparts; ++i) n += T * rp.part[i].heads * half;
+  if (n == 0) return;
+  launch(rope_parts_kernel, blocks_for(static_cast<size_t>(n)), kThreads, 0, s, rp, T, hd, pos, inv_freq);
+  check_launch("rope (parts)");
+}
+
 void fill_random_bf16(uint16_t* w, size_t n, float amp, uint64_t seed, cudaStream_t s) {
-  fill_random_bf16_kernel<<<blocks_for(n), kThreads, 0, s>>>(reinterpret_cast<__nv_bfloat16*>(w), n, amp, seed);
+  launch(fill_random_bf16_kernel, blocks_for(n), kThreads, 0, s, reinterpret_cast<__nv_bfloat16*>(w), n, amp, seed);
   check_launch("fill_random_bf16");
 }
 
 void fill_random_f32(float* w, size_t n, float amp, uint64_t seed, cudaStream_t s) {
-  fill_random_f32_kernel<<<blocks_for(n), kThreads, 0, s>>>(w, n, amp, seed);
+  launch(fill_random_f32_kernel, blocks_for(n), kThreads, 0, s, w, n, amp, seed);
   check_launch("fill_random_f32");
 }
 
 void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias,
                  float* conv_state, float* out, cudaStream_t s) {
   if (T == 0 || C == 0) return;
-  conv_out_kernel<<<blocks_for(T * C), kThreads, 0, s>>>(in, ld_in, T, C, K, w, bias, conv_state, out);
+  launch(conv_out_kernel, blocks_for(T * C), kThreads, 0, s, in, ld_in, T, C, K, w, bias, conv_state, out);
   check_launch("conv1d_silu");
-  conv_state_kernel<<<blocks_for(C), kThreads, 0, s>>>(in, ld_in, T, C, K, conv_state);
+  launch(conv_state_kernel, blocks_for(C), kThreads, 0, s, in, ld_in, T, C, K, conv_state);
   check_launch("conv1d_silu (state)");
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include <cuda_runtime.h>
 
@@ -16,6 +17,29 @@ void check(cudaError_t e, const char* what);
 #define FH1_CUDA(call) ::fh1::cuda::check((call), #call)
 void check_launch(const char* what);
 
+// Programmatic dependent launch: every kernel of this backend is launched through launch() with
+// the programmatic-serialization attribute and begins with FH1_PDL_ENTER(): it waits for the grid
+// before it to finish (and its writes to be visible), then lets the grid after it start to
+// launch. The launch latency of a kernel thus overlaps the kernel before it (the decode step is a
+// chain of ~30 small kernels per layer). FH1_CUDA_PDL=0 launches plainly.
+#define FH1_PDL_ENTER() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+bool pdl_enabled();
+
+template <typename... KArgs, typename... Args>
+void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx");
+}
+
 // Conversions and dense element-wise ops.
 void f32_to_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out, cudaStream_t s);
 // Activations as two bf16 parts (hi + lo) for the split matmul; y = first T rows + last T rows.
@@ -25,6 +49,36 @@ void sum_halves(const float* y2, int64_t T, int64_t N, const float* bias, float*
 constexpr int64_t kGemvRows = 8;
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,
                float* y, cudaStream_t s);
+// The decode GEMV in general: up to 3 matrices that read the same x (q/k/v; gate/up), rows of
+// all parts in one launch, W warps per row (split K; more warps when there are few rows), and an
+// optional epilogue that takes over the element-wise op the model runs next:
+//   kMulCols:  y[t, n] *= v[n]                                 (in_proj, then the mup vector)
+//   kResidual: h += (y_first ? y : a) * sa + (b ? ...) * sb    (o_proj / down_proj, then the residual)
+//   kGated:    out = up * silu(gate * gs), parts 0/1 = gate/up (one warp computes both rows)
+struct GemvPart {
+  const uint16_t* W = nullptr;
+  const float* bias = nullptr;
+  float* y = nullptr;
+  int64_t N = 0;
+};
+struct GemvJob {
+  enum Epi : int { kNone = 0, kMulCols = 1, kResidual = 2, kGated = 3 };
+  GemvPart part[3];
+  int nparts = 1;
+  int64_t K = 0;
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  int T = 1;
+  int epi = kNone;
+  const float* v = nullptr;      // kMulCols
+  float* h = nullptr;            // kResidual: h += first * sa + second * sb
+  const float* other = nullptr;  // kResidual: the other addend (null: none)
+  bool y_first = true;           // kResidual: y is the first addend (else the second)
+  float sa = 0.0f, sb = 0.0f;
+  float gs = 1.0f;               // kGated
+  float* out = nullptr;          // kGated
+};
+void gemv_job(const GemvJob& job, cudaStream_t s);
 void f16_to_f32(const uint16_t* x, size_t n, float* out, cudaStream_t s);
 void add_bias(float* y, int64_t T, int64_t N, const float* bias, cudaStream_t s);
 void embed(const int32_t* ids, int64_t T, DType dt, const void* table, int64_t d, float scale, float* out,
@@ -48,9 +102,61 @@ void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, co
 void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
               int64_t T, const SsmParams& p, float* state, float* y, cudaStream_t s);
 
-// Attention. `scratch` must hold attention_scratch_floats(...) floats.
-size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int hd);
-void attention(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past, int H,
-               int Hkv, int hd, float scale, float* out, float* scratch, cudaStream_t s);
+// Attention. `scratch` must hold attention_scratch_floats(...) floats (same T, n_past, bucket).
+// n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from
+// device memory at run time and n_past only picks the plan; with `bucket` the plan depends on
+// n_past only through the next power of two. tf32: prefill on the tensor cores (else float32).
+size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket);
+bool attention_decode_device_len(int64_t T, int hd, const float* k, const float* v, int Hkv);
+void attention(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past,
+               const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, float* out,
+               float* scratch, cudaStream_t s);
+
+// Decode rows: query row i of sequence i over its caches kcs[i] / vcs[i] (device arrays of
+// device pointers) with n_pasts[i] (device array) earlier tokens; max_past (host) picks the plan.
+bool attention_rows_ok(int hd, int Hkv);
+size_t attention_rows_scratch_floats(int64_t n, int64_t max_past, int H, int Hkv, int hd, bool bucket);
+void attention_rows(const float* q, int64_t ldq, int64_t n, const float* const* kcs, const float* const* vcs,
+                    const int64_t* n_pasts, int64_t max_past, bool bucket, int H, int Hkv, int hd, float scale,
+                    float* out, float* scratch, cudaStream_t s);
+// Row i of a decode step into caches[i] at row rows[i] (device arrays).
+void kv_write_rows(float* const* caches, const int64_t* rows, const float* src, int64_t n, int64_t width,
+                   cudaStream_t s);
+// One token per sequence: conv (state conv_states[i]) and scan (state ssm_states[i]) of row i.
+void conv1d_silu_rows(const float* in, int64_t ld_in, int64_t n, int64_t C, int K, const float* w, const float* bias,
+                      float* const* conv_states, float* out, cudaStream_t s);
+void ssm_scan_rows(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
+                   int64_t n, const SsmParams& p, float* const* states, float* y, cudaStream_t s);
+
+// Fused forms for recorded decode steps (cuda_kernels.cpp puts them together).
+struct RopePart {
+  float* x = nullptr;
+  int64_t ld = 0;
+  int heads = 0;
+  bool scaled = false;  // x *= pre first (an in-place scale op folded in)
+  float pre = 1.0f;
+};
+struct RopeParts {
+  RopePart part[2];
+  int nparts = 1;
+};
+void rope_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq, cudaStream_t s);
+struct KvRowsPart {
+  float* const* caches = nullptr;
+  const int64_t* rows = nullptr;
+  const float* src = nullptr;
+};
+struct KvRowsParts {
+  KvRowsPart part[2];
+};
+void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, cudaStream_t s);
+// ssm_scan_rows with the gate of the next op folded in when z is not null: y *= silu(z[i, row]).
+void ssm_scan_rows_gated(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw,
+                         int64_t ld_dt, int64_t n, const SsmParams& p, float* const* states, const float* z,
+                         int64_t ldz, float* y, cudaStream_t s);
+
+// Appends rows to a KV cache: cache[row + i, :] = src[i, :], row read from row_dev when not null.
+void kv_write(float* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,
+              cudaStream_t s);
 
 }  // namespace fh1::cuda
