@@ -148,16 +148,6 @@ void quantize_q4_k(const float* x, uint8_t* out) {
 
 }  // namespace
 
-void q4k_scale_min(int j, const uint8_t* scales, uint8_t* sc, uint8_t* m) {
-  if (j < 4) {
-    *sc = scales[j] & 63;
-    *m = scales[j + 4] & 63;
-  } else {
-    *sc = static_cast<uint8_t>((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4));
-    *m = static_cast<uint8_t>((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
-  }
-}
-
 void quantize_row(DType type, const float* x, int64_t n, uint8_t* out) {
   check_row(type, n);
   const int64_t be = dtype_block_elems(type), bb = dtype_block_bytes(type);

@@ -21,8 +21,17 @@ void quantize_row(DType type, const float* x, int64_t n, uint8_t* out);
 // The inverse: n values from a row of blocks.
 void dequantize_row(DType type, const uint8_t* in, int64_t n, float* out);
 
-// Q4_K's packing of the eight 6-bit (scale, min) pairs of a super-block into 12 bytes.
-void q4k_scale_min(int j, const uint8_t* scales, uint8_t* sc, uint8_t* m);
+// Q4_K's packing of the eight 6-bit (scale, min) pairs of a super-block into 12 bytes: pair j of
+// the 12 bytes at `scales` (inline: the int8 kernels unpack it for every 256 weights).
+inline void q4k_scale_min(int j, const uint8_t* scales, uint8_t* sc, uint8_t* m) {
+  if (j < 4) {
+    *sc = scales[j] & 63;
+    *m = scales[j + 4] & 63;
+  } else {
+    *sc = static_cast<uint8_t>((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4));
+    *m = static_cast<uint8_t>((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
+  }
+}
 
 // Activations quantized for the int8 dot products: blocks of 32 values, q = round(x / d) with
 // d = max|x| / 127, and per block d and d * sum(q) (the latter for the offset terms of Q4_0 and

@@ -133,9 +133,12 @@ TEST(Safetensors, QuantizedTensorsFromMetadata) {
   TempDir dir;
   const std::string data(2 * 68 + 4, '\0');
   const auto file = [&](const std::string& meta, const std::string& q_entry) {
-    return safetensors_bytes(R"({"__metadata__":{"format":"pt")" + meta + R"(},"q":)" + q_entry +
-                                 R"(,"v":{"dtype":"F32","shape":[1],"data_offsets":[136,140]}})",
-                             data);
+    std::string header = R"({"__metadata__":{"format":"pt")";
+    header += meta;
+    header += R"(},"q":)";
+    header += q_entry;
+    header += R"(,"v":{"dtype":"F32","shape":[1],"data_offsets":[136,140]}})";
+    return safetensors_bytes(header, data);
   };
   const std::string u8 = R"({"dtype":"U8","shape":[2,68],"data_offsets":[0,136]})";
   const SafetensorsFile f(dir.write("ok.safetensors", file(R"(,"falcon_h1.quant.q":"Q8_0")", u8)));

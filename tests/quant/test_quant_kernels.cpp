@@ -53,7 +53,7 @@ QuantizedMatrix quantize(DType type, const std::vector<float>& w, int64_t N, int
     quant::quantize_row(type, w.data() + r * K, K, m.bytes.data() + r * rb);
     quant::dequantize_row(type, m.bytes.data() + r * rb, K, m.dequant.data() + r * K);
   }
-  m.view.name = "w";
+  m.view.name = std::string(1, 'w');  // (not = "w": a false -Wrestrict in GCC 12 at -O3)
   m.view.dtype = type;
   m.view.shape = {N, K};
   m.view.data = m.bytes.data();

@@ -80,20 +80,28 @@ void RowsQ8_0(const Acts& a, const uint8_t* w, int64_t row_bytes, int64_t r0, in
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w + r * row_bytes;
 #if FH1_QUANT_X86
-    __m256 acc[MR];
-    for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
+    // Two blocks per step into two accumulators: one chain of fused multiply-adds would make the
+    // loop wait on its latency.
+    __m256 acc[MR][2];
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    const auto block = [&](int64_t b, int u) {
       const uint8_t* blk = row + 34 * b;
-      hwy::Prefetch(blk + 2048);
       const __m256i wq = Load32(blk + 2);
       const float dw = F16(blk);
       for (int i = 0; i < MR; ++i) {
         const __m256i xq = Load32(a.q + i * a.K + 32 * b);
         const __m256i p = DotU8S8(_mm256_sign_epi8(xq, xq), _mm256_sign_epi8(wq, xq));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a.d[i * nb + b]), acc[i]);
+        acc[i][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a.d[i * nb + b]), acc[i][u]);
       }
+    };
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+      hwy::Prefetch(row + 34 * b + 2048);
+      block(b, 0);
+      block(b + 1, 1);
     }
-    for (int i = 0; i < MR; ++i) y[i * ldy + r] = HSum(acc[i]) + (bias ? bias[r] : 0.0f);
+    if (b < nb) block(b, 0);
+    for (int i = 0; i < MR; ++i) y[i * ldy + r] = HSum(_mm256_add_ps(acc[i][0], acc[i][1])) + (bias ? bias[r] : 0.0f);
 #else
     for (int i = 0; i < MR; ++i) {
       float s = 0.0f;
@@ -118,22 +126,30 @@ void RowsQ4_0(const Acts& a, const uint8_t* w, int64_t row_bytes, int64_t r0, in
     const uint8_t* row = w + r * row_bytes;
     float off[MR] = {};
 #if FH1_QUANT_X86
-    __m256 acc[MR];
-    for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+    __m256 acc[MR][2];
+    float off2[MR] = {};
+    for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(0x0F);
-    for (int64_t b = 0; b < nb; ++b) {
+    const auto block = [&](int64_t b, int u) {
       const uint8_t* blk = row + 18 * b;
-      hwy::Prefetch(blk + 2048);
       const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
       const __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes), low4);
       const float dw = F16(blk);
       for (int i = 0; i < MR; ++i) {
         const __m256i p = DotU8S8(nib, Load32(a.q + i * a.K + 32 * b));
-        acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a.d[i * nb + b]), acc[i]);
-        off[i] += dw * a.d_sum[i * nb + b];
+        acc[i][u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * a.d[i * nb + b]), acc[i][u]);
+        (u ? off2[i] : off[i]) += dw * a.d_sum[i * nb + b];
       }
+    };
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+      hwy::Prefetch(row + 18 * b + 2048);
+      block(b, 0);
+      block(b + 1, 1);
     }
-    for (int i = 0; i < MR; ++i) y[i * ldy + r] = HSum(acc[i]) - 8.0f * off[i] + (bias ? bias[r] : 0.0f);
+    if (b < nb) block(b, 0);
+    for (int i = 0; i < MR; ++i)
+      y[i * ldy + r] = HSum(_mm256_add_ps(acc[i][0], acc[i][1])) - 8.0f * (off[i] + off2[i]) + (bias ? bias[r] : 0.0f);
 #else
     for (int i = 0; i < MR; ++i) {
       float s = 0.0f;
@@ -161,8 +177,8 @@ void RowsQ4_K(const Acts& a, const uint8_t* w, int64_t row_bytes, int64_t r0, in
     const uint8_t* row = w + r * row_bytes;
     float off[MR] = {};
 #if FH1_QUANT_X86
-    __m256 acc[MR];
-    for (int i = 0; i < MR; ++i) acc[i] = _mm256_setzero_ps();
+    __m256 acc[MR], acc_hi[MR];  // low and high nibbles' sub-blocks: two chains of FMAs
+    for (int i = 0; i < MR; ++i) acc[i] = acc_hi[i] = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi8(0x0F);
 #else
     float acc[MR] = {};
@@ -191,7 +207,7 @@ void RowsQ4_K(const Acts& a, const uint8_t* w, int64_t row_bytes, int64_t r0, in
           const __m256i p0 = DotU8S8(lo, Load32(xq)), p1 = DotU8S8(hi, Load32(xq + 32));
           const float* dx = a.d + i * nb + b0;
           acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(dsc[2 * c] * dx[0]), acc[i]);
-          acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(dsc[2 * c + 1] * dx[1]), acc[i]);
+          acc_hi[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(dsc[2 * c + 1] * dx[1]), acc_hi[i]);
           off[i] += dm[2 * c] * a.d_sum[i * nb + b0] + dm[2 * c + 1] * a.d_sum[i * nb + b0 + 1];
         }
 #else
@@ -211,7 +227,7 @@ void RowsQ4_K(const Acts& a, const uint8_t* w, int64_t row_bytes, int64_t r0, in
     }
     for (int i = 0; i < MR; ++i) {
 #if FH1_QUANT_X86
-      const float s = HSum(acc[i]);
+      const float s = HSum(_mm256_add_ps(acc[i], acc_hi[i]));
 #else
       const float s = acc[i];
 #endif
