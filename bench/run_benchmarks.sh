@@ -3,7 +3,7 @@
 # as JSON in bench/results/, and the plot docs/performance.png.
 #   bash bench/run_benchmarks.sh [path/to/falcon-h1] [threads]
 # Run it on an otherwise idle machine: other processes on the cores change every figure. The
-# figures in docs/performance.md were taken with bench/thread_pool_spin.patch applied.
+# figures in docs/performance.md were taken with the spinning thread pool now in src/util.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-build-perf/falcon-h1}
