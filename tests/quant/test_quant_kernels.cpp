@@ -5,10 +5,14 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <string>
 #include <random>
 #include <tuple>
 
 #include "io/safetensors.h"
+#include "hwy/targets.h"
+#include "kernels/cpu/simd_kernels.h"
 #include "kernels/kernels.h"
 #include "quant/blocks.h"
 #include "util/thread_pool.h"
@@ -113,6 +117,43 @@ TEST_F(QuantKernels, DecodeActivationRoundingIsSmall) {
     fast->matmul(x.data(), K, 1, fast->bind_weight(m.view), nullptr, y.data());
     EXPECT_LE(rel_diff(y, exact), 2e-2) << dtype_name(type);
   }
+}
+
+// The int8 dot has three implementations (VNNI, AVX2's maddubs, scalar); the CPU running the
+// tests picks one. Run the others too, by restricting Highway's dispatch to each instruction set
+// this CPU has.
+TEST_F(QuantKernels, EveryInstructionSetComputesTheSame) {
+  const int64_t N = 45, K = 512;
+  const auto x = randn(static_cast<size_t>(3 * K));
+  std::vector<std::string> seen;
+  const int64_t supported = hwy::SupportedTargets();
+  for (int64_t target : {int64_t{HWY_AVX3_DL}, int64_t{HWY_AVX3}, int64_t{HWY_AVX2}, int64_t{HWY_SSE4},
+                         int64_t{HWY_SSSE3}, int64_t{HWY_EMU128}, int64_t{HWY_SCALAR}}) {
+    if ((supported & target) == 0) continue;
+    hwy::SetSupportedTargetsForTest(target);
+    seen.push_back(simd::quant_dot_name());
+    for (DType type : {DType::Q8_0, DType::Q4_0, DType::Q4_K}) {
+      const QuantizedMatrix m = quantize(type, randn(static_cast<size_t>(N * K), 0.3f), N, K);
+      for (int64_t T = 1; T <= 3; ++T) {
+        std::vector<double> want(static_cast<size_t>(T * N));
+        for (int64_t t = 0; t < T; ++t) {
+          std::vector<int8_t> q(static_cast<size_t>(K));
+          std::vector<float> d(static_cast<size_t>(K / 32)), ds(d.size());
+          quant::quantize_activations(x.data() + t * K, K, q.data(), d.data(), ds.data());
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t k = 0; k < K; ++k) want[t * N + n] += double(q[k]) * d[k / 32] * m.dequant[n * K + k];
+        }
+        std::vector<float> y(want.size(), NAN);
+        fast->matmul(x.data(), K, T, fast->bind_weight(m.view), nullptr, y.data());
+        EXPECT_LE(rel_diff(y, want), 2e-5) << seen.back() << " " << dtype_name(type) << " T=" << T;
+      }
+    }
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  ASSERT_FALSE(seen.empty());
+  std::string all;
+  for (const auto& n : seen) all += n + " ";
+  std::printf("int8 dot implementations run: %s\n", all.c_str());
 }
 
 TEST_F(QuantKernels, EmbedDequantizesRows) {
