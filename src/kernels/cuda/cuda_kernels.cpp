@@ -31,7 +31,9 @@
 
 #include "io/safetensors.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "quant/blocks.h"
 #include "util/error.h"
+#include "util/half.h"
 
 namespace fh1 {
 namespace cuda {
@@ -190,14 +192,36 @@ class CudaKernelsImpl final : public CudaKernels {
 
   WeightView bind_weight(const TensorView& t) override {
     flush();
-    if (!is_float_dtype(t.dtype))
-      throw Error("tensor '" + t.name + "': dtype " + dtype_name(t.dtype) + " is not a float type (F32, F16, BF16)");
+    if (!is_float_dtype(t.dtype) && !is_quantized_dtype(t.dtype))
+      throw Error("tensor '" + t.name + "': dtype " + dtype_name(t.dtype) +
+                  " is neither a float type (F32, F16, BF16) nor a quantized one (Q8_0, Q4_0, Q4_K)");
     WeightView w;
     w.rows = t.shape.empty() ? 1 : t.shape[0];
     w.cols = w.rows == 0 ? 0 : t.numel() / w.rows;
     const size_t n = static_cast<size_t>(t.numel());
     void* p = nullptr;
-    if (t.dtype == DType::BF16) {
+    if (is_quantized_dtype(t.dtype)) {
+      // No quantized kernels on the GPU yet: the blocks are dequantized on the host and uploaded
+      // as bf16 (the model then runs, and costs, as a bf16 one).
+      w.dtype = DType::BF16;
+      check(cudaMalloc(&p, std::max<size_t>(n, 1) * 2), ("upload of '" + t.name + "'").c_str());
+      const int64_t rb = dtype_row_bytes(t.dtype, w.cols);
+      std::vector<float> row(static_cast<size_t>(w.cols));
+      std::vector<uint16_t> staging;
+      constexpr int64_t kRowsPerCopy = 256;
+      for (int64_t r0 = 0; r0 < w.rows; r0 += kRowsPerCopy) {
+        const int64_t r1 = std::min(w.rows, r0 + kRowsPerCopy);
+        staging.resize(static_cast<size_t>((r1 - r0) * w.cols));
+        for (int64_t r = r0; r < r1; ++r) {
+          quant::dequantize_row(t.dtype, t.data + r * rb, w.cols, row.data());
+          for (int64_t c = 0; c < w.cols; ++c) staging[static_cast<size_t>((r - r0) * w.cols + c)] = f32_to_bf16(row[c]);
+        }
+        check(cudaMemcpy(static_cast<uint16_t*>(p) + r0 * w.cols, staging.data(), staging.size() * 2,
+                         cudaMemcpyHostToDevice),
+              "upload");
+      }
+      weights_[p] = {DType::BF16, n, w.cols};
+    } else if (t.dtype == DType::BF16) {
       w.dtype = DType::BF16;
       check(cudaMalloc(&p, std::max<size_t>(n, 1) * 2), ("upload of '" + t.name + "'").c_str());
       check(cudaMemcpy(p, t.data, n * 2, cudaMemcpyHostToDevice), "upload");
