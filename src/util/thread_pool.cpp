@@ -3,6 +3,13 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 namespace fh1 {
 
@@ -21,8 +28,36 @@ inline void cpu_relax() {
 }
 }  // namespace
 
+int default_thread_count() {
+  int n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+#if defined(__linux__)
+  // The CPUs this process may run on (taskset, container cpusets)...
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = std::max(1, CPU_COUNT(&set));
+  // ...and the CPU time its cgroup may use (docker --cpus, Kubernetes limits): more spinning
+  // threads than that would wait on each other at every parallel_for.
+  const auto quota_cpus = [](const char* quota_file, const char* period_file) -> int {
+    std::ifstream q(quota_file);
+    std::string quota;
+    long long period = 0;
+    if (!(q >> quota) || quota == "max" || quota == "-1") return 0;
+    if (period_file == nullptr) {
+      if (!(q >> period)) return 0;
+    } else if (!(std::ifstream(period_file) >> period)) {
+      return 0;
+    }
+    const long long us = std::atoll(quota.c_str());
+    return us > 0 && period > 0 ? static_cast<int>(std::max<long long>(1, (us + period - 1) / period)) : 0;
+  };
+  int limit = quota_cpus("/sys/fs/cgroup/cpu.max", nullptr);  // cgroup v2: "quota period"
+  if (limit == 0) limit = quota_cpus("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+  if (limit > 0) n = std::min(n, limit);
+#endif
+  return n;
+}
+
 ThreadPool::ThreadPool(int n_threads) {
-  if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (n_threads <= 0) n_threads = default_thread_count();
   for (int i = 1; i < n_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 

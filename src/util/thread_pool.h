@@ -11,9 +11,12 @@
 
 namespace fh1 {
 
+// Threads to use by default: the CPUs this process may run on, capped by its cgroup's CPU quota.
+int default_thread_count();
+
 class ThreadPool {
  public:
-  // n_threads <= 0 means one per hardware thread.
+  // n_threads <= 0 means default_thread_count().
   explicit ThreadPool(int n_threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
