@@ -167,8 +167,9 @@ def test_long_whole_replies_are_sent_chunked_and_intact():
         t0 = time.time()
         requests.post(url, json=body, timeout=120)
         per_token = (time.time() - t0) / 200
-        # replies of about 0.8 s each (at most the 1000 tokens of the context): the third waits > 1 s
-        body["max_tokens"] = max_tokens = int(min(1000, max(20, 0.8 / per_token)))
+        # replies of about 2 s each (at most the 1000 tokens of the context): the third waits > 1 s
+        # even if the first measurement ran 3x slower than these (a loaded machine)
+        body["max_tokens"] = max_tokens = int(min(1000, max(20, 2.0 / per_token)))
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             replies = list(pool.map(lambda _: requests.post(url, json=body, timeout=120), range(3)))
         assert all(r.status_code == 200 for r in replies)
