@@ -5,14 +5,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 
 #include "kernels/cuda/cuda_kernels.h"
 #include "model/fixture_util.h"
-#include "quant/blocks.h"
 #include "quant/quantize_model.h"
-#include "util/half.h"
 #include "runtime/generator.h"
 
 namespace fh1::test {
@@ -76,34 +73,6 @@ TEST_P(CudaModelTest, CloseToCpuBackend) {
   EXPECT_LE(relative_max_diff(lg, lc), kTol) << f.name;
 }
 
-// A model whose quantized matrices are replaced by their dequantized values rounded to bf16:
-// exactly the weights the CUDA backend uploads for a quantized checkpoint.
-Model bf16_dequantized_copy(const Model& q, Kernels& kernels) {
-  std::vector<OwnedTensor> tensors;
-  for (const auto& [name, t] : q.tensors().all()) {
-    OwnedTensor o;
-    o.name = name;
-    o.shape = t->shape;
-    o.dtype = is_quantized_dtype(t->dtype) ? DType::BF16 : t->dtype;
-    if (is_quantized_dtype(t->dtype)) {
-      const int64_t rows = t->shape[0], cols = t->shape[1], rb = dtype_row_bytes(t->dtype, cols);
-      o.bytes.resize(static_cast<size_t>(rows * cols * 2));
-      std::vector<float> row(static_cast<size_t>(cols));
-      for (int64_t r = 0; r < rows; ++r) {
-        quant::dequantize_row(t->dtype, t->data + r * rb, cols, row.data());
-        for (int64_t c = 0; c < cols; ++c) {
-          const uint16_t h = f32_to_bf16(row[static_cast<size_t>(c)]);
-          std::memcpy(o.bytes.data() + 2 * (r * cols + c), &h, 2);
-        }
-      }
-    } else {
-      o.bytes.assign(t->data, t->data + t->nbytes);
-    }
-    tensors.push_back(std::move(o));
-  }
-  return Model::from_store(q.config(), TensorStore::from_memory(std::move(tensors)), kernels);
-}
-
 // A checkpoint written by `falcon-h1 quantize` runs on the GPU with its blocks dequantized to
 // bf16 at upload: the same logits as those bf16 weights give on the GPU and on the CPU.
 TEST_P(CudaModelTest, QuantizedCheckpointRunsAsItsBf16Dequantization) {
@@ -116,7 +85,9 @@ TEST_P(CudaModelTest, QuantizedCheckpointRunsAsItsBf16Dequantization) {
     {
       const Model mg = Model::load(dir, *gpu);
       const Model mq_cpu = Model::load(dir, *be.kernels);
-      const Model mg_copy = bf16_dequantized_copy(mq_cpu, *gpu), mc_copy = bf16_dequantized_copy(mq_cpu, *be.kernels);
+      // exactly the weights the CUDA backend uploads for the quantized checkpoint
+      const Model mg_copy = dequantized_copy(mq_cpu, *gpu, DType::BF16),
+                  mc_copy = dequantized_copy(mq_cpu, *be.kernels, DType::BF16);
       const auto run = [&](const Model& m) {
         SequenceState s = m.new_state();
         return m.forward(s, f.prompt_ids, true);

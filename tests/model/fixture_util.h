@@ -27,6 +27,10 @@ Fixture load_fixture(const std::string& name);
 // max |a - b| / rms(ref)
 double relative_max_diff(const std::vector<float>& a, const std::vector<float>& ref);
 
+// The same model with every quantized matrix replaced by its dequantized values, stored as `to`
+// (F32: exactly the dequantized weights; BF16: rounded as the CUDA backend uploads them).
+Model dequantized_copy(const Model& quantized, Kernels& kernels, DType to);
+
 // One backend for a test: a 2-thread pool and the CPU kernels.
 struct Backend {
   ThreadPool pool{2};

@@ -12,11 +12,9 @@
 #include "io/safetensors.h"
 #include "io/temp_dir.h"
 #include "model/fixture_util.h"
-#include "quant/blocks.h"
 #include "quant/quantize_model.h"
 #include "runtime/perplexity.h"
 #include "util/error.h"
-#include "util/half.h"
 
 namespace fh1 {
 namespace {
@@ -27,27 +25,6 @@ const fs::path kTiny = fs::path(FH1_SOURCE_DIR) / "models/falcon-h1-tiny";
 std::vector<float> all_logits(const Model& m, std::span<const int32_t> ids) {
   SequenceState s = m.new_state();
   return m.forward(s, ids, true);
-}
-
-// The same model with every quantized matrix replaced by its dequantized values in float32.
-Model dequantized_copy(const Model& q, Kernels& kernels) {
-  std::vector<OwnedTensor> tensors;
-  for (const auto& [name, t] : q.tensors().all()) {
-    OwnedTensor o;
-    o.name = name;
-    o.shape = t->shape;
-    o.dtype = is_quantized_dtype(t->dtype) ? DType::F32 : t->dtype;
-    if (is_quantized_dtype(t->dtype)) {
-      const int64_t rows = t->shape[0], cols = t->shape[1], rb = dtype_row_bytes(t->dtype, cols);
-      o.bytes.resize(static_cast<size_t>(rows * cols * 4));
-      for (int64_t r = 0; r < rows; ++r)
-        quant::dequantize_row(t->dtype, t->data + r * rb, cols, reinterpret_cast<float*>(o.bytes.data()) + r * cols);
-    } else {
-      o.bytes.assign(t->data, t->data + t->nbytes);
-    }
-    tensors.push_back(std::move(o));
-  }
-  return Model::from_store(q.config(), TensorStore::from_memory(std::move(tensors)), kernels);
 }
 
 // On the random-weight fixtures (whose logits are far too chaotic to bound a quantization error)
@@ -67,7 +44,7 @@ TEST(QuantizedModel, FixturesComputeTheirDequantizedWeights) {
       EXPECT_TRUE(fs::exists(out.path / "config.json"));
       const Model q = Model::load(out.path, *backend.kernels);
       EXPECT_EQ(q.weight_bytes(), r.bytes_out);
-      const Model dq = dequantized_copy(q, *backend.kernels);
+      const Model dq = test::dequantized_copy(q, *backend.kernels, DType::F32);
       const std::vector<float> got = all_logits(q, f.prompt_ids), want = all_logits(dq, f.prompt_ids);
       EXPECT_LE(test::relative_max_diff(got, want), 1e-4) << name << " " << dtype_name(type);
 
