@@ -8,7 +8,7 @@
 //
 //   cuda-bench [--models 0.5b,1.5b-deep,7b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
 //              [--decode-ctx 1024,16384] [--batches 1,8,64] [--decode-steps 32] [--json out.jsonl]
-//              [--dir /tmp] [--matmul bf16x2|bf16] [--attention tf32|f32] [--graphs 1|0]
+//              [--dir /tmp] [--matmul bf16x2|bf16] [--attention tf32|f32] [--graphs 1|0] [--kv bf16|f32]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
 // KV cache holds all T). Decode at context C: B sequences whose KV caches hold C rows of random
 // values (set up without a prefill), one token per sequence per step; combinations whose KV
@@ -253,8 +253,10 @@ size_t device_used() {
 }
 
 
-// Bytes of KV cache per token of one sequence (float32 K and V, every layer).
-uint64_t kv_bytes_per_token(const ModelConfig& c) { return uint64_t(c.kv_dim()) * 2 * 4 * c.num_hidden_layers; }
+// Bytes of KV cache per token of one sequence (K and V of every layer, in the backend's KV type).
+uint64_t kv_bytes_per_token(const ModelConfig& c, const Kernels& k) {
+  return uint64_t(c.kv_dim()) * 2 * dtype_size(k.kv_cache_dtype()) * c.num_hidden_layers;
+}
 
 }  // namespace
 
@@ -263,13 +265,14 @@ int main(int argc, char** argv) {
   std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, decode_ctx = {1024, 16384}, batches = {1, 8, 64};
   int steps = 32;
   int64_t chunk = 32768;
-  bool split = true, tf32 = true, graphs = true;
+  bool split = true, tf32 = true, graphs = true, kv_bf16 = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--models") models = v;
     else if (a == "--matmul") split = v != "bf16";
     else if (a == "--attention") tf32 = v != "f32";
     else if (a == "--graphs") graphs = v != "0";
+    else if (a == "--kv") kv_bf16 = v != "f32";
     else if (a == "--prefill") prefill = parse_list(v);
     else if (a == "--prefill-chunk") chunk = std::stoll(v);
     else if (a == "--decode-steps") steps = std::stoi(v);
@@ -285,10 +288,11 @@ int main(int argc, char** argv) {
     ck(cudaGetDeviceProperties(&prop, 0), "props");
     const double bw = measure_copy_bw(), gemm = measure_gemm_rate();
     std::printf("device: %s, %d SMs, %.1f GiB; copy %.0f GB/s (read+write); bf16 GEMM 8192^3 %.0f TFLOP/s\n"
-                "matmul %s; prefill attention %s; decode graphs %s; prefill in chunks of %lld tokens\n",
+                "matmul %s; prefill attention %s; decode graphs %s; KV cache %s; prefill in chunks of %lld tokens\n",
                 prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, bw, gemm,
                 split ? "bf16x2 (activations as hi + lo bf16)" : "bf16 (activations rounded once)",
-                tf32 ? "tf32 tensor cores" : "f32", graphs ? "on" : "off", static_cast<long long>(chunk));
+                tf32 ? "tf32 tensor cores" : "f32", graphs ? "on" : "off", kv_bf16 ? "bf16" : "f32",
+                static_cast<long long>(chunk));
     std::ofstream js;
     if (!json_path.empty()) js.open(json_path);
     auto emit = [&](nlohmann::json j) {
@@ -298,6 +302,7 @@ int main(int argc, char** argv) {
       j["matmul"] = split ? "bf16x2 (hi+lo activations)" : "bf16";
       j["attention"] = tf32 ? "tf32" : "f32";
       j["graphs"] = graphs;
+      j["kv_cache"] = kv_bf16 ? "bf16" : "f32";
       if (js) js << j.dump() << "\n" << std::flush;
     };
     for (const Shape& s : all_shapes()) {
@@ -311,6 +316,7 @@ int main(int argc, char** argv) {
       k->set_matmul_split(split);
       k->set_attention_tf32(tf32);
       k->set_decode_graphs(graphs);
+      k->set_kv_cache_bf16(kv_bf16);
       Model model = Model::from_store(c, TensorStore::open_files({file}), *k);
       k->randomize_weights(42);
       fs::remove(file);
@@ -381,7 +387,8 @@ int main(int argc, char** argv) {
       }
       // ---- prefill: T tokens in calls of at most `chunk` tokens ----
       for (int64_t T : prefill) {
-        const uint64_t need = uint64_t(T + steps + 8) * kv_bytes_per_token(c);
+        if (T <= 0) continue;  // --prefill 0: no prefill
+        const uint64_t need = uint64_t(T + steps + 8) * kv_bytes_per_token(c, *k);
         size_t fr = 0, tot = 0;
         cudaMemGetInfo(&fr, &tot);
         if (need > fr) {
@@ -409,10 +416,10 @@ int main(int argc, char** argv) {
         const double used = device_used() / 1e9;
         std::printf("%-8s %5d %8lld %12.1f %10.1f %9.1f%% %10.2f  (KV %.2f GB, peak activations %.2f GB)\n", "prefill", 1,
                     static_cast<long long>(T), T / best, best * 1e3, pct, used,
-                    double(T) * kv_bytes_per_token(c) / 1e9, m.peak_live_bytes / 1e9);
+                    double(T) * kv_bytes_per_token(c, *k) / 1e9, m.peak_live_bytes / 1e9);
         emit({{"model", s.name}, {"kind", "prefill"}, {"tokens", T}, {"chunk", chunk}, {"tokens_per_s", T / best},
               {"ms", best * 1e3}, {"model_TFLOP", flops / 1e12}, {"pct_of_gemm_rate", pct}, {"gpu_used_GB", used},
-              {"weights_GB", m.weight_bytes / 1e9}, {"kv_GB", double(T) * kv_bytes_per_token(c) / 1e9},
+              {"weights_GB", m.weight_bytes / 1e9}, {"kv_GB", double(T) * kv_bytes_per_token(c, *k) / 1e9},
               {"peak_live_GB", m.peak_live_bytes / 1e9}});
         k->trim();
       }
@@ -421,7 +428,7 @@ int main(int argc, char** argv) {
       for (int64_t ctx : decode_ctx) {
         if (ctx <= 0) continue;  // --decode-ctx 0: no decode
         for (int64_t B : batches) {
-          const uint64_t need = uint64_t(B) * uint64_t(ctx + steps + 8) * kv_bytes_per_token(c);
+          const uint64_t need = uint64_t(B) * uint64_t(ctx + steps + 8) * kv_bytes_per_token(c, *k);
           size_t fr = 0, tot = 0;
           cudaMemGetInfo(&fr, &tot);
           if (need + (size_t(4) << 30) > fr) {
@@ -434,8 +441,8 @@ int main(int argc, char** argv) {
             states.push_back(model.new_state(ctx + steps + 8));
             SequenceState& st = states.back();
             for (int l = 0; l < c.num_hidden_layers; ++l) {
-              k->fill_random(st.k_cache(l), static_cast<size_t>(ctx * c.kv_dim()), 1.0f, 11 + 977 * b + l);
-              k->fill_random(st.v_cache(l), static_cast<size_t>(ctx * c.kv_dim()), 1.0f, 13 + 991 * b + l);
+              k->fill_random_kv(st.k_cache(l), static_cast<size_t>(ctx * c.kv_dim()), 1.0f, 11 + 977 * b + l);
+              k->fill_random_kv(st.v_cache(l), static_cast<size_t>(ctx * c.kv_dim()), 1.0f, 13 + 991 * b + l);
               k->fill_random(st.ssm_state(l), static_cast<size_t>(c.mamba_n_heads) * c.mamba_d_head * c.mamba_d_state,
                              0.1f, 17 + 7 * b + l);
             }
@@ -462,7 +469,7 @@ int main(int argc, char** argv) {
             for (int i = 0; i < steps / reps; ++i) step(2 + r * steps + i);
             best = std::min(best, (now() - a) / (steps / reps));
           }
-          const uint64_t kv_bytes = uint64_t(ctx) * kv_bytes_per_token(c);
+          const uint64_t kv_bytes = uint64_t(ctx) * kv_bytes_per_token(c, *k);
           const double floor_s = double(mat_bytes + uint64_t(B) * (kv_bytes + ssm_bytes)) / (bw * 1e9);
           const double tps = double(B) / best;
           const double used = device_used() / 1e9;

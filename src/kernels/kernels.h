@@ -111,6 +111,14 @@ class Kernels {
                         int64_t ld_dt, int64_t T, const SsmParams& p, float* state, float* y) = 0;
 
   // ---- optional (defaults suit every CPU backend) ----
+  // The element type of the KV caches that kv_write* write and attention* read: F32 (default)
+  // or BF16. The caches are still passed as float* (memory from alloc()); a cache of R rows of
+  // `width` values takes kv_cache_floats(R * width) floats. Nothing else reads or writes them
+  // except copy(), by whole floats.
+  virtual DType kv_cache_dtype() const { return DType::F32; }
+  size_t kv_cache_floats(size_t values) const {
+    return kv_cache_dtype() == DType::BF16 ? (values + 1) / 2 : values;
+  }
   // cache[row + i, :] = src[i, :] for i < rows, rows of `width` floats: appends K or V rows.
   virtual void kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) {
     copy(cache + row * width, src, static_cast<size_t>(rows * width));

@@ -23,16 +23,20 @@ void SequenceState::reserve(int64_t rows) {
   // snapshot cloned at its exact size) does not end up with twice the KV memory it uses.
   const int64_t new_cap = std::max(rows, capacity_ + std::max<int64_t>(256, capacity_ / 4));
   for (auto& l : layers_) {
-    Buffer k(*kernels_, static_cast<size_t>(new_cap * kv_dim_));
-    Buffer v(*kernels_, static_cast<size_t>(new_cap * kv_dim_));
+    Buffer k(*kernels_, kv_floats(new_cap));
+    Buffer v(*kernels_, kv_floats(new_cap));
     if (n_past_ > 0) {
-      kernels_->copy(k.data(), l.k.data(), static_cast<size_t>(n_past_ * kv_dim_));
-      kernels_->copy(v.data(), l.v.data(), static_cast<size_t>(n_past_ * kv_dim_));
+      kernels_->copy(k.data(), l.k.data(), kv_floats(n_past_));
+      kernels_->copy(v.data(), l.v.data(), kv_floats(n_past_));
     }
     l.k = std::move(k);
     l.v = std::move(v);
   }
   capacity_ = new_cap;
+}
+
+size_t SequenceState::kv_floats(int64_t rows) const {
+  return kernels_->kv_cache_floats(static_cast<size_t>(rows * kv_dim_));
 }
 
 void SequenceState::reset() {
@@ -55,12 +59,12 @@ SequenceState SequenceState::clone() const {
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& from = layers_[i];
     Layer& to = s.layers_[i];
-    to.k = Buffer(*kernels_, static_cast<size_t>(s.capacity_ * kv_dim_));
-    to.v = Buffer(*kernels_, static_cast<size_t>(s.capacity_ * kv_dim_));
+    to.k = Buffer(*kernels_, kv_floats(s.capacity_));
+    to.v = Buffer(*kernels_, kv_floats(s.capacity_));
     to.conv = Buffer(*kernels_, from.conv.size());
     to.ssm = Buffer(*kernels_, from.ssm.size());
-    kernels_->copy(to.k.data(), from.k.data(), static_cast<size_t>(n_past_ * kv_dim_));
-    kernels_->copy(to.v.data(), from.v.data(), static_cast<size_t>(n_past_ * kv_dim_));
+    kernels_->copy(to.k.data(), from.k.data(), kv_floats(n_past_));
+    kernels_->copy(to.v.data(), from.v.data(), kv_floats(n_past_));
     kernels_->copy(to.conv.data(), from.conv.data(), from.conv.size());
     kernels_->copy(to.ssm.data(), from.ssm.data(), from.ssm.size());
   }

@@ -25,6 +25,7 @@ class SequenceState {
   // A deep copy (a snapshot to resume from later).
   SequenceState clone() const;
 
+  // KV caches hold kernels.kv_cache_dtype() values (F32 or BF16) behind a float*.
   float* k_cache(int layer) { return layers_[layer].k.data(); }
   float* v_cache(int layer) { return layers_[layer].v.data(); }
   float* conv_state(int layer) { return layers_[layer].conv.data(); }
@@ -35,6 +36,7 @@ class SequenceState {
 
  private:
   SequenceState() = default;
+  size_t kv_floats(int64_t rows) const;  // floats of alloc()ed memory for `rows` KV rows
   struct Layer {
     Buffer k, v, conv, ssm;
   };

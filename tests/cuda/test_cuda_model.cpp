@@ -134,11 +134,15 @@ TEST_P(CudaModelTest, PromptInPiecesEqualsOneCall) {
       const auto part = model.forward(s, std::span<const int32_t>(f.prompt_ids).subspan(i, n), true);
       got.insert(got.end(), part.begin(), part.end());
     }
-    // Same backend, same bf16 rounding: the summation order of the scan and attention differ, and
-    // pieces of up to 8 tokens take the float32 decode attention where one call takes the TF32
-    // prefill attention (~1e-3 of rms apart; 1e-3 with FH1_CUDA_ATTN=f32).
-    const double tol = static_cast<CudaKernels*>(gpu.get())->attention_tf32() ? 5e-3 : 1e-3;
-    EXPECT_LE(relative_max_diff(got, ref), tol) << f.name << " in pieces of " << piece;
+    // Same backend, same rounding of weights and KV caches: the summation order of the scan and
+    // attention differ, and pieces of up to 8 tokens take the float32 decode attention where one
+    // call takes the tensor-core prefill attention (TF32 ~1e-3 of rms apart, bf16 over bf16
+    // caches a few 1e-3; 1e-3 with FH1_CUDA_ATTN=f32).
+    const auto* cg = static_cast<CudaKernels*>(gpu.get());
+    const double tol = !cg->attention_tf32() ? 1e-3 : cg->kv_cache_dtype() == DType::BF16 ? 1.5e-2 : 5e-3;
+    const double diff = relative_max_diff(got, ref);
+    std::printf("%s in pieces of %zu vs one call: %.2e\n", f.name.c_str(), piece, diff);
+    EXPECT_LE(diff, tol) << f.name << " in pieces of " << piece;
     EXPECT_LE(relative_max_diff(got, f.logits), kTol) << f.name << " in pieces of " << piece;
   }
 }

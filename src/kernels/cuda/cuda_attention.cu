@@ -11,9 +11,14 @@
 //    merges them. The number of ranges can be fixed from a bucket of the context length and the
 //    length itself read from device memory, so that a captured decode graph replays at any
 //    length within its bucket.
+// Every kernel reads the KV caches as KV = float or bf16 (the backend's kv_cache_dtype(); bf16
+// halves the bytes a long-context decode step reads) and converts to float32 on load.
+#include <cuda_bf16.h>
+
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_ops.h"
 #include "util/error.h"
@@ -26,10 +31,27 @@ constexpr int kTileK = 32;  // keys per shared-memory tile
 constexpr int kSplitWarps = 4;
 constexpr int kMaxDecodeT = 8;  // at most this many queries: the split-KV kernel
 
-template <int MPL>  // dims per lane: hd <= 4 * MPL; shared rows padded to 4 * MPL
+using bf16 = __nv_bfloat16;
+
+// Loads of cache values as float32: one value, or 4 consecutive ones (16-byte aligned for
+// float, 8-byte for bf16); the _cs forms stream (evict-first: each key is read once).
+__device__ __forceinline__ float kv_ld(const float* p) { return *p; }
+__device__ __forceinline__ float kv_ld(const bf16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ float4 bf16x4_to_float4(uint2 u) {
+  return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                     __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ float4 kv_ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 kv_ld4(const bf16* p) { return bf16x4_to_float4(*reinterpret_cast<const uint2*>(p)); }
+__device__ __forceinline__ float4 kv_ld4_cs(const float* p) { return __ldcs(reinterpret_cast<const float4*>(p)); }
+__device__ __forceinline__ float4 kv_ld4_cs(const bf16* p) {
+  return bf16x4_to_float4(__ldcs(reinterpret_cast<const uint2*>(p)));
+}
+
+template <int MPL, typename KV>  // dims per lane: hd <= 4 * MPL; shared rows padded to 4 * MPL
 __global__ void __launch_bounds__(kTileQ * 4)
-    attn_tile_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const float* __restrict__ kc,
-                     const float* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
+    attn_tile_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const KV* __restrict__ kc,
+                     const KV* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
                      float* __restrict__ out) {
   FH1_PDL_ENTER();
   constexpr int HDP = 4 * MPL;
@@ -60,8 +82,8 @@ __global__ void __launch_bounds__(kTileQ * 4)
       const int r = e / HDP, d = e - r * HDP;
       const int64_t key = k0 + r;
       const bool ok = key < n_keys && d < hd;
-      Ks[e] = ok ? kc[key * ldkv + int64_t(kvh) * hd + d] : 0.0f;
-      Vs[e] = ok ? vc[key * ldkv + int64_t(kvh) * hd + d] : 0.0f;
+      Ks[e] = ok ? kv_ld(kc + key * ldkv + int64_t(kvh) * hd + d) : 0.0f;
+      Vs[e] = ok ? kv_ld(vc + key * ldkv + int64_t(kvh) * hd + d) : 0.0f;
     }
     __syncthreads();
     float sc[kTileK];
@@ -102,10 +124,10 @@ __global__ void __launch_bounds__(kTileQ * 4)
 }
 
 // Partial results: ml[2 * idx] = max, ml[2 * idx + 1] = sum; pacc[idx * hd + d], idx = (t * H + h) * nsplit + split.
-template <int DPL>  // dims per lane: hd <= 32 * DPL
+template <int DPL, typename KV>  // dims per lane: hd <= 32 * DPL
 __global__ void __launch_bounds__(kSplitWarps * 32)
-    attn_split_kernel(const float* __restrict__ q, int64_t ldq, const float* __restrict__ kc,
-                      const float* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
+    attn_split_kernel(const float* __restrict__ q, int64_t ldq, const KV* __restrict__ kc,
+                      const KV* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
                       int64_t chunk, int nsplit, float* __restrict__ ml, float* __restrict__ pacc) {
   FH1_PDL_ENTER();
   __shared__ float s_m[kSplitWarps], s_l[kSplitWarps];
@@ -126,15 +148,15 @@ __global__ void __launch_bounds__(kSplitWarps * 32)
     acc[i] = 0.0f;
   }
   float m = -FLT_MAX, l = 0.0f;
-  const float* kb = kc + int64_t(kvh) * hd;
-  const float* vb = vc + int64_t(kvh) * hd;
+  const KV* kb = kc + int64_t(kvh) * hd;
+  const KV* vb = vc + int64_t(kvh) * hd;
   for (int64_t key = k_begin + warp; key < k_end; key += kSplitWarps) {
     float part = 0.0f, vv[DPL];
 #pragma unroll
     for (int i = 0; i < DPL; ++i) {
       const int d = lane + 32 * i;
-      part += d < hd ? qr[i] * kb[key * ldkv + d] : 0.0f;
-      vv[i] = d < hd ? vb[key * ldkv + d] : 0.0f;
+      part += d < hd ? qr[i] * kv_ld(kb + key * ldkv + d) : 0.0f;
+      vv[i] = d < hd ? kv_ld(vb + key * ldkv + d) : 0.0f;
     }
     for (int o = 16; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
     const float m_new = fmaxf(m, part);
@@ -183,11 +205,19 @@ __device__ float block_reduce(float v, bool is_max, float* red) {
   return v;
 }
 
-__global__ void attn_merge_kernel(const float* __restrict__ ml, const float* __restrict__ pacc, int H, int hd,
-                                  int nsplit, float* __restrict__ out) {
+// One block of 8 warps per (head, query row, 32 dims): the ranges' weights exp(m_s - M) computed
+// once into shared memory; warp w sums ranges w, w + 8, ... (lane = dim, 8 ranges' loads in
+// flight), then the 8 partial sums meet in shared memory. (One thread per dim walking all the
+// ranges in order, one block per head, was latency-bound at long contexts: 35 us a layer at 128K.)
+constexpr int kMergeWarps = 8;
+
+__global__ void __launch_bounds__(kMergeWarps * 32)
+    attn_merge_kernel(const float* __restrict__ ml, const float* __restrict__ pacc, int H, int hd, int nsplit,
+                      float* __restrict__ out) {
   FH1_PDL_ENTER();
   extern __shared__ float wsplit[];  // nsplit weights
   __shared__ float red[32];
+  __shared__ float part[kMergeWarps][32];
   const int h = blockIdx.x;
   const int64_t t = blockIdx.y;
   const int64_t base = (t * H + h) * nsplit;
@@ -201,24 +231,59 @@ __global__ void attn_merge_kernel(const float* __restrict__ ml, const float* __r
     L += ml[2 * (base + s) + 1] * e;
   }
   L = block_reduce(L, false, red);  // its barriers also publish wsplit
-  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int d = blockIdx.z * 32 + lane;
+  float acc = 0.0f;
+  if (d < hd) {
+    const float* pd = pacc + base * hd + d;
+    int s = warp;
+    for (; s + 7 * kMergeWarps < nsplit; s += 8 * kMergeWarps) {
+      float v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[u] = pd[int64_t(s + u * kMergeWarps) * hd];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) acc += v[u] * wsplit[s + u * kMergeWarps];
+    }
+    for (; s < nsplit; s += kMergeWarps) acc += pd[int64_t(s) * hd] * wsplit[s];
+  }
+  part[warp][lane] = acc;
+  __syncthreads();
+  if (warp == 0 && d < hd) {
     float a = 0.0f;
-#pragma unroll 8
-    for (int s = 0; s < nsplit; ++s) a += pacc[(base + s) * hd + d] * wsplit[s];
+#pragma unroll
+    for (int w = 0; w < kMergeWarps; ++w) a += part[w][lane];
     out[t * int64_t(H) * hd + int64_t(h) * hd + d] = a / L;
   }
 }
 
+void launch_merge(const float* ml, const float* pacc, int H, int64_t T, int hd, int nsplit, float* out,
+                  cudaStream_t s) {
+  const size_t smem = size_t(nsplit) * sizeof(float);
+  if (smem > 48 * 1024) {
+    static size_t attr = 48 * 1024;  // raised once to the largest need seen
+    if (smem > attr) {
+      check(cudaFuncSetAttribute(attn_merge_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(smem)),
+            "attention merge smem");
+      attr = smem;
+    }
+  }
+  const dim3 grid(static_cast<unsigned>(H), static_cast<unsigned>(T), static_cast<unsigned>((hd + 31) / 32));
+  launch(attn_merge_kernel, grid, kMergeWarps * 32, smem, s, ml, pacc, H, hd, nsplit, out);
+  check_launch("attention (merge)");
+}
+
 // ---- decode: split-KV, one block per (key range, kv head [, head group], query) ----
 // Lanes 0-15 take one key, lanes 16-31 the next; lane j of a half holds dims 4*(j + 16 i) .. +3.
-// Needs hd % 4 == 0 and 16-byte aligned cache rows (else the per-head kernel above runs).
+// Needs hd % 4 == 0 and aligned cache rows (16 bytes for float, 8 for bf16; else the per-head
+// kernel above runs).
 constexpr int kDecWarps = 4;
 
-template <int V4, int GM>  // float4s per lane: hd <= 64 * V4; at most GM query heads per block
+template <int V4, int GM, typename KV>  // 4-value groups per lane: hd <= 64 * V4; at most GM query heads per block
 __global__ void __launch_bounds__(kDecWarps * 32)
-    attn_decode_gqa_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const float* __restrict__ kc,
-                           const float* __restrict__ vc, int64_t n_past_host, const int64_t* __restrict__ n_past_dev,
-                           const float* const* __restrict__ kcs, const float* const* __restrict__ vcs,
+    attn_decode_gqa_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const KV* __restrict__ kc,
+                           const KV* __restrict__ vc, int64_t n_past_host, const int64_t* __restrict__ n_past_dev,
+                           const KV* const* __restrict__ kcs, const KV* const* __restrict__ vcs,
                            const int64_t* __restrict__ n_pasts, int H, int Hkv, int hd, float scale, int nsplit,
                            float* __restrict__ ml, float* __restrict__ pacc) {
   constexpr int HDP = 64 * V4;
@@ -263,15 +328,15 @@ __global__ void __launch_bounds__(kDecWarps * 32)
 #pragma unroll
     for (int i = 0; i < V4; ++i) acc[j][i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   }
-  const float* kb = kc + int64_t(kvh) * hd;
-  const float* vb = vc + int64_t(kvh) * hd;
+  const KV* kb = kc + int64_t(kvh) * hd;
+  const KV* vb = vc + int64_t(kvh) * hd;
   auto load = [&](int64_t key, bool valid, float4 (&kv)[V4], float4 (&vv)[V4]) {
 #pragma unroll
     for (int i = 0; i < V4; ++i) {
       const int d = 4 * (hl + 16 * i);
       const bool ok = valid && d < hd;
-      kv[i] = ok ? __ldcs(reinterpret_cast<const float4*>(kb + key * ldkv + d)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      vv[i] = ok ? __ldcs(reinterpret_cast<const float4*>(vb + key * ldkv + d)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      kv[i] = ok ? kv_ld4_cs(kb + key * ldkv + d) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      vv[i] = ok ? kv_ld4_cs(vb + key * ldkv + d) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
   };
   auto consume = [&](bool valid, const float4 (&kv)[V4], const float4 (&vv)[V4]) {
@@ -361,10 +426,10 @@ __device__ __forceinline__ void mma_tf32(float (&c)[4], uint32_t a0, uint32_t a1
 // c3 (g+8, 2c+1). For P V the 8 keys of a step are taken in the order 0,2,4,6,1,3,5,7, so the
 // probabilities of S's C fragment are P's A fragment as they are (a0 = c0, a1 = c2, a2 = c1,
 // a3 = c3) and V's B fragment reads keys 2c and 2c + 1.
-template <int HDP, int BK>  // head dim padded (multiple of 32); keys per tile
+template <int HDP, int BK, typename KV>  // head dim padded (multiple of 32); keys per tile
 __global__ void __launch_bounds__(128)
-    attn_flash_tf32_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const float* __restrict__ kc,
-                           const float* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
+    attn_flash_tf32_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const KV* __restrict__ kc,
+                           const KV* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
                            bool vec, float* __restrict__ out) {
   FH1_PDL_ENTER();
   constexpr int LD = HDP + 4;  // padded rows: conflict-free fragment reads
@@ -394,8 +459,8 @@ __global__ void __launch_bounds__(128)
   const int64_t t_lo = wq + gq, t_hi = wq + gq + 8;
   const int64_t last_t = min(T, q0 + kFlashQ) - 1;
   const int64_t n_keys = n_past + last_t + 1;
-  const float* kb = kc + int64_t(kvh) * hd;
-  const float* vb = vc + int64_t(kvh) * hd;
+  const KV* kb = kc + int64_t(kvh) * hd;
+  const KV* vb = vc + int64_t(kvh) * hd;
   const float* qa = Qs + (warp * 16 + gq) * LD;
 
   for (int64_t k0 = 0; k0 < n_keys; k0 += BK) {
@@ -407,8 +472,8 @@ __global__ void __launch_bounds__(128)
         const int64_t key = k0 + r;
         float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
         if (key < n_keys && d < hd) {
-          kv = *reinterpret_cast<const float4*>(kb + key * ldkv + d);
-          vv = *reinterpret_cast<const float4*>(vb + key * ldkv + d);
+          kv = kv_ld4(kb + key * ldkv + d);
+          vv = kv_ld4(vb + key * ldkv + d);
         }
         float* ks = Ks + r * LD + d;
         float* vs = Vs + r * LD + d;
@@ -422,8 +487,8 @@ __global__ void __launch_bounds__(128)
         const int r = e / HDP, d = e - r * HDP;
         const int64_t key = k0 + r;
         const bool ok = key < n_keys && d < hd;
-        Ks[r * LD + d] = __uint_as_float(to_tf32(ok ? kb[key * ldkv + d] : 0.0f));
-        Vs[r * LD + d] = __uint_as_float(to_tf32(ok ? vb[key * ldkv + d] : 0.0f));
+        Ks[r * LD + d] = __uint_as_float(to_tf32(ok ? kv_ld(kb + key * ldkv + d) : 0.0f));
+        Vs[r * LD + d] = __uint_as_float(to_tf32(ok ? kv_ld(vb + key * ldkv + d) : 0.0f));
       }
     }
     __syncthreads();
@@ -511,6 +576,453 @@ __global__ void __launch_bounds__(128)
   }
 }
 
+// ---- prefill: flash attention on the tensor cores in bf16 (bf16 KV caches) ----
+// FlashAttention-2's layout with mma.sync m16n8k16: 4 warps of 16 queries each; the block's Q
+// (scaled) waits in shared memory; K and V tiles of BK keys are copied from the bf16 cache into
+// shared memory with cp.async, the next tile while the current one is used. S's accumulator
+// fragments are P's A fragments as they are (no shuffles); V's B fragments come from
+// ldmatrix.trans. Every sum float32; the scores in log2 units (exp2).
+// K and V are bf16 already, so the products are exact when Q and P are: PREC 2 (default) splits
+// both into two bf16 parts (hi + lo, ~16 bits kept) and runs two MMAs where plain bf16 runs one;
+// more precise than TF32 (1e-3 of rms at most on the tests, against up to 3e-2 for plain bf16 at
+// long T). PREC 1 splits Q only, PREC 0 rounds both to bf16 once (FH1_CUDA_FLASH_PREC, tuning).
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// 16 bytes global -> shared, asynchronously; zeros when !valid (nothing is read then).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(addr), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+template <int HDP, int BK, int PREC>  // head dim padded to HDP (hd % 8 == 0, hd <= HDP); keys per tile
+__global__ void __launch_bounds__(128)
+    attn_flash_bf16_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const bf16* __restrict__ kc,
+                           const bf16* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
+                           float* __restrict__ out) {
+  FH1_PDL_ENTER();
+  constexpr int LD = HDP + 8;  // bf16 per shared row: 16-byte aligned, conflict-free fragment reads
+  constexpr int CH = HDP / 8;  // 16-byte chunks per row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int QPARTS = PREC >= 1 ? 2 : 1;
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [QPARTS][kFlashQ][LD]: hi (and lo)
+  bf16* Ks = Qs + QPARTS * kFlashQ * LD;  // [2][BK][LD]
+  bf16* Vs = Ks + 2 * BK * LD;   // [2][BK][LD]
+  const int qt = gridDim.x - 1 - blockIdx.x;  // the longest rows first
+  const int h = blockIdx.y, kvh = h / (H / Hkv);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, c4 = lane & 3;
+  const int64_t q0 = int64_t(qt) * kFlashQ;
+  const int64_t ldkv = int64_t(Hkv) * hd;
+  const float qscale = scale * 1.4426950408889634f;
+  const int64_t last_t = min(T, q0 + kFlashQ) - 1;
+  const int64_t n_keys = n_past + last_t + 1;
+  const int64_t n_tiles = (n_keys + BK - 1) / BK;
+  const bf16* kb = kc + int64_t(kvh) * hd;
+  const bf16* vb = vc + int64_t(kvh) * hd;
+
+  auto load_tile = [&](int64_t tile, int buf) {
+    const int64_t k0 = tile * BK;
+    bf16* ks = Ks + buf * BK * LD;
+    bf16* vs = Vs + buf * BK * LD;
+    for (int e = threadIdx.x; e < BK * CH; e += blockDim.x) {
+      const int r = e / CH, d = (e - r * CH) * 8;
+      const int64_t key = k0 + r;
+      const bool ok = key < n_keys && d < hd;
+      const int64_t off = ok ? key * ldkv + d : 0;
+      cp_async16(ks + r * LD + d, kb + off, ok);
+      cp_async16(vs + r * LD + d, vb + off, ok);
+    }
+  };
+  load_tile(0, 0);
+  cp_async_commit();
+
+  for (int e = threadIdx.x; e < kFlashQ * (HDP / 2); e += blockDim.x) {
+    const int r = e / (HDP / 2), d = 2 * (e - r * (HDP / 2));
+    const int64_t t = q0 + r;
+    const float* qr = q + t * ldq + int64_t(h) * hd;
+    const bool ok = t < T && d < hd;  // hd is even
+    const float v0 = ok ? qr[d] * qscale : 0.0f, v1 = ok ? qr[d + 1] * qscale : 0.0f;
+    const uint32_t hi = pack_bf16x2(v0, v1);
+    *reinterpret_cast<uint32_t*>(Qs + r * LD + d) = hi;
+    if constexpr (PREC >= 1)
+      *reinterpret_cast<uint32_t*>(Qs + kFlashQ * LD + r * LD + d) =
+          pack_bf16x2(v0 - __uint_as_float(hi << 16), v1 - __uint_as_float(hi & 0xffff0000u));
+  }
+  __syncthreads();
+  // This warp's A fragments of Q (part 0: hi, 1: lo) for head dims kk * 16 .. + 15.
+  auto q_frag = [&](int part, int kk, uint32_t (&a)[4]) {
+    const bf16* qa = Qs + part * kFlashQ * LD + (warp * 16 + gq) * LD + 2 * c4 + kk * 16;
+    a[0] = *reinterpret_cast<const uint32_t*>(qa);
+    a[1] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD);
+    a[2] = *reinterpret_cast<const uint32_t*>(qa + 8);
+    a[3] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD + 8);
+  };
+
+  float o[HDP / 8][4];
+#pragma unroll
+  for (int i = 0; i < HDP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+  const int64_t wq = q0 + warp * 16;  // this warp's first query
+  const int64_t t_lo = wq + gq, t_hi = wq + gq + 8;
+
+  for (int64_t tile = 0; tile < n_tiles; ++tile) {
+    const int buf = static_cast<int>(tile & 1);
+    if (tile + 1 < n_tiles) {
+      load_tile(tile + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int64_t k0 = tile * BK;
+    if (k0 <= n_past + wq + 15) {  // else every key of this tile is in this warp's future
+      const bf16* ks = Ks + buf * BK * LD;
+      const bf16* vs = Vs + buf * BK * LD;
+      float s[BK / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < HDP / 16; ++kk) {
+#pragma unroll
+        for (int part = 0; part < QPARTS; ++part) {
+          uint32_t qa[4];
+          q_frag(part, kk, qa);
+#pragma unroll
+          for (int nt = 0; nt < BK / 8; ++nt) {
+            const bf16* kr = ks + (nt * 8 + gq) * LD + kk * 16 + 2 * c4;
+            mma_bf16(s[nt], qa, *reinterpret_cast<const uint32_t*>(kr), *reinterpret_cast<const uint32_t*>(kr + 8));
+          }
+        }
+      }
+      if (k0 + BK - 1 > n_past + wq) {  // the tile reaches past some query of this warp: mask
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; ++nt) {
+          const int64_t key = k0 + nt * 8 + 2 * c4;
+          if (key > n_past + t_lo) s[nt][0] = -INFINITY;
+          if (key + 1 > n_past + t_lo) s[nt][1] = -INFINITY;
+          if (key > n_past + t_hi) s[nt][2] = -INFINITY;
+          if (key + 1 > n_past + t_hi) s[nt][3] = -INFINITY;
+        }
+      }
+      float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      }
+      float corr[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
+        corr[r] = exp2f(mrow[r] - mu);
+        mrow[r] = mx[r];
+        mx[r] = mu;
+        lrow[r] *= corr[r];
+      }
+#pragma unroll
+      for (int i = 0; i < HDP / 8; ++i) {
+        o[i][0] *= corr[0]; o[i][1] *= corr[0];
+        o[i][2] *= corr[1]; o[i][3] *= corr[1];
+      }
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; ++kk) {  // 16 keys: the S tiles 2 kk and 2 kk + 1
+        uint32_t pa[4], pl[4];
+        {
+          const float* s0 = s[2 * kk];
+          const float* s1 = s[2 * kk + 1];
+          const float p00 = exp2f(s0[0] - mx[0]), p01 = exp2f(s0[1] - mx[0]);
+          const float p02 = exp2f(s0[2] - mx[1]), p03 = exp2f(s0[3] - mx[1]);
+          const float p10 = exp2f(s1[0] - mx[0]), p11 = exp2f(s1[1] - mx[0]);
+          const float p12 = exp2f(s1[2] - mx[1]), p13 = exp2f(s1[3] - mx[1]);
+          lrow[0] += p00 + p01 + p10 + p11;
+          lrow[1] += p02 + p03 + p12 + p13;
+          pa[0] = pack_bf16x2(p00, p01);
+          pa[1] = pack_bf16x2(p02, p03);
+          pa[2] = pack_bf16x2(p10, p11);
+          pa[3] = pack_bf16x2(p12, p13);
+          if constexpr (PREC >= 2) {
+            auto lo = [](uint32_t hi, float a, float b) {
+              return pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+            };
+            pl[0] = lo(pa[0], p00, p01);
+            pl[1] = lo(pa[1], p02, p03);
+            pl[2] = lo(pa[2], p10, p11);
+            pl[3] = lo(pa[3], p12, p13);
+          }
+        }
+        // ldmatrix.trans: lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of the 8x8 blocks
+        // (keys +0, dims +0), (keys +8, dims +0), (keys +0, dims +8), (keys +8, dims +8).
+        const bf16* vrow = vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+#pragma unroll
+        for (int dt = 0; dt < HDP / 16; ++dt) {
+          uint32_t vf[4];
+          ldmatrix_x4_trans(vf, vrow + dt * 16);
+          mma_bf16(o[2 * dt], pa, vf[0], vf[1]);
+          mma_bf16(o[2 * dt + 1], pa, vf[2], vf[3]);
+          if constexpr (PREC >= 2) {
+            mma_bf16(o[2 * dt], pl, vf[0], vf[1]);
+            mma_bf16(o[2 * dt + 1], pl, vf[2], vf[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the buffer just read is the next load's target
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
+  }
+  const int64_t ldo = int64_t(H) * hd;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t t = r == 0 ? t_lo : t_hi;
+    if (t >= T) continue;
+    const float inv = 1.0f / lrow[r];
+    float* orow = out + t * ldo + int64_t(h) * hd;
+#pragma unroll
+    for (int i = 0; i < HDP / 8; ++i) {
+      const int d = i * 8 + 2 * c4;
+      if (d < hd) orow[d] = o[i][2 * r] * inv;
+      if (d + 1 < hd) orow[d + 1] = o[i][2 * r + 1] * inv;
+    }
+  }
+}
+
+// ---- decode on the tensor cores (bf16 KV caches): split-KV, one warp per (key range, kv head
+// [, sequence]) ----
+// The M = 16 rows of the MMAs are the query heads of one KV group times the queries (G x T <= 16,
+// row r = query r / G, head r % G), so each key is read once for its whole group, and the
+// softmax rescales once per tile of 32 keys instead of once per key. The warp streams its key
+// range through shared memory with cp.async (double-buffered), with the arithmetic of the bf16
+// flash kernel above (Q and P split in hi + lo bf16 parts, float32 sums). It writes the same
+// partial results as attn_decode_gqa_kernel (max and sum in natural-log units, unnormalized
+// accumulators), merged by attn_merge_kernel. At long contexts the per-key reductions across
+// lanes made that kernel latency-bound (15 % of the DRAM bandwidth at 128K on an H200).
+constexpr int kDecBK = 32;  // keys per tile
+
+template <int HDP>
+__global__ void __launch_bounds__(32)
+    attn_decode_mma_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const bf16* __restrict__ kc,
+                           const bf16* __restrict__ vc, int64_t n_past_host, const int64_t* __restrict__ n_past_dev,
+                           const bf16* const* __restrict__ kcs, const bf16* const* __restrict__ vcs,
+                           const int64_t* __restrict__ n_pasts, int H, int Hkv, int hd, float scale, int nsplit,
+                           float* __restrict__ ml, float* __restrict__ pacc) {
+  constexpr int LD = HDP + 8;
+  constexpr int CH = HDP / 8;
+  __shared__ __align__(16) bf16 Qs[2][16 * LD];
+  __shared__ __align__(16) bf16 Ks[2][kDecBK * LD];
+  __shared__ __align__(16) bf16 Vs[2][kDecBK * LD];
+  const int split = blockIdx.x, kvh = blockIdx.y;
+  const int64_t z = blockIdx.z;
+  const bool rows = kcs != nullptr;  // rows mode: sequence z, one query, its own caches
+  const int G = H / Hkv;
+  const int lane = threadIdx.x, gq = lane >> 2, c4 = lane & 3;
+  const float qscale = scale * 1.4426950408889634f;
+  FH1_PDL_ENTER();
+  if (rows) {
+    kc = kcs[z];
+    vc = vcs[z];
+  }
+  const int64_t Tq = rows ? 1 : T;
+  const int64_t n_past = rows ? n_pasts[z] : (n_past_dev ? *n_past_dev : n_past_host);
+  const int64_t n_keys = n_past + Tq;
+  const int64_t chunk = (n_keys + nsplit - 1) / nsplit;
+  const int64_t k_begin = int64_t(split) * chunk;
+  const int64_t k_end = min(k_begin + chunk, n_keys);
+  const int64_t ldkv = int64_t(Hkv) * hd;
+  const bf16* kb = kc + int64_t(kvh) * hd;
+  const bf16* vb = vc + int64_t(kvh) * hd;
+  const int nrows = static_cast<int>(G * Tq);
+
+  auto load_tile = [&](int64_t k0, int buf) {
+    for (int e = lane; e < kDecBK * CH; e += 32) {
+      const int r = e / CH, d = (e - r * CH) * 8;
+      const int64_t key = k0 + r;
+      const bool ok = key < k_end && d < hd;
+      const int64_t off = ok ? key * ldkv + d : 0;
+      cp_async16(&Ks[buf][r * LD + d], kb + off, ok);
+      cp_async16(&Vs[buf][r * LD + d], vb + off, ok);
+    }
+  };
+  if (k_begin < k_end) load_tile(k_begin, 0);
+  cp_async_commit();
+
+  for (int e = lane; e < 16 * (HDP / 2); e += 32) {
+    const int r = e / (HDP / 2), d = 2 * (e - r * (HDP / 2));
+    const bool ok = r < nrows && d < hd;
+    const int64_t qrow = rows ? z : r / G;
+    const float* qr = q + qrow * ldq + int64_t(kvh * G + r % G) * hd;
+    const float v0 = ok ? qr[d] * qscale : 0.0f, v1 = ok ? qr[d + 1] * qscale : 0.0f;
+    const uint32_t hi = pack_bf16x2(v0, v1);
+    *reinterpret_cast<uint32_t*>(&Qs[0][r * LD + d]) = hi;
+    *reinterpret_cast<uint32_t*>(&Qs[1][r * LD + d]) =
+        pack_bf16x2(v0 - __uint_as_float(hi << 16), v1 - __uint_as_float(hi & 0xffff0000u));
+  }
+  __syncwarp();
+  uint32_t qf[2][HDP / 16][4];
+#pragma unroll
+  for (int part = 0; part < 2; ++part)
+#pragma unroll
+    for (int kk = 0; kk < HDP / 16; ++kk) {
+      const bf16* qa = &Qs[part][gq * LD + 2 * c4 + kk * 16];
+      qf[part][kk][0] = *reinterpret_cast<const uint32_t*>(qa);
+      qf[part][kk][1] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD);
+      qf[part][kk][2] = *reinterpret_cast<const uint32_t*>(qa + 8);
+      qf[part][kk][3] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD + 8);
+    }
+
+  float o[HDP / 8][4];
+#pragma unroll
+  for (int i = 0; i < HDP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+  const int64_t last_lo = n_past + gq / G, last_hi = n_past + (gq + 8) / G;  // last visible key per row
+
+  int buf = 0;
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += kDecBK, buf ^= 1) {
+    if (k0 + kDecBK < k_end) {
+      load_tile(k0 + kDecBK, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncwarp();
+    float s[kDecBK / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < kDecBK / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HDP / 16; ++kk)
+#pragma unroll
+      for (int part = 0; part < 2; ++part)
+#pragma unroll
+        for (int nt = 0; nt < kDecBK / 8; ++nt) {
+          const bf16* kr = &Ks[buf][(nt * 8 + gq) * LD + kk * 16 + 2 * c4];
+          mma_bf16(s[nt], qf[part][kk], *reinterpret_cast<const uint32_t*>(kr),
+                   *reinterpret_cast<const uint32_t*>(kr + 8));
+        }
+#pragma unroll
+    for (int nt = 0; nt < kDecBK / 8; ++nt) {
+      const int64_t key = k0 + nt * 8 + 2 * c4;
+      if (key >= k_end || key > last_lo) s[nt][0] = -INFINITY;
+      if (key + 1 >= k_end || key + 1 > last_lo) s[nt][1] = -INFINITY;
+      if (key >= k_end || key > last_hi) s[nt][2] = -INFINITY;
+      if (key + 1 >= k_end || key + 1 > last_hi) s[nt][3] = -INFINITY;
+    }
+    float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+    for (int nt = 0; nt < kDecBK / 8; ++nt) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
+      corr[r] = exp2f(mrow[r] - mu);
+      mrow[r] = mx[r];
+      mx[r] = mu;
+      lrow[r] *= corr[r];
+    }
+#pragma unroll
+    for (int i = 0; i < HDP / 8; ++i) {
+      o[i][0] *= corr[0]; o[i][1] *= corr[0];
+      o[i][2] *= corr[1]; o[i][3] *= corr[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < kDecBK / 16; ++kk) {
+      uint32_t pa[4], pl[4];
+      {
+        const float* s0 = s[2 * kk];
+        const float* s1 = s[2 * kk + 1];
+        const float p00 = exp2f(s0[0] - mx[0]), p01 = exp2f(s0[1] - mx[0]);
+        const float p02 = exp2f(s0[2] - mx[1]), p03 = exp2f(s0[3] - mx[1]);
+        const float p10 = exp2f(s1[0] - mx[0]), p11 = exp2f(s1[1] - mx[0]);
+        const float p12 = exp2f(s1[2] - mx[1]), p13 = exp2f(s1[3] - mx[1]);
+        lrow[0] += p00 + p01 + p10 + p11;
+        lrow[1] += p02 + p03 + p12 + p13;
+        pa[0] = pack_bf16x2(p00, p01);
+        pa[1] = pack_bf16x2(p02, p03);
+        pa[2] = pack_bf16x2(p10, p11);
+        pa[3] = pack_bf16x2(p12, p13);
+        auto lo = [](uint32_t hi, float a, float b) {
+          return pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+        };
+        pl[0] = lo(pa[0], p00, p01);
+        pl[1] = lo(pa[1], p02, p03);
+        pl[2] = lo(pa[2], p10, p11);
+        pl[3] = lo(pa[3], p12, p13);
+      }
+      const bf16* vrow = &Vs[buf][(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8];
+#pragma unroll
+      for (int dt = 0; dt < HDP / 16; ++dt) {
+        uint32_t vf[4];
+        ldmatrix_x4_trans(vf, vrow + dt * 16);
+        mma_bf16(o[2 * dt], pa, vf[0], vf[1]);
+        mma_bf16(o[2 * dt + 1], pa, vf[2], vf[3]);
+        mma_bf16(o[2 * dt], pl, vf[0], vf[1]);
+        mma_bf16(o[2 * dt + 1], pl, vf[2], vf[3]);
+      }
+    }
+    __syncwarp();  // the buffer just read is the next load's target
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
+  }
+  constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = gq + 8 * r;
+    if (row >= nrows) continue;
+    const int64_t qrow = rows ? z : row / G;
+    const int64_t idx = (qrow * H + kvh * G + row % G) * nsplit + split;
+    if (c4 == 0) {
+      ml[2 * idx] = mrow[r] == -INFINITY ? -FLT_MAX : mrow[r] * kLn2;
+      ml[2 * idx + 1] = lrow[r];
+    }
+    float* pr = pacc + idx * hd;
+#pragma unroll
+    for (int i = 0; i < HDP / 8; ++i) {
+      const int d = i * 8 + 2 * c4;
+      if (d < hd) pr[d] = o[i][2 * r];
+      if (d + 1 < hd) pr[d + 1] = o[i][2 * r + 1];
+    }
+  }
+}
+
 struct SplitPlan {
   int nsplit;
   int64_t chunk;
@@ -518,19 +1030,45 @@ struct SplitPlan {
 
 // The number of key ranges for `n_keys` keys (rounded up to a power of two when `bucket`, so that
 // one plan serves every length of the bucket); `units` blocks per range.
-int split_count(int64_t n_keys, int64_t units, bool bucket) {
+int split_count_for(int64_t n_keys, int64_t units, bool bucket, int64_t want_blocks) {
   int64_t n = n_keys;
   if (bucket) {
     n = 64;
     while (n < n_keys) n *= 2;
   }
+  const int64_t cap = std::max<int64_t>(1, want_blocks / std::max<int64_t>(1, units));
+  return static_cast<int>(std::max<int64_t>(1, std::min((n + 63) / 64, cap)));
+}
+
+int split_count(int64_t n_keys, int64_t units, bool bucket) {
   // FH1_CUDA_DEC_BLOCKS (tuning only): the blocks to aim for (default 1024).
   static const int64_t want_blocks = [] {
     const char* e = std::getenv("FH1_CUDA_DEC_BLOCKS");
     return e ? std::max<int64_t>(64, std::atoll(e)) : int64_t(1024);
   }();
-  const int64_t cap = std::max<int64_t>(1, want_blocks / std::max<int64_t>(1, units));
-  return static_cast<int>(std::max<int64_t>(1, std::min((n + 63) / 64, cap)));
+  return split_count_for(n_keys, units, bucket, want_blocks);
+}
+
+// The tensor-core decode kernel: one-warp blocks, as many as the GPU holds at once (its shared
+// memory allows ~5 per SM at head size 128), so that every key range is read in one wave.
+int mma_split_count(int64_t n_keys, int64_t units, bool bucket) {
+  static const int64_t want_blocks = [] {
+    int dev = 0, sms = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    const char* e = std::getenv("FH1_CUDA_DEC_MMA_BLOCKS");
+    return e ? std::max<int64_t>(16, std::atoll(e)) : int64_t(sms) * 5;
+  }();
+  return split_count_for(n_keys, units, bucket, want_blocks);
+}
+
+// The tensor-core decode kernel takes bf16 caches in whole 16-byte chunks and a group of query
+// heads times queries of at most 16 rows.
+bool decode_mma_ok(int64_t Tq, int H, int Hkv, int hd) {
+  static const bool on = [] {
+    const char* e = std::getenv("FH1_CUDA_DEC_MMA");
+    return e == nullptr || std::atoi(e) != 0;
+  }();
+  return on && hd % 8 == 0 && hd <= 128 && (int64_t(Hkv) * hd) % 8 == 0 && int64_t(H / Hkv) * Tq <= 16;
 }
 
 SplitPlan split_plan(int64_t T, int64_t n_past, int H) {
@@ -540,9 +1078,11 @@ SplitPlan split_plan(int64_t T, int64_t n_past, int H) {
   return {static_cast<int>((n_keys + chunk - 1) / chunk), chunk};
 }
 
-bool gqa_decode_ok(int hd, const float* k, const float* v, int Hkv) {
-  return hd % 4 == 0 && hd <= 256 && (int64_t(Hkv) * hd) % 4 == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(v) % 16 == 0;
+template <typename KV>
+bool gqa_decode_ok(int hd, const void* k, const void* v, int Hkv) {
+  constexpr uintptr_t align = 4 * sizeof(KV);
+  return hd % 4 == 0 && hd <= 256 && (int64_t(Hkv) * hd) % 4 == 0 && reinterpret_cast<uintptr_t>(k) % align == 0 &&
+         reinterpret_cast<uintptr_t>(v) % align == 0;
 }
 
 int gqa_gm(int hd) { return hd <= 128 ? 8 : 4; }
@@ -552,131 +1092,166 @@ int64_t gqa_units(int64_t T, int H, int Hkv, int hd) {
   return T * Hkv * ((G + gm - 1) / gm);
 }
 
-template <int MPL>
-void launch_tile(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past, int H,
+template <int MPL, typename KV>
+void launch_tile(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past, int H,
                  int Hkv, int hd, float scale, float* out, cudaStream_t s) {
   const size_t smem = size_t(2) * kTileK * 4 * MPL * sizeof(float);
   if (smem > 48 * 1024)
-    check(cudaFuncSetAttribute(attn_tile_kernel<MPL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    check(cudaFuncSetAttribute(attn_tile_kernel<MPL, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(smem)),
           "attention smem");
   const dim3 grid(static_cast<unsigned>((T + kTileQ - 1) / kTileQ), static_cast<unsigned>(H));
-  launch(attn_tile_kernel<MPL>, grid, kTileQ * 4, smem, s, q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out);
+  launch(attn_tile_kernel<MPL, KV>, grid, kTileQ * 4, smem, s, q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out);
   check_launch("attention (tile)");
 }
 
-template <int HDP, int BK>
-void launch_flash(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past, int H,
+template <int HDP, int BK, typename KV>
+void launch_flash(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past, int H,
                   int Hkv, int hd, float scale, float* out, cudaStream_t s) {
   const size_t smem = size_t(kFlashQ + 2 * BK) * (HDP + 4) * sizeof(float);
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
-    check(cudaFuncSetAttribute(attn_flash_tf32_kernel<HDP, BK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    check(cudaFuncSetAttribute(attn_flash_tf32_kernel<HDP, BK, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(smem)),
           "attention (flash) smem");
     attr_set = true;
   }
-  const bool vec = hd % 4 == 0 && (int64_t(Hkv) * hd) % 4 == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(v) % 16 == 0;
+  constexpr uintptr_t align = 4 * sizeof(KV);
+  const bool vec = hd % 4 == 0 && (int64_t(Hkv) * hd) % 4 == 0 && reinterpret_cast<uintptr_t>(k) % align == 0 &&
+                   reinterpret_cast<uintptr_t>(v) % align == 0;
   const dim3 grid(static_cast<unsigned>((T + kFlashQ - 1) / kFlashQ), static_cast<unsigned>(H));
-  launch(attn_flash_tf32_kernel<HDP, BK>, grid, 128, smem, s, q, ldq, T, k, v, n_past, H, Hkv, hd, scale, vec, out);
+  launch(attn_flash_tf32_kernel<HDP, BK, KV>, grid, 128, smem, s, q, ldq, T, k, v, n_past, H, Hkv, hd, scale, vec,
+         out);
   check_launch("attention (flash tf32)");
 }
 
-template <int DPL>
-void launch_split(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past, int H,
+template <int HDP, int BK, int PREC>
+void launch_flash_bf16_prec(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past,
+                            int H, int Hkv, int hd, float scale, float* out, cudaStream_t s) {
+  const size_t smem = size_t((PREC >= 1 ? 2 : 1) * kFlashQ + 4 * BK) * (HDP + 8) * sizeof(bf16);
+  static bool attr_set = false;  // per template instance
+  if (!attr_set) {
+    check(cudaFuncSetAttribute(attn_flash_bf16_kernel<HDP, BK, PREC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
+          "attention (flash bf16) smem");
+    attr_set = true;
+  }
+  const dim3 grid(static_cast<unsigned>((T + kFlashQ - 1) / kFlashQ), static_cast<unsigned>(H));
+  launch(attn_flash_bf16_kernel<HDP, BK, PREC>, grid, 128, smem, s, q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out);
+  check_launch("attention (flash bf16)");
+}
+
+template <int HDP, int BK>
+void launch_flash_bf16(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past, int H,
+                       int Hkv, int hd, float scale, float* out, cudaStream_t s) {
+  static const int prec = [] {
+    const char* e = std::getenv("FH1_CUDA_FLASH_PREC");
+    return e ? std::clamp(std::atoi(e), 0, 2) : 2;
+  }();
+  if (prec == 2) launch_flash_bf16_prec<HDP, BK, 2>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+  else if (prec == 1) launch_flash_bf16_prec<HDP, BK, 1>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+  else launch_flash_bf16_prec<HDP, BK, 0>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+}
+
+// The bf16 flash kernel reads whole 16-byte chunks of cache rows.
+bool flash_bf16_ok(int hd, int Hkv, const void* k, const void* v) {
+  return hd % 8 == 0 && hd <= 128 && (int64_t(Hkv) * hd) % 8 == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(v) % 16 == 0;
+}
+
+template <int DPL, typename KV>
+void launch_split(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past, int H,
                   int Hkv, int hd, float scale, float* out, float* scratch, cudaStream_t s) {
   const SplitPlan sp = split_plan(T, n_past, H);
   float* ml = scratch;
   float* pacc = scratch + 2 * T * H * sp.nsplit;
   const dim3 grid(static_cast<unsigned>(sp.nsplit), static_cast<unsigned>(H), static_cast<unsigned>(T));
-  launch(attn_split_kernel<DPL>, grid, kSplitWarps * 32, 0, s, q, ldq, k, v, n_past, H, Hkv, hd, scale, sp.chunk,
-                                                          sp.nsplit, ml, pacc);
+  launch(attn_split_kernel<DPL, KV>, grid, kSplitWarps * 32, 0, s, q, ldq, k, v, n_past, H, Hkv, hd, scale, sp.chunk,
+         sp.nsplit, ml, pacc);
   check_launch("attention (split)");
-  launch(attn_merge_kernel, dim3(static_cast<unsigned>(H), static_cast<unsigned>(T)), 32 * ((hd + 31) / 32),
-         sp.nsplit * sizeof(float), s, ml, pacc, H, hd, sp.nsplit, out);
-  check_launch("attention (merge)");
+  launch_merge(ml, pacc, H, T, hd, sp.nsplit, out, s);
 }
 
-template <int V4, int GM>
-void launch_gqa(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past,
-                const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, float* out,
-                float* scratch, cudaStream_t s) {
+// Decode, one sequence (kcs == null) or one row per sequence (kcs / vcs / n_pasts: device arrays).
+template <int V4, int GM, typename KV>
+void launch_gqa(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past,
+                const int64_t* n_past_dev, const KV* const* kcs, const KV* const* vcs, const int64_t* n_pasts,
+                bool bucket, int H, int Hkv, int hd, float scale, float* out, float* scratch, cudaStream_t s) {
   const int G = H / Hkv;
   const int ngroups = (G + GM - 1) / GM;
   const int nsplit = split_count(n_past + T, gqa_units(T, H, Hkv, hd), bucket);
   float* ml = scratch;
   float* pacc = scratch + 2 * T * H * nsplit;
   const dim3 grid(static_cast<unsigned>(nsplit), static_cast<unsigned>(Hkv * ngroups), static_cast<unsigned>(T));
-  launch(attn_decode_gqa_kernel<V4, GM>, grid, kDecWarps * 32, 0, s, q, ldq, T, k, v, n_past, n_past_dev, nullptr,
-                                                                 nullptr, nullptr, H, Hkv, hd, scale, nsplit, ml, pacc);
-  check_launch("attention (decode)");
-  launch(attn_merge_kernel, dim3(static_cast<unsigned>(H), static_cast<unsigned>(T)), 32 * ((hd + 31) / 32),
-         nsplit * sizeof(float), s, ml, pacc, H, hd, nsplit, out);
-  check_launch("attention (merge)");
+  launch(attn_decode_gqa_kernel<V4, GM, KV>, grid, kDecWarps * 32, 0, s, q, ldq, kcs ? int64_t(1) : T, k, v, n_past,
+         n_past_dev, kcs, vcs, n_pasts, H, Hkv, hd, scale, nsplit, ml, pacc);
+  check_launch(kcs ? "attention (decode rows)" : "attention (decode)");
+  launch_merge(ml, pacc, H, T, hd, nsplit, out, s);
 }
 
-template <int V4, int GM>
-void launch_gqa_rows(const float* q, int64_t ldq, int64_t n, const float* const* kcs, const float* const* vcs,
-                     const int64_t* n_pasts, int64_t max_past, bool bucket, int H, int Hkv, int hd, float scale,
-                     float* out, float* scratch, cudaStream_t s) {
-  const int G = H / Hkv;
-  const int ngroups = (G + GM - 1) / GM;
-  const int nsplit = split_count(max_past + 1, gqa_units(n, H, Hkv, hd), bucket);
+// Decode on the tensor cores: one sequence of T queries (kcs == null), or `zcount` sequences of
+// one query each (kcs / vcs / n_pasts: device arrays); n_keys (host) picks the plan.
+template <int HDP>
+void launch_decode_mma(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past,
+                       const int64_t* n_past_dev, const bf16* const* kcs, const bf16* const* vcs,
+                       const int64_t* n_pasts, int64_t zcount, int64_t n_keys, bool bucket, int H, int Hkv, int hd,
+                       float scale, float* out, float* scratch, cudaStream_t s) {
+  const bool rows = kcs != nullptr;
+  const int nsplit = mma_split_count(n_keys, zcount * Hkv, bucket);
+  const int64_t qrows = rows ? zcount : T;  // query rows of the partial results
   float* ml = scratch;
-  float* pacc = scratch + 2 * n * H * nsplit;
-  const dim3 grid(static_cast<unsigned>(nsplit), static_cast<unsigned>(Hkv * ngroups), static_cast<unsigned>(n));
-  launch(attn_decode_gqa_kernel<V4, GM>, grid, kDecWarps * 32, 0, s, q, ldq, 1, nullptr, nullptr, 0, nullptr, kcs, vcs,
-                                                                 n_pasts, H, Hkv, hd, scale, nsplit, ml, pacc);
-  check_launch("attention (decode rows)");
-  launch(attn_merge_kernel, dim3(static_cast<unsigned>(H), static_cast<unsigned>(n)), 32 * ((hd + 31) / 32),
-         nsplit * sizeof(float), s, ml, pacc, H, hd, nsplit, out);
-  check_launch("attention (merge)");
+  float* pacc = scratch + 2 * qrows * H * nsplit;
+  const dim3 grid(static_cast<unsigned>(nsplit), static_cast<unsigned>(Hkv), static_cast<unsigned>(zcount));
+  launch(attn_decode_mma_kernel<HDP>, grid, 32, 0, s, q, ldq, rows ? int64_t(1) : T, k, v, n_past, n_past_dev, kcs,
+         vcs, n_pasts, H, Hkv, hd, scale, nsplit, ml, pacc);
+  check_launch("attention (decode mma)");
+  launch_merge(ml, pacc, H, qrows, hd, nsplit, out, s);
 }
 
-}  // namespace
-
-bool attention_rows_ok(int hd, int Hkv) { return hd % 4 == 0 && hd <= 256 && (int64_t(Hkv) * hd) % 4 == 0; }
-
-size_t attention_rows_scratch_floats(int64_t n, int64_t max_past, int H, int Hkv, int hd, bool bucket) {
-  const int64_t ns = split_count(max_past + 1, gqa_units(n, H, Hkv, hd), bucket);
-  return static_cast<size_t>(n * H * ns) * static_cast<size_t>(2 + hd);
+template <typename... A>
+void decode_mma(int hd, A... a) {
+  if (hd <= 32) launch_decode_mma<32>(a...);
+  else if (hd <= 64) launch_decode_mma<64>(a...);
+  else launch_decode_mma<128>(a...);
 }
 
-void attention_rows(const float* q, int64_t ldq, int64_t n, const float* const* kcs, const float* const* vcs,
-                    const int64_t* n_pasts, int64_t max_past, bool bucket, int H, int Hkv, int hd, float scale,
-                    float* out, float* scratch, cudaStream_t s) {
-  if (n == 0 || H == 0) return;
-  if (Hkv <= 0 || H % Hkv != 0) throw Error("CUDA attention: heads must be a multiple of kv heads");
-  if (!attention_rows_ok(hd, Hkv)) throw Error("CUDA attention_rows: head_dim must be a multiple of 4, at most 256");
-  if (hd <= 64) launch_gqa_rows<1, 8>(q, ldq, n, kcs, vcs, n_pasts, max_past, bucket, H, Hkv, hd, scale, out, scratch, s);
-  else if (hd <= 128) launch_gqa_rows<2, 8>(q, ldq, n, kcs, vcs, n_pasts, max_past, bucket, H, Hkv, hd, scale, out, scratch, s);
-  else launch_gqa_rows<4, 4>(q, ldq, n, kcs, vcs, n_pasts, max_past, bucket, H, Hkv, hd, scale, out, scratch, s);
+template <typename KV>
+void attention_rows_t(const float* q, int64_t ldq, int64_t n, const KV* const* kcs, const KV* const* vcs,
+                      const int64_t* n_pasts, int64_t max_past, bool bucket, int H, int Hkv, int hd, float scale,
+                      float* out, float* scratch, cudaStream_t s) {
+  if constexpr (std::is_same_v<KV, bf16>) {
+    if (decode_mma_ok(1, H, Hkv, hd)) {
+      decode_mma(hd, q, ldq, int64_t(1), static_cast<const bf16*>(nullptr), static_cast<const bf16*>(nullptr),
+                 int64_t(0), static_cast<const int64_t*>(nullptr), kcs, vcs, n_pasts, n, max_past + 1, bucket, H, Hkv,
+                 hd, scale, out, scratch, s);
+      return;
+    }
+  }
+  // n rows of one query each: the plan is that of n queries at length max_past + 1.
+  const KV* none = nullptr;
+  if (hd <= 64) launch_gqa<1, 8>(q, ldq, n, none, none, max_past + 1 - n, nullptr, kcs, vcs, n_pasts, bucket, H, Hkv, hd, scale, out, scratch, s);
+  else if (hd <= 128) launch_gqa<2, 8>(q, ldq, n, none, none, max_past + 1 - n, nullptr, kcs, vcs, n_pasts, bucket, H, Hkv, hd, scale, out, scratch, s);
+  else launch_gqa<4, 4>(q, ldq, n, none, none, max_past + 1 - n, nullptr, kcs, vcs, n_pasts, bucket, H, Hkv, hd, scale, out, scratch, s);
 }
 
-size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket) {
-  if (T > kMaxDecodeT) return 0;
-  // Enough for either decode kernel.
-  const int64_t ns1 = split_plan(T, n_past, H).nsplit;
-  const int64_t ns2 = split_count(n_past + T, gqa_units(T, H, Hkv, hd), bucket);
-  return static_cast<size_t>(T * H * std::max(ns1, ns2)) * static_cast<size_t>(2 + hd);
-}
-
-bool attention_decode_device_len(int64_t T, int hd, const float* k, const float* v, int Hkv) {
-  return T <= kMaxDecodeT && gqa_decode_ok(hd, k, v, Hkv);
-}
-
-void attention(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past,
-               const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, float* out,
-               float* scratch, cudaStream_t s) {
-  if (T == 0 || H == 0) return;
-  if (Hkv <= 0 || H % Hkv != 0) throw Error("CUDA attention: heads must be a multiple of kv heads");
-  if (hd > 256) throw Error("CUDA attention: head_dim " + std::to_string(hd) + " > 256 is not supported");
+template <typename KV>
+void attention_t(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past,
+                 const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, float* out,
+                 float* scratch, cudaStream_t s) {
   if (T <= kMaxDecodeT) {
-    if (gqa_decode_ok(hd, k, v, Hkv)) {
-      if (hd <= 64) launch_gqa<1, 8>(q, ldq, T, k, v, n_past, n_past_dev, bucket, H, Hkv, hd, scale, out, scratch, s);
-      else if (hd <= 128) launch_gqa<2, 8>(q, ldq, T, k, v, n_past, n_past_dev, bucket, H, Hkv, hd, scale, out, scratch, s);
-      else launch_gqa<4, 4>(q, ldq, T, k, v, n_past, n_past_dev, bucket, H, Hkv, hd, scale, out, scratch, s);
+    const KV* const* none = nullptr;
+    if constexpr (std::is_same_v<KV, bf16>) {
+      if (decode_mma_ok(T, H, Hkv, hd) && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
+          reinterpret_cast<uintptr_t>(v) % 16 == 0) {
+        decode_mma(hd, q, ldq, T, k, v, n_past, n_past_dev, none, none, static_cast<const int64_t*>(nullptr),
+                   int64_t(1), n_past + T, bucket, H, Hkv, hd, scale, out, scratch, s);
+        return;
+      }
+    }
+    if (gqa_decode_ok<KV>(hd, k, v, Hkv)) {
+      if (hd <= 64) launch_gqa<1, 8>(q, ldq, T, k, v, n_past, n_past_dev, none, none, nullptr, bucket, H, Hkv, hd, scale, out, scratch, s);
+      else if (hd <= 128) launch_gqa<2, 8>(q, ldq, T, k, v, n_past, n_past_dev, none, none, nullptr, bucket, H, Hkv, hd, scale, out, scratch, s);
+      else launch_gqa<4, 4>(q, ldq, T, k, v, n_past, n_past_dev, none, none, nullptr, bucket, H, Hkv, hd, scale, out, scratch, s);
       return;
     }
     if (n_past_dev) throw Error("CUDA attention: a device-side length needs the GQA decode kernel");
@@ -685,6 +1260,14 @@ void attention(const float* q, int64_t ldq, int64_t T, const float* k, const flo
     else if (hd <= 128) launch_split<4>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, scratch, s);
     else launch_split<8>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, scratch, s);
     return;
+  }
+  if constexpr (std::is_same_v<KV, bf16>) {
+    if (tf32 && flash_bf16_ok(hd, Hkv, k, v)) {  // tensor cores, in bf16 since the caches are
+      if (hd <= 32) launch_flash_bf16<32, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+      else if (hd <= 64) launch_flash_bf16<64, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+      else launch_flash_bf16<128, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+      return;
+    }
   }
   if (tf32) {
     // Keys per tile: 64 up to hd 64; 32 above (less shared memory, 3 blocks per SM: 7B prefill
@@ -706,6 +1289,58 @@ void attention(const float* q, int64_t ldq, int64_t T, const float* k, const flo
   else if (hd <= 64) launch_tile<16>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
   else if (hd <= 128) launch_tile<32>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
   else launch_tile<64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+}
+
+}  // namespace
+
+bool attention_rows_ok(int hd, int Hkv) { return hd % 4 == 0 && hd <= 256 && (int64_t(Hkv) * hd) % 4 == 0; }
+
+size_t attention_rows_scratch_floats(int64_t n, int64_t max_past, int H, int Hkv, int hd, bool bucket) {
+  // Enough for either decode kernel.
+  const int64_t ns = std::max(split_count(max_past + 1, gqa_units(n, H, Hkv, hd), bucket),
+                              mma_split_count(max_past + 1, n * Hkv, bucket));
+  return static_cast<size_t>(n * H * ns) * static_cast<size_t>(2 + hd);
+}
+
+void attention_rows(const float* q, int64_t ldq, int64_t n, const void* const* kcs, const void* const* vcs,
+                    const int64_t* n_pasts, int64_t max_past, bool bucket, int H, int Hkv, int hd, float scale,
+                    bool kv_bf16, float* out, float* scratch, cudaStream_t s) {
+  if (n == 0 || H == 0) return;
+  if (Hkv <= 0 || H % Hkv != 0) throw Error("CUDA attention: heads must be a multiple of kv heads");
+  if (!attention_rows_ok(hd, Hkv)) throw Error("CUDA attention_rows: head_dim must be a multiple of 4, at most 256");
+  if (kv_bf16)
+    attention_rows_t(q, ldq, n, reinterpret_cast<const bf16* const*>(kcs), reinterpret_cast<const bf16* const*>(vcs),
+                     n_pasts, max_past, bucket, H, Hkv, hd, scale, out, scratch, s);
+  else
+    attention_rows_t(q, ldq, n, reinterpret_cast<const float* const*>(kcs), reinterpret_cast<const float* const*>(vcs),
+                     n_pasts, max_past, bucket, H, Hkv, hd, scale, out, scratch, s);
+}
+
+size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket) {
+  if (T > kMaxDecodeT) return 0;
+  // Enough for either decode kernel.
+  const int64_t ns1 = split_plan(T, n_past, H).nsplit;
+  const int64_t ns2 = split_count(n_past + T, gqa_units(T, H, Hkv, hd), bucket);
+  const int64_t ns3 = mma_split_count(n_past + T, Hkv, bucket);
+  return static_cast<size_t>(T * H * std::max({ns1, ns2, ns3})) * static_cast<size_t>(2 + hd);
+}
+
+bool attention_decode_device_len(int64_t T, int hd, const void* k, const void* v, int Hkv, bool kv_bf16) {
+  return T <= kMaxDecodeT && (kv_bf16 ? gqa_decode_ok<bf16>(hd, k, v, Hkv) : gqa_decode_ok<float>(hd, k, v, Hkv));
+}
+
+void attention(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,
+               const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, bool kv_bf16,
+               float* out, float* scratch, cudaStream_t s) {
+  if (T == 0 || H == 0) return;
+  if (Hkv <= 0 || H % Hkv != 0) throw Error("CUDA attention: heads must be a multiple of kv heads");
+  if (hd > 256) throw Error("CUDA attention: head_dim " + std::to_string(hd) + " > 256 is not supported");
+  if (kv_bf16)
+    attention_t(q, ldq, T, static_cast<const bf16*>(k), static_cast<const bf16*>(v), n_past, n_past_dev, bucket, H,
+                Hkv, hd, scale, tf32, out, scratch, s);
+  else
+    attention_t(q, ldq, T, static_cast<const float*>(k), static_cast<const float*>(v), n_past, n_past_dev, bucket, H,
+                Hkv, hd, scale, tf32, out, scratch, s);
 }
 
 }  // namespace fh1::cuda

@@ -100,6 +100,7 @@ class CudaKernelsImpl final : public CudaKernels {
     if (const char* g = std::getenv("FH1_CUDA_PROFILE")) profile_ = std::string(g) == "1";
     if (const char* g = std::getenv("FH1_CUDA_FUSE")) fuse_ = std::string(g) != "0";
     if (const char* a = std::getenv("FH1_CUDA_ATTN")) tf32_attn_ = std::string(a) != "f32";
+    if (const char* a = std::getenv("FH1_CUDA_KV")) kv_bf16_ = std::string(a) != "f32";
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
   }
 
@@ -402,7 +403,8 @@ class CudaKernelsImpl final : public CudaKernels {
                  int H, int Hkv, int hd, float scale, float* out) override {
     // Recording a decode step: the length comes from the step's device array, the plan from its
     // power-of-two bucket, so one graph serves every length of the bucket.
-    const bool dev_len = recording_ && cuda::attention_decode_device_len(T, hd, k_cache, v_cache, Hkv);
+    const bool kv16 = kv_bf16_;
+    const bool dev_len = recording_ && cuda::attention_decode_device_len(T, hd, k_cache, v_cache, Hkv, kv16);
     float* scratch = attention_scratch(cuda::attention_scratch_floats(T, n_past, H, Hkv, hd, dev_len));
     const bool tf32 = tf32_attn_;
     if (dev_len) {
@@ -411,26 +413,27 @@ class CudaKernelsImpl final : public CudaKernels {
       const size_t off = dyn_put(&n_past, sizeof(int64_t), -1);
       op("attention (step)", [=, this] {
         cuda::attention(q, ldq, T, k_cache, v_cache, n_past, reinterpret_cast<const int64_t*>(dyn_dev_ + off), true,
-                        H, Hkv, hd, scale, tf32, out, scratch, stream_);
-      }, q, ldq, T, k_cache, v_cache, bucket, off, H, Hkv, hd, scale, tf32, out, scratch);
+                        H, Hkv, hd, scale, tf32, kv16, out, scratch, stream_);
+      }, q, ldq, T, k_cache, v_cache, bucket, off, H, Hkv, hd, scale, tf32, kv16, out, scratch);
       return;
     }
     op("attention", [=, this] {
-      cuda::attention(q, ldq, T, k_cache, v_cache, n_past, nullptr, false, H, Hkv, hd, scale, tf32, out, scratch,
-                      stream_);
-    }, q, ldq, T, k_cache, v_cache, n_past, H, Hkv, hd, scale, tf32, out, scratch);
+      cuda::attention(q, ldq, T, k_cache, v_cache, n_past, nullptr, false, H, Hkv, hd, scale, tf32, kv16, out,
+                      scratch, stream_);
+    }, q, ldq, T, k_cache, v_cache, n_past, H, Hkv, hd, scale, tf32, kv16, out, scratch);
   }
 
   void kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) override {
     if (rows * width == 0) return;
+    const bool kv16 = kv_bf16_;
     if (recording_) {
       const size_t off = dyn_put(&row, sizeof(int64_t), -1);
       op("kv_write", [=, this] {
-        cuda::kv_write(cache, row, reinterpret_cast<const int64_t*>(dyn_dev_ + off), src, rows, width, stream_);
-      }, cache, off, src, rows, width);
+        cuda::kv_write(cache, row, reinterpret_cast<const int64_t*>(dyn_dev_ + off), src, rows, width, kv16, stream_);
+      }, cache, off, src, rows, width, kv16);
       return;
     }
-    op("kv_write", [=, this] { cuda::kv_write(cache, row, nullptr, src, rows, width, stream_); });
+    op("kv_write", [=, this] { cuda::kv_write(cache, row, nullptr, src, rows, width, kv16, stream_); });
   }
 
   // ---- Mamba-2 ----
@@ -442,9 +445,15 @@ class CudaKernelsImpl final : public CudaKernels {
   void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
                 int64_t T, const SsmParams& p, float* state, float* y) override {
     const SsmParams pp = p;
-    op("ssm_scan", [=, this] { cuda::ssm_scan(x, B, C, ld_xbc, dt_raw, ld_dt, T, pp, state, y, stream_); }, x, B, C,
-       ld_xbc, dt_raw, ld_dt, T, pp.heads, pp.head_dim, pp.groups, pp.d_state, pp.chunk_size, pp.A, pp.D, pp.dt_bias,
-       pp.dt_min, pp.dt_max, state, y);
+    // A long scan runs in chunks and needs scratch: the attention scratch serves (every op runs in
+    // stream order and none keeps data there past its own launches; growing it retires the old
+    // buffer safely, and the pointer is part of a recorded step's signature).
+    const size_t scratch_floats = cuda::ssm_scan_scratch_floats(T, pp);
+    float* scratch = scratch_floats ? attention_scratch(scratch_floats) : nullptr;
+    op("ssm_scan", [=, this] {
+      cuda::ssm_scan(x, B, C, ld_xbc, dt_raw, ld_dt, T, pp, state, y, scratch, scratch_floats, stream_);
+    }, x, B, C, ld_xbc, dt_raw, ld_dt, T, pp.heads, pp.head_dim, pp.groups, pp.d_state, pp.chunk_size, pp.A, pp.D,
+       pp.dt_bias, pp.dt_min, pp.dt_max, state, y, scratch, scratch_floats);
   }
 
   // ---- decode steps: every sequence's row in one launch ----
@@ -482,6 +491,7 @@ class CudaKernelsImpl final : public CudaKernels {
   void kv_write_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n,
                      int64_t width) override {
     if (n == 0) return;
+    const bool kv16 = kv_bf16_;
     if (recording_ && fuse_) {
       const size_t oc = dyn_put(caches, n * sizeof(float*), -1), orow = dyn_put(n_past, n * sizeof(int64_t), -1);
       if (pk_ == PK::Kv && pkv_.nparts == 1 && pkv_.n == n && pkv_.width == width &&
@@ -508,9 +518,9 @@ class CudaKernelsImpl final : public CudaKernels {
     const char* base = arrays({{caches, n * sizeof(float*)}, {n_past, n * sizeof(int64_t)}}, off);
     op("kv_write_rows", [=, this] {
       const char* b = base ? base : dyn_dev_;
-      cuda::kv_write_rows(reinterpret_cast<float* const*>(b + off[0]), reinterpret_cast<const int64_t*>(b + off[1]),
-                          src, n, width, stream_);
-    }, off[0], off[1], src, n, width);
+      cuda::kv_write_rows(reinterpret_cast<void* const*>(b + off[0]), reinterpret_cast<const int64_t*>(b + off[1]),
+                          src, n, width, kv16, stream_);
+    }, off[0], off[1], src, n, width, kv16);
   }
   void attention_rows(const float* q, int64_t ldq, int64_t n, const float* const* k_caches,
                       const float* const* v_caches, const int64_t* n_past, int H, int Hkv, int hd, float scale,
@@ -526,16 +536,17 @@ class CudaKernelsImpl final : public CudaKernels {
     int64_t bucket = 64;
     while (bucket < max_past + 1) bucket *= 2;
     float* scratch = attention_scratch(cuda::attention_rows_scratch_floats(n, max_past, H, Hkv, hd, true));
+    const bool kv16 = kv_bf16_;
     size_t off[3];
     const char* base = arrays(
         {{k_caches, n * sizeof(float*)}, {v_caches, n * sizeof(float*)}, {n_past, n * sizeof(int64_t)}}, off);
     op("attention_rows", [=, this] {
       const char* b = base ? base : dyn_dev_;
-      cuda::attention_rows(q, ldq, n, reinterpret_cast<const float* const*>(b + off[0]),
-                           reinterpret_cast<const float* const*>(b + off[1]),
-                           reinterpret_cast<const int64_t*>(b + off[2]), max_past, true, H, Hkv, hd, scale, out,
+      cuda::attention_rows(q, ldq, n, reinterpret_cast<const void* const*>(b + off[0]),
+                           reinterpret_cast<const void* const*>(b + off[1]),
+                           reinterpret_cast<const int64_t*>(b + off[2]), max_past, true, H, Hkv, hd, scale, kv16, out,
                            scratch, stream_);
-    }, q, ldq, n, bucket, off[0], off[1], off[2], H, Hkv, hd, scale, out, scratch);
+    }, q, ldq, n, bucket, off[0], off[1], off[2], H, Hkv, hd, scale, kv16, out, scratch);
   }
 
   // ---- decode steps as graphs ----
@@ -555,6 +566,11 @@ class CudaKernelsImpl final : public CudaKernels {
   void set_matmul_split(bool on) override { split_ = on; }
   bool matmul_split() const override { return split_; }
   void set_attention_tf32(bool on) override { tf32_attn_ = on; }
+  DType kv_cache_dtype() const override { return kv_bf16_ ? DType::BF16 : DType::F32; }
+  void set_kv_cache_bf16(bool on) override {
+    flush();
+    kv_bf16_ = on;
+  }
   bool attention_tf32() const override { return tf32_attn_; }
   void set_decode_graphs(bool on) override {
     flush();
@@ -584,6 +600,12 @@ class CudaKernelsImpl final : public CudaKernels {
   void fill_random(float* p, size_t n, float amplitude, uint64_t seed) override {
     flush();
     if (n) cuda::fill_random_f32(p, n, amplitude, seed, stream_);
+  }
+  void fill_random_kv(float* cache, size_t values, float amplitude, uint64_t seed) override {
+    flush();
+    if (values == 0) return;
+    if (kv_bf16_) cuda::fill_random_bf16(reinterpret_cast<uint16_t*>(cache), values, amplitude, seed, stream_);
+    else cuda::fill_random_f32(cache, values, amplitude, seed, stream_);
   }
 
   void randomize_weights(uint64_t seed) override {
@@ -801,13 +823,15 @@ class CudaKernelsImpl final : public CudaKernels {
       }
       case PK::Kv: {
         const PendingKv kv = pkv_;
+        const bool kv16 = kv_bf16_;
         record("kv rows", [=, this] {
           cuda::KvRowsParts kp;
           for (int i = 0; i < kv.nparts; ++i)
-            kp.part[i] = cuda::KvRowsPart{reinterpret_cast<float* const*>(dyn_dev_ + kv.off[i][0]),
+            kp.part[i] = cuda::KvRowsPart{reinterpret_cast<void* const*>(dyn_dev_ + kv.off[i][0]),
                                           reinterpret_cast<const int64_t*>(dyn_dev_ + kv.off[i][1]), kv.src[i]};
-          cuda::kv_write_rows_parts(kp, kv.nparts, kv.n, kv.width, stream_);
-        }, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.off[1][0], kv.off[1][1], kv.src[1], kv.n, kv.width);
+          cuda::kv_write_rows_parts(kp, kv.nparts, kv.n, kv.width, kv16, stream_);
+        }, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.off[1][0], kv.off[1][1], kv.src[1], kv.n, kv.width,
+               kv16);
         return;
       }
       case PK::Scan: {
@@ -1028,6 +1052,7 @@ class CudaKernelsImpl final : public CudaKernels {
   float* att_scratch_ = nullptr;
   size_t att_scratch_cap_ = 0;
   bool tf32_attn_ = true;
+  bool kv_bf16_ = true;  // KV caches in bf16 (kv_cache_dtype)
   void* blas_ws_ = nullptr;
   // recording
   struct Graph {

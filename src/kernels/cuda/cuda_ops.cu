@@ -125,33 +125,36 @@ __global__ void __launch_bounds__(256) gemv_job_kernel(const GemvJob job) {
     const int64_t K8 = (K % 8 == 0) ? K : 0;  // rows 16-byte aligned only when K % 8 == 0
     constexpr int64_t S = int64_t(W) * 256;   // elements per step of the W warps of a row
     int64_t k = (int64_t(sub) * 32 + lane) * 8;
-    // U 16-byte weight loads in flight per lane before the arithmetic that uses them.
+    // U 16-byte weight loads in flight per lane before the arithmetic that uses them. The last
+    // round is predicated rather than left to a one-load-at-a-time loop: at the 7B shape a lane
+    // has only 6-12 loads in all (K = 3072 split over 1-2 warps), so most would be that tail.
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     if (!gated) {
-      for (; k + (U - 1) * S < K8; k += U * S) {
+      for (; k < K8; k += U * S) {
         uint4 rw[U];
 #pragma unroll
-        for (int j = 0; j < U; ++j) rw[j] = __ldcs(reinterpret_cast<const uint4*>(w0 + k + j * S));
+        for (int j = 0; j < U; ++j)
+          rw[j] = k + j * S < K8 ? __ldcs(reinterpret_cast<const uint4*>(w0 + k + j * S)) : zero;
 #pragma unroll
-        for (int j = 0; j < U; ++j) step(rw[j], k + j * S, acc[0]);
+        for (int j = 0; j < U; ++j)
+          if (k + j * S < K8) step(rw[j], k + j * S, acc[0]);
       }
     } else {
-      for (; k + (U / 2 - 1) * S < K8; k += (U / 2) * S) {
+      for (; k < K8; k += (U / 2) * S) {
         uint4 rw[U];
 #pragma unroll
         for (int j = 0; j < U / 2; ++j) {
-          rw[2 * j] = __ldcs(reinterpret_cast<const uint4*>(w0 + k + j * S));
-          rw[2 * j + 1] = __ldcs(reinterpret_cast<const uint4*>(w1 + k + j * S));
+          const bool in = k + j * S < K8;
+          rw[2 * j] = in ? __ldcs(reinterpret_cast<const uint4*>(w0 + k + j * S)) : zero;
+          rw[2 * j + 1] = in ? __ldcs(reinterpret_cast<const uint4*>(w1 + k + j * S)) : zero;
         }
 #pragma unroll
         for (int j = 0; j < U / 2; ++j) {
+          if (k + j * S >= K8) break;
           step(rw[2 * j], k + j * S, acc[0]);
           step(rw[2 * j + 1], k + j * S, acc[1]);
         }
       }
-    }
-    for (; k < K8; k += S) {
-      step(__ldcs(reinterpret_cast<const uint4*>(w0 + k)), k, acc[0]);
-      if (gated) step(__ldcs(reinterpret_cast<const uint4*>(w1 + k)), k, acc[1]);
     }
     for (int64_t kk = K8 + int64_t(sub) * 32 + lane; kk < K; kk += int64_t(W) * 32) {  // K not a multiple of 8
       const float wv0 = bf16_bits_to_f32(w0[kk]);
@@ -221,27 +224,35 @@ __global__ void __launch_bounds__(256) gemv_job_kernel(const GemvJob job) {
   }
 }
 
-__global__ void kv_write_kernel(float* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t n,
+// KV cache stores: float32 as it is, bf16 rounded to nearest even.
+__device__ __forceinline__ void kv_store(float* p, float v) { *p = v; }
+__device__ __forceinline__ void kv_store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+template <typename KV>
+__global__ void kv_write_kernel(KV* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t n,
                                 int64_t width) {
   FH1_PDL_ENTER();
-  float* dst = cache + (row_dev ? *row_dev : row) * width;
-  if (width % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n / 4; i += int64_t(gridDim.x) * blockDim.x)
-      reinterpret_cast<float4*>(dst)[i] = reinterpret_cast<const float4*>(src)[i];
-    return;
+  KV* dst = cache + (row_dev ? *row_dev : row) * width;
+  if constexpr (sizeof(KV) == 4) {
+    if (width % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+      for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n / 4; i += int64_t(gridDim.x) * blockDim.x)
+        reinterpret_cast<float4*>(dst)[i] = reinterpret_cast<const float4*>(src)[i];
+      return;
+    }
   }
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    dst[i] = src[i];
+    kv_store(dst + i, src[i]);
 }
 
+template <typename KV>
 __global__ void kv_write_rows_kernel(KvRowsParts kp, int64_t width) {
   FH1_PDL_ENTER();
   const int64_t i = blockIdx.y;
   const KvRowsPart& P = kp.part[blockIdx.z];
-  float* dst = P.caches[i] + P.rows[i] * width;
+  KV* dst = static_cast<KV*>(P.caches[i]) + P.rows[i] * width;
   const float* sr = P.src + i * width;
   for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < width; j += int64_t(gridDim.x) * blockDim.x)
-    dst[j] = sr[j];
+    kv_store(dst + j, sr[j]);
 }
 
 // One thread per (row i, channel c): out from the K-1 state rows and the new input, then the
@@ -548,27 +559,32 @@ void gemv_job(const GemvJob& job, cudaStream_t s) {
   check_launch("gemv");
 }
 
-void kv_write(float* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,
-              cudaStream_t s) {
+void kv_write(void* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,
+              bool kv_bf16, cudaStream_t s) {
   const int64_t n = rows * width;
   if (n == 0) return;
-  launch(kv_write_kernel, blocks_for(static_cast<size_t>(width % 4 == 0 ? n / 4 : n)), kThreads, 0, s, cache, row, row_dev,
-                                                                                                  src, n, width);
+  if (kv_bf16)
+    launch(kv_write_kernel<__nv_bfloat16>, blocks_for(static_cast<size_t>(n)), kThreads, 0, s,
+           static_cast<__nv_bfloat16*>(cache), row, row_dev, src, n, width);
+  else
+    launch(kv_write_kernel<float>, blocks_for(static_cast<size_t>(width % 4 == 0 ? n / 4 : n)), kThreads, 0, s,
+           static_cast<float*>(cache), row, row_dev, src, n, width);
   check_launch("kv_write");
 }
 
-void kv_write_rows(float* const* caches, const int64_t* rows, const float* src, int64_t n, int64_t width,
-                   cudaStream_t s) {
+void kv_write_rows(void* const* caches, const int64_t* rows, const float* src, int64_t n, int64_t width,
+                   bool kv_bf16, cudaStream_t s) {
   if (n == 0 || width == 0) return;
   KvRowsParts kp;
   kp.part[0] = KvRowsPart{caches, rows, src};
-  kv_write_rows_parts(kp, 1, n, width, s);
+  kv_write_rows_parts(kp, 1, n, width, kv_bf16, s);
 }
 
-void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, cudaStream_t s) {
+void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, bool kv_bf16, cudaStream_t s) {
   if (n == 0 || width == 0) return;
   const dim3 grid(blocks_for(static_cast<size_t>(width)), static_cast<unsigned>(n), static_cast<unsigned>(nparts));
-  launch(kv_write_rows_kernel, grid, kThreads, 0, s, kp, width);
+  if (kv_bf16) launch(kv_write_rows_kernel<__nv_bfloat16>, grid, kThreads, 0, s, kp, width);
+  else launch(kv_write_rows_kernel<float>, grid, kThreads, 0, s, kp, width);
   check_launch("kv_write_rows");
 }
 

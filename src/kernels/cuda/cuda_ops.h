@@ -99,29 +99,38 @@ void fill_random_f32(float* w, size_t n, float amplitude, uint64_t seed, cudaStr
 // Mamba-2.
 void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias,
                  float* conv_state, float* out, cudaStream_t s);
+// The scan over T tokens from `state` (updated in place). A long scan runs in chunks of tokens
+// in parallel (cuda_ssm.cu says how) and then needs `scratch` of ssm_scan_scratch_floats(T, p)
+// floats (0: one pass, scratch unused); it is free again when the call's work is done.
+size_t ssm_scan_scratch_floats(int64_t T, const SsmParams& p);
 void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
-              int64_t T, const SsmParams& p, float* state, float* y, cudaStream_t s);
+              int64_t T, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
+              cudaStream_t s);
+// Tests and tuning: the number of chunks of ssm_scan (1: always one pass), 0 (default): chosen
+// from the device. FH1_CUDA_SCAN_CHUNKS in the environment sets it at start.
+void set_scan_chunks(int chunks);
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same T, n_past, bucket).
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from
 // device memory at run time and n_past only picks the plan; with `bucket` the plan depends on
 // n_past only through the next power of two. tf32: prefill on the tensor cores (else float32).
+// The caches hold bf16 values when kv_bf16, else float32 (every KV op below likewise).
 size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket);
-bool attention_decode_device_len(int64_t T, int hd, const float* k, const float* v, int Hkv);
-void attention(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past,
-               const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, float* out,
-               float* scratch, cudaStream_t s);
+bool attention_decode_device_len(int64_t T, int hd, const void* k, const void* v, int Hkv, bool kv_bf16);
+void attention(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,
+               const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, bool kv_bf16,
+               float* out, float* scratch, cudaStream_t s);
 
 // Decode rows: query row i of sequence i over its caches kcs[i] / vcs[i] (device arrays of
 // device pointers) with n_pasts[i] (device array) earlier tokens; max_past (host) picks the plan.
 bool attention_rows_ok(int hd, int Hkv);
 size_t attention_rows_scratch_floats(int64_t n, int64_t max_past, int H, int Hkv, int hd, bool bucket);
-void attention_rows(const float* q, int64_t ldq, int64_t n, const float* const* kcs, const float* const* vcs,
+void attention_rows(const float* q, int64_t ldq, int64_t n, const void* const* kcs, const void* const* vcs,
                     const int64_t* n_pasts, int64_t max_past, bool bucket, int H, int Hkv, int hd, float scale,
-                    float* out, float* scratch, cudaStream_t s);
+                    bool kv_bf16, float* out, float* scratch, cudaStream_t s);
 // Row i of a decode step into caches[i] at row rows[i] (device arrays).
-void kv_write_rows(float* const* caches, const int64_t* rows, const float* src, int64_t n, int64_t width,
-                   cudaStream_t s);
+void kv_write_rows(void* const* caches, const int64_t* rows, const float* src, int64_t n, int64_t width,
+                   bool kv_bf16, cudaStream_t s);
 // One token per sequence: conv (state conv_states[i]) and scan (state ssm_states[i]) of row i.
 void conv1d_silu_rows(const float* in, int64_t ld_in, int64_t n, int64_t C, int K, const float* w, const float* bias,
                       float* const* conv_states, float* out, cudaStream_t s);
@@ -142,21 +151,21 @@ struct RopeParts {
 };
 void rope_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq, cudaStream_t s);
 struct KvRowsPart {
-  float* const* caches = nullptr;
+  void* const* caches = nullptr;
   const int64_t* rows = nullptr;
   const float* src = nullptr;
 };
 struct KvRowsParts {
   KvRowsPart part[2];
 };
-void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, cudaStream_t s);
+void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, bool kv_bf16, cudaStream_t s);
 // ssm_scan_rows with the gate of the next op folded in when z is not null: y *= silu(z[i, row]).
 void ssm_scan_rows_gated(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw,
                          int64_t ld_dt, int64_t n, const SsmParams& p, float* const* states, const float* z,
                          int64_t ldz, float* y, cudaStream_t s);
 
 // Appends rows to a KV cache: cache[row + i, :] = src[i, :], row read from row_dev when not null.
-void kv_write(float* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,
-              cudaStream_t s);
+void kv_write(void* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,
+              bool kv_bf16, cudaStream_t s);
 
 }  // namespace fh1::cuda
