@@ -6,7 +6,7 @@
 // A_log, D, dt_bias, conv) and holes (zeros, no disk) for the matrices; after the model binds it,
 // CudaKernels::randomize_weights fills every uploaded matrix with random values on the device.
 //
-//   cuda-bench [--models 0.5b,1.5b-deep,7b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
+//   cuda-bench [--models 0.5b,1.5b-deep,7b,34b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
 //              [--decode-ctx 1024,16384] [--batches 1,8,64] [--decode-steps 32] [--json out.jsonl]
 //              [--dir /tmp] [--matmul bf16x2|bf16] [--attention tf32|f32] [--graphs 1|0] [--kv bf16|f32]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
@@ -56,6 +56,8 @@ std::vector<Shape> all_shapes() {
       {"0.5b", 36, 1024, 8, 2, 64, 24, 64, 128, 2048, 32784, 1, true, ""},
       {"1.5b-deep", 66, 1280, 6, 2, 128, 24, 64, 256, 3072, 65537, 1, false, "intermediate_size, vocab_size, tied"},
       {"7b", 44, 3072, 12, 2, 128, 24, 128, 256, 12288, 130049, 1, false, "intermediate_size, vocab_size, tied"},
+      {"34b", 72, 5120, 20, 4, 128, 32, 128, 256, 24576, 261120, 2, false,
+       "intermediate_size, vocab_size, tied, mamba_n_groups"},
   };
 }
 

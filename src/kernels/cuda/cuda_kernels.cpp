@@ -327,6 +327,12 @@ class CudaKernelsImpl final : public CudaKernels {
       psc_ = PendingScale{true, out, n, s};
       return;
     }
+    if (recording_ && fuse_ && n > 0 && !overlap(x, n, out, n)) {  // maybe taken over by the GEMV after it
+      flush_pending();
+      pk_ = PK::Scale;
+      pxs_ = PendingCopyScale{x, out, n, s};
+      return;
+    }
     op("scale", [=, this] { cuda::scale(x, n, s, out, stream_); }, x, n, s, out);
   }
   void mul_columns(float* x, int64_t T, int64_t d, const float* v) override {
@@ -678,7 +684,13 @@ class CudaKernelsImpl final : public CudaKernels {
   // gated SiLU), an in-place scale folds into the rope after it, the two ropes and the two KV
   // writes of a layer become one launch each, and the gate after the scan joins the scan. Every
   // fusion checks that it computes what the ops one by one compute.
-  enum class PK { None, Gemv, Rope, Kv, Scan };
+  enum class PK { None, Gemv, Rope, Kv, Scan, Scale };
+  struct PendingCopyScale {  // out = x * s, out not x
+    const float* x = nullptr;
+    float* out = nullptr;
+    size_t n = 0;
+    float s = 1.0f;
+  };
   struct PendingScale {
     bool on = false;
     float* x = nullptr;
@@ -717,8 +729,28 @@ class CudaKernelsImpl final : public CudaKernels {
 
   void fuse_gemv(const float* x, int64_t ldx, int64_t T, const WeightView& w, const float* bias, float* y) {
     const size_t ny = static_cast<size_t>(T * w.rows);
-    if (pk_ == PK::Gemv && pg_.nparts < 3 && pg_.epi == cuda::GemvJob::kNone && pg_.x == x && pg_.ldx == ldx &&
-        pg_.T == T && pg_.K == w.cols && !overlap(y, ny, x, gemv_x_floats(pg_))) {
+    // The scale just before, into exactly this x: the GEMV reads the scale's input instead and
+    // writes its output on the side (the same values, so every later reader sees them).
+    if (pk_ == PK::Scale && pxs_.out == x && ldx == w.cols && pxs_.n == static_cast<size_t>(T * w.cols) &&
+        !overlap(y, ny, pxs_.x, pxs_.n) && !overlap(y, ny, pxs_.out, pxs_.n)) {
+      const PendingCopyScale sc = pxs_;
+      pk_ = PK::Gemv;
+      pg_ = cuda::GemvJob{};
+      pg_.part[0] = cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows};
+      pg_.nparts = 1;
+      pg_.K = w.cols;
+      pg_.x = sc.x;
+      pg_.ldx = ldx;
+      pg_.T = static_cast<int>(T);
+      pg_.xs = sc.s;
+      pg_.x_out = sc.out;
+      return;
+    }
+    // Later GEMVs of the same x join; with a scale taken over, "the same x" is its output.
+    const bool same_x = pg_.x_out ? pg_.x_out == x && ldx == pg_.K : pg_.x == x && pg_.ldx == ldx;
+    if (pk_ == PK::Gemv && pg_.nparts < 3 && pg_.epi == cuda::GemvJob::kNone && same_x &&
+        pg_.T == T && pg_.K == w.cols && !overlap(y, ny, pg_.x, gemv_x_floats(pg_)) &&
+        !(pg_.x_out && overlap(y, ny, pg_.x_out, static_cast<size_t>(T * w.cols)))) {
       bool ok = true;
       for (int i = 0; i < pg_.nparts; ++i)
         ok = ok && !overlap(y, ny, pg_.part[i].y, static_cast<size_t>(T * pg_.part[i].N));
@@ -747,6 +779,7 @@ class CudaKernelsImpl final : public CudaKernels {
     const float* other = a == y ? b : a;
     if (overlap(h, n, y, n) || overlap(h, n, pg_.x, gemv_x_floats(pg_)) || (other && overlap(h, n, other, n) && h != other))
       return false;
+    if (pg_.x_out && overlap(h, n, pg_.x_out, static_cast<size_t>(pg_.T * pg_.K))) return false;
     if (other == h) return false;
     pg_.epi = cuda::GemvJob::kResidual;
     pg_.h = h;
@@ -803,12 +836,17 @@ class CudaKernelsImpl final : public CudaKernels {
     switch (k) {
       case PK::None:
         return;
+      case PK::Scale: {
+        const PendingCopyScale sc = pxs_;
+        record("scale", [=, this] { cuda::scale(sc.x, sc.n, sc.s, sc.out, stream_); }, sc.x, sc.n, sc.s, sc.out);
+        return;
+      }
       case PK::Gemv: {
         const cuda::GemvJob j = pg_;
         record("gemv job", [=, this] { cuda::gemv_job(j, stream_); }, j.nparts, j.part[0].W, j.part[0].bias,
                j.part[0].y, j.part[0].N, j.part[1].W, j.part[1].bias, j.part[1].y, j.part[1].N, j.part[2].W,
-               j.part[2].bias, j.part[2].y, j.part[2].N, j.K, j.x, j.ldx, j.T, j.epi, j.v, j.h, j.other, j.y_first,
-               j.sa, j.sb, j.gs, j.out);
+               j.part[2].bias, j.part[2].y, j.part[2].N, j.K, j.x, j.ldx, j.T, j.xs, j.x_out, j.epi, j.v, j.h,
+               j.other, j.y_first, j.sa, j.sb, j.gs, j.out);
         return;
       }
       case PK::Rope: {
@@ -1063,6 +1101,7 @@ class CudaKernelsImpl final : public CudaKernels {
   bool graphs_on_ = true;
   bool fuse_ = true;  // FH1_CUDA_FUSE=0: record the ops one by one
   PK pk_ = PK::None;
+  PendingCopyScale pxs_;
   cuda::GemvJob pg_;
   PendingRope pr_;
   PendingKv pkv_;

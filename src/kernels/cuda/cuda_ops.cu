@@ -69,7 +69,10 @@ __global__ void sum_halves_kernel(const float* y2, int64_t T, int64_t N, const f
 }
 
 // The general decode GEMV (cuda_ops.h). Block: 8 warps = 8 / W rows of the concatenated parts.
-template <int TB, int W, bool VEC, int U>
+// XS: the scale op before it taken over (job.xs, job.x_out): every x is multiplied as it is read,
+// so the products are exactly those of the ops one by one (a separate instantiation: the extra
+// registers slowed every GEMV by ~10 % when all of them had it).
+template <int TB, int W, bool VEC, int U, bool XS>
 __global__ void __launch_bounds__(256) gemv_job_kernel(const GemvJob job) {
   constexpr int RPB = 8 / W;
   constexpr int NA = 2;  // accumulator sets: gate and up in kGated
@@ -91,6 +94,12 @@ __global__ void __launch_bounds__(256) gemv_job_kernel(const GemvJob job) {
   const uint16_t* w1 = gated ? job.part[1].W + (valid ? r : 0) * K : nullptr;
   // (Prefetching the rows into L2 here, before the wait, was tried: 6% slower on an H200.)
   FH1_PDL_ENTER();
+  const float xs = XS ? job.xs : 1.0f;
+  if (XS && blockIdx.x == 0)  // the scale op's output, as it would have written it
+    for (int64_t i = threadIdx.x; i < int64_t(job.T) * job.K; i += blockDim.x) {
+      const int64_t t = i / job.K;
+      job.x_out[i] = job.x[t * job.ldx + (i - t * job.K)] * xs;
+    }
   float acc[NA][TB];
 #pragma unroll
   for (int a = 0; a < NA; ++a)
@@ -111,10 +120,15 @@ __global__ void __launch_bounds__(256) gemv_job_kernel(const GemvJob job) {
       if (t < T) {
         const float* xr = x + t * ldx + k;
         if constexpr (VEC) {
-          const float4 a = *reinterpret_cast<const float4*>(xr), b = *reinterpret_cast<const float4*>(xr + 4);
+          float4 a = *reinterpret_cast<const float4*>(xr), b = *reinterpret_cast<const float4*>(xr + 4);
+          if constexpr (XS) {
+            a = make_float4(a.x * xs, a.y * xs, a.z * xs, a.w * xs);
+            b = make_float4(b.x * xs, b.y * xs, b.z * xs, b.w * xs);
+          }
           ac[t] += wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z +
                    wf[7] * b.w;
         } else {
+          static_assert(!XS, "the scaled GEMV reads x in float4s");
 #pragma unroll
           for (int j = 0; j < 8; ++j) ac[t] += wf[j] * xr[j];
         }
@@ -162,8 +176,8 @@ __global__ void __launch_bounds__(256) gemv_job_kernel(const GemvJob job) {
 #pragma unroll
       for (int t = 0; t < TB; ++t)
         if (t < T) {
-          acc[0][t] += wv0 * x[t * ldx + kk];
-          if (gated) acc[1][t] += wv1 * x[t * ldx + kk];
+          acc[0][t] += wv0 * (x[t * ldx + kk] * xs);
+          if (gated) acc[1][t] += wv1 * (x[t * ldx + kk] * xs);
         }
     }
   }
@@ -516,17 +530,45 @@ void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t 
   gemv_job(job, s);
 }
 
-void gemv_job(const GemvJob& job, cudaStream_t s) {
-  if (job.T <= 0) return;
+template <int TB, int WW>
+void launch_gemv(const GemvJob& job, bool vec, bool scaled, int unroll, unsigned blocks, cudaStream_t s) {
+  if constexpr (WW <= 2) {
+    if (scaled) {
+      launch(gemv_job_kernel<TB, WW, true, 8, true>, blocks, 256, 0, s, job);
+      return;
+    }
+  }
+  if (vec && unroll == 8) launch(gemv_job_kernel<TB, WW, true, 8, false>, blocks, 256, 0, s, job);
+  else if (vec) launch(gemv_job_kernel<TB, WW, true, 4, false>, blocks, 256, 0, s, job);
+  else launch(gemv_job_kernel<TB, WW, false, 4, false>, blocks, 256, 0, s, job);
+}
+
+template <int TB>
+void launch_gemv_w(const GemvJob& job, int W, bool vec, bool scaled, int unroll, unsigned blocks, cudaStream_t s) {
+  if (W == 1) launch_gemv<TB, 1>(job, vec, scaled, unroll, blocks, s);
+  else if (W == 2) launch_gemv<TB, 2>(job, vec, scaled, unroll, blocks, s);
+  else if (W == 4) launch_gemv<TB, 4>(job, vec, scaled, unroll, blocks, s);
+  else launch_gemv<TB, 8>(job, vec, scaled, unroll, blocks, s);
+}
+
+void gemv_job(const GemvJob& job_in, cudaStream_t s) {
+  if (job_in.T <= 0) return;
+  GemvJob job = job_in;
   const bool gated = job.epi == GemvJob::kGated;
   int64_t rows = 0;
   for (int i = 0; i < (gated ? 1 : job.nparts); ++i) rows += job.part[i].N;
   if (rows == 0) return;
-  // Enough warps in flight to cover the memory latency: split K when there are few rows.
+  // Split K (W warps a row) only when there are too few rows to give every SM 16 warps: the
+  // split's shared-memory reduction cost more than it gained at every 7B shape (an H200, 7B
+  // decode at 1K: 6.68 ms with a target of 64 warps per SM, 5.95 ms with W = 1 throughout).
+  // 8 loads in flight per lane (4 with W = 1: 6.30 ms).
   // FH1_CUDA_GEMV_WANT / _W / _U (tuning only): the row target, a fixed split, the loads in flight.
   static const int64_t want = [] {
     const char* e = std::getenv("FH1_CUDA_GEMV_WANT");
-    return e ? std::atoll(e) : int64_t(8 * 132 * 8);
+    if (e) return int64_t(std::atoll(e));
+    int dev = 0, sms = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    return int64_t(16) * sms;
   }();
   static const int force_w = [] {
     const char* e = std::getenv("FH1_CUDA_GEMV_W");
@@ -539,23 +581,23 @@ void gemv_job(const GemvJob& job, cudaStream_t s) {
   int W = rows >= want ? 1 : rows * 2 >= want ? 2 : rows * 4 >= want ? 4 : 8;
   if (force_w == 1 || force_w == 2 || force_w == 4 || force_w == 8) W = force_w;
   const unsigned blocks = static_cast<unsigned>((rows * W + 7) / 8);
-  const bool vec = job.ldx % 4 == 0 && reinterpret_cast<uintptr_t>(job.x) % 16 == 0;
-#define FH1_GEMV_W(TB, WW)                                                                        \
-  (vec ? (unroll == 8 ? launch(gemv_job_kernel<TB, WW, true, 8>, blocks, 256, 0, s, job)          \
-                      : launch(gemv_job_kernel<TB, WW, true, 4>, blocks, 256, 0, s, job))         \
-       : launch(gemv_job_kernel<TB, WW, false, 4>, blocks, 256, 0, s, job))
-#define FH1_GEMV_T(TB)              \
-  (W == 1   ? FH1_GEMV_W(TB, 1)     \
-   : W == 2 ? FH1_GEMV_W(TB, 2)     \
-   : W == 4 ? FH1_GEMV_W(TB, 4)     \
-            : FH1_GEMV_W(TB, 8))
-  if (job.T <= 1) FH1_GEMV_T(1);
-  else if (job.T <= 2) FH1_GEMV_T(2);
-  else if (job.T <= 4) FH1_GEMV_T(4);
-  else if (job.T <= 8) FH1_GEMV_T(8);
+  auto vec_ok = [](const GemvJob& j) { return j.ldx % 4 == 0 && reinterpret_cast<uintptr_t>(j.x) % 16 == 0; };
+  bool scaled = job.x_out != nullptr;
+  if (scaled && !(vec_ok(job) && unroll == 8 && W <= 2)) {
+    // No scaled instantiation for this case: the scale runs first, as its own op would have.
+    scale(job.x, static_cast<size_t>(job.T) * job.K, job.xs, job.x_out, s);
+    job.x = job.x_out;
+    job.ldx = job.K;
+    job.xs = 1.0f;
+    job.x_out = nullptr;
+    scaled = false;
+  }
+  const bool vec = vec_ok(job);
+  if (job.T <= 1) launch_gemv_w<1>(job, W, vec, scaled, unroll, blocks, s);
+  else if (job.T <= 2) launch_gemv_w<2>(job, W, vec, scaled, unroll, blocks, s);
+  else if (job.T <= 4) launch_gemv_w<4>(job, W, vec, scaled, unroll, blocks, s);
+  else if (job.T <= 8) launch_gemv_w<8>(job, W, vec, scaled, unroll, blocks, s);
   else throw Error("gemv: more than 8 rows");
-#undef FH1_GEMV_T
-#undef FH1_GEMV_W
   check_launch("gemv");
 }
 

@@ -69,6 +69,11 @@ struct GemvJob {
   const float* x = nullptr;
   int64_t ldx = 0;
   int T = 1;
+  // The scale op before the GEMV taken over: y = (x @ W^T) * xs (+ bias), the same as x * xs
+  // times W up to rounding; x_out (when not null, contiguous rows of K) receives x * xs exactly
+  // as the scale op would have written it.
+  float xs = 1.0f;
+  float* x_out = nullptr;
   int epi = kNone;
   const float* v = nullptr;      // kMulCols
   float* h = nullptr;            // kResidual: h += first * sa + second * sb
