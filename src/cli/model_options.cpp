@@ -11,8 +11,13 @@
 
 namespace fh1::cli {
 
-std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& pool) {
-  if (device == "cpu") return make_cpu_kernels(pool);
+std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& pool, const std::string& kv_cache) {
+  if (kv_cache != "auto" && kv_cache != "f32" && kv_cache != "bf16")
+    throw Error("--kv-cache: expected auto, f32 or bf16, found " + kv_cache);
+  if (device == "cpu") {
+    if (kv_cache == "bf16") throw Error("--kv-cache bf16: the CPU backend keeps KV caches in float32 (f32 or auto)");
+    return make_cpu_kernels(pool);
+  }
   if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
 #ifdef FALCON_H1_HAVE_CUDA
     int index = 0;
@@ -23,7 +28,9 @@ std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& poo
         throw Error("--device: expected cuda:N with N a GPU index, found " + device);
       }
     }
-    return make_cuda_kernels(index);
+    auto k = make_cuda_kernels(index);
+    if (kv_cache != "auto") k->set_kv_cache_bf16(kv_cache == "bf16");
+    return k;
 #else
     throw Error("--device " + device + ": this build has no CUDA backend (configure with -DFALCON_H1_CUDA=ON)");
 #endif
@@ -34,7 +41,7 @@ std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& poo
 LoadedModel LoadedModel::load(const ModelOptions& opt) {
   LoadedModel m;
   m.pool = std::make_unique<ThreadPool>(opt.threads);
-  m.kernels = make_kernels(opt.device, *m.pool);
+  m.kernels = make_kernels(opt.device, *m.pool, opt.kv_cache);
   const auto t0 = std::chrono::steady_clock::now();
   m.model = std::make_unique<Model>(Model::load(opt.dir, *m.kernels));
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

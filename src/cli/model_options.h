@@ -16,17 +16,23 @@ struct ModelOptions {
   std::string dir;
   int threads = 0;
   std::string device = "cpu";
+  std::string kv_cache = "auto";
   bool quiet = false;
 
   void add_to(CLI::App& cmd) {
     cmd.add_option("-m,--model", dir, "Hugging Face model directory (config.json + safetensors)")->required();
     cmd.add_option("-t,--threads", threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
     cmd.add_option("--device", device, "cpu, or cuda[:N] in a build with -DFALCON_H1_CUDA=ON")->capture_default_str();
+    cmd.add_option("--kv-cache", kv_cache,
+                   "KV cache type: auto (the backend's default: f32 on the CPU, bf16 on CUDA), f32 or bf16 (CUDA only)")
+        ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+        ->capture_default_str();
   }
 };
 
-// The backend a --device names; throws fh1::Error for an unknown or unavailable one.
-std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& pool);
+// The backend a --device names, its KV caches of the type kv_cache names (auto, f32, bf16);
+// throws fh1::Error for an unknown or unavailable one, or a KV type the backend cannot keep.
+std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& pool, const std::string& kv_cache = "auto");
 
 // Owns the thread pool and backend the model runs on. Prints load time to stderr unless quiet.
 struct LoadedModel {
