@@ -1,6 +1,6 @@
 // The CUDA backend's host side: device memory (a caching allocator over cudaMalloc), weight
 // upload, host-array uploads, cuBLAS matmuls, and the dispatch of every other op to the device
-// kernels of cuda_ops.cu, cuda_attention.cu and cuda_ssm.cu. All work runs in order on one stream.
+// kernels of cuda_ops.cu, cuda_attention*.cu and cuda_ssm.cu. All work runs in order on one stream.
 //
 // Decode steps as CUDA graphs: between begin_decode_step() and end_decode_step() every op is
 // recorded (a closure that launches it, and a signature: the op and every argument, except the

@@ -1,0 +1,595 @@
+// Causal attention of many queries (prefill) on the GPU; cuda_attention.cu dispatches here.
+//  - bf16 KV caches (head size a multiple of 8, at most 128): FlashAttention-2's layout on the
+//    tensor cores in bf16 (below).
+//  - otherwise (float32 caches, larger heads): a flash-attention kernel on the tensor cores in
+//    TF32 (mma.sync m16n8k8; Q, K, V and the probabilities rounded to TF32's 10-bit mantissa,
+//    every sum in float32). One block of 4 warps per (64-query tile, head); each warp owns 16
+//    queries; K and V tiles pass through shared memory.
+//  - exact mode (set_attention_tf32(false) / FH1_CUDA_ATTN=f32): float32 SIMT, one block per
+//    (32-query tile, head); 4 lanes share a query.
+#include <algorithm>
+#include <cfloat>
+#include <cstdlib>
+#include <type_traits>
+
+#include "kernels/cuda/cuda_attention_common.cuh"
+#include "kernels/cuda/cuda_ops.h"
+#include "util/error.h"
+
+namespace fh1::cuda {
+namespace {
+
+constexpr int kTileQ = 32;  // queries per block of the float32 kernel
+constexpr int kTileK = 32;  // keys per shared-memory tile of the float32 kernel
+
+template <int MPL, typename KV>  // dims per lane: hd <= 4 * MPL; shared rows padded to 4 * MPL
+__global__ void __launch_bounds__(kTileQ * 4)
+    attn_tile_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const KV* __restrict__ kc,
+                     const KV* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
+                     float* __restrict__ out) {
+  FH1_PDL_ENTER();
+  constexpr int HDP = 4 * MPL;
+  extern __shared__ float sm[];
+  float* Ks = sm;
+  float* Vs = sm + kTileK * HDP;
+  const int h = blockIdx.y, kvh = h / (H / Hkv);
+  const int qi = threadIdx.x >> 2, j = threadIdx.x & 3;
+  const int64_t t = int64_t(blockIdx.x) * kTileQ + qi;
+  const bool active = t < T;
+  const int64_t ldkv = int64_t(Hkv) * hd;
+
+  float qr[MPL], acc[MPL];
+#pragma unroll
+  for (int i = 0; i < MPL; ++i) {
+    const int d = i * 4 + j;
+    qr[i] = (active && d < hd) ? q[t * ldq + int64_t(h) * hd + d] * scale : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float m = -FLT_MAX, l = 0.0f;
+  const int64_t last_t = min(T, int64_t(blockIdx.x) * kTileQ + kTileQ) - 1;
+  const int64_t n_keys = n_past + last_t + 1;
+  const int64_t my_last = active ? n_past + t : -1;
+
+  for (int64_t k0 = 0; k0 < n_keys; k0 += kTileK) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < kTileK * HDP; e += blockDim.x) {
+      const int r = e / HDP, d = e - r * HDP;
+      const int64_t key = k0 + r;
+      const bool ok = key < n_keys && d < hd;
+      Ks[e] = ok ? kv_ld(kc + key * ldkv + int64_t(kvh) * hd + d) : 0.0f;
+      Vs[e] = ok ? kv_ld(vc + key * ldkv + int64_t(kvh) * hd + d) : 0.0f;
+    }
+    __syncthreads();
+    float sc[kTileK];
+    float tile_max = -FLT_MAX;
+#pragma unroll
+    for (int r = 0; r < kTileK; ++r) {
+      float part = 0.0f;
+#pragma unroll
+      for (int i = 0; i < MPL; ++i) part += qr[i] * Ks[r * HDP + i * 4 + j];
+      part += __shfl_xor_sync(0xffffffffu, part, 1);
+      part += __shfl_xor_sync(0xffffffffu, part, 2);
+      sc[r] = (k0 + r <= my_last) ? part : -FLT_MAX;
+      tile_max = fmaxf(tile_max, sc[r]);
+    }
+    if (k0 > my_last) continue;  // nothing visible in this tile for this query
+    const float m_new = fmaxf(m, tile_max);
+    const float corr = __expf(m - m_new);
+    l *= corr;
+#pragma unroll
+    for (int i = 0; i < MPL; ++i) acc[i] *= corr;
+#pragma unroll
+    for (int r = 0; r < kTileK; ++r) {
+      const float p = (k0 + r <= my_last) ? __expf(sc[r] - m_new) : 0.0f;
+      l += p;
+#pragma unroll
+      for (int i = 0; i < MPL; ++i) acc[i] += p * Vs[r * HDP + i * 4 + j];
+    }
+    m = m_new;
+  }
+  if (active) {
+    const float inv = 1.0f / l;
+#pragma unroll
+    for (int i = 0; i < MPL; ++i) {
+      const int d = i * 4 + j;
+      if (d < hd) out[t * int64_t(H) * hd + int64_t(h) * hd + d] = acc[i] * inv;
+    }
+  }
+}
+
+// ---- prefill: flash attention on the tensor cores (TF32) ----
+constexpr int kFlashQ = 64;  // queries per block (16 per warp)
+
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+__device__ __forceinline__ void mma_tf32(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Fragments (PTX m16n8k8 tf32; g = lane / 4, c = lane % 4): A a0 (g, c), a1 (g+8, c), a2 (g, c+4),
+// a3 (g+8, c+4); B b0 (k c, n g), b1 (k c+4, n g); C c0 (g, 2c), c1 (g, 2c+1), c2 (g+8, 2c),
+// c3 (g+8, 2c+1). For P V the 8 keys of a step are taken in the order 0,2,4,6,1,3,5,7, so the
+// probabilities of S's C fragment are P's A fragment as they are (a0 = c0, a1 = c2, a2 = c1,
+// a3 = c3) and V's B fragment reads keys 2c and 2c + 1.
+template <int HDP, int BK, typename KV>  // head dim padded (multiple of 32); keys per tile
+__global__ void __launch_bounds__(128)
+    attn_flash_tf32_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const KV* __restrict__ kc,
+                           const KV* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
+                           bool vec, float* __restrict__ out) {
+  FH1_PDL_ENTER();
+  constexpr int LD = HDP + 4;  // padded rows: conflict-free fragment reads
+  extern __shared__ float sm[];
+  float* Qs = sm;
+  float* Ks = Qs + kFlashQ * LD;
+  float* Vs = Ks + BK * LD;
+  const int qt = gridDim.x - 1 - blockIdx.x;  // the longest rows first
+  const int h = blockIdx.y, kvh = h / (H / Hkv);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, c4 = lane & 3;
+  const int64_t q0 = int64_t(qt) * kFlashQ;
+  const int64_t ldkv = int64_t(Hkv) * hd;
+  const float qscale = scale * 1.4426950408889634f;  // scores in log2 units: exp2 below
+
+  for (int e = threadIdx.x; e < kFlashQ * HDP; e += blockDim.x) {
+    const int r = e / HDP, d = e - r * HDP;
+    const int64_t t = q0 + r;
+    const float v = (t < T && d < hd) ? q[t * ldq + int64_t(h) * hd + d] * qscale : 0.0f;
+    Qs[r * LD + d] = __uint_as_float(to_tf32(v));
+  }
+
+  float o[HDP / 8][4];
+#pragma unroll
+  for (int i = 0; i < HDP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+  const int64_t wq = q0 + warp * 16;  // this warp's first query
+  const int64_t t_lo = wq + gq, t_hi = wq + gq + 8;
+  const int64_t last_t = min(T, q0 + kFlashQ) - 1;
+  const int64_t n_keys = n_past + last_t + 1;
+  const KV* kb = kc + int64_t(kvh) * hd;
+  const KV* vb = vc + int64_t(kvh) * hd;
+  const float* qa = Qs + (warp * 16 + gq) * LD;
+
+  for (int64_t k0 = 0; k0 < n_keys; k0 += BK) {
+    __syncthreads();
+    if (vec) {
+      constexpr int R4 = HDP / 4;
+      for (int e = threadIdx.x; e < BK * R4; e += blockDim.x) {
+        const int r = e / R4, d = 4 * (e - r * R4);
+        const int64_t key = k0 + r;
+        float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
+        if (key < n_keys && d < hd) {
+          kv = kv_ld4(kb + key * ldkv + d);
+          vv = kv_ld4(vb + key * ldkv + d);
+        }
+        float* ks = Ks + r * LD + d;
+        float* vs = Vs + r * LD + d;
+        ks[0] = __uint_as_float(to_tf32(kv.x)); ks[1] = __uint_as_float(to_tf32(kv.y));
+        ks[2] = __uint_as_float(to_tf32(kv.z)); ks[3] = __uint_as_float(to_tf32(kv.w));
+        vs[0] = __uint_as_float(to_tf32(vv.x)); vs[1] = __uint_as_float(to_tf32(vv.y));
+        vs[2] = __uint_as_float(to_tf32(vv.z)); vs[3] = __uint_as_float(to_tf32(vv.w));
+      }
+    } else {
+      for (int e = threadIdx.x; e < BK * HDP; e += blockDim.x) {
+        const int r = e / HDP, d = e - r * HDP;
+        const int64_t key = k0 + r;
+        const bool ok = key < n_keys && d < hd;
+        Ks[r * LD + d] = __uint_as_float(to_tf32(ok ? kv_ld(kb + key * ldkv + d) : 0.0f));
+        Vs[r * LD + d] = __uint_as_float(to_tf32(ok ? kv_ld(vb + key * ldkv + d) : 0.0f));
+      }
+    }
+    __syncthreads();
+    if (k0 > n_past + wq + 15) continue;  // every key of this tile is in this warp's future
+
+    float s[BK / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HDP; kk += 8) {
+      const uint32_t a0 = __float_as_uint(qa[kk + c4]), a1 = __float_as_uint(qa[8 * LD + kk + c4]);
+      const uint32_t a2 = __float_as_uint(qa[kk + c4 + 4]), a3 = __float_as_uint(qa[8 * LD + kk + c4 + 4]);
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt) {
+        const float* kr = Ks + (nt * 8 + gq) * LD + kk + c4;
+        mma_tf32(s[nt], a0, a1, a2, a3, __float_as_uint(kr[0]), __float_as_uint(kr[4]));
+      }
+    }
+    if (k0 + BK - 1 > n_past + wq) {  // the tile reaches past some query of this warp: mask
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt) {
+        const int64_t key = k0 + nt * 8 + 2 * c4;
+        if (key > n_past + t_lo) s[nt][0] = -INFINITY;
+        if (key + 1 > n_past + t_lo) s[nt][1] = -INFINITY;
+        if (key > n_past + t_hi) s[nt][2] = -INFINITY;
+        if (key + 1 > n_past + t_hi) s[nt][3] = -INFINITY;
+      }
+    }
+    float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) {
+      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
+      corr[r] = exp2f(mrow[r] - mu);
+      mrow[r] = mx[r];
+      mx[r] = mu;
+      lrow[r] *= corr[r];
+    }
+#pragma unroll
+    for (int i = 0; i < HDP / 8; ++i) {
+      o[i][0] *= corr[0]; o[i][1] *= corr[0];
+      o[i][2] *= corr[1]; o[i][3] *= corr[1];
+    }
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) {
+      const float p0 = exp2f(s[nt][0] - mx[0]), p1 = exp2f(s[nt][1] - mx[0]);
+      const float p2 = exp2f(s[nt][2] - mx[1]), p3 = exp2f(s[nt][3] - mx[1]);
+      lrow[0] += p0 + p1;
+      lrow[1] += p2 + p3;
+      const uint32_t a0 = to_tf32(p0), a1 = to_tf32(p2), a2 = to_tf32(p1), a3 = to_tf32(p3);
+      const float* v0 = Vs + (nt * 8 + 2 * c4) * LD + gq;
+#pragma unroll
+      for (int i = 0; i < HDP / 8; ++i)
+        mma_tf32(o[i], a0, a1, a2, a3, __float_as_uint(v0[i * 8]), __float_as_uint(v0[LD + i * 8]));
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
+  }
+  const int64_t ldo = int64_t(H) * hd;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t t = r == 0 ? t_lo : t_hi;
+    if (t >= T) continue;
+    const float inv = 1.0f / lrow[r];
+    float* orow = out + t * ldo + int64_t(h) * hd;
+#pragma unroll
+    for (int i = 0; i < HDP / 8; ++i) {
+      const int d = i * 8 + 2 * c4;
+      if (d < hd) orow[d] = o[i][2 * r] * inv;
+      if (d + 1 < hd) orow[d + 1] = o[i][2 * r + 1] * inv;
+    }
+  }
+}
+
+// ---- prefill: flash attention on the tensor cores in bf16 (bf16 KV caches) ----
+// FlashAttention-2's layout with mma.sync m16n8k16: 4 warps of 16 queries each; the block's Q
+// (scaled) waits in shared memory; K and V tiles of BK keys are copied from the bf16 cache into
+// shared memory with cp.async, the next tile while the current one is used. S's accumulator
+// fragments are P's A fragments as they are (no shuffles); V's B fragments come from
+// ldmatrix.trans. Every sum float32; the scores in log2 units (exp2).
+// K and V are bf16 already, so the products are exact when Q and P are: PREC 2 (default) splits
+// both into two bf16 parts (hi + lo, ~16 bits kept) and runs two MMAs where plain bf16 runs one;
+// more precise than TF32 (1e-3 of rms at most on the tests, against up to 3e-2 for plain bf16 at
+// long T). PREC 1 splits Q only, PREC 0 rounds both to bf16 once (FH1_CUDA_FLASH_PREC, tuning).
+template <int HDP, int BK, int PREC>  // head dim padded to HDP (hd % 8 == 0, hd <= HDP); keys per tile
+__global__ void __launch_bounds__(128)
+    attn_flash_bf16_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const bf16* __restrict__ kc,
+                           const bf16* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
+                           float* __restrict__ out) {
+  FH1_PDL_ENTER();
+  constexpr int LD = HDP + 8;  // bf16 per shared row: 16-byte aligned, conflict-free fragment reads
+  constexpr int CH = HDP / 8;  // 16-byte chunks per row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int QPARTS = PREC >= 1 ? 2 : 1;
+  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [QPARTS][kFlashQ][LD]: hi (and lo)
+  bf16* Ks = Qs + QPARTS * kFlashQ * LD;  // [2][BK][LD]
+  bf16* Vs = Ks + 2 * BK * LD;   // [2][BK][LD]
+  const int qt = gridDim.x - 1 - blockIdx.x;  // the longest rows first
+  const int h = blockIdx.y, kvh = h / (H / Hkv);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, c4 = lane & 3;
+  const int64_t q0 = int64_t(qt) * kFlashQ;
+  const int64_t ldkv = int64_t(Hkv) * hd;
+  const float qscale = scale * 1.4426950408889634f;
+  const int64_t last_t = min(T, q0 + kFlashQ) - 1;
+  const int64_t n_keys = n_past + last_t + 1;
+  const int64_t n_tiles = (n_keys + BK - 1) / BK;
+  const bf16* kb = kc + int64_t(kvh) * hd;
+  const bf16* vb = vc + int64_t(kvh) * hd;
+
+  auto load_tile = [&](int64_t tile, int buf) {
+    const int64_t k0 = tile * BK;
+    bf16* ks = Ks + buf * BK * LD;
+    bf16* vs = Vs + buf * BK * LD;
+    for (int e = threadIdx.x; e < BK * CH; e += blockDim.x) {
+      const int r = e / CH, d = (e - r * CH) * 8;
+      const int64_t key = k0 + r;
+      const bool ok = key < n_keys && d < hd;
+      const int64_t off = ok ? key * ldkv + d : 0;
+      cp_async16(ks + r * LD + d, kb + off, ok);
+      cp_async16(vs + r * LD + d, vb + off, ok);
+    }
+  };
+  load_tile(0, 0);
+  cp_async_commit();
+
+  for (int e = threadIdx.x; e < kFlashQ * (HDP / 2); e += blockDim.x) {
+    const int r = e / (HDP / 2), d = 2 * (e - r * (HDP / 2));
+    const int64_t t = q0 + r;
+    const float* qr = q + t * ldq + int64_t(h) * hd;
+    const bool ok = t < T && d < hd;  // hd is even
+    const float v0 = ok ? qr[d] * qscale : 0.0f, v1 = ok ? qr[d + 1] * qscale : 0.0f;
+    const uint32_t hi = pack_bf16x2(v0, v1);
+    *reinterpret_cast<uint32_t*>(Qs + r * LD + d) = hi;
+    if constexpr (PREC >= 1)
+      *reinterpret_cast<uint32_t*>(Qs + kFlashQ * LD + r * LD + d) =
+          pack_bf16x2(v0 - __uint_as_float(hi << 16), v1 - __uint_as_float(hi & 0xffff0000u));
+  }
+  __syncthreads();
+  // This warp's A fragments of Q (part 0: hi, 1: lo) for head dims kk * 16 .. + 15.
+  auto q_frag = [&](int part, int kk, uint32_t (&a)[4]) {
+    const bf16* qa = Qs + part * kFlashQ * LD + (warp * 16 + gq) * LD + 2 * c4 + kk * 16;
+    a[0] = *reinterpret_cast<const uint32_t*>(qa);
+    a[1] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD);
+    a[2] = *reinterpret_cast<const uint32_t*>(qa + 8);
+    a[3] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD + 8);
+  };
+
+  float o[HDP / 8][4];
+#pragma unroll
+  for (int i = 0; i < HDP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+  const int64_t wq = q0 + warp * 16;  // this warp's first query
+  const int64_t t_lo = wq + gq, t_hi = wq + gq + 8;
+
+  for (int64_t tile = 0; tile < n_tiles; ++tile) {
+    const int buf = static_cast<int>(tile & 1);
+    if (tile + 1 < n_tiles) {
+      load_tile(tile + 1, buf ^ 1);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const int64_t k0 = tile * BK;
+    if (k0 <= n_past + wq + 15) {  // else every key of this tile is in this warp's future
+      const bf16* ks = Ks + buf * BK * LD;
+      const bf16* vs = Vs + buf * BK * LD;
+      float s[BK / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < HDP / 16; ++kk) {
+#pragma unroll
+        for (int part = 0; part < QPARTS; ++part) {
+          uint32_t qa[4];
+          q_frag(part, kk, qa);
+#pragma unroll
+          for (int nt = 0; nt < BK / 8; ++nt) {
+            const bf16* kr = ks + (nt * 8 + gq) * LD + kk * 16 + 2 * c4;
+            mma_bf16(s[nt], qa, *reinterpret_cast<const uint32_t*>(kr), *reinterpret_cast<const uint32_t*>(kr + 8));
+          }
+        }
+      }
+      if (k0 + BK - 1 > n_past + wq) {  // the tile reaches past some query of this warp: mask
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; ++nt) {
+          const int64_t key = k0 + nt * 8 + 2 * c4;
+          if (key > n_past + t_lo) s[nt][0] = -INFINITY;
+          if (key + 1 > n_past + t_lo) s[nt][1] = -INFINITY;
+          if (key > n_past + t_hi) s[nt][2] = -INFINITY;
+          if (key + 1 > n_past + t_hi) s[nt][3] = -INFINITY;
+        }
+      }
+      float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      }
+      float corr[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
+        corr[r] = exp2f(mrow[r] - mu);
+        mrow[r] = mx[r];
+        mx[r] = mu;
+        lrow[r] *= corr[r];
+      }
+#pragma unroll
+      for (int i = 0; i < HDP / 8; ++i) {
+        o[i][0] *= corr[0]; o[i][1] *= corr[0];
+        o[i][2] *= corr[1]; o[i][3] *= corr[1];
+      }
+#pragma unroll
+      for (int kk = 0; kk < BK / 16; ++kk) {  // 16 keys: the S tiles 2 kk and 2 kk + 1
+        uint32_t pa[4], pl[4];
+        {
+          const float* s0 = s[2 * kk];
+          const float* s1 = s[2 * kk + 1];
+          const float p00 = exp2f(s0[0] - mx[0]), p01 = exp2f(s0[1] - mx[0]);
+          const float p02 = exp2f(s0[2] - mx[1]), p03 = exp2f(s0[3] - mx[1]);
+          const float p10 = exp2f(s1[0] - mx[0]), p11 = exp2f(s1[1] - mx[0]);
+          const float p12 = exp2f(s1[2] - mx[1]), p13 = exp2f(s1[3] - mx[1]);
+          lrow[0] += p00 + p01 + p10 + p11;
+          lrow[1] += p02 + p03 + p12 + p13;
+          pa[0] = pack_bf16x2(p00, p01);
+          pa[1] = pack_bf16x2(p02, p03);
+          pa[2] = pack_bf16x2(p10, p11);
+          pa[3] = pack_bf16x2(p12, p13);
+          if constexpr (PREC >= 2) {
+            auto lo = [](uint32_t hi, float a, float b) {
+              return pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+            };
+            pl[0] = lo(pa[0], p00, p01);
+            pl[1] = lo(pa[1], p02, p03);
+            pl[2] = lo(pa[2], p10, p11);
+            pl[3] = lo(pa[3], p12, p13);
+          }
+        }
+        // ldmatrix.trans: lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of the 8x8 blocks
+        // (keys +0, dims +0), (keys +8, dims +0), (keys +0, dims +8), (keys +8, dims +8).
+        const bf16* vrow = vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+#pragma unroll
+        for (int dt = 0; dt < HDP / 16; ++dt) {
+          uint32_t vf[4];
+          ldmatrix_x4_trans(vf, vrow + dt * 16);
+          mma_bf16(o[2 * dt], pa, vf[0], vf[1]);
+          mma_bf16(o[2 * dt + 1], pa, vf[2], vf[3]);
+          if constexpr (PREC >= 2) {
+            mma_bf16(o[2 * dt], pl, vf[0], vf[1]);
+            mma_bf16(o[2 * dt + 1], pl, vf[2], vf[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the buffer just read is the next load's target
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
+  }
+  const int64_t ldo = int64_t(H) * hd;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t t = r == 0 ? t_lo : t_hi;
+    if (t >= T) continue;
+    const float inv = 1.0f / lrow[r];
+    float* orow = out + t * ldo + int64_t(h) * hd;
+#pragma unroll
+    for (int i = 0; i < HDP / 8; ++i) {
+      const int d = i * 8 + 2 * c4;
+      if (d < hd) orow[d] = o[i][2 * r] * inv;
+      if (d + 1 < hd) orow[d + 1] = o[i][2 * r + 1] * inv;
+    }
+  }
+}
+
+
+template <int MPL, typename KV>
+void launch_tile(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past, int H,
+                 int Hkv, int hd, float scale, float* out, cudaStream_t s) {
+  const size_t smem = size_t(2) * kTileK * 4 * MPL * sizeof(float);
+  if (smem > 48 * 1024)
+    check(cudaFuncSetAttribute(attn_tile_kernel<MPL, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
+          "attention smem");
+  const dim3 grid(static_cast<unsigned>((T + kTileQ - 1) / kTileQ), static_cast<unsigned>(H));
+  launch(attn_tile_kernel<MPL, KV>, grid, kTileQ * 4, smem, s, q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out);
+  check_launch("attention (tile)");
+}
+
+template <int HDP, int BK, typename KV>
+void launch_flash(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past, int H,
+                  int Hkv, int hd, float scale, float* out, cudaStream_t s) {
+  const size_t smem = size_t(kFlashQ + 2 * BK) * (HDP + 4) * sizeof(float);
+  static bool attr_set = false;  // per template instance
+  if (!attr_set) {
+    check(cudaFuncSetAttribute(attn_flash_tf32_kernel<HDP, BK, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
+          "attention (flash) smem");
+    attr_set = true;
+  }
+  constexpr uintptr_t align = 4 * sizeof(KV);
+  const bool vec = hd % 4 == 0 && (int64_t(Hkv) * hd) % 4 == 0 && reinterpret_cast<uintptr_t>(k) % align == 0 &&
+                   reinterpret_cast<uintptr_t>(v) % align == 0;
+  const dim3 grid(static_cast<unsigned>((T + kFlashQ - 1) / kFlashQ), static_cast<unsigned>(H));
+  launch(attn_flash_tf32_kernel<HDP, BK, KV>, grid, 128, smem, s, q, ldq, T, k, v, n_past, H, Hkv, hd, scale, vec,
+         out);
+  check_launch("attention (flash tf32)");
+}
+
+template <int HDP, int BK, int PREC>
+void launch_flash_bf16_prec(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past,
+                            int H, int Hkv, int hd, float scale, float* out, cudaStream_t s) {
+  const size_t smem = size_t((PREC >= 1 ? 2 : 1) * kFlashQ + 4 * BK) * (HDP + 8) * sizeof(bf16);
+  static bool attr_set = false;  // per template instance
+  if (!attr_set) {
+    check(cudaFuncSetAttribute(attn_flash_bf16_kernel<HDP, BK, PREC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem)),
+          "attention (flash bf16) smem");
+    attr_set = true;
+  }
+  const dim3 grid(static_cast<unsigned>((T + kFlashQ - 1) / kFlashQ), static_cast<unsigned>(H));
+  launch(attn_flash_bf16_kernel<HDP, BK, PREC>, grid, 128, smem, s, q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out);
+  check_launch("attention (flash bf16)");
+}
+
+template <int HDP, int BK>
+void launch_flash_bf16(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past, int H,
+                       int Hkv, int hd, float scale, float* out, cudaStream_t s) {
+  static const int prec = [] {
+    const char* e = std::getenv("FH1_CUDA_FLASH_PREC");
+    return e ? std::clamp(std::atoi(e), 0, 2) : 2;
+  }();
+  if (prec == 2) launch_flash_bf16_prec<HDP, BK, 2>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+  else if (prec == 1) launch_flash_bf16_prec<HDP, BK, 1>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+  else launch_flash_bf16_prec<HDP, BK, 0>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+}
+
+// The bf16 flash kernel reads whole 16-byte chunks of cache rows.
+bool flash_bf16_ok(int hd, int Hkv, const void* k, const void* v) {
+  return hd % 8 == 0 && hd <= 128 && (int64_t(Hkv) * hd) % 8 == 0 && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(v) % 16 == 0;
+}
+template <typename KV>
+void attention_prefill_t(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past, int H,
+                         int Hkv, int hd, float scale, bool tf32, float* out, cudaStream_t s) {
+  if constexpr (std::is_same_v<KV, bf16>) {
+    if (tf32 && flash_bf16_ok(hd, Hkv, k, v)) {  // tensor cores, in bf16 since the caches are
+      if (hd <= 32) launch_flash_bf16<32, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+      else if (hd <= 64) launch_flash_bf16<64, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+      else launch_flash_bf16<128, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+      return;
+    }
+  }
+  if (tf32) {
+    // Keys per tile: 64 up to hd 64; 32 above (less shared memory, 3 blocks per SM: 7B prefill
+    // at 32K 16% faster on an H200 than with 64). FH1_CUDA_FLASH_BK=64 / 32 forces one.
+    static const int bk = [] {
+      const char* e = std::getenv("FH1_CUDA_FLASH_BK");
+      return e == nullptr ? 0 : std::atoi(e);
+    }();
+    if (hd <= 32) launch_flash<32, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+    else if (hd <= 64 && bk == 32) launch_flash<64, 32>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+    else if (hd <= 64) launch_flash<64, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+    else if (hd <= 128 && bk != 64) launch_flash<128, 32>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+    else if (hd <= 128) launch_flash<128, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+    else launch_flash<256, 32>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+    return;
+  }
+  if (hd <= 16) launch_tile<4>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+  else if (hd <= 32) launch_tile<8>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+  else if (hd <= 64) launch_tile<16>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+  else if (hd <= 128) launch_tile<32>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+  else launch_tile<64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+}
+
+}  // namespace
+
+void attention_prefill(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past, int H,
+                       int Hkv, int hd, float scale, bool tensor_cores, float* out, cudaStream_t s) {
+  attention_prefill_t(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tensor_cores, out, s);
+}
+
+void attention_prefill(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past, int H,
+                       int Hkv, int hd, float scale, bool tensor_cores, float* out, cudaStream_t s) {
+  attention_prefill_t(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tensor_cores, out, s);
+}
+
+}  // namespace fh1::cuda
