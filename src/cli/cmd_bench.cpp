@@ -205,6 +205,7 @@ Decode run_decode(const Model& m, ThreadPool& pool, int64_t depth, double min_se
   const ModelConfig& c = m.config();
   SequenceState s = m.new_state(depth + max_steps + 2);
   const int64_t kvd = c.kv_dim();
+  const bool bf16 = m.kernels().kv_cache_dtype() == DType::BF16;  // else float32 (CPU backends)
   for (int l = 0; l < c.num_hidden_layers; ++l)
     for (float* cache : {s.k_cache(l), s.v_cache(l)})
       pool.parallel_for(static_cast<size_t>(depth), [&](size_t r0, size_t r1) {
@@ -213,7 +214,9 @@ Decode run_decode(const Model& m, ThreadPool& pool, int64_t depth, double min_se
           x ^= x << 13;
           x ^= x >> 17;
           x ^= x << 5;
-          cache[i] = static_cast<float>(x >> 8) * (2.0f / 16777216.0f) - 1.0f;
+          const float v = static_cast<float>(x >> 8) * (2.0f / 16777216.0f) - 1.0f;
+          if (bf16) reinterpret_cast<uint16_t*>(cache)[i] = f32_to_bf16(v);
+          else cache[i] = v;
         }
       });
   s.advance(depth);
@@ -235,13 +238,14 @@ Decode run_decode(const Model& m, ThreadPool& pool, int64_t depth, double min_se
   r.tokens_per_s = 1.0 / r.seconds_per_token;
   const double mid_depth = static_cast<double>(depth) + 1.0 + static_cast<double>(r.steps) / 2.0;
   r.bytes_per_token = static_cast<double>(decode_weight_bytes(m)) +
-                      static_cast<double>(c.state_bytes(static_cast<int64_t>(mid_depth)));
+                      static_cast<double>(c.state_bytes(static_cast<int64_t>(mid_depth),
+                                                        dtype_size(m.kernels().kv_cache_dtype())));
   return r;
 }
 
 Runner add_bench_command(CLI::App& app) {
   struct Options {
-    std::string dir, shape, prompts = "512", depths = "0,1024,4096", dtype = "bf16";
+    std::string dir, shape, prompts = "512", depths = "0,1024,4096", dtype = "bf16", kv_cache = "f32";
     int threads = 0;
     double min_seconds = 2.0;
     int max_steps = 64;
@@ -268,6 +272,9 @@ Runner add_bench_command(CLI::App& app) {
   cmd->add_flag("--no-bandwidth", opt->no_bandwidth, "skip the memory bandwidth measurement");
   cmd->add_flag("--no-gemm", opt->no_gemm, "skip the GEMM rate measurement");
   cmd->add_flag("--reference", opt->reference, "use the reference (unoptimized) CPU kernels");
+  cmd->add_option("--kv-cache", opt->kv_cache, "KV cache type: f32 or bf16")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   cmd->add_flag("--json", opt->json, "print one JSON object");
   return [cmd, opt]() -> int {
     if (!cmd->parsed()) return -1;
@@ -294,13 +301,15 @@ Runner add_bench_command(CLI::App& app) {
     const auto depths = parse_id_list(opt->depths);
     ThreadPool pool(opt->threads);
     auto kernels = opt->reference ? make_reference_kernels(pool) : make_cpu_kernels(pool);
+    if (!kernels->set_kv_cache_dtype(opt->kv_cache == "bf16" ? DType::BF16 : DType::F32))
+      throw Error("--kv-cache " + opt->kv_cache + ": the " + kernels->name() + " backend cannot keep that type");
     FILE* log = opt->json ? stderr : stdout;
 
     nlohmann::ordered_json j;
     j["machine"] = {{"cpu", cpu_model_name()}, {"threads", pool.size()},
                     {"hardware_threads", std::thread::hardware_concurrency()}, {"llc_bytes", llc_bytes()},
                     {"simd_target", simd::target_name()}, {"int8_dot", simd::quant_dot_name()},
-                    {"kernels", kernels->name()}};
+                    {"kernels", kernels->name()}, {"kv_cache", opt->kv_cache}};
     std::fprintf(log, "machine: %s, %d threads, LLC %.0f MB, kernels %s, int8 dot %s\n", cpu_model_name().c_str(),
                  pool.size(), static_cast<double>(llc_bytes()) / 1e6, kernels->name().c_str(), simd::quant_dot_name());
 

@@ -14,10 +14,12 @@ namespace fh1::cli {
 std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& pool, const std::string& kv_cache) {
   if (kv_cache != "auto" && kv_cache != "f32" && kv_cache != "bf16")
     throw Error("--kv-cache: expected auto, f32 or bf16, found " + kv_cache);
-  if (device == "cpu") {
-    if (kv_cache == "bf16") throw Error("--kv-cache bf16: the CPU backend keeps KV caches in float32 (f32 or auto)");
-    return make_cpu_kernels(pool);
-  }
+  const auto with_kv = [&](std::unique_ptr<Kernels> k) {
+    if (kv_cache != "auto" && !k->set_kv_cache_dtype(kv_cache == "bf16" ? DType::BF16 : DType::F32))
+      throw Error("--kv-cache " + kv_cache + ": the " + k->name() + " backend cannot keep its KV cache in that type");
+    return k;
+  };
+  if (device == "cpu") return with_kv(make_cpu_kernels(pool));
   if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
 #ifdef FALCON_H1_HAVE_CUDA
     int index = 0;
@@ -28,9 +30,7 @@ std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& poo
         throw Error("--device: expected cuda:N with N a GPU index, found " + device);
       }
     }
-    auto k = make_cuda_kernels(index);
-    if (kv_cache != "auto") k->set_kv_cache_bf16(kv_cache == "bf16");
-    return k;
+    return with_kv(make_cuda_kernels(index));
 #else
     throw Error("--device " + device + ": this build has no CUDA backend (configure with -DFALCON_H1_CUDA=ON)");
 #endif

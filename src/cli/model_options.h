@@ -24,7 +24,7 @@ struct ModelOptions {
     cmd.add_option("-t,--threads", threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
     cmd.add_option("--device", device, "cpu, or cuda[:N] in a build with -DFALCON_H1_CUDA=ON")->capture_default_str();
     cmd.add_option("--kv-cache", kv_cache,
-                   "KV cache type: auto (the backend's default: f32 on the CPU, bf16 on CUDA), f32 or bf16 (CUDA only)")
+                   "KV cache type: auto (the backend's default: f32 on the CPU, bf16 on CUDA), f32 or bf16")
         ->check(CLI::IsMember({"auto", "f32", "bf16"}))
         ->capture_default_str();
   }

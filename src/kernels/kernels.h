@@ -116,6 +116,9 @@ class Kernels {
   // `width` values takes kv_cache_floats(R * width) floats. Nothing else reads or writes them
   // except copy(), by whole floats.
   virtual DType kv_cache_dtype() const { return DType::F32; }
+  // Chooses that type, before any SequenceState of this backend exists; false when the backend
+  // cannot keep it (every backend keeps F32; the default CPU backend and CUDA also BF16).
+  virtual bool set_kv_cache_dtype(DType t) { return t == DType::F32; }
   size_t kv_cache_floats(size_t values) const {
     return kv_cache_dtype() == DType::BF16 ? (values + 1) / 2 : values;
   }

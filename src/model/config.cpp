@@ -181,11 +181,11 @@ ModelConfig ModelConfig::from_dir(const std::filesystem::path& dir) {
   return from_json(read_json_file(path), path.string());
 }
 
-uint64_t ModelConfig::state_bytes(int64_t context_length) const {
+uint64_t ModelConfig::state_bytes(int64_t context_length, uint64_t kv_value_bytes) const {
   const uint64_t kv = 2ull * static_cast<uint64_t>(context_length) * static_cast<uint64_t>(kv_dim());
   const uint64_t conv = static_cast<uint64_t>(mamba_d_conv - 1) * static_cast<uint64_t>(conv_dim());
   const uint64_t ssm = static_cast<uint64_t>(mamba_n_heads) * mamba_d_head * mamba_d_state;
-  return (kv + conv + ssm) * sizeof(float) * static_cast<uint64_t>(num_hidden_layers);
+  return (kv * kv_value_bytes + (conv + ssm) * sizeof(float)) * static_cast<uint64_t>(num_hidden_layers);
 }
 
 }  // namespace fh1

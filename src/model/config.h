@@ -61,8 +61,9 @@ struct ModelConfig {
   int q_dim() const { return num_attention_heads * head_dim; }
   int kv_dim() const { return num_key_value_heads * head_dim; }
 
-  // Bytes of per-sequence state at a context length (f32 KV + conv + SSM).
-  uint64_t state_bytes(int64_t context_length) const;
+  // Bytes of per-sequence state at a context length (KV of kv_value_bytes a value: 4 for float32,
+  // 2 for bf16; float32 conv + SSM).
+  uint64_t state_bytes(int64_t context_length, uint64_t kv_value_bytes = 4) const;
 
   static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
   static ModelConfig from_dir(const std::filesystem::path& dir);  // reads dir/config.json

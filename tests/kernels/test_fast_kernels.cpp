@@ -129,6 +129,38 @@ TEST_F(FastVsReference, AttentionPrefillDecodeAndSplitKv) {
   }
 }
 
+// KV caches kept in bf16 (opt-in): written by the fast backend's kv_write (rounded), read back
+// widened; the reference attends over the same rounded values in float32.
+TEST_F(FastVsReference, AttentionOverBf16KvCaches) {
+  ASSERT_EQ(fast->kv_cache_dtype(), DType::F32) << "float32 is the default";
+  ASSERT_TRUE(fast->set_kv_cache_dtype(DType::BF16));
+  ASSERT_EQ(fast->kv_cache_dtype(), DType::BF16);
+  EXPECT_FALSE(ref->set_kv_cache_dtype(DType::BF16)) << "the reference keeps float32 only";
+  EXPECT_FALSE(fast->set_kv_cache_dtype(DType::F16));
+  for (auto [H, Hkv, hd, n_past, T] : {std::tuple{8, 2, 64, 0, 70}, {6, 3, 9, 5, 4}, {4, 2, 64, 300, 1},
+                                       {2, 1, 64, 1500, 1}, {1, 1, 33, 2000, 3}, {3, 1, 128, 130, 40},
+                                       {5, 1, 7, 11, 17}}) {
+    const int rows = n_past + T, ldq = H * hd + 7;
+    const size_t n = static_cast<size_t>(rows * Hkv * hd);
+    const auto q = randn(static_cast<size_t>(T * ldq));
+    auto kc = randn(n), vc = randn(n);
+    // The fast backend's caches: written in two calls (a context, then the new rows).
+    std::vector<float> k16(fast->kv_cache_floats(n) + 1, NAN), v16(k16.size(), NAN);
+    const int64_t width = static_cast<int64_t>(Hkv) * hd;
+    for (auto [src, dst] : {std::pair{&kc, &k16}, {&vc, &v16}}) {
+      fast->kv_write(dst->data(), 0, src->data(), n_past, width);
+      fast->kv_write(dst->data(), n_past, src->data() + n_past * width, T, width);
+      for (float& x : *src) x = bf16_to_f32(f32_to_bf16(x));  // what the reference attends over
+    }
+    std::vector<float> a(static_cast<size_t>(T * H * hd)), b(a.size());
+    const float scale = 1.0f / std::sqrt(float(hd));
+    fast->attention(q.data(), ldq, T, k16.data(), v16.data(), n_past, H, Hkv, hd, scale, a.data());
+    ref->attention(q.data(), ldq, T, kc.data(), vc.data(), n_past, H, Hkv, hd, scale, b.data());
+    EXPECT_LE(rel_diff(a, b), 1e-5) << "H=" << H << " Hkv=" << Hkv << " hd=" << hd << " n_past=" << n_past << " T=" << T;
+  }
+  ASSERT_TRUE(fast->set_kv_cache_dtype(DType::F32));
+}
+
 TEST_F(FastVsReference, Conv1dShortAndLongCalls) {
   for (auto [C, K, T1, T2] : {std::tuple{37, 4, 1, 1}, {2304, 4, 2, 100}, {19, 3, 70, 1}, {48, 4, 5, 2}}) {
     const int64_t ld = C + 9;

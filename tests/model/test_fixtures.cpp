@@ -63,6 +63,29 @@ TEST_P(FixtureTest, ChunkedPrefillEqualsOneShotEqualsTokenByToken) {
   }
 }
 
+// KV caches in bf16 (opt-in on the CPU): within 2e-2 of the reference (the CUDA tolerance; the
+// rounding of K and V is the whole difference), the same in pieces as in one call (the cache grows
+// and is copied as bf16), and a snapshot continues as the original does.
+TEST_P(FixtureTest, Bf16KvCacheStaysCloseAndCopiesExactly) {
+  const Fixture f = load_fixture(GetParam());
+  Backend be;
+  ASSERT_TRUE(be.kernels->set_kv_cache_dtype(DType::BF16));
+  const Model model = Model::load(f.dir, *be.kernels);
+  SequenceState one = model.new_state();
+  const std::vector<float> ref = model.forward(one, f.prompt_ids, true);
+  const double rel = relative_max_diff(ref, f.logits);
+  EXPECT_LE(rel, 2e-2) << f.name << ": max|diff|/rms(ref) = " << rel;
+  const size_t half = f.prompt_ids.size() / 2;
+  SequenceState s = model.new_state(4);
+  std::vector<float> got = model.forward(s, std::span<const int32_t>(f.prompt_ids).subspan(0, half), true);
+  SequenceState snap = s.clone();
+  const auto rest = std::span<const int32_t>(f.prompt_ids).subspan(half);
+  const auto tail = model.forward(s, rest, true);
+  got.insert(got.end(), tail.begin(), tail.end());
+  EXPECT_LE(relative_max_diff(got, ref), 2e-5) << f.name << " in two pieces";
+  EXPECT_EQ(model.forward(snap, rest, true), tail) << f.name << ": the snapshot continues differently";
+}
+
 INSTANTIATE_TEST_SUITE_P(AllFixtures, FixtureTest, ::testing::ValuesIn(fixture_names()),
                          [](const auto& info) { return info.param; });
 

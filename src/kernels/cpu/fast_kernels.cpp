@@ -11,6 +11,7 @@
 #include "kernels/cpu/simd_kernels.h"
 #include "quant/blocks.h"
 #include "util/error.h"
+#include "util/half.h"
 #include "util/parallel_dynamic.h"
 #include "util/thread_pool.h"
 
@@ -22,7 +23,7 @@ float* scratch(std::vector<float>& v, size_t n) {
   if (v.size() < n) v.resize(n);
   return v.data();
 }
-thread_local std::vector<float> tl_weights, tl_a, tl_b, tl_c, tl_d, tl_pack, tl_conv;
+thread_local std::vector<float> tl_weights, tl_a, tl_b, tl_c, tl_d, tl_pack, tl_conv, tl_kw, tl_vw;
 
 // Copies rows of n floats (source row stride ld) into a contiguous [rows, n] block: the scan's
 // operands are narrow slices of wide rows, and the GEMMs run much faster on packed copies (a
@@ -122,6 +123,22 @@ class FastKernels final : public ReferenceKernels {
   void attention(const float* q, int64_t ldq, int64_t T, const float* k_cache, const float* v_cache, int64_t n_past,
                  int H, int Hkv, int hd, float scale, float* out) override;
 
+  // KV caches in float32 (default) or bf16 (half the memory and half the bytes a long-context
+  // decode step reads; the values are rounded when written and widened exactly when read).
+  DType kv_cache_dtype() const override { return kv_dtype_; }
+  bool set_kv_cache_dtype(DType t) override {
+    if (t != DType::F32 && t != DType::BF16) return false;
+    kv_dtype_ = t;
+    return true;
+  }
+  void kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) override {
+    if (kv_dtype_ != DType::BF16) return Kernels::kv_write(cache, row, src, rows, width);
+    uint16_t* dst = reinterpret_cast<uint16_t*>(cache) + row * width;
+    elementwise(static_cast<size_t>(rows * width), [&](size_t i, size_t m) {
+      for (size_t j = i; j < i + m; ++j) dst[j] = f32_to_bf16(src[j]);
+    });
+  }
+
   void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias,
                    float* conv_state, float* out) override {
     float* wt = scratch(tl_conv, static_cast<size_t>(K * C));  // weights as [K, C]: channels contiguous
@@ -142,6 +159,7 @@ class FastKernels final : public ReferenceKernels {
  private:
   static constexpr int64_t kBlockBytes = 384 << 10;  // widened weight rows per prefill item
   static constexpr int64_t kParallelMin = 1 << 14;   // below this many floats, one thread
+  DType kv_dtype_ = DType::F32;
   std::vector<int8_t> act_q_;  // quantized activations of quant_gemv
   std::vector<float> act_d_;   // their scales, then scale x sum per block
 
@@ -184,14 +202,47 @@ struct AttentionRows {
   int64_t visible_step;  // row r sees visible0 + r * visible_step keys
 };
 
+// K or V of one KV head in a cache of float32 (f) or bf16 (h) values: row j at j * ld.
+struct KvRows {
+  const float* f = nullptr;
+  const uint16_t* h = nullptr;
+  int64_t ld = 0;
+  // Rows [kb, kb + nk) as float32: in place, or widened into buf ([nk, hd]); *ld_out their stride.
+  const float* rows(int64_t kb, int64_t nk, int hd, std::vector<float>& buf, int64_t* ld_out) const {
+    if (f != nullptr) {
+      *ld_out = ld;
+      return f + kb * ld;
+    }
+    float* w = scratch(buf, static_cast<size_t>(nk * hd));
+    for (int64_t j = 0; j < nk; ++j) simd::widen_bf16(h + (kb + j) * ld, static_cast<size_t>(hd), w + j * hd);
+    *ld_out = hd;
+    return w;
+  }
+  float at(int64_t row, int d) const { return f != nullptr ? f[row * ld + d] : bf16_to_f32(h[row * ld + d]); }
+};
+
+// The cache's K or V of KV head g (hd values at g * hd of each row of ld values).
+KvRows kv_rows(const float* cache, bool bf16, int64_t ld, int g, int hd) {
+  KvRows r;
+  r.ld = ld;
+  if (bf16) r.h = reinterpret_cast<const uint16_t*>(cache) + static_cast<int64_t>(g) * hd;
+  else r.f = cache + static_cast<int64_t>(g) * hd;
+  return r;
+}
+
 // Accumulates rows x keys [kb, kb + nk) of one KV head into O (unnormalized), m (running max) and
 // l (running sum), which start at 0, -inf, 0. S is scratch of kBq x kBk. With kt (the head's keys
 // transposed: key kb + j, dim d at kt[kb + d * ldkt + j]) the scores are a broadcast-form GEMM,
 // else dot products of rows.
-void attend_keys(const AttentionRows& a, const float* k, const float* kt, int64_t ldkt, const float* v, int64_t ldkv,
-                 int hd, float scale, int64_t kb, int64_t nk, float* S, float* O, float* m, float* l) {
-  if (kt != nullptr) simd::gemm(a.rows, nk, hd, a.q, a.q_stride, 1, kt + kb, ldkt, S, kBk, false, false);
-  else simd::dot_rows(a.q, a.q_stride, a.rows, k + kb * ldkv, ldkv, nk, hd, S, kBk);
+void attend_keys(const AttentionRows& a, const KvRows& k, const float* kt, int64_t ldkt, const KvRows& v, int hd,
+                 float scale, int64_t kb, int64_t nk, float* S, float* O, float* m, float* l) {
+  if (kt != nullptr) {
+    simd::gemm(a.rows, nk, hd, a.q, a.q_stride, 1, kt + kb, ldkt, S, kBk, false, false);
+  } else {
+    int64_t ldk = 0;
+    const float* kr = k.rows(kb, nk, hd, tl_kw, &ldk);
+    simd::dot_rows(a.q, a.q_stride, a.rows, kr, ldk, nk, hd, S, kBk);
+  }
   for (int64_t r = 0; r < a.rows; ++r) {
     float* row = S + r * kBk;
     const int64_t vis = std::clamp<int64_t>(a.visible0 + r * a.visible_step - kb, 0, nk);
@@ -206,7 +257,9 @@ void attend_keys(const AttentionRows& a, const float* k, const float* kt, int64_
     }
     std::fill(row + vis, row + nk, 0.0f);
   }
-  simd::gemm(a.rows, hd, nk, S, kBk, 1, v + kb * ldkv, ldkv, O, hd, true, false);
+  int64_t ldv = 0;
+  const float* vr = v.rows(kb, nk, hd, tl_vw, &ldv);
+  simd::gemm(a.rows, hd, nk, S, kBk, 1, vr, ldv, O, hd, true, false);
 }
 
 }  // namespace
@@ -215,6 +268,7 @@ void FastKernels::attention(const float* q, int64_t ldq, int64_t T, const float*
                             int64_t n_past, int H, int Hkv, int hd, float scale, float* out) {
   const int rep = H / Hkv;
   const int64_t ldkv = static_cast<int64_t>(Hkv) * hd, ldo = static_cast<int64_t>(H) * hd;
+  const bool bf16 = kv_dtype_ == DType::BF16;
   const auto start = [&](int64_t rows, float** S, float** O, float** m, float** l) {
     *S = scratch(tl_a, static_cast<size_t>(kBq * kBk));
     *O = scratch(tl_b, static_cast<size_t>(kBq * hd));
@@ -237,10 +291,9 @@ void FastKernels::attention(const float* q, int64_t ldq, int64_t T, const float*
           const int64_t g = static_cast<int64_t>(i) / n_blocks, b = static_cast<int64_t>(i) % n_blocks;
           const int64_t nk = std::min(kBk, n_keys - b * kBk);
           float* dst = kt.data() + i * hd * kBk;
-          for (int64_t j = 0; j < nk; ++j) {
-            const float* src = k_cache + (b * kBk + j) * ldkv + g * hd;
-            for (int d = 0; d < hd; ++d) dst[d * kBk + j] = src[d];
-          }
+          const KvRows kr = kv_rows(k_cache, bf16, ldkv, static_cast<int>(g), hd);
+          for (int64_t j = 0; j < nk; ++j)
+            for (int d = 0; d < hd; ++d) dst[d * kBk + j] = kr.at(b * kBk + j, d);
         }
       });
     }
@@ -251,11 +304,10 @@ void FastKernels::attention(const float* q, int64_t ldq, int64_t T, const float*
       float *S, *O, *m, *l;
       start(bq, &S, &O, &m, &l);
       const AttentionRows a{q + i0 * ldq + static_cast<int64_t>(h) * hd, ldq, bq, n_past + i0 + 1, 1};
-      const int64_t kv_off = static_cast<int64_t>(h / rep) * hd;
+      const KvRows kr = kv_rows(k_cache, bf16, ldkv, h / rep, hd), vr = kv_rows(v_cache, bf16, ldkv, h / rep, hd);
       for (int64_t kb = 0, end = n_past + i0 + bq; kb < end; kb += kBk)
-        attend_keys(a, k_cache + kv_off,
-                    kt.empty() ? nullptr : kt.data() + ((h / rep) * n_blocks + kb / kBk) * hd * kBk - kb, kBk,
-                    v_cache + kv_off, ldkv, hd, scale, kb, std::min(kBk, end - kb), S, O, m, l);
+        attend_keys(a, kr, kt.empty() ? nullptr : kt.data() + ((h / rep) * n_blocks + kb / kBk) * hd * kBk - kb, kBk,
+                    vr, hd, scale, kb, std::min(kBk, end - kb), S, O, m, l);
       for (int64_t r = 0; r < bq; ++r)
         simd::scale(O + r * hd, static_cast<size_t>(hd), 1.0f / l[r], out + (i0 + r) * ldo + static_cast<int64_t>(h) * hd);
     });
@@ -277,9 +329,9 @@ void FastKernels::attention(const float* q, int64_t ldq, int64_t T, const float*
     for (int64_t kb = k0; kb < k1; kb += kBk)
       for (int g = 0; g < Hkv; ++g) {
         const AttentionRows a{q + static_cast<int64_t>(g) * rep * hd, hd, rep, n_keys, 0};
-        const int64_t kv_off = static_cast<int64_t>(g) * hd, r0 = static_cast<int64_t>(g) * rep;
-        attend_keys(a, k_cache + kv_off, nullptr, 0, v_cache + kv_off, ldkv, hd, scale, kb, std::min(kBk, k1 - kb), S,
-                    O + r0 * hd, m + r0, l + r0);
+        const int64_t r0 = static_cast<int64_t>(g) * rep;
+        attend_keys(a, kv_rows(k_cache, bf16, ldkv, g, hd), nullptr, 0, kv_rows(v_cache, bf16, ldkv, g, hd), hd, scale,
+                    kb, std::min(kBk, k1 - kb), S, O + r0 * hd, m + r0, l + r0);
       }
   });
   // Merge the splits: out = sum_s exp(m_s - M) O_s / sum_s exp(m_s - M) l_s.

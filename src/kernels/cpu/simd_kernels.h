@@ -75,5 +75,7 @@ void ssm_step_head(float* S, int P, int N, const float* x, const float* B, const
 // ---- memory ----
 // Sum of n floats streamed once (the read kernel of the bandwidth measurement).
 double stream_sum(const float* p, size_t n);
+// dst = bf16 values widened to float32 (exact): KV caches kept in bf16.
+void widen_bf16(const uint16_t* src, size_t n, float* dst);
 
 }  // namespace fh1::simd

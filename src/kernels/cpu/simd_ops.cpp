@@ -7,6 +7,7 @@
 #include "hwy/contrib/math/math-inl.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/simd_kernels.h"
 
@@ -230,6 +231,23 @@ void SsmStepHead(float* S, int P, int N, const float* x, const float* B, const f
   }
 }
 
+// dst[i] = float(src[i]) for bf16 bits: exact (the bits shifted into the high half).
+void WidenBf16(const uint16_t* src, size_t n, float* dst) {
+  const DF d;
+  const hn::RebindToUnsigned<DF> du32;
+  const hn::Rebind<uint16_t, DF> du16;
+  const size_t L = Lanes();
+  size_t i = 0;
+  for (; i + L <= n; i += L)
+    hn::StoreU(hn::BitCast(d, hn::ShiftLeft<16>(hn::PromoteTo(du32, hn::LoadU(du16, src + i)))), d, dst + i);
+  for (; i < n; ++i) {
+    const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
+    float f;
+    std::memcpy(&f, &u, sizeof(f));
+    dst[i] = f;
+  }
+}
+
 double StreamSum(const float* p, size_t n) {
   const DF d;
   const size_t L = Lanes();
@@ -268,6 +286,7 @@ HWY_EXPORT(ScaleAdd);
 HWY_EXPORT(Conv1dSiluChannels);
 HWY_EXPORT(SsmStepHead);
 HWY_EXPORT(StreamSum);
+HWY_EXPORT(WidenBf16);
 
 void rmsnorm_row(const float* x, int64_t d, const float* w, float eps, float* out) {
   HWY_DYNAMIC_DISPATCH(RmsnormRow)(x, d, w, eps, out);
@@ -299,6 +318,7 @@ void ssm_step_head(float* S, int P, int N, const float* x, const float* B, const
   HWY_DYNAMIC_DISPATCH(SsmStepHead)(S, P, N, x, B, C, dt, dA, Dh, y);
 }
 double stream_sum(const float* p, size_t n) { return HWY_DYNAMIC_DISPATCH(StreamSum)(p, n); }
+void widen_bf16(const uint16_t* src, size_t n, float* dst) { HWY_DYNAMIC_DISPATCH(WidenBf16)(src, n, dst); }
 
 }  // namespace fh1::simd
 #endif  // HWY_ONCE

@@ -573,6 +573,11 @@ class CudaKernelsImpl final : public CudaKernels {
   bool matmul_split() const override { return split_; }
   void set_attention_tf32(bool on) override { tf32_attn_ = on; }
   DType kv_cache_dtype() const override { return kv_bf16_ ? DType::BF16 : DType::F32; }
+  bool set_kv_cache_dtype(DType t) override {
+    if (t != DType::F32 && t != DType::BF16) return false;
+    set_kv_cache_bf16(t == DType::BF16);
+    return true;
+  }
   void set_kv_cache_bf16(bool on) override {
     flush();
     kv_bf16_ = on;
