@@ -12,6 +12,7 @@
 #include "io/safetensors.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/test_util.h"
 #include "util/half.h"
 #include "util/thread_pool.h"
 
@@ -29,12 +30,7 @@ struct CudaOpTest : ::testing::Test {
     gpu = make_cuda_kernels(0);
   }
 
-  std::vector<float> randn(size_t n, float scale = 1.0f) {
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-  }
+  std::vector<float> randn(size_t n, float scale = 1.0f) { return test::randn(rng, n, scale); }
   // The same host data in both backends' memory.
   struct Pair {
     Buffer c, g;
@@ -53,15 +49,7 @@ struct CudaOpTest : ::testing::Test {
   }
   // max |gpu - cpu| / rms(cpu); NaN anywhere fails.
   double rel(const Pair& p) { return rel(host(*gpu, p.g.data(), p.n), host(*cpu, p.c.data(), p.n)); }
-  static double rel(const std::vector<float>& got, const std::vector<float>& ref) {
-    double mx = 0, ss = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-      if (!std::isfinite(got[i])) return INFINITY;
-      mx = std::max(mx, std::abs(static_cast<double>(got[i]) - ref[i]));
-      ss += static_cast<double>(ref[i]) * ref[i];
-    }
-    return mx / std::max(1e-30, std::sqrt(ss / std::max<double>(1, static_cast<double>(ref.size()))));
-  }
+  static double rel(const std::vector<float>& got, const std::vector<float>& ref) { return test::rel_diff(got, ref); }
   // An output poisoned with NaN in both backends, so unwritten elements fail.
   Pair poisoned(size_t n) { return both(std::vector<float>(n, NAN)); }
   // A KV cache of v.size() values in both backends: the reference holds v as float32; the GPU

@@ -9,6 +9,7 @@
 #include "kernels/kernels.h"
 #include "util/half.h"
 #include "util/thread_pool.h"
+#include "kernels/test_util.h"
 
 namespace fh1 {
 namespace {
@@ -18,20 +19,8 @@ struct KernelTest : ::testing::TestWithParam<bool> {  // param: reference backen
   std::unique_ptr<Kernels> k = GetParam() ? make_reference_kernels(pool) : make_cpu_kernels(pool);
   std::mt19937 rng{1234};
 
-  std::vector<float> randn(size_t n, float scale = 1.0f) {
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-  }
-  static double max_rel(const std::vector<float>& got, const std::vector<double>& ref) {
-    double mx = 0, ss = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-      mx = std::max(mx, std::abs(got[i] - ref[i]));
-      ss += ref[i] * ref[i];
-    }
-    return mx / std::max(1e-30, std::sqrt(ss / static_cast<double>(ref.size())));
-  }
+  std::vector<float> randn(size_t n, float scale = 1.0f) { return test::randn(rng, n, scale); }
+  static double max_rel(const std::vector<float>& got, const std::vector<double>& ref) { return test::rel_diff(got, ref); }
 };
 
 double silu64(double x) { return x / (1.0 + std::exp(-x)); }

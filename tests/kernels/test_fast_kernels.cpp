@@ -11,6 +11,7 @@
 #include "kernels/kernels.h"
 #include "util/half.h"
 #include "util/thread_pool.h"
+#include "kernels/test_util.h"
 
 namespace fh1 {
 namespace {
@@ -21,22 +22,10 @@ struct FastVsReference : ::testing::Test {
   std::unique_ptr<Kernels> ref = make_reference_kernels(pool);
   std::mt19937 rng{777};
 
-  std::vector<float> randn(size_t n, float scale = 1.0f) {
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-  }
+  std::vector<float> randn(size_t n, float scale = 1.0f) { return test::randn(rng, n, scale); }
   // max |a - b| / rms(b). Both backends compute in float32 but in different orders (vector lanes,
   // fused multiply-adds, a vector exp), so they differ by a few ulps of the largest elements.
-  static double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    double mx = 0, ss = 0;
-    for (size_t i = 0; i < b.size(); ++i) {
-      mx = std::max(mx, std::abs(double(a[i]) - double(b[i])));
-      ss += double(b[i]) * b[i];
-    }
-    return mx / std::max(1e-30, std::sqrt(ss / std::max<size_t>(1, b.size())));
-  }
+  static double rel_diff(const std::vector<float>& a, const std::vector<float>& b) { return test::rel_diff(a, b); }
 };
 
 TEST_F(FastVsReference, MatmulDtypesTokenCountsAndBlocking) {

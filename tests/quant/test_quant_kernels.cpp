@@ -16,6 +16,7 @@
 #include "kernels/kernels.h"
 #include "quant/blocks.h"
 #include "util/thread_pool.h"
+#include "kernels/test_util.h"
 
 namespace fh1 {
 namespace {
@@ -26,20 +27,8 @@ struct QuantKernels : ::testing::Test {
   std::unique_ptr<Kernels> ref = make_reference_kernels(pool);
   std::mt19937 rng{4242};
 
-  std::vector<float> randn(size_t n, float scale = 1.0f) {
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (auto& x : v) x = d(rng);
-    return v;
-  }
-  static double rel_diff(const std::vector<float>& a, const std::vector<double>& b) {
-    double mx = 0, ss = 0;
-    for (size_t i = 0; i < b.size(); ++i) {
-      mx = std::max(mx, std::abs(double(a[i]) - b[i]));
-      ss += b[i] * b[i];
-    }
-    return mx / std::max(1e-30, std::sqrt(ss / std::max<size_t>(1, b.size())));
-  }
+  std::vector<float> randn(size_t n, float scale = 1.0f) { return test::randn(rng, n, scale); }
+  static double rel_diff(const std::vector<float>& a, const std::vector<double>& b) { return test::rel_diff(a, b); }
 };
 
 struct QuantizedMatrix {
