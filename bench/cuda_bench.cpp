@@ -318,7 +318,7 @@ int main(int argc, char** argv) {
       k->set_matmul_split(split);
       k->set_attention_tf32(tf32);
       k->set_decode_graphs(graphs);
-      k->set_kv_cache_bf16(kv_bf16);
+      k->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
       Model model = Model::from_store(c, TensorStore::open_files({file}), *k);
       k->randomize_weights(42);
       fs::remove(file);

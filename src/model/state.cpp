@@ -35,6 +35,12 @@ void SequenceState::reserve(int64_t rows) {
   capacity_ = new_cap;
 }
 
+uint64_t SequenceState::memory_bytes() const {
+  uint64_t floats = 0;
+  for (const Layer& l : layers_) floats += l.k.size() + l.v.size() + l.conv.size() + l.ssm.size();
+  return floats * sizeof(float);
+}
+
 size_t SequenceState::kv_floats(int64_t rows) const {
   return kernels_->kv_cache_floats(static_cast<size_t>(rows * kv_dim_));
 }

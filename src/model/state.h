@@ -24,6 +24,9 @@ class SequenceState {
   void reset();
   // A deep copy (a snapshot to resume from later).
   SequenceState clone() const;
+  // Bytes of backend memory this state holds (KV caches at their capacity, in the backend's KV
+  // type, conv and SSM states).
+  uint64_t memory_bytes() const;
 
   // KV caches hold kernels.kv_cache_dtype() values (F32 or BF16) behind a float*.
   float* k_cache(int layer) { return layers_[layer].k.data(); }

@@ -108,7 +108,7 @@ Scheduler::Scheduler(const Model& model, SchedulerOptions options)
   options_.parallel = std::max(1, options_.parallel);
   options_.queue = std::max(0, options_.queue);
   options_.step_tokens = std::max<int64_t>(1, options_.step_tokens);
-  if (options_.cache_bytes > 0) cache_ = std::make_unique<StateCache>(model.config(), options_.cache_bytes);
+  if (options_.cache_bytes > 0) cache_ = std::make_unique<StateCache>(options_.cache_bytes);
   stats_.parallel = options_.parallel;
   stats_.queue_limit = options_.queue;
   thread_ = std::thread([this] { run(); });

@@ -24,7 +24,6 @@ std::optional<StateCache::Hit> StateCache::lookup(std::span<const int32_t> promp
 
 void StateCache::insert(std::span<const int32_t> tokens, const SequenceState& state) {
   if (tokens.empty() || state.n_past() != static_cast<int64_t>(tokens.size())) return;
-  const uint64_t bytes = config_.state_bytes(state.n_past());
   std::lock_guard lock(mutex_);
   for (auto it = entries_.begin(); it != entries_.end(); ++it) {
     if (it->tokens.size() == tokens.size() && std::equal(tokens.begin(), tokens.end(), it->tokens.begin())) {
@@ -32,9 +31,12 @@ void StateCache::insert(std::span<const int32_t> tokens, const SequenceState& st
       return;
     }
   }
+  // What the saved copy holds (a clone has exactly n_past KV rows, in the backend's KV type).
+  SequenceState copy = state.clone();
+  const uint64_t bytes = copy.memory_bytes();
   if (bytes > max_bytes_) return;
   evict_to(max_bytes_ - bytes);
-  entries_.push_front(Entry{std::vector<int32_t>(tokens.begin(), tokens.end()), state.clone(), bytes});
+  entries_.push_front(Entry{std::vector<int32_t>(tokens.begin(), tokens.end()), std::move(copy), bytes});
   stats_.bytes += bytes;
   ++stats_.entries;
   ++stats_.insertions;

@@ -13,14 +13,13 @@
 #include <span>
 #include <vector>
 
-#include "model/config.h"
 #include "model/state.h"
 
 namespace fh1 {
 
 class StateCache {
  public:
-  StateCache(const ModelConfig& config, uint64_t max_bytes) : config_(config), max_bytes_(max_bytes) {}
+  explicit StateCache(uint64_t max_bytes) : max_bytes_(max_bytes) {}
 
   struct Hit {
     SequenceState state;  // a copy: the entry stays in the cache
@@ -48,7 +47,6 @@ class StateCache {
   };
   void evict_to(uint64_t budget);  // with mutex_ held
 
-  ModelConfig config_;
   uint64_t max_bytes_;
   mutable std::mutex mutex_;
   std::list<Entry> entries_;  // most recently used first

@@ -205,7 +205,7 @@ TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
   double worst[4] = {0, 0, 0, 0};  // float32 kernels, TF32 prefill, bf16 prefill, bf16 decode
   for (const auto& [tf32, kv_bf16] : {std::pair{true, true}, {false, true}, {true, false}, {false, false}}) {
     gpu->set_attention_tf32(tf32);
-    gpu->set_kv_cache_bf16(kv_bf16);
+    ASSERT_TRUE(gpu->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32));
     ASSERT_EQ(gpu->kv_cache_dtype(), kv_bf16 ? DType::BF16 : DType::F32);
     for (Case c : {Case{1, 0, 4, 2, 16}, {1, 300, 6, 2, 64}, {3, 5, 5, 1, 24}, {8, 1000, 8, 2, 128},
                    {9, 0, 4, 4, 16}, {50, 7, 6, 2, 24}, {77, 130, 12, 2, 128}, {200, 0, 8, 2, 64},
@@ -240,7 +240,7 @@ TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
     }
   }
   gpu->set_attention_tf32(true);
-  gpu->set_kv_cache_bf16(true);
+  ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
   std::printf("attention max|diff|/rms: float32 kernels %.2e, TF32 prefill %.2e, bf16 prefill %.2e, bf16 decode %.2e\n",
               worst[0], worst[1], worst[2], worst[3]);
 }
@@ -248,7 +248,7 @@ TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
 TEST_F(CudaOpTest, KvWriteAppendsRowsInEitherCacheType) {
   EXPECT_EQ(gpu->kv_cache_dtype(), DType::BF16) << "bf16 KV caches are the default";
   for (const bool kv_bf16 : {true, false}) {
-    gpu->set_kv_cache_bf16(kv_bf16);
+    ASSERT_TRUE(gpu->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32));
     for (auto [rows, width, at] : {std::tuple{1, 256, 7}, {5, 37, 0}, {3, 128, 300}, {2, 33, 3}}) {
       const size_t cap = static_cast<size_t>((at + rows + 4) * width);
       auto cache = cache_both(randn(cap));
@@ -264,7 +264,7 @@ TEST_F(CudaOpTest, KvWriteAppendsRowsInEitherCacheType) {
       EXPECT_EQ(bad, 0u) << "rows=" << rows << " width=" << width << " kv_bf16=" << kv_bf16;
     }
   }
-  gpu->set_kv_cache_bf16(true);
+  ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
 }
 
 TEST_F(CudaOpTest, Conv1dSiluContinuesFromState) {

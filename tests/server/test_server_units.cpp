@@ -68,7 +68,7 @@ TEST(StopStrings, EarliestMatchWins) {
 TEST(StateCache, LongestProperPrefixAndLru) {
   Loaded l;
   const auto& c = l.model.config();
-  StateCache cache(c, c.state_bytes(10) * 2 + 1);  // room for two 10-token states
+  StateCache cache(c.state_bytes(10) * 2 + 1);  // room for two 10-token states (float32 KV)
   auto state_of = [&](std::vector<int32_t> ids) {
     SequenceState s = l.model.new_state();
     l.model.forward(s, ids);

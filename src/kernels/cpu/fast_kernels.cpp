@@ -218,7 +218,6 @@ struct KvRows {
     *ld_out = hd;
     return w;
   }
-  float at(int64_t row, int d) const { return f != nullptr ? f[row * ld + d] : bf16_to_f32(h[row * ld + d]); }
 };
 
 // The cache's K or V of KV head g (hd values at g * hd of each row of ld values).
@@ -291,9 +290,10 @@ void FastKernels::attention(const float* q, int64_t ldq, int64_t T, const float*
           const int64_t g = static_cast<int64_t>(i) / n_blocks, b = static_cast<int64_t>(i) % n_blocks;
           const int64_t nk = std::min(kBk, n_keys - b * kBk);
           float* dst = kt.data() + i * hd * kBk;
-          const KvRows kr = kv_rows(k_cache, bf16, ldkv, static_cast<int>(g), hd);
+          int64_t ld = 0;  // the block's keys as float32 rows, then transposed
+          const float* src = kv_rows(k_cache, bf16, ldkv, static_cast<int>(g), hd).rows(b * kBk, nk, hd, tl_kw, &ld);
           for (int64_t j = 0; j < nk; ++j)
-            for (int d = 0; d < hd; ++d) dst[d * kBk + j] = kr.at(b * kBk + j, d);
+            for (int d = 0; d < hd; ++d) dst[d * kBk + j] = src[j * ld + d];
         }
       });
     }

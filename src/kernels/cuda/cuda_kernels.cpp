@@ -573,14 +573,14 @@ class CudaKernelsImpl final : public CudaKernels {
   bool matmul_split() const override { return split_; }
   void set_attention_tf32(bool on) override { tf32_attn_ = on; }
   DType kv_cache_dtype() const override { return kv_bf16_ ? DType::BF16 : DType::F32; }
+  // KV caches in bf16 (default: half the bytes a long-context decode step reads; keys and values
+  // rounded to bf16 when written, every product and sum still float32) or float32
+  // (FH1_CUDA_KV=f32). Set before any SequenceState exists.
   bool set_kv_cache_dtype(DType t) override {
     if (t != DType::F32 && t != DType::BF16) return false;
-    set_kv_cache_bf16(t == DType::BF16);
-    return true;
-  }
-  void set_kv_cache_bf16(bool on) override {
     flush();
-    kv_bf16_ = on;
+    kv_bf16_ = t == DType::BF16;
+    return true;
   }
   bool attention_tf32() const override { return tf32_attn_; }
   void set_decode_graphs(bool on) override {

@@ -3,7 +3,7 @@
 // positions) stay on the host, as the interface says, and are uploaded through a pinned buffer.
 //
 // Weights: BF16 tensors are uploaded once and stay BF16; F16 and F32 tensors are uploaded as F32.
-// KV caches: bf16 by default (set_kv_cache_bf16).
+// KV caches: bf16 by default (set_kv_cache_dtype(DType::F32) for float32).
 // matmul with BF16 weights (cuBLAS, bf16 tensor cores, float32 accumulate and output): by default
 // each float32 activation is split into two bf16 parts (hi + lo, about 16 bits kept), so the
 // result is within ~1e-5 of float32 activations times the bf16 weights; this costs a second pass
@@ -43,10 +43,6 @@ class CudaKernels : public Kernels {
   // float32 (FH1_CUDA_ATTN=f32).
   virtual void set_attention_tf32(bool on) = 0;
   virtual bool attention_tf32() const = 0;
-  // KV caches in bf16 (default: half the bytes a long-context decode step reads; keys and values
-  // rounded to bf16 when written, every product and sum still float32) or float32
-  // (FH1_CUDA_KV=f32). kv_cache_dtype() tells which. Set it before any SequenceState exists.
-  virtual void set_kv_cache_bf16(bool on) = 0;
   // Decode steps recorded and replayed as CUDA graphs (default; FH1_CUDA_GRAPHS=0 turns it off).
   virtual void set_decode_graphs(bool on) = 0;
   virtual bool decode_graphs() const = 0;
