@@ -105,6 +105,12 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
     k.scale(u.data(), T * d, static_cast<float>(c.ssm_in_multiplier), x_in.data());
     k.matmul(x_in.data(), d, T, L.in_proj, L.in_proj_bias.data(), zxbcdt.data());
     k.mul_columns(zxbcdt.data(), T, in_dim, mup_vector_.data());
+    // The attention's projections read the same normalized input: issued next to the in_proj, a
+    // backend can run them as one pass over the weights (the two mixers are independent).
+    k.scale(u.data(), T * d, static_cast<float>(c.attention_in_multiplier), x_in.data());
+    k.matmul(x_in.data(), d, T, L.q_proj, L.q_bias.data(), q.data());
+    k.matmul(x_in.data(), d, T, L.k_proj, L.k_bias.data(), kk.data());
+    k.matmul(x_in.data(), d, T, L.v_proj, L.v_bias.data(), vv.data());
     ssm.A = L.A.data();
     ssm.D = L.D.data();
     ssm.dt_bias = L.dt_bias.data();
@@ -135,10 +141,6 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
     k.matmul(y.data(), ds, T, L.out_proj, L.out_proj_bias.data(), mixer_out.data());
 
     // ---- attention ----
-    k.scale(u.data(), T * d, static_cast<float>(c.attention_in_multiplier), x_in.data());
-    k.matmul(x_in.data(), d, T, L.q_proj, L.q_bias.data(), q.data());
-    k.matmul(x_in.data(), d, T, L.k_proj, L.k_bias.data(), kk.data());
-    k.matmul(x_in.data(), d, T, L.v_proj, L.v_bias.data(), vv.data());
     k.scale(kk.data(), T * kvd, static_cast<float>(c.key_multiplier), kk.data());
     k.rope(q.data(), qd, T, c.num_attention_heads, c.head_dim, positions.data(), inv_freq_.data());
     k.rope(kk.data(), kvd, T, c.num_key_value_heads, c.head_dim, positions.data(), inv_freq_.data());

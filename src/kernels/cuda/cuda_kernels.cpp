@@ -1,6 +1,7 @@
 // The CUDA backend's host side: device memory (a caching allocator over cudaMalloc), weight
 // upload, host-array uploads, cuBLAS matmuls, and the dispatch of every other op to the device
-// kernels of cuda_ops.cu, cuda_attention*.cu and cuda_ssm.cu. All work runs in order on one stream.
+// kernels of cuda_ops.cu, cuda_gemv.cu, cuda_attention*.cu and cuda_ssm.cu. All work runs in
+// order on one stream.
 //
 // Decode steps as CUDA graphs: between begin_decode_step() and end_decode_step() every op is
 // recorded (a closure that launches it, and a signature: the op and every argument, except the
@@ -327,6 +328,14 @@ class CudaKernelsImpl final : public CudaKernels {
       psc_ = PendingScale{true, out, n, s};
       return;
     }
+    // The same x scaled again into the same output, right after a GEMV job that took over the
+    // first scale: the job writes this scale's output instead, and the GEMVs that come next (and
+    // read it) join the job with their own scale (the attention's q/k/v after the in_proj).
+    if (recording_ && fuse_ && pk_ == PK::Gemv && pg_.epi == cuda::GemvJob::kNone && pg_.x_out == out &&
+        pg_.x == x && n == static_cast<size_t>(pg_.T * pg_.K) && pg_.ldx == pg_.K && cuda::gemv_scales_fused(pg_)) {
+      pg_.xs_out = s;
+      return;
+    }
     if (recording_ && fuse_ && n > 0 && !overlap(x, n, out, n)) {  // maybe taken over by the GEMV after it
       flush_pending();
       pk_ = PK::Scale;
@@ -336,11 +345,10 @@ class CudaKernelsImpl final : public CudaKernels {
     op("scale", [=, this] { cuda::scale(x, n, s, out, stream_); }, x, n, s, out);
   }
   void mul_columns(float* x, int64_t T, int64_t d, const float* v) override {
-    if (recording_ && fuse_ && pk_ == PK::Gemv && pg_.nparts == 1 && pg_.epi == cuda::GemvJob::kNone &&
-        pg_.part[0].y == x && pg_.T == T && pg_.part[0].N == d) {
-      pg_.epi = cuda::GemvJob::kMulCols;
-      pg_.v = v;
-      flush_pending();
+    if (recording_ && fuse_ && pk_ == PK::Gemv && pg_.epi == cuda::GemvJob::kNone &&
+        pg_.part[pg_.nparts - 1].y == x && pg_.T == T && pg_.part[pg_.nparts - 1].N == d &&
+        pg_.part[pg_.nparts - 1].v == nullptr) {
+      pg_.part[pg_.nparts - 1].v = v;  // the job stays open: the attention's projections may join it
       return;
     }
     op("mul_columns", [=, this] { cuda::mul_columns(x, T, d, v, stream_); }, x, T, d, v);
@@ -355,7 +363,8 @@ class CudaKernelsImpl final : public CudaKernels {
   }
   void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out) override {
     if (recording_ && fuse_ && pk_ == PK::Gemv && pg_.nparts == 2 && pg_.epi == cuda::GemvJob::kNone &&
-        pg_.part[0].y == gate && pg_.part[1].y == up && pg_.part[0].N == pg_.part[1].N &&
+        !pg_.part[0].v && !pg_.part[1].v && pg_.part[0].xs == pg_.part[1].xs && pg_.part[0].y == gate &&
+        pg_.part[1].y == up && pg_.part[0].N == pg_.part[1].N &&
         n == static_cast<size_t>(pg_.T * pg_.part[0].N) &&
         (out == gate || !overlap(out, n, pg_.x, gemv_x_floats(pg_)))) {
       pg_.epi = cuda::GemvJob::kGated;
@@ -685,10 +694,11 @@ class CudaKernelsImpl final : public CudaKernels {
 
   // ---- fusion of a recorded decode step ----
   // One op is held back (pending) while the next may join it: GEMVs that read the same x become
-  // one launch, the element-wise op after a GEMV becomes its epilogue (mup columns, residual,
-  // gated SiLU), an in-place scale folds into the rope after it, the two ropes and the two KV
-  // writes of a layer become one launch each, and the gate after the scan joins the scan. Every
-  // fusion checks that it computes what the ops one by one compute.
+  // one launch (also across a second scale of that x: the in_proj and q/k/v), the element-wise
+  // op after a GEMV becomes its epilogue (mup columns, residual, gated SiLU), an in-place scale
+  // folds into the rope after it, the two ropes and the two KV writes of a layer become one
+  // launch each, and the gate after the scan joins the scan. Every fusion checks that it
+  // computes what the ops one by one compute.
   enum class PK { None, Gemv, Rope, Kv, Scan, Scale };
   struct PendingCopyScale {  // out = x * s, out not x
     const float* x = nullptr;
@@ -741,26 +751,26 @@ class CudaKernelsImpl final : public CudaKernels {
       const PendingCopyScale sc = pxs_;
       pk_ = PK::Gemv;
       pg_ = cuda::GemvJob{};
-      pg_.part[0] = cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows};
+      pg_.part[0] = cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows, sc.s};
       pg_.nparts = 1;
       pg_.K = w.cols;
       pg_.x = sc.x;
       pg_.ldx = ldx;
       pg_.T = static_cast<int>(T);
-      pg_.xs = sc.s;
+      pg_.xs_out = sc.s;
       pg_.x_out = sc.out;
       return;
     }
     // Later GEMVs of the same x join; with a scale taken over, "the same x" is its output.
     const bool same_x = pg_.x_out ? pg_.x_out == x && ldx == pg_.K : pg_.x == x && pg_.ldx == ldx;
-    if (pk_ == PK::Gemv && pg_.nparts < 3 && pg_.epi == cuda::GemvJob::kNone && same_x &&
-        pg_.T == T && pg_.K == w.cols && !overlap(y, ny, pg_.x, gemv_x_floats(pg_)) &&
-        !(pg_.x_out && overlap(y, ny, pg_.x_out, static_cast<size_t>(T * w.cols)))) {
+    if (pk_ == PK::Gemv && pg_.nparts < cuda::kGemvParts && pg_.epi == cuda::GemvJob::kNone && same_x &&
+        pg_.T == T && pg_.K == w.cols && !job_touches(pg_, y, ny)) {
       bool ok = true;
       for (int i = 0; i < pg_.nparts; ++i)
         ok = ok && !overlap(y, ny, pg_.part[i].y, static_cast<size_t>(T * pg_.part[i].N));
       if (ok) {
-        pg_.part[pg_.nparts++] = cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows};
+        pg_.part[pg_.nparts++] =
+            cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows, pg_.x_out ? pg_.xs_out : 1.0f};
         return;
       }
     }
@@ -773,18 +783,27 @@ class CudaKernelsImpl final : public CudaKernels {
     pg_.x = x;
     pg_.ldx = ldx;
     pg_.T = static_cast<int>(T);
-    if (overlap(y, ny, x, gemv_x_floats(pg_))) flush_pending();  // in place: never joined
+    if (job_reads(pg_, y, ny)) flush_pending();  // in place: never joined
   }
 
+  // Whether n floats at p overlap the job's input x or the scale's output it writes.
+  static bool job_reads(const cuda::GemvJob& j, const void* p, size_t n) {
+    return overlap(p, n, j.x, gemv_x_floats(j)) || (j.x_out && overlap(p, n, j.x_out, static_cast<size_t>(j.T * j.K)));
+  }
+  // ... or its rows of y.
+  static bool job_touches(const cuda::GemvJob& j, const void* p, size_t n) {
+    if (job_reads(j, p, n)) return true;
+    for (int i = 0; i < j.nparts; ++i)
+      if (overlap(p, n, j.part[i].y, static_cast<size_t>(j.T * j.part[i].N))) return true;
+    return false;
+  }
   bool fuse_residual(float* h, const float* a, float sa, const float* b, float sb, size_t n) {
-    if (pk_ != PK::Gemv || pg_.nparts != 1 || pg_.epi != cuda::GemvJob::kNone) return false;
+    if (pk_ != PK::Gemv || pg_.nparts != 1 || pg_.epi != cuda::GemvJob::kNone || pg_.part[0].v) return false;
     const float* y = pg_.part[0].y;
     if (n != static_cast<size_t>(pg_.T * pg_.part[0].N) || a == b) return false;
     if (a != y && b != y) return false;
     const float* other = a == y ? b : a;
-    if (overlap(h, n, y, n) || overlap(h, n, pg_.x, gemv_x_floats(pg_)) || (other && overlap(h, n, other, n) && h != other))
-      return false;
-    if (pg_.x_out && overlap(h, n, pg_.x_out, static_cast<size_t>(pg_.T * pg_.K))) return false;
+    if (job_touches(pg_, h, n) || (other && overlap(h, n, other, n) && h != other)) return false;
     if (other == h) return false;
     pg_.epi = cuda::GemvJob::kResidual;
     pg_.h = h;
@@ -848,10 +867,10 @@ class CudaKernelsImpl final : public CudaKernels {
       }
       case PK::Gemv: {
         const cuda::GemvJob j = pg_;
-        record("gemv job", [=, this] { cuda::gemv_job(j, stream_); }, j.nparts, j.part[0].W, j.part[0].bias,
-               j.part[0].y, j.part[0].N, j.part[1].W, j.part[1].bias, j.part[1].y, j.part[1].N, j.part[2].W,
-               j.part[2].bias, j.part[2].y, j.part[2].N, j.K, j.x, j.ldx, j.T, j.xs, j.x_out, j.epi, j.v, j.h,
-               j.other, j.y_first, j.sa, j.sb, j.gs, j.out);
+        record("gemv job", [=, this] { cuda::gemv_job(j, stream_); }, j.nparts, j.K, j.x, j.ldx, j.T, j.xs_out,
+               j.x_out, j.epi, j.h, j.other, j.y_first, j.sa, j.sb, j.gs, j.out);
+        for (const cuda::GemvPart& p : j.part)
+          for (uint64_t wd : {word(p.W), word(p.bias), word(p.y), word(p.N), word(p.xs), word(p.v)}) sig_.push_back(wd);
         return;
       }
       case PK::Rope: {

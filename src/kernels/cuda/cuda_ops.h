@@ -49,10 +49,11 @@ void sum_halves(const float* y2, int64_t T, int64_t N, const float* bias, float*
 constexpr int64_t kGemvRows = 8;
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,
                float* y, cudaStream_t s);
-// The decode GEMV in general: up to 3 matrices that read the same x (q/k/v; gate/up), rows of
-// all parts in one launch, W warps per row (split K; more warps when there are few rows), and an
-// optional epilogue that takes over the element-wise op the model runs next:
-//   kMulCols:  y[t, n] *= v[n]                                 (in_proj, then the mup vector)
+// The decode GEMV in general: up to 4 matrices that read the same x (in_proj and q/k/v; gate/up),
+// rows of all parts in one launch, W warps per row (split K; more warps when there are few rows),
+// each part's x scaled as it is read (part.xs: the scale op before it taken over) and its rows
+// multiplied by a vector (part.v: the mup vector after in_proj), and an optional epilogue that
+// takes over the element-wise op the model runs next:
 //   kResidual: h += (y_first ? y : a) * sa + (b ? ...) * sb    (o_proj / down_proj, then the residual)
 //   kGated:    out = up * silu(gate * gs), parts 0/1 = gate/up (one warp computes both rows)
 struct GemvPart {
@@ -60,22 +61,23 @@ struct GemvPart {
   const float* bias = nullptr;
   float* y = nullptr;
   int64_t N = 0;
+  float xs = 1.0f;            // y = (x @ W^T) * xs (+ bias): x * xs times W, up to rounding
+  const float* v = nullptr;  // then y[t, n] *= v[n] (null: not)
 };
+constexpr int kGemvParts = 4;
 struct GemvJob {
-  enum Epi : int { kNone = 0, kMulCols = 1, kResidual = 2, kGated = 3 };
-  GemvPart part[3];
+  enum Epi : int { kNone = 0, kResidual = 2, kGated = 3 };
+  GemvPart part[kGemvParts];
   int nparts = 1;
   int64_t K = 0;
   const float* x = nullptr;
   int64_t ldx = 0;
   int T = 1;
-  // The scale op before the GEMV taken over: y = (x @ W^T) * xs (+ bias), the same as x * xs
-  // times W up to rounding; x_out (when not null, contiguous rows of K) receives x * xs exactly
-  // as the scale op would have written it.
-  float xs = 1.0f;
+  // x_out (when not null, contiguous rows of K) receives x * xs_out exactly as the scale op the
+  // job took over would have written it (the last one, when several were).
+  float xs_out = 1.0f;
   float* x_out = nullptr;
   int epi = kNone;
-  const float* v = nullptr;      // kMulCols
   float* h = nullptr;            // kResidual: h += first * sa + second * sb
   const float* other = nullptr;  // kResidual: the other addend (null: none)
   bool y_first = true;           // kResidual: y is the first addend (else the second)
@@ -83,6 +85,8 @@ struct GemvJob {
   float gs = 1.0f;               // kGated
   float* out = nullptr;          // kGated
 };
+// Whether gemv_job runs `job` with its parts' scales as given (else every part must share one).
+bool gemv_scales_fused(const GemvJob& job);
 void gemv_job(const GemvJob& job, cudaStream_t s);
 void f16_to_f32(const uint16_t* x, size_t n, float* out, cudaStream_t s);
 void add_bias(float* y, int64_t T, int64_t N, const float* bias, cudaStream_t s);
