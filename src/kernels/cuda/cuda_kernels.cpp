@@ -3,35 +3,26 @@
 // kernels of cuda_ops.cu, cuda_gemv.cu, cuda_attention*.cu and cuda_ssm.cu. All work runs in
 // order on one stream.
 //
-// Decode steps as CUDA graphs: between begin_decode_step() and end_decode_step() every op is
-// recorded (a closure that launches it, and a signature: the op and every argument, except the
-// values a decode step changes, which go to a small device array uploaded once per step: token
-// ids, positions, the KV row written and the attention length). At the end of the step the
-// signature is looked up among the graphs captured before (a few, least recently used dropped);
-// a match is replayed with one cudaGraphLaunch, else the closures are captured into a new graph.
-// A step whose recording had to free memory that earlier closures use (a scratch buffer grew)
-// runs its closures directly. FH1_CUDA_GRAPHS=0 turns the recording off.
+// Decode steps run as CUDA graphs, their ops fused while recorded: cuda_step.h.
 #include "kernels/cuda/cuda_kernels.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <map>
-#include <type_traits>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
 #include "io/safetensors.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_step.h"
 #include "quant/blocks.h"
 #include "util/error.h"
 #include "util/half.h"
@@ -97,9 +88,10 @@ class CudaKernelsImpl final : public CudaKernels {
     // of x from L1 for every 16 bytes of weights). FH1_CUDA_GEMV=0: never; =N: up to N rows.
     if (const char* g = std::getenv("FH1_CUDA_GEMV"))
       gemv_rows_ = std::min<int64_t>(cuda::kGemvRows, std::max<int64_t>(0, std::atoll(g)));
-    if (const char* g = std::getenv("FH1_CUDA_GRAPHS")) graphs_on_ = std::string(g) != "0";
+    step_ = std::make_unique<cuda::DecodeStep>(stream_);
+    if (const char* g = std::getenv("FH1_CUDA_GRAPHS")) step_->set_graphs(std::string(g) != "0");
     if (const char* g = std::getenv("FH1_CUDA_PROFILE")) profile_ = std::string(g) == "1";
-    if (const char* g = std::getenv("FH1_CUDA_FUSE")) fuse_ = std::string(g) != "0";
+    if (const char* g = std::getenv("FH1_CUDA_FUSE")) step_->set_fuse(std::string(g) != "0");  // 0: ops one by one
     if (const char* a = std::getenv("FH1_CUDA_ATTN")) tf32_attn_ = std::string(a) != "f32";
     if (const char* a = std::getenv("FH1_CUDA_KV")) kv_bf16_ = std::string(a) != "f32";
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
@@ -122,9 +114,7 @@ class CudaKernelsImpl final : public CudaKernels {
     }
     if (ev0_) cudaEventDestroy(ev0_);
     if (ev1_) cudaEventDestroy(ev1_);
-    for (auto& g : graphs_) cudaGraphExecDestroy(g.exec);
-    for (void* p : retired_) cudaFree(p);
-    cudaFree(dyn_dev_);
+    step_.reset();
     cudaFree(blas_ws_);
     for (auto& [p, w] : weights_) cudaFree(p);
     for (auto& [p, sz] : live_) cudaFree(p);
@@ -255,8 +245,8 @@ class CudaKernelsImpl final : public CudaKernels {
     const WeightView w = W;
     if (W.dtype == DType::BF16 && T <= gemv_rows_) {
       // Decode: memory-bound; our GEMV reads the weights once with float32 activations.
-      if (recording_ && fuse_) {
-        fuse_gemv(x, ldx, T, w, bias, y);
+      if (step_->fusing()) {
+        step_->gemv(x, ldx, T, w, bias, y);
         return;
       }
       op("matmul gemv", [=, this] { cuda::gemv_bf16(static_cast<const uint16_t*>(w.data), N, K, x, ldx, T, bias, y, stream_); },
@@ -308,10 +298,11 @@ class CudaKernelsImpl final : public CudaKernels {
     const DType dt = table.dtype;
     const void* data = table.data;
     const int64_t cols = table.cols;
-    if (recording_) {
-      const size_t off = dyn_put(ids, static_cast<size_t>(T) * sizeof(int32_t), 0);
+    if (step_->recording()) {
+      const size_t off = step_->put(ids, static_cast<size_t>(T) * sizeof(int32_t), 0);
       op("embed", [=, this] {
-        cuda::embed(reinterpret_cast<const int32_t*>(dyn_dev_ + off), T, dt, data, cols, scale, out, stream_);
+        cuda::embed(reinterpret_cast<const int32_t*>(step_->device_arrays() + off), T, dt, data, cols, scale, out,
+                    stream_);
       }, off, T, dt, data, cols, scale, out);
       return;
     }
@@ -323,66 +314,27 @@ class CudaKernelsImpl final : public CudaKernels {
     op("rmsnorm", [=, this] { cuda::rmsnorm(x, T, d, w, eps, out, stream_); }, x, T, d, w, eps, out);
   }
   void scale(const float* x, size_t n, float s, float* out) override {
-    if (recording_ && fuse_ && x == out && n > 0) {  // in place: maybe folded into the rope after it
-      flush_pending();
-      psc_ = PendingScale{true, out, n, s};
-      return;
-    }
-    // The same x scaled again into the same output, right after a GEMV job that took over the
-    // first scale: the job writes this scale's output instead, and the GEMVs that come next (and
-    // read it) join the job with their own scale (the attention's q/k/v after the in_proj).
-    if (recording_ && fuse_ && pk_ == PK::Gemv && pg_.epi == cuda::GemvJob::kNone && pg_.x_out == out &&
-        pg_.x == x && n == static_cast<size_t>(pg_.T * pg_.K) && pg_.ldx == pg_.K && cuda::gemv_scales_fused(pg_)) {
-      pg_.xs_out = s;
-      return;
-    }
-    if (recording_ && fuse_ && n > 0 && !overlap(x, n, out, n)) {  // maybe taken over by the GEMV after it
-      flush_pending();
-      pk_ = PK::Scale;
-      pxs_ = PendingCopyScale{x, out, n, s};
-      return;
-    }
+    if (step_->scale(x, n, s, out)) return;
     op("scale", [=, this] { cuda::scale(x, n, s, out, stream_); }, x, n, s, out);
   }
   void mul_columns(float* x, int64_t T, int64_t d, const float* v) override {
-    if (recording_ && fuse_ && pk_ == PK::Gemv && pg_.epi == cuda::GemvJob::kNone &&
-        pg_.part[pg_.nparts - 1].y == x && pg_.T == T && pg_.part[pg_.nparts - 1].N == d &&
-        pg_.part[pg_.nparts - 1].v == nullptr) {
-      pg_.part[pg_.nparts - 1].v = v;  // the job stays open: the attention's projections may join it
-      return;
-    }
+    if (step_->mul_columns(x, T, d, v)) return;
     op("mul_columns", [=, this] { cuda::mul_columns(x, T, d, v, stream_); }, x, T, d, v);
   }
   void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n) override {
-    if (recording_ && fuse_ && fuse_residual(h, a, sa, b, sb, n)) return;
+    if (step_->residual(h, a, sa, b, sb, n)) return;
     op("residual_add2", [=, this] { cuda::residual_add2(h, a, sa, b, sb, n, stream_); }, h, a, sa, b, sb, n);
   }
   void residual_add(float* h, const float* a, float s, size_t n) override {
-    if (recording_ && fuse_ && fuse_residual(h, a, s, nullptr, 0.0f, n)) return;
+    if (step_->residual(h, a, s, nullptr, 0.0f, n)) return;
     op("residual_add", [=, this] { cuda::residual_add2(h, a, s, nullptr, 0.0f, n, stream_); }, h, a, s, n);
   }
   void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out) override {
-    if (recording_ && fuse_ && pk_ == PK::Gemv && pg_.nparts == 2 && pg_.epi == cuda::GemvJob::kNone &&
-        !pg_.part[0].v && !pg_.part[1].v && pg_.part[0].xs == pg_.part[1].xs && pg_.part[0].y == gate &&
-        pg_.part[1].y == up && pg_.part[0].N == pg_.part[1].N &&
-        n == static_cast<size_t>(pg_.T * pg_.part[0].N) &&
-        (out == gate || !overlap(out, n, pg_.x, gemv_x_floats(pg_)))) {
-      pg_.epi = cuda::GemvJob::kGated;
-      pg_.gs = gs;
-      pg_.out = out;
-      flush_pending();
-      return;
-    }
+    if (step_->silu_mul(gate, up, gs, n, out)) return;
     op("silu_mul", [=, this] { cuda::silu_mul(gate, up, gs, n, out, stream_); }, gate, up, gs, n, out);
   }
   void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) override {
-    if (recording_ && fuse_ && pk_ == PK::Scan && ps_.y == y && ps_.n == T &&
-        d == static_cast<int64_t>(ps_.p.heads) * ps_.p.head_dim) {
-      ps_.z = z;
-      ps_.ldz = ldz;
-      flush_pending();
-      return;
-    }
+    if (step_->gate_silu(y, z, ldz, T, d)) return;
     op("gate_silu", [=, this] { cuda::gate_silu(y, z, ldz, T, d, stream_); }, y, z, ldz, T, d);
   }
   void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w,
@@ -394,18 +346,16 @@ class CudaKernelsImpl final : public CudaKernels {
   // ---- attention ----
   void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* positions,
             const float* inv_freq) override {
-    if (recording_ && fuse_) {
-      const size_t pos = dyn_put(positions, static_cast<size_t>(T) * sizeof(int64_t), 1);
-      const size_t freq = dyn_put(inv_freq, static_cast<size_t>(hd / 2) * sizeof(float), 2);
-      fuse_rope(x, ld, T, heads, hd, pos, freq);
+    if (step_->fusing()) {
+      step_->rope(x, ld, T, heads, hd, positions, inv_freq);
       return;
     }
-    if (recording_) {
-      const size_t pos = dyn_put(positions, static_cast<size_t>(T) * sizeof(int64_t), 1);
-      const size_t freq = dyn_put(inv_freq, static_cast<size_t>(hd / 2) * sizeof(float), 2);
+    if (step_->recording()) {
+      const size_t pos = step_->put(positions, static_cast<size_t>(T) * sizeof(int64_t), 1);
+      const size_t freq = step_->put(inv_freq, static_cast<size_t>(hd / 2) * sizeof(float), 2);
       op("rope", [=, this] {
-        cuda::rope(x, ld, T, heads, hd, reinterpret_cast<const int64_t*>(dyn_dev_ + pos),
-                   reinterpret_cast<const float*>(dyn_dev_ + freq), stream_);
+        cuda::rope(x, ld, T, heads, hd, reinterpret_cast<const int64_t*>(step_->device_arrays() + pos),
+                   reinterpret_cast<const float*>(step_->device_arrays() + freq), stream_);
       }, x, ld, T, heads, hd, pos, freq);
       return;
     }
@@ -419,16 +369,17 @@ class CudaKernelsImpl final : public CudaKernels {
     // Recording a decode step: the length comes from the step's device array, the plan from its
     // power-of-two bucket, so one graph serves every length of the bucket.
     const bool kv16 = kv_bf16_;
-    const bool dev_len = recording_ && cuda::attention_decode_device_len(T, hd, k_cache, v_cache, Hkv, kv16);
+    const bool dev_len = step_->recording() && cuda::attention_decode_device_len(T, hd, k_cache, v_cache, Hkv, kv16);
     float* scratch = attention_scratch(cuda::attention_scratch_floats(T, n_past, H, Hkv, hd, dev_len));
     const bool tf32 = tf32_attn_;
     if (dev_len) {
       int64_t bucket = 64;
       while (bucket < n_past + T) bucket *= 2;
-      const size_t off = dyn_put(&n_past, sizeof(int64_t), -1);
+      const size_t off = step_->put(&n_past, sizeof(int64_t), -1);
       op("attention (step)", [=, this] {
-        cuda::attention(q, ldq, T, k_cache, v_cache, n_past, reinterpret_cast<const int64_t*>(dyn_dev_ + off), true,
-                        H, Hkv, hd, scale, tf32, kv16, out, scratch, stream_);
+        cuda::attention(q, ldq, T, k_cache, v_cache, n_past,
+                        reinterpret_cast<const int64_t*>(step_->device_arrays() + off), true, H, Hkv, hd, scale, tf32,
+                        kv16, out, scratch, stream_);
       }, q, ldq, T, k_cache, v_cache, bucket, off, H, Hkv, hd, scale, tf32, kv16, out, scratch);
       return;
     }
@@ -441,10 +392,11 @@ class CudaKernelsImpl final : public CudaKernels {
   void kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) override {
     if (rows * width == 0) return;
     const bool kv16 = kv_bf16_;
-    if (recording_) {
-      const size_t off = dyn_put(&row, sizeof(int64_t), -1);
+    if (step_->recording()) {
+      const size_t off = step_->put(&row, sizeof(int64_t), -1);
       op("kv_write", [=, this] {
-        cuda::kv_write(cache, row, reinterpret_cast<const int64_t*>(dyn_dev_ + off), src, rows, width, kv16, stream_);
+        cuda::kv_write(cache, row, reinterpret_cast<const int64_t*>(step_->device_arrays() + off), src, rows, width,
+                       kv16, stream_);
       }, cache, off, src, rows, width, kv16);
       return;
     }
@@ -480,24 +432,22 @@ class CudaKernelsImpl final : public CudaKernels {
     size_t off[1];
     const char* base = arrays({{conv_states, n * sizeof(float*)}}, off);
     op("conv1d_silu_rows", [=, this] {
-      const char* b = base ? base : dyn_dev_;
+      const char* b = base ? base : step_->device_arrays();
       cuda::conv1d_silu_rows(in, ld_in, n, C, K, w, bias, reinterpret_cast<float* const*>(b + off[0]), out, stream_);
     }, in, ld_in, n, C, K, w, bias, off[0], out);
   }
   void ssm_scan_rows(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw,
                      int64_t ld_dt, int64_t n, const SsmParams& p, float* const* ssm_states, float* y) override {
     if (n == 0) return;
-    if (recording_ && fuse_) {
-      flush_pending();
-      pk_ = PK::Scan;
-      ps_ = PendingScan{x, B, C, ld_xbc, dt_raw, ld_dt, n, p, dyn_put(ssm_states, n * sizeof(float*), -1), y, nullptr, 0};
+    if (step_->fusing()) {
+      step_->scan_rows(x, B, C, ld_xbc, dt_raw, ld_dt, n, p, ssm_states, y);
       return;
     }
     size_t off[1];
     const char* base = arrays({{ssm_states, n * sizeof(float*)}}, off);
     const SsmParams pp = p;
     op("ssm_scan_rows", [=, this] {
-      const char* b = base ? base : dyn_dev_;
+      const char* b = base ? base : step_->device_arrays();
       cuda::ssm_scan_rows(x, B, C, ld_xbc, dt_raw, ld_dt, n, pp, reinterpret_cast<float* const*>(b + off[0]), y,
                           stream_);
     }, x, B, C, ld_xbc, dt_raw, ld_dt, n, pp.heads, pp.head_dim, pp.groups, pp.d_state, pp.A, pp.D, pp.dt_bias,
@@ -507,32 +457,14 @@ class CudaKernelsImpl final : public CudaKernels {
                      int64_t width) override {
     if (n == 0) return;
     const bool kv16 = kv_bf16_;
-    if (recording_ && fuse_) {
-      const size_t oc = dyn_put(caches, n * sizeof(float*), -1), orow = dyn_put(n_past, n * sizeof(int64_t), -1);
-      if (pk_ == PK::Kv && pkv_.nparts == 1 && pkv_.n == n && pkv_.width == width &&
-          !overlap(src, static_cast<size_t>(n * width), pkv_.src[0], static_cast<size_t>(n * width))) {
-        pkv_.off[1][0] = oc;
-        pkv_.off[1][1] = orow;
-        pkv_.src[1] = src;
-        pkv_.nparts = 2;
-        flush_pending();
-        return;
-      }
-      flush_pending();
-      pk_ = PK::Kv;
-      pkv_ = PendingKv{};
-      pkv_.off[0][0] = oc;
-      pkv_.off[0][1] = orow;
-      pkv_.src[0] = src;
-      pkv_.nparts = 1;
-      pkv_.n = n;
-      pkv_.width = width;
+    if (step_->fusing()) {
+      step_->kv_rows(caches, n_past, src, n, width, kv16);
       return;
     }
     size_t off[2];
     const char* base = arrays({{caches, n * sizeof(float*)}, {n_past, n * sizeof(int64_t)}}, off);
     op("kv_write_rows", [=, this] {
-      const char* b = base ? base : dyn_dev_;
+      const char* b = base ? base : step_->device_arrays();
       cuda::kv_write_rows(reinterpret_cast<void* const*>(b + off[0]), reinterpret_cast<const int64_t*>(b + off[1]),
                           src, n, width, kv16, stream_);
     }, off[0], off[1], src, n, width, kv16);
@@ -556,7 +488,7 @@ class CudaKernelsImpl final : public CudaKernels {
     const char* base = arrays(
         {{k_caches, n * sizeof(float*)}, {v_caches, n * sizeof(float*)}, {n_past, n * sizeof(int64_t)}}, off);
     op("attention_rows", [=, this] {
-      const char* b = base ? base : dyn_dev_;
+      const char* b = base ? base : step_->device_arrays();
       cuda::attention_rows(q, ldq, n, reinterpret_cast<const void* const*>(b + off[0]),
                            reinterpret_cast<const void* const*>(b + off[1]),
                            reinterpret_cast<const int64_t*>(b + off[2]), max_past, true, H, Hkv, hd, scale, kv16, out,
@@ -567,13 +499,7 @@ class CudaKernelsImpl final : public CudaKernels {
   // ---- decode steps as graphs ----
   void begin_decode_step() override {
     flush();
-    if (!graphs_on_) return;
-    recording_ = true;
-    rec_dirty_ = false;
-    pk_ = PK::None;
-    psc_.on = false;
-    dyn_host_.clear();
-    dyn_last_.fill(SIZE_MAX);
+    step_->begin();
   }
   void end_decode_step() override { flush(); }
 
@@ -594,10 +520,10 @@ class CudaKernelsImpl final : public CudaKernels {
   bool attention_tf32() const override { return tf32_attn_; }
   void set_decode_graphs(bool on) override {
     flush();
-    graphs_on_ = on;
+    step_->set_graphs(on);
   }
-  bool decode_graphs() const override { return graphs_on_; }
-  size_t graphs_captured() const override { return graphs_captured_; }
+  bool decode_graphs() const override { return step_->graphs(); }
+  size_t graphs_captured() const override { return step_->graphs_captured(); }
   void synchronize() override {
     flush();
     check(cudaStreamSynchronize(stream_), "synchronize");
@@ -651,30 +577,12 @@ class CudaKernelsImpl final : public CudaKernels {
 
   static constexpr int64_t kStackedRows = 64;
   static constexpr size_t kBlasWorkspace = size_t(32) << 20;
-  static constexpr size_t kMaxGraphs = 24;
 
-  // ---- recording ----
-  template <class T>
-  static uint64_t word(T v) {
-    if constexpr (std::is_pointer_v<T>) {
-      return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(v));
-    } else if constexpr (std::is_same_v<T, float>) {
-      uint32_t u;
-      std::memcpy(&u, &v, 4);
-      return u;
-    } else if constexpr (std::is_same_v<T, double>) {
-      uint64_t u;
-      std::memcpy(&u, &v, 8);
-      return u;
-    } else {
-      return static_cast<uint64_t>(v);
-    }
-  }
-
-  // Runs f now, or (recording) keeps it with its signature: the op's tag and its arguments.
+  // Runs f now, or (recording a decode step) keeps it with its signature: the op's tag and its
+  // arguments.
   template <class F, class... A>
   void op(const char* name, F&& f, A... args) {
-    if (!recording_) {
+    if (!step_->recording()) {
       if (profile_) {
         profiled(name, f);
         return;
@@ -682,230 +590,7 @@ class CudaKernelsImpl final : public CudaKernels {
       f();
       return;
     }
-    flush_pending();
-    record(name, std::forward<F>(f), args...);
-  }
-  template <class F, class... A>
-  void record(const char* name, F&& f, A... args) {
-    sig_.push_back(word(name));
-    (sig_.push_back(word(args)), ...);
-    tape_.emplace_back(std::forward<F>(f));
-  }
-
-  // ---- fusion of a recorded decode step ----
-  // One op is held back (pending) while the next may join it: GEMVs that read the same x become
-  // one launch (also across a second scale of that x: the in_proj and q/k/v), the element-wise
-  // op after a GEMV becomes its epilogue (mup columns, residual, gated SiLU), an in-place scale
-  // folds into the rope after it, the two ropes and the two KV writes of a layer become one
-  // launch each, and the gate after the scan joins the scan. Every fusion checks that it
-  // computes what the ops one by one compute.
-  enum class PK { None, Gemv, Rope, Kv, Scan, Scale };
-  struct PendingCopyScale {  // out = x * s, out not x
-    const float* x = nullptr;
-    float* out = nullptr;
-    size_t n = 0;
-    float s = 1.0f;
-  };
-  struct PendingScale {
-    bool on = false;
-    float* x = nullptr;
-    size_t n = 0;
-    float s = 1.0f;
-  };
-  struct PendingRope {
-    cuda::RopeParts rp;
-    int64_t T = 0;
-    int hd = 0;
-    size_t pos = 0, freq = 0;
-  };
-  struct PendingKv {
-    size_t off[2][2] = {{0, 0}, {0, 0}};
-    const float* src[2] = {nullptr, nullptr};
-    int nparts = 0;
-    int64_t n = 0, width = 0;
-  };
-  struct PendingScan {
-    const float *x, *B, *C;
-    int64_t ld_xbc;
-    const float* dt;
-    int64_t ld_dt, n;
-    SsmParams p;
-    size_t off;
-    float* y;
-    const float* z;
-    int64_t ldz;
-  };
-
-  static bool overlap(const void* a, size_t na, const void* b, size_t nb) {
-    const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
-    return pa < pb + nb * sizeof(float) && pb < pa + na * sizeof(float);
-  }
-  static size_t gemv_x_floats(const cuda::GemvJob& j) { return static_cast<size_t>((j.T - 1) * j.ldx + j.K); }
-
-  void fuse_gemv(const float* x, int64_t ldx, int64_t T, const WeightView& w, const float* bias, float* y) {
-    const size_t ny = static_cast<size_t>(T * w.rows);
-    // The scale just before, into exactly this x: the GEMV reads the scale's input instead and
-    // writes its output on the side (the same values, so every later reader sees them).
-    if (pk_ == PK::Scale && pxs_.out == x && ldx == w.cols && pxs_.n == static_cast<size_t>(T * w.cols) &&
-        !overlap(y, ny, pxs_.x, pxs_.n) && !overlap(y, ny, pxs_.out, pxs_.n)) {
-      const PendingCopyScale sc = pxs_;
-      pk_ = PK::Gemv;
-      pg_ = cuda::GemvJob{};
-      pg_.part[0] = cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows, sc.s};
-      pg_.nparts = 1;
-      pg_.K = w.cols;
-      pg_.x = sc.x;
-      pg_.ldx = ldx;
-      pg_.T = static_cast<int>(T);
-      pg_.xs_out = sc.s;
-      pg_.x_out = sc.out;
-      return;
-    }
-    // Later GEMVs of the same x join; with a scale taken over, "the same x" is its output.
-    const bool same_x = pg_.x_out ? pg_.x_out == x && ldx == pg_.K : pg_.x == x && pg_.ldx == ldx;
-    if (pk_ == PK::Gemv && pg_.nparts < cuda::kGemvParts && pg_.epi == cuda::GemvJob::kNone && same_x &&
-        pg_.T == T && pg_.K == w.cols && !job_touches(pg_, y, ny)) {
-      bool ok = true;
-      for (int i = 0; i < pg_.nparts; ++i)
-        ok = ok && !overlap(y, ny, pg_.part[i].y, static_cast<size_t>(T * pg_.part[i].N));
-      if (ok) {
-        pg_.part[pg_.nparts++] =
-            cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows, pg_.x_out ? pg_.xs_out : 1.0f};
-        return;
-      }
-    }
-    flush_pending();
-    pk_ = PK::Gemv;
-    pg_ = cuda::GemvJob{};
-    pg_.part[0] = cuda::GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows};
-    pg_.nparts = 1;
-    pg_.K = w.cols;
-    pg_.x = x;
-    pg_.ldx = ldx;
-    pg_.T = static_cast<int>(T);
-    if (job_reads(pg_, y, ny)) flush_pending();  // in place: never joined
-  }
-
-  // Whether n floats at p overlap the job's input x or the scale's output it writes.
-  static bool job_reads(const cuda::GemvJob& j, const void* p, size_t n) {
-    return overlap(p, n, j.x, gemv_x_floats(j)) || (j.x_out && overlap(p, n, j.x_out, static_cast<size_t>(j.T * j.K)));
-  }
-  // ... or its rows of y.
-  static bool job_touches(const cuda::GemvJob& j, const void* p, size_t n) {
-    if (job_reads(j, p, n)) return true;
-    for (int i = 0; i < j.nparts; ++i)
-      if (overlap(p, n, j.part[i].y, static_cast<size_t>(j.T * j.part[i].N))) return true;
-    return false;
-  }
-  bool fuse_residual(float* h, const float* a, float sa, const float* b, float sb, size_t n) {
-    if (pk_ != PK::Gemv || pg_.nparts != 1 || pg_.epi != cuda::GemvJob::kNone || pg_.part[0].v) return false;
-    const float* y = pg_.part[0].y;
-    if (n != static_cast<size_t>(pg_.T * pg_.part[0].N) || a == b) return false;
-    if (a != y && b != y) return false;
-    const float* other = a == y ? b : a;
-    if (job_touches(pg_, h, n) || (other && overlap(h, n, other, n) && h != other)) return false;
-    if (other == h) return false;
-    pg_.epi = cuda::GemvJob::kResidual;
-    pg_.h = h;
-    pg_.other = other;
-    pg_.y_first = a == y;
-    pg_.sa = sa;
-    pg_.sb = sb;
-    flush_pending();
-    return true;
-  }
-
-  void fuse_rope(float* x, int64_t ld, int64_t T, int heads, int hd, size_t pos, size_t freq) {
-    const size_t nx = static_cast<size_t>((T - 1) * ld + int64_t(heads) * hd);
-    cuda::RopePart part{x, ld, heads, false, 1.0f};
-    if (psc_.on) {
-      if (psc_.x == x && static_cast<size_t>(T * ld) == psc_.n && ld == int64_t(heads) * hd) {
-        part.scaled = true;
-        part.pre = psc_.s;
-        psc_.on = false;
-      } else if (overlap(psc_.x, psc_.n, x, nx)) {
-        emit_scale();
-      }
-    }
-    if (pk_ == PK::Rope && pr_.rp.nparts == 1 && pr_.T == T && pr_.hd == hd && pr_.pos == pos && pr_.freq == freq &&
-        !overlap(x, nx, pr_.rp.part[0].x, static_cast<size_t>((T - 1) * pr_.rp.part[0].ld + int64_t(pr_.rp.part[0].heads) * hd))) {
-      pr_.rp.part[1] = part;
-      pr_.rp.nparts = 2;
-      return;
-    }
-    flush_pending(/*keep_scale=*/true);
-    pk_ = PK::Rope;
-    pr_ = PendingRope{};
-    pr_.rp.part[0] = part;
-    pr_.rp.nparts = 1;
-    pr_.T = T;
-    pr_.hd = hd;
-    pr_.pos = pos;
-    pr_.freq = freq;
-  }
-
-  void emit_scale() {
-    if (!psc_.on) return;
-    psc_.on = false;
-    float* x = psc_.x;
-    const size_t n = psc_.n;
-    const float sc = psc_.s;
-    record("scale", [=, this] { cuda::scale(x, n, sc, x, stream_); }, x, n, sc, x);
-  }
-
-  void flush_pending(bool keep_scale = false) {
-    if (!keep_scale) emit_scale();
-    const PK k = pk_;
-    pk_ = PK::None;
-    switch (k) {
-      case PK::None:
-        return;
-      case PK::Scale: {
-        const PendingCopyScale sc = pxs_;
-        record("scale", [=, this] { cuda::scale(sc.x, sc.n, sc.s, sc.out, stream_); }, sc.x, sc.n, sc.s, sc.out);
-        return;
-      }
-      case PK::Gemv: {
-        const cuda::GemvJob j = pg_;
-        record("gemv job", [=, this] { cuda::gemv_job(j, stream_); }, j.nparts, j.K, j.x, j.ldx, j.T, j.xs_out,
-               j.x_out, j.epi, j.h, j.other, j.y_first, j.sa, j.sb, j.gs, j.out);
-        for (const cuda::GemvPart& p : j.part)
-          for (uint64_t wd : {word(p.W), word(p.bias), word(p.y), word(p.N), word(p.xs), word(p.v)}) sig_.push_back(wd);
-        return;
-      }
-      case PK::Rope: {
-        const PendingRope r = pr_;
-        const cuda::RopePart &a = r.rp.part[0], &b = r.rp.part[1];
-        record("rope parts", [=, this] {
-          cuda::rope_parts(r.rp, r.T, r.hd, reinterpret_cast<const int64_t*>(dyn_dev_ + r.pos),
-                           reinterpret_cast<const float*>(dyn_dev_ + r.freq), stream_);
-        }, r.rp.nparts, a.x, a.ld, a.heads, a.scaled, a.pre, b.x, b.ld, b.heads, b.scaled, b.pre, r.T, r.hd, r.pos,
-               r.freq);
-        return;
-      }
-      case PK::Kv: {
-        const PendingKv kv = pkv_;
-        const bool kv16 = kv_bf16_;
-        record("kv rows", [=, this] {
-          cuda::KvRowsParts kp;
-          for (int i = 0; i < kv.nparts; ++i)
-            kp.part[i] = cuda::KvRowsPart{reinterpret_cast<void* const*>(dyn_dev_ + kv.off[i][0]),
-                                          reinterpret_cast<const int64_t*>(dyn_dev_ + kv.off[i][1]), kv.src[i]};
-          cuda::kv_write_rows_parts(kp, kv.nparts, kv.n, kv.width, kv16, stream_);
-        }, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.off[1][0], kv.off[1][1], kv.src[1], kv.n, kv.width,
-               kv16);
-        return;
-      }
-      case PK::Scan: {
-        const PendingScan q = ps_;
-        record("scan rows", [=, this] {
-          cuda::ssm_scan_rows_gated(q.x, q.B, q.C, q.ld_xbc, q.dt, q.ld_dt, q.n, q.p,
-                                    reinterpret_cast<float* const*>(dyn_dev_ + q.off), q.z, q.ldz, q.y, stream_);
-        }, q.x, q.B, q.C, q.ld_xbc, q.dt, q.ld_dt, q.n, q.p.heads, q.p.head_dim, q.p.groups, q.p.d_state, q.p.A, q.p.D,
-               q.p.dt_bias, q.p.dt_min, q.p.dt_max, q.off, q.y, q.z, q.ldz);
-        return;
-      }
-    }
+    step_->op(name, std::forward<F>(f), args...);
   }
 
   // FH1_CUDA_PROFILE=1: every op outside a recorded step timed alone (events, synchronized), the
@@ -927,29 +612,13 @@ class CudaKernelsImpl final : public CudaKernels {
     e.second += 1;
   }
 
-  // Copies a host array into the step's device array; returns its byte offset there. kind >= 0:
-  // reuse the last array of that kind when its content is the same (rope's positions, twice a layer).
-  size_t dyn_put(const void* src, size_t bytes, int kind) {
-    if (kind >= 0 && dyn_last_[static_cast<size_t>(kind)] != SIZE_MAX) {
-      const size_t at = dyn_last_[static_cast<size_t>(kind)];
-      if (dyn_bytes_[static_cast<size_t>(kind)] == bytes && std::memcmp(dyn_host_.data() + at, src, bytes) == 0) return at;
-    }
-    const size_t at = (dyn_host_.size() + 15) / 16 * 16;
-    dyn_host_.resize(at + std::max<size_t>(bytes, 1));
-    std::memcpy(dyn_host_.data() + at, src, bytes);
-    if (kind >= 0) {
-      dyn_last_[static_cast<size_t>(kind)] = at;
-      dyn_bytes_[static_cast<size_t>(kind)] = bytes;
-    }
-    return at;
-  }
-
   // Small host arrays an op reads on the device. Recording: into the step's array (returns null:
-  // the closure takes dyn_dev_ when it runs); else uploaded now, in stream order (returns the base).
+  // the closure takes the step's array when it runs); else uploaded now, in stream order
+  // (returns the base).
   const char* arrays(std::initializer_list<std::pair<const void*, size_t>> parts, size_t* offs) {
     size_t i = 0;
-    if (recording_) {
-      for (const auto& [p, b] : parts) offs[i++] = dyn_put(p, b, -1);
+    if (step_->recording()) {
+      for (const auto& [p, b] : parts) offs[i++] = step_->put(p, b, -1);
       return nullptr;
     }
     pack_.clear();
@@ -962,87 +631,12 @@ class CudaKernelsImpl final : public CudaKernels {
     return static_cast<const char*>(upload(rows_, pack_.data(), pack_.size()));
   }
 
-  // A buffer that closures recorded earlier in this step may still use: freed after the step.
-  void retire(void* p) {
-    if (p == nullptr) return;
-    if (recording_) {
-      retired_.push_back(p);
-      rec_dirty_ = true;
-    } else {
-      check(cudaStreamSynchronize(stream_), "scratch");
-      cudaFree(p);
-    }
-  }
-
-  void free_retired() {
-    if (retired_.empty()) return;
-    check(cudaStreamSynchronize(stream_), "scratch");
-    for (void* p : retired_) cudaFree(p);
-    retired_.clear();
-  }
-
-  // Ends a recording: replays the step's graph, captures a new one, or runs the closures.
-  void flush() {
-    if (!recording_) return;
-    flush_pending();
-    recording_ = false;
-    std::vector<std::function<void()>> tape;
-    tape.swap(tape_);
-    std::vector<uint64_t> sig;
-    sig.swap(sig_);
-    bool direct = rec_dirty_;
-    rec_dirty_ = false;
-    if (dyn_host_.size() > dyn_cap_) {
-      check(cudaStreamSynchronize(stream_), "step array");
-      cudaFree(dyn_dev_);
-      dyn_dev_ = nullptr;
-      dyn_cap_ = std::max<size_t>(dyn_host_.size() * 2, 64 << 10);
-      check(cudaMalloc(&dyn_dev_, dyn_cap_), "step array");
-    }
-    if (!dyn_host_.empty())  // pageable: staged before the call returns
-      check(cudaMemcpyAsync(dyn_dev_, dyn_host_.data(), dyn_host_.size(), cudaMemcpyHostToDevice, stream_), "step array");
-    sig.push_back(word(dyn_dev_));
-    if (direct) {
-      for (auto& f : tape) f();
-      free_retired();
-      return;
-    }
-    for (auto& g : graphs_) {
-      if (g.sig == sig) {
-        g.used = ++graph_clock_;
-        check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
-        return;
-      }
-    }
-    cudaGraph_t graph = nullptr;
-    check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
-    try {
-      for (auto& f : tape) f();
-    } catch (...) {
-      cudaStreamEndCapture(stream_, &graph);
-      if (graph) cudaGraphDestroy(graph);
-      cudaGetLastError();
-      throw;
-    }
-    check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
-    cudaGraphDestroy(graph);
-    check(e, "cudaGraphInstantiate");
-    if (graphs_.size() >= kMaxGraphs) {
-      auto lru = std::min_element(graphs_.begin(), graphs_.end(),
-                                  [](const Graph& a, const Graph& b) { return a.used < b.used; });
-      cudaGraphExecDestroy(lru->exec);
-      graphs_.erase(lru);
-    }
-    graphs_.push_back(Graph{std::move(sig), exec, ++graph_clock_});
-    ++graphs_captured_;
-    check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
-  }
+  // Ends a decode step's recording (cuda_step.h), if one is in progress.
+  void flush() { step_->end(); }
 
   float* attention_scratch(size_t need) {
     if (need > att_scratch_cap_) {
-      retire(att_scratch_);
+      step_->retire(att_scratch_);
       att_scratch_ = nullptr;
       att_scratch_cap_ = std::max(need, att_scratch_cap_ * 2);
       check(cudaMalloc(&att_scratch_, att_scratch_cap_ * sizeof(float)), "attention scratch");
@@ -1061,7 +655,7 @@ class CudaKernelsImpl final : public CudaKernels {
 
   float* f32_scratch(size_t n) {
     if (n > y2_cap_) {
-      retire(y2_);
+      step_->retire(y2_);
       y2_ = nullptr;
       y2_cap_ = std::max(n, y2_cap_ * 2);
       check(cudaMalloc(&y2_, y2_cap_ * 4), "f32 scratch");
@@ -1071,7 +665,7 @@ class CudaKernelsImpl final : public CudaKernels {
 
   uint16_t* bf16_scratch(size_t n) {
     if (n > xb_cap_) {
-      retire(xb_);
+      step_->retire(xb_);
       xb_ = nullptr;
       xb_cap_ = std::max(n, xb_cap_ * 2);
       check(cudaMalloc(&xb_, xb_cap_ * 2), "bf16 scratch");
@@ -1116,37 +710,10 @@ class CudaKernelsImpl final : public CudaKernels {
   bool tf32_attn_ = true;
   bool kv_bf16_ = true;  // KV caches in bf16 (kv_cache_dtype)
   void* blas_ws_ = nullptr;
-  // recording
-  struct Graph {
-    std::vector<uint64_t> sig;
-    cudaGraphExec_t exec = nullptr;
-    uint64_t used = 0;
-  };
-  bool graphs_on_ = true;
-  bool fuse_ = true;  // FH1_CUDA_FUSE=0: record the ops one by one
-  PK pk_ = PK::None;
-  PendingCopyScale pxs_;
-  cuda::GemvJob pg_;
-  PendingRope pr_;
-  PendingKv pkv_;
-  PendingScan ps_{};
-  PendingScale psc_;
+  std::unique_ptr<cuda::DecodeStep> step_;
   bool profile_ = false;
   cudaEvent_t ev0_ = nullptr, ev1_ = nullptr;
   std::map<std::string, std::pair<double, int64_t>> prof_;
-  bool recording_ = false;
-  bool rec_dirty_ = false;
-  std::vector<uint64_t> sig_;
-  std::vector<std::function<void()>> tape_;
-  std::vector<char> dyn_host_;
-  std::array<size_t, 3> dyn_last_{SIZE_MAX, SIZE_MAX, SIZE_MAX};
-  std::array<size_t, 3> dyn_bytes_{0, 0, 0};
-  char* dyn_dev_ = nullptr;
-  size_t dyn_cap_ = 0;
-  std::vector<void*> retired_;
-  std::vector<Graph> graphs_;
-  uint64_t graph_clock_ = 0;
-  size_t graphs_captured_ = 0;
 };
 
 }  // namespace

@@ -1,0 +1,381 @@
+// Decode steps as CUDA graphs, and the fusion of a recorded step's ops (cuda_step.h).
+#include "kernels/cuda/cuda_step.h"
+
+#include <algorithm>
+
+#include "util/error.h"
+
+namespace fh1::cuda {
+namespace {
+
+bool overlap(const void* a, size_t na, const void* b, size_t nb) {
+  const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+  return pa < pb + nb * sizeof(float) && pb < pa + na * sizeof(float);
+}
+
+size_t gemv_x_floats(const GemvJob& j) { return static_cast<size_t>((j.T - 1) * j.ldx + j.K); }
+
+// Whether n floats at p overlap the job's input x or the scale's output it writes.
+bool job_reads(const GemvJob& j, const void* p, size_t n) {
+  return overlap(p, n, j.x, gemv_x_floats(j)) || (j.x_out && overlap(p, n, j.x_out, static_cast<size_t>(j.T * j.K)));
+}
+
+// ... or its rows of y.
+bool job_touches(const GemvJob& j, const void* p, size_t n) {
+  if (job_reads(j, p, n)) return true;
+  for (int i = 0; i < j.nparts; ++i)
+    if (overlap(p, n, j.part[i].y, static_cast<size_t>(j.T * j.part[i].N))) return true;
+  return false;
+}
+
+}  // namespace
+
+DecodeStep::~DecodeStep() {
+  for (auto& g : graphs_) cudaGraphExecDestroy(g.exec);
+  for (void* p : retired_) cudaFree(p);
+  cudaFree(dyn_dev_);
+}
+
+void DecodeStep::begin() {
+  if (!graphs_on_) return;
+  recording_ = true;
+  rec_dirty_ = false;
+  pk_ = PK::None;
+  psc_.on = false;
+  dyn_host_.clear();
+  dyn_last_.fill(SIZE_MAX);
+}
+
+void DecodeStep::end() {
+  if (!recording_) return;
+  flush_pending();
+  recording_ = false;
+  std::vector<std::function<void()>> tape;
+  tape.swap(tape_);
+  std::vector<uint64_t> sig;
+  sig.swap(sig_);
+  bool direct = rec_dirty_;
+  rec_dirty_ = false;
+  if (dyn_host_.size() > dyn_cap_) {
+    check(cudaStreamSynchronize(stream_), "step array");
+    cudaFree(dyn_dev_);
+    dyn_dev_ = nullptr;
+    dyn_cap_ = std::max<size_t>(dyn_host_.size() * 2, 64 << 10);
+    check(cudaMalloc(&dyn_dev_, dyn_cap_), "step array");
+  }
+  if (!dyn_host_.empty())  // pageable: staged before the call returns
+    check(cudaMemcpyAsync(dyn_dev_, dyn_host_.data(), dyn_host_.size(), cudaMemcpyHostToDevice, stream_), "step array");
+  sig.push_back(word(dyn_dev_));
+  if (direct) {
+    for (auto& f : tape) f();
+    free_retired();
+    return;
+  }
+  for (auto& g : graphs_) {
+    if (g.sig == sig) {
+      g.used = ++graph_clock_;
+      check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
+      return;
+    }
+  }
+  cudaGraph_t graph = nullptr;
+  check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  try {
+    for (auto& f : tape) f();
+  } catch (...) {
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    throw;
+  }
+  check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check(e, "cudaGraphInstantiate");
+  if (graphs_.size() >= kMaxGraphs) {
+    auto lru = std::min_element(graphs_.begin(), graphs_.end(),
+                                [](const Graph& a, const Graph& b) { return a.used < b.used; });
+    cudaGraphExecDestroy(lru->exec);
+    graphs_.erase(lru);
+  }
+  graphs_.push_back(Graph{std::move(sig), exec, ++graph_clock_});
+  ++graphs_captured_;
+  check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
+}
+
+size_t DecodeStep::put(const void* src, size_t bytes, int kind) {
+  if (kind >= 0 && dyn_last_[static_cast<size_t>(kind)] != SIZE_MAX) {
+    const size_t at = dyn_last_[static_cast<size_t>(kind)];
+    if (dyn_bytes_[static_cast<size_t>(kind)] == bytes && std::memcmp(dyn_host_.data() + at, src, bytes) == 0) return at;
+  }
+  const size_t at = (dyn_host_.size() + 15) / 16 * 16;
+  dyn_host_.resize(at + std::max<size_t>(bytes, 1));
+  std::memcpy(dyn_host_.data() + at, src, bytes);
+  if (kind >= 0) {
+    dyn_last_[static_cast<size_t>(kind)] = at;
+    dyn_bytes_[static_cast<size_t>(kind)] = bytes;
+  }
+  return at;
+}
+
+void DecodeStep::retire(void* p) {
+  if (p == nullptr) return;
+  if (recording_) {
+    retired_.push_back(p);
+    rec_dirty_ = true;
+  } else {
+    check(cudaStreamSynchronize(stream_), "scratch");
+    cudaFree(p);
+  }
+}
+
+void DecodeStep::free_retired() {
+  if (retired_.empty()) return;
+  check(cudaStreamSynchronize(stream_), "scratch");
+  for (void* p : retired_) cudaFree(p);
+  retired_.clear();
+}
+
+// ---- fusion ----
+
+bool DecodeStep::scale(const float* x, size_t n, float s, float* out) {
+  if (!fusing() || n == 0) return false;
+  if (x == out) {  // in place: maybe folded into the rope after it
+    flush_pending();
+    psc_ = PendingScale{true, out, n, s};
+    return true;
+  }
+  // The same x scaled again into the same output, right after a GEMV job that took over the
+  // first scale: the job writes this scale's output instead, and the GEMVs that come next (and
+  // read it) join the job with their own scale (the attention's q/k/v after the in_proj).
+  if (pk_ == PK::Gemv && pg_.epi == GemvJob::kNone && pg_.x_out == out && pg_.x == x &&
+      n == static_cast<size_t>(pg_.T * pg_.K) && pg_.ldx == pg_.K && gemv_scales_fused(pg_)) {
+    pg_.xs_out = s;
+    return true;
+  }
+  if (!overlap(x, n, out, n)) {  // maybe taken over by the GEMV after it
+    flush_pending();
+    pk_ = PK::Scale;
+    pxs_ = PendingCopyScale{x, out, n, s};
+    return true;
+  }
+  return false;
+}
+
+bool DecodeStep::mul_columns(float* x, int64_t T, int64_t d, const float* v) {
+  if (!fusing() || pk_ != PK::Gemv || pg_.epi != GemvJob::kNone) return false;
+  GemvPart& last = pg_.part[pg_.nparts - 1];
+  if (last.y != x || pg_.T != T || last.N != d || last.v != nullptr) return false;
+  last.v = v;  // the job stays open: the attention's projections may join it
+  return true;
+}
+
+bool DecodeStep::residual(float* h, const float* a, float sa, const float* b, float sb, size_t n) {
+  if (!fusing() || pk_ != PK::Gemv || pg_.nparts != 1 || pg_.epi != GemvJob::kNone || pg_.part[0].v) return false;
+  const float* y = pg_.part[0].y;
+  if (n != static_cast<size_t>(pg_.T * pg_.part[0].N) || a == b) return false;
+  if (a != y && b != y) return false;
+  const float* other = a == y ? b : a;
+  if (job_touches(pg_, h, n) || (other && overlap(h, n, other, n) && h != other)) return false;
+  if (other == h) return false;
+  pg_.epi = GemvJob::kResidual;
+  pg_.h = h;
+  pg_.other = other;
+  pg_.y_first = a == y;
+  pg_.sa = sa;
+  pg_.sb = sb;
+  flush_pending();
+  return true;
+}
+
+bool DecodeStep::silu_mul(const float* gate, const float* up, float gs, size_t n, float* out) {
+  if (!fusing() || pk_ != PK::Gemv || pg_.nparts != 2 || pg_.epi != GemvJob::kNone) return false;
+  if (pg_.part[0].v || pg_.part[1].v || pg_.part[0].xs != pg_.part[1].xs || pg_.part[0].y != gate ||
+      pg_.part[1].y != up || pg_.part[0].N != pg_.part[1].N || n != static_cast<size_t>(pg_.T * pg_.part[0].N))
+    return false;
+  if (out != gate && overlap(out, n, pg_.x, gemv_x_floats(pg_))) return false;
+  pg_.epi = GemvJob::kGated;
+  pg_.gs = gs;
+  pg_.out = out;
+  flush_pending();
+  return true;
+}
+
+bool DecodeStep::gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) {
+  if (!fusing() || pk_ != PK::Scan || ps_.y != y || ps_.n != T ||
+      d != static_cast<int64_t>(ps_.p.heads) * ps_.p.head_dim)
+    return false;
+  ps_.z = z;
+  ps_.ldz = ldz;
+  flush_pending();
+  return true;
+}
+
+void DecodeStep::gemv(const float* x, int64_t ldx, int64_t T, const WeightView& w, const float* bias, float* y) {
+  const size_t ny = static_cast<size_t>(T * w.rows);
+  // The scale just before, into exactly this x: the GEMV reads the scale's input instead and
+  // writes its output on the side (the same values, so every later reader sees them).
+  if (pk_ == PK::Scale && pxs_.out == x && ldx == w.cols && pxs_.n == static_cast<size_t>(T * w.cols) &&
+      !overlap(y, ny, pxs_.x, pxs_.n) && !overlap(y, ny, pxs_.out, pxs_.n)) {
+    const PendingCopyScale sc = pxs_;
+    pk_ = PK::Gemv;
+    pg_ = GemvJob{};
+    pg_.part[0] = GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows, sc.s};
+    pg_.nparts = 1;
+    pg_.K = w.cols;
+    pg_.x = sc.x;
+    pg_.ldx = ldx;
+    pg_.T = static_cast<int>(T);
+    pg_.xs_out = sc.s;
+    pg_.x_out = sc.out;
+    return;
+  }
+  // Later GEMVs of the same x join; with a scale taken over, "the same x" is its output.
+  const bool same_x = pg_.x_out ? pg_.x_out == x && ldx == pg_.K : pg_.x == x && pg_.ldx == ldx;
+  if (pk_ == PK::Gemv && pg_.nparts < kGemvParts && pg_.epi == GemvJob::kNone && same_x && pg_.T == T &&
+      pg_.K == w.cols && !job_touches(pg_, y, ny)) {
+    pg_.part[pg_.nparts++] =
+        GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows, pg_.x_out ? pg_.xs_out : 1.0f};
+    return;
+  }
+  flush_pending();
+  pk_ = PK::Gemv;
+  pg_ = GemvJob{};
+  pg_.part[0] = GemvPart{static_cast<const uint16_t*>(w.data), bias, y, w.rows};
+  pg_.nparts = 1;
+  pg_.K = w.cols;
+  pg_.x = x;
+  pg_.ldx = ldx;
+  pg_.T = static_cast<int>(T);
+  if (job_reads(pg_, y, ny)) flush_pending();  // in place: never joined
+}
+
+void DecodeStep::rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* positions,
+                      const float* inv_freq) {
+  const size_t pos = put(positions, static_cast<size_t>(T) * sizeof(int64_t), 1);
+  const size_t freq = put(inv_freq, static_cast<size_t>(hd / 2) * sizeof(float), 2);
+  const size_t nx = static_cast<size_t>((T - 1) * ld + int64_t(heads) * hd);
+  RopePart part{x, ld, heads, false, 1.0f};
+  if (psc_.on) {
+    if (psc_.x == x && static_cast<size_t>(T * ld) == psc_.n && ld == int64_t(heads) * hd) {
+      part.scaled = true;
+      part.pre = psc_.s;
+      psc_.on = false;
+    } else if (overlap(psc_.x, psc_.n, x, nx)) {
+      emit_scale();
+    }
+  }
+  const RopePart& first = pr_.rp.part[0];
+  if (pk_ == PK::Rope && pr_.rp.nparts == 1 && pr_.T == T && pr_.hd == hd && pr_.pos == pos && pr_.freq == freq &&
+      !overlap(x, nx, first.x, static_cast<size_t>((T - 1) * first.ld + int64_t(first.heads) * hd))) {
+    pr_.rp.part[1] = part;
+    pr_.rp.nparts = 2;
+    return;
+  }
+  flush_pending(/*keep_scale=*/true);
+  pk_ = PK::Rope;
+  pr_ = PendingRope{};
+  pr_.rp.part[0] = part;
+  pr_.rp.nparts = 1;
+  pr_.T = T;
+  pr_.hd = hd;
+  pr_.pos = pos;
+  pr_.freq = freq;
+}
+
+void DecodeStep::kv_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n, int64_t width,
+                         bool kv16) {
+  const size_t oc = put(caches, n * sizeof(float*), -1), orow = put(n_past, n * sizeof(int64_t), -1);
+  if (pk_ == PK::Kv && pkv_.nparts == 1 && pkv_.n == n && pkv_.width == width && pkv_.kv16 == kv16 &&
+      !overlap(src, static_cast<size_t>(n * width), pkv_.src[0], static_cast<size_t>(n * width))) {
+    pkv_.off[1][0] = oc;
+    pkv_.off[1][1] = orow;
+    pkv_.src[1] = src;
+    pkv_.nparts = 2;
+    flush_pending();
+    return;
+  }
+  flush_pending();
+  pk_ = PK::Kv;
+  pkv_ = PendingKv{};
+  pkv_.off[0][0] = oc;
+  pkv_.off[0][1] = orow;
+  pkv_.src[0] = src;
+  pkv_.nparts = 1;
+  pkv_.n = n;
+  pkv_.width = width;
+  pkv_.kv16 = kv16;
+}
+
+void DecodeStep::scan_rows(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt,
+                           int64_t ld_dt, int64_t n, const SsmParams& p, float* const* ssm_states, float* y) {
+  flush_pending();
+  pk_ = PK::Scan;
+  ps_ = PendingScan{x, B, C, ld_xbc, dt, ld_dt, n, p, put(ssm_states, n * sizeof(float*), -1), y, nullptr, 0};
+}
+
+void DecodeStep::emit_scale() {
+  if (!psc_.on) return;
+  psc_.on = false;
+  float* x = psc_.x;
+  const size_t n = psc_.n;
+  const float sc = psc_.s;
+  record("scale", [=, this] { cuda::scale(x, n, sc, x, stream_); }, x, n, sc, x);
+}
+
+void DecodeStep::flush_pending(bool keep_scale) {
+  if (!keep_scale) emit_scale();
+  const PK k = pk_;
+  pk_ = PK::None;
+  switch (k) {
+    case PK::None:
+      return;
+    case PK::Scale: {
+      const PendingCopyScale sc = pxs_;
+      record("scale", [=, this] { cuda::scale(sc.x, sc.n, sc.s, sc.out, stream_); }, sc.x, sc.n, sc.s, sc.out);
+      return;
+    }
+    case PK::Gemv: {
+      const GemvJob j = pg_;
+      record("gemv job", [=, this] { gemv_job(j, stream_); }, j.nparts, j.K, j.x, j.ldx, j.T, j.xs_out, j.x_out,
+             j.epi, j.h, j.other, j.y_first, j.sa, j.sb, j.gs, j.out);
+      for (const GemvPart& p : j.part)
+        for (uint64_t wd : {word(p.W), word(p.bias), word(p.y), word(p.N), word(p.xs), word(p.v)}) sig_.push_back(wd);
+      return;
+    }
+    case PK::Rope: {
+      const PendingRope r = pr_;
+      const RopePart &a = r.rp.part[0], &b = r.rp.part[1];
+      record("rope parts", [=, this] {
+        rope_parts(r.rp, r.T, r.hd, reinterpret_cast<const int64_t*>(dyn_dev_ + r.pos),
+                   reinterpret_cast<const float*>(dyn_dev_ + r.freq), stream_);
+      }, r.rp.nparts, a.x, a.ld, a.heads, a.scaled, a.pre, b.x, b.ld, b.heads, b.scaled, b.pre, r.T, r.hd, r.pos,
+             r.freq);
+      return;
+    }
+    case PK::Kv: {
+      const PendingKv kv = pkv_;
+      record("kv rows", [=, this] {
+        KvRowsParts kp;
+        for (int i = 0; i < kv.nparts; ++i)
+          kp.part[i] = KvRowsPart{reinterpret_cast<void* const*>(dyn_dev_ + kv.off[i][0]),
+                                  reinterpret_cast<const int64_t*>(dyn_dev_ + kv.off[i][1]), kv.src[i]};
+        kv_write_rows_parts(kp, kv.nparts, kv.n, kv.width, kv.kv16, stream_);
+      }, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.off[1][0], kv.off[1][1], kv.src[1], kv.n, kv.width,
+             kv.kv16);
+      return;
+    }
+    case PK::Scan: {
+      const PendingScan q = ps_;
+      record("scan rows", [=, this] {
+        ssm_scan_rows_gated(q.x, q.B, q.C, q.ld_xbc, q.dt, q.ld_dt, q.n, q.p,
+                            reinterpret_cast<float* const*>(dyn_dev_ + q.off), q.z, q.ldz, q.y, stream_);
+      }, q.x, q.B, q.C, q.ld_xbc, q.dt, q.ld_dt, q.n, q.p.heads, q.p.head_dim, q.p.groups, q.p.d_state, q.p.A, q.p.D,
+             q.p.dt_bias, q.p.dt_min, q.p.dt_max, q.off, q.y, q.z, q.ldz);
+      return;
+    }
+  }
+}
+
+}  // namespace fh1::cuda

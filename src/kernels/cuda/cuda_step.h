@@ -1,0 +1,177 @@
+// A decode step of the CUDA backend as a CUDA graph (internal to src/kernels/cuda): between
+// begin() and end() every op is recorded (a closure that launches it, and a signature: the op and
+// every argument, except the values a decode step changes, which go to a small device array
+// uploaded once per step: token ids, positions, the KV row written and the attention length).
+// At end() the signature is looked up among the graphs captured before (a few, least recently
+// used dropped); a match is replayed with one cudaGraphLaunch, else the closures are captured
+// into a new graph. A step whose recording had to free memory that earlier closures use (a
+// scratch buffer grew) runs its closures directly.
+//
+// While recording, one op is held back (pending) so that the next may join it: GEMVs that read
+// the same x become one launch (also across a second scale of that x: the in_proj and q/k/v),
+// the element-wise op after a GEMV becomes its epilogue (mup columns, residual, gated SiLU), the
+// scale before a GEMV its prologue, an in-place scale folds into the rope after it, the two
+// ropes and the two KV writes of a layer become one launch each, and the gate after the scan
+// joins the scan. Every fusion checks that it computes what the ops one by one compute.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/kernels.h"
+
+namespace fh1::cuda {
+
+class DecodeStep {
+ public:
+  explicit DecodeStep(cudaStream_t stream) : stream_(stream) {}
+  ~DecodeStep();
+  DecodeStep(const DecodeStep&) = delete;
+  DecodeStep& operator=(const DecodeStep&) = delete;
+
+  bool recording() const { return recording_; }
+  bool fusing() const { return recording_ && fuse_; }
+  void set_graphs(bool on) { graphs_on_ = on; }
+  bool graphs() const { return graphs_on_; }
+  void set_fuse(bool on) { fuse_ = on; }
+  size_t graphs_captured() const { return graphs_captured_; }
+
+  // Starts recording (when graphs are on); a recording in progress must have ended.
+  void begin();
+  // Ends a recording: replays the step's graph, captures a new one, or runs the closures.
+  void end();
+
+  // Keeps f with its signature: the op's tag and its arguments. Pending fusion is not flushed.
+  template <class F, class... A>
+  void record(const char* name, F&& f, A... args) {
+    sig_.push_back(word(name));
+    (sig_.push_back(word(args)), ...);
+    tape_.emplace_back(std::forward<F>(f));
+  }
+  // Records any pending op first, then this one.
+  template <class F, class... A>
+  void op(const char* name, F&& f, A... args) {
+    flush_pending();
+    record(name, std::forward<F>(f), args...);
+  }
+
+  // Copies a host array into the step's device array; returns its byte offset there. kind >= 0:
+  // reuse the last array of that kind when its content is the same (rope's positions, twice a layer).
+  size_t put(const void* src, size_t bytes, int kind);
+  // The device array's base, valid when a recorded closure runs (it moves when it grows).
+  const char* device_arrays() const { return dyn_dev_; }
+  // A buffer that closures recorded earlier in this step may still use: freed after the step
+  // (not recording: now, after the stream's work).
+  void retire(void* p);
+
+  // ---- fusion: each returns true when it took the op (joined or pending) ----
+  bool scale(const float* x, size_t n, float s, float* out);
+  bool mul_columns(float* x, int64_t T, int64_t d, const float* v);
+  bool residual(float* h, const float* a, float sa, const float* b, float sb, size_t n);
+  bool silu_mul(const float* gate, const float* up, float gs, size_t n, float* out);
+  bool gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d);
+  void gemv(const float* x, int64_t ldx, int64_t T, const WeightView& w, const float* bias, float* y);
+  void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* positions, const float* inv_freq);
+  void kv_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n, int64_t width, bool kv16);
+  void scan_rows(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt, int64_t ld_dt,
+                 int64_t n, const SsmParams& p, float* const* ssm_states, float* y);
+  void flush_pending(bool keep_scale = false);
+
+  template <class T>
+  static uint64_t word(T v) {
+    if constexpr (std::is_pointer_v<T>) {
+      return static_cast<uint64_t>(reinterpret_cast<uintptr_t>(v));
+    } else if constexpr (std::is_same_v<T, float>) {
+      uint32_t u;
+      std::memcpy(&u, &v, 4);
+      return u;
+    } else if constexpr (std::is_same_v<T, double>) {
+      uint64_t u;
+      std::memcpy(&u, &v, 8);
+      return u;
+    } else {
+      return static_cast<uint64_t>(v);
+    }
+  }
+
+ private:
+  enum class PK { None, Gemv, Rope, Kv, Scan, Scale };
+  struct PendingCopyScale {  // out = x * s, out not x
+    const float* x = nullptr;
+    float* out = nullptr;
+    size_t n = 0;
+    float s = 1.0f;
+  };
+  struct PendingScale {  // x *= s, in place
+    bool on = false;
+    float* x = nullptr;
+    size_t n = 0;
+    float s = 1.0f;
+  };
+  struct PendingRope {
+    RopeParts rp;
+    int64_t T = 0;
+    int hd = 0;
+    size_t pos = 0, freq = 0;
+  };
+  struct PendingKv {
+    size_t off[2][2] = {{0, 0}, {0, 0}};
+    const float* src[2] = {nullptr, nullptr};
+    int nparts = 0;
+    int64_t n = 0, width = 0;
+    bool kv16 = false;
+  };
+  struct PendingScan {
+    const float *x, *B, *C;
+    int64_t ld_xbc;
+    const float* dt;
+    int64_t ld_dt, n;
+    SsmParams p;
+    size_t off;
+    float* y;
+    const float* z;
+    int64_t ldz;
+  };
+  struct Graph {
+    std::vector<uint64_t> sig;
+    cudaGraphExec_t exec = nullptr;
+    uint64_t used = 0;
+  };
+  static constexpr size_t kMaxGraphs = 24;
+
+  void emit_scale();
+  void free_retired();
+
+  cudaStream_t stream_;
+  bool graphs_on_ = true;
+  bool fuse_ = true;
+  bool recording_ = false;
+  bool rec_dirty_ = false;
+  std::vector<uint64_t> sig_;
+  std::vector<std::function<void()>> tape_;
+  std::vector<char> dyn_host_;
+  std::array<size_t, 3> dyn_last_{SIZE_MAX, SIZE_MAX, SIZE_MAX};
+  std::array<size_t, 3> dyn_bytes_{0, 0, 0};
+  char* dyn_dev_ = nullptr;
+  size_t dyn_cap_ = 0;
+  std::vector<void*> retired_;
+  std::vector<Graph> graphs_;
+  uint64_t graph_clock_ = 0;
+  size_t graphs_captured_ = 0;
+  PK pk_ = PK::None;
+  PendingCopyScale pxs_;
+  GemvJob pg_;
+  PendingRope pr_;
+  PendingKv pkv_;
+  PendingScan ps_{};
+  PendingScale psc_;
+};
+
+}  // namespace fh1::cuda
