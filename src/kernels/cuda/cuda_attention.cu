@@ -393,6 +393,7 @@ __global__ void __launch_bounds__(32)
   for (int i = 0; i < HDP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
   const int64_t last_lo = n_past + gq / G, last_hi = n_past + (gq + 8) / G;  // last visible key per row
+  const int64_t vis_lo = min(last_lo, k_end - 1), vis_hi = min(last_hi, k_end - 1);  // ... in this range
 
   int buf = 0;
   for (int64_t k0 = k_begin; k0 < k_end; k0 += kDecBK, buf ^= 1) {
@@ -417,63 +418,13 @@ __global__ void __launch_bounds__(32)
           mma_bf16(s[nt], qf[part][kk], *reinterpret_cast<const uint32_t*>(kr),
                    *reinterpret_cast<const uint32_t*>(kr + 8));
         }
-#pragma unroll
-    for (int nt = 0; nt < kDecBK / 8; ++nt) {
-      const int64_t key = k0 + nt * 8 + 2 * c4;
-      if (key >= k_end || key > last_lo) s[nt][0] = -INFINITY;
-      if (key + 1 >= k_end || key + 1 > last_lo) s[nt][1] = -INFINITY;
-      if (key >= k_end || key > last_hi) s[nt][2] = -INFINITY;
-      if (key + 1 >= k_end || key + 1 > last_hi) s[nt][3] = -INFINITY;
-    }
-    float mx[2] = {mrow[0], mrow[1]};
-#pragma unroll
-    for (int nt = 0; nt < kDecBK / 8; ++nt) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    }
-    float corr[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
-      corr[r] = exp2f(mrow[r] - mu);
-      mrow[r] = mx[r];
-      mx[r] = mu;
-      lrow[r] *= corr[r];
-    }
-#pragma unroll
-    for (int i = 0; i < HDP / 8; ++i) {
-      o[i][0] *= corr[0]; o[i][1] *= corr[0];
-      o[i][2] *= corr[1]; o[i][3] *= corr[1];
-    }
+    mask_keys_after(s, k0, c4, vis_lo, vis_hi);
+    float mx[2];
+    online_softmax_step(s, mrow, lrow, o, mx);
 #pragma unroll
     for (int kk = 0; kk < kDecBK / 16; ++kk) {
       uint32_t pa[4], pl[4];
-      {
-        const float* s0 = s[2 * kk];
-        const float* s1 = s[2 * kk + 1];
-        const float p00 = exp2f(s0[0] - mx[0]), p01 = exp2f(s0[1] - mx[0]);
-        const float p02 = exp2f(s0[2] - mx[1]), p03 = exp2f(s0[3] - mx[1]);
-        const float p10 = exp2f(s1[0] - mx[0]), p11 = exp2f(s1[1] - mx[0]);
-        const float p12 = exp2f(s1[2] - mx[1]), p13 = exp2f(s1[3] - mx[1]);
-        lrow[0] += p00 + p01 + p10 + p11;
-        lrow[1] += p02 + p03 + p12 + p13;
-        pa[0] = pack_bf16x2(p00, p01);
-        pa[1] = pack_bf16x2(p02, p03);
-        pa[2] = pack_bf16x2(p10, p11);
-        pa[3] = pack_bf16x2(p12, p13);
-        auto lo = [](uint32_t hi, float a, float b) {
-          return pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
-        };
-        pl[0] = lo(pa[0], p00, p01);
-        pl[1] = lo(pa[1], p02, p03);
-        pl[2] = lo(pa[2], p10, p11);
-        pl[3] = lo(pa[3], p12, p13);
-      }
+      probs_bf16<true>(s[2 * kk], s[2 * kk + 1], mx, lrow, pa, pl);
       const bf16* vrow = &Vs[buf][(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8];
 #pragma unroll
       for (int dt = 0; dt < HDP / 16; ++dt) {

@@ -69,4 +69,105 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 }  // namespace
+// Causal mask of a tile of scores in the m16n8 accumulator layout (s[nt][0..1]: keys
+// k0 + 8 nt + 2 c4 + {0, 1} for the row of one query, s[nt][2..3] for the row 8 further down):
+// keys after a row's last visible key (last_lo, last_hi) get -inf.
+template <int NT>
+__device__ __forceinline__ void mask_keys_after(float (&s)[NT][4], int64_t k0, int c4, int64_t last_lo,
+                                                int64_t last_hi) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int64_t key = k0 + nt * 8 + 2 * c4;
+    if (key > last_lo) s[nt][0] = -INFINITY;
+    if (key + 1 > last_lo) s[nt][1] = -INFINITY;
+    if (key > last_hi) s[nt][2] = -INFINITY;
+    if (key + 1 > last_hi) s[nt][3] = -INFINITY;
+  }
+}
+
+// One online-softmax step over such a tile (scores already in log2 units): the two rows' running
+// maxima (mrow) and sums (lrow) and the output accumulator o rescaled to the new maxima; mx gets
+// the maxima to subtract before exp2 (0 for a row with no key yet, so -inf scores give 0, not NaN).
+template <int NT, int NO>
+__device__ __forceinline__ void online_softmax_step(const float (&s)[NT][4], float (&mrow)[2], float (&lrow)[2],
+                                                    float (&o)[NO][4], float (&mx)[2]) {
+  mx[0] = mrow[0];
+  mx[1] = mrow[1];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+  }
+  float corr[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
+    corr[r] = exp2f(mrow[r] - mu);
+    mrow[r] = mx[r];
+    mx[r] = mu;
+    lrow[r] *= corr[r];
+  }
+#pragma unroll
+  for (int i = 0; i < NO; ++i) {
+    o[i][0] *= corr[0];
+    o[i][1] *= corr[0];
+    o[i][2] *= corr[1];
+    o[i][3] *= corr[1];
+  }
+}
+
+// The probabilities of 16 keys (the score tiles s0, s1 of one k16 step) as the A operand of a
+// bf16 MMA: exp2(s - mx), added to the rows' sums; pa their bf16 values, pl (LO) what bf16
+// rounding left out (p = pa + pl to ~16 bits).
+template <bool LO>
+__device__ __forceinline__ void probs_bf16(const float (&s0)[4], const float (&s1)[4], const float (&mx)[2],
+                                           float (&lrow)[2], uint32_t (&pa)[4], uint32_t (&pl)[4]) {
+  const float p00 = exp2f(s0[0] - mx[0]), p01 = exp2f(s0[1] - mx[0]);
+  const float p02 = exp2f(s0[2] - mx[1]), p03 = exp2f(s0[3] - mx[1]);
+  const float p10 = exp2f(s1[0] - mx[0]), p11 = exp2f(s1[1] - mx[0]);
+  const float p12 = exp2f(s1[2] - mx[1]), p13 = exp2f(s1[3] - mx[1]);
+  lrow[0] += p00 + p01 + p10 + p11;
+  lrow[1] += p02 + p03 + p12 + p13;
+  pa[0] = pack_bf16x2(p00, p01);
+  pa[1] = pack_bf16x2(p02, p03);
+  pa[2] = pack_bf16x2(p10, p11);
+  pa[3] = pack_bf16x2(p12, p13);
+  if constexpr (LO) {
+    auto lo = [](uint32_t hi, float a, float b) {
+      return pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+    };
+    pl[0] = lo(pa[0], p00, p01);
+    pl[1] = lo(pa[1], p02, p03);
+    pl[2] = lo(pa[2], p10, p11);
+    pl[3] = lo(pa[3], p12, p13);
+  }
+}
+
+// The end of a flash kernel's warp: the rows' sums over the 4 lanes that share them, and the
+// rows t_lo and t_hi (when < T) of the output head h divided by them.
+template <int NO>
+__device__ __forceinline__ void store_rows(const float (&o)[NO][4], float (&lrow)[2], float* out, int64_t ldo,
+                                           int h, int hd, int64_t t_lo, int64_t t_hi, int64_t T, int c4) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t t = r == 0 ? t_lo : t_hi;
+    if (t >= T) continue;
+    const float inv = 1.0f / lrow[r];
+    float* orow = out + t * ldo + int64_t(h) * hd;
+#pragma unroll
+    for (int i = 0; i < NO; ++i) {
+      const int d = i * 8 + 2 * c4;
+      if (d < hd) orow[d] = o[i][2 * r] * inv;
+      if (d + 1 < hd) orow[d + 1] = o[i][2 * r + 1] * inv;
+    }
+  }
+}
+
 }  // namespace fh1::cuda

@@ -202,40 +202,10 @@ __global__ void __launch_bounds__(128)
       }
     }
     if (k0 + BK - 1 > n_past + wq) {  // the tile reaches past some query of this warp: mask
-#pragma unroll
-      for (int nt = 0; nt < BK / 8; ++nt) {
-        const int64_t key = k0 + nt * 8 + 2 * c4;
-        if (key > n_past + t_lo) s[nt][0] = -INFINITY;
-        if (key + 1 > n_past + t_lo) s[nt][1] = -INFINITY;
-        if (key > n_past + t_hi) s[nt][2] = -INFINITY;
-        if (key + 1 > n_past + t_hi) s[nt][3] = -INFINITY;
-      }
+      mask_keys_after(s, k0, c4, n_past + t_lo, n_past + t_hi);
     }
-    float mx[2] = {mrow[0], mrow[1]};
-#pragma unroll
-    for (int nt = 0; nt < BK / 8; ++nt) {
-      mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-      mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    }
-    float corr[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
-      corr[r] = exp2f(mrow[r] - mu);
-      mrow[r] = mx[r];
-      mx[r] = mu;
-      lrow[r] *= corr[r];
-    }
-#pragma unroll
-    for (int i = 0; i < HDP / 8; ++i) {
-      o[i][0] *= corr[0]; o[i][1] *= corr[0];
-      o[i][2] *= corr[1]; o[i][3] *= corr[1];
-    }
+    float mx[2];
+    online_softmax_step(s, mrow, lrow, o, mx);
 #pragma unroll
     for (int nt = 0; nt < BK / 8; ++nt) {
       const float p0 = exp2f(s[nt][0] - mx[0]), p1 = exp2f(s[nt][1] - mx[0]);
@@ -249,25 +219,7 @@ __global__ void __launch_bounds__(128)
         mma_tf32(o[i], a0, a1, a2, a3, __float_as_uint(v0[i * 8]), __float_as_uint(v0[LD + i * 8]));
     }
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
-    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
-  }
-  const int64_t ldo = int64_t(H) * hd;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t t = r == 0 ? t_lo : t_hi;
-    if (t >= T) continue;
-    const float inv = 1.0f / lrow[r];
-    float* orow = out + t * ldo + int64_t(h) * hd;
-#pragma unroll
-    for (int i = 0; i < HDP / 8; ++i) {
-      const int d = i * 8 + 2 * c4;
-      if (d < hd) orow[d] = o[i][2 * r] * inv;
-      if (d + 1 < hd) orow[d + 1] = o[i][2 * r + 1] * inv;
-    }
-  }
+  store_rows(o, lrow, out, int64_t(H) * hd, h, hd, t_lo, t_hi, T, c4);
 }
 
 // ---- prefill: flash attention on the tensor cores in bf16 (bf16 KV caches) ----
@@ -381,66 +333,14 @@ __global__ void __launch_bounds__(128)
         }
       }
       if (k0 + BK - 1 > n_past + wq) {  // the tile reaches past some query of this warp: mask
-#pragma unroll
-        for (int nt = 0; nt < BK / 8; ++nt) {
-          const int64_t key = k0 + nt * 8 + 2 * c4;
-          if (key > n_past + t_lo) s[nt][0] = -INFINITY;
-          if (key + 1 > n_past + t_lo) s[nt][1] = -INFINITY;
-          if (key > n_past + t_hi) s[nt][2] = -INFINITY;
-          if (key + 1 > n_past + t_hi) s[nt][3] = -INFINITY;
-        }
+        mask_keys_after(s, k0, c4, n_past + t_lo, n_past + t_hi);
       }
-      float mx[2] = {mrow[0], mrow[1]};
-#pragma unroll
-      for (int nt = 0; nt < BK / 8; ++nt) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-      }
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      }
-      float corr[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
-        corr[r] = exp2f(mrow[r] - mu);
-        mrow[r] = mx[r];
-        mx[r] = mu;
-        lrow[r] *= corr[r];
-      }
-#pragma unroll
-      for (int i = 0; i < HDP / 8; ++i) {
-        o[i][0] *= corr[0]; o[i][1] *= corr[0];
-        o[i][2] *= corr[1]; o[i][3] *= corr[1];
-      }
+      float mx[2];
+      online_softmax_step(s, mrow, lrow, o, mx);
 #pragma unroll
       for (int kk = 0; kk < BK / 16; ++kk) {  // 16 keys: the S tiles 2 kk and 2 kk + 1
         uint32_t pa[4], pl[4];
-        {
-          const float* s0 = s[2 * kk];
-          const float* s1 = s[2 * kk + 1];
-          const float p00 = exp2f(s0[0] - mx[0]), p01 = exp2f(s0[1] - mx[0]);
-          const float p02 = exp2f(s0[2] - mx[1]), p03 = exp2f(s0[3] - mx[1]);
-          const float p10 = exp2f(s1[0] - mx[0]), p11 = exp2f(s1[1] - mx[0]);
-          const float p12 = exp2f(s1[2] - mx[1]), p13 = exp2f(s1[3] - mx[1]);
-          lrow[0] += p00 + p01 + p10 + p11;
-          lrow[1] += p02 + p03 + p12 + p13;
-          pa[0] = pack_bf16x2(p00, p01);
-          pa[1] = pack_bf16x2(p02, p03);
-          pa[2] = pack_bf16x2(p10, p11);
-          pa[3] = pack_bf16x2(p12, p13);
-          if constexpr (PREC >= 2) {
-            auto lo = [](uint32_t hi, float a, float b) {
-              return pack_bf16x2(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
-            };
-            pl[0] = lo(pa[0], p00, p01);
-            pl[1] = lo(pa[1], p02, p03);
-            pl[2] = lo(pa[2], p10, p11);
-            pl[3] = lo(pa[3], p12, p13);
-          }
-        }
+        probs_bf16<PREC >= 2>(s[2 * kk], s[2 * kk + 1], mx, lrow, pa, pl);
         // ldmatrix.trans: lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of the 8x8 blocks
         // (keys +0, dims +0), (keys +8, dims +0), (keys +0, dims +8), (keys +8, dims +8).
         const bf16* vrow = vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
@@ -459,25 +359,7 @@ __global__ void __launch_bounds__(128)
     }
     __syncthreads();  // the buffer just read is the next load's target
   }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
-    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
-  }
-  const int64_t ldo = int64_t(H) * hd;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t t = r == 0 ? t_lo : t_hi;
-    if (t >= T) continue;
-    const float inv = 1.0f / lrow[r];
-    float* orow = out + t * ldo + int64_t(h) * hd;
-#pragma unroll
-    for (int i = 0; i < HDP / 8; ++i) {
-      const int d = i * 8 + 2 * c4;
-      if (d < hd) orow[d] = o[i][2 * r] * inv;
-      if (d + 1 < hd) orow[d + 1] = o[i][2 * r + 1] * inv;
-    }
-  }
+  store_rows(o, lrow, out, int64_t(H) * hd, h, hd, t_lo, t_hi, T, c4);
 }
 
 
