@@ -66,7 +66,7 @@ struct GemvPart {
 };
 constexpr int kGemvParts = 4;
 struct GemvJob {
-  enum Epi : int { kNone = 0, kResidual = 2, kGated = 3 };
+  enum Epi : int { kNone = 0, kResidual = 1, kGated = 2 };
   GemvPart part[kGemvParts];
   int nparts = 1;
   int64_t K = 0;
