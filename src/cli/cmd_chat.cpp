@@ -12,6 +12,7 @@
 #include <string>
 
 #include "cli/common.h"
+#include "tokenizer/unicode.h"
 #include "cli/model_options.h"
 #include "cli/sampling_options.h"
 #include "runtime/chat_session.h"
@@ -102,7 +103,7 @@ Runner add_chat_command(CLI::App& app) {
                        r.result.ids.size(), dc, static_cast<long long>(session.context_tokens()));
         }
       } catch (const Error& e) {
-        std::fprintf(stderr, "error: %s\n", e.what());
+        std::fprintf(stderr, "error: %s\n", unicode::to_valid_utf8(e.what()).c_str());
       }
     }
     std::fputs("\n", stdout);

@@ -4,6 +4,7 @@
 #include <map>
 
 #include "cli/common.h"
+#include "tokenizer/unicode.h"
 #include "util/error.h"
 
 int main(int argc, char** argv) {
@@ -24,13 +25,14 @@ int main(int argc, char** argv) {
     }
     return 0;
   } catch (const fh1::Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    // Messages may quote the input they reject (a parser's "last read: ..."): never raw bytes.
+    std::fprintf(stderr, "error: %s\n", fh1::unicode::to_valid_utf8(e.what()).c_str());
     return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "error: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    std::fprintf(stderr, "error: %s\n", fh1::unicode::to_valid_utf8(e.what()).c_str());
     return 1;
   }
 }

@@ -74,6 +74,13 @@ echo '{"model_type": "llama"}' >"$TMP/bad/config.json"
 expect_fail "unknown model_type" "falcon_h1" "$BIN" info -m "$TMP/bad"
 echo '{"model_type": "falcon_h1", ' >"$TMP/bad/config.json"
 expect_fail "truncated config" "invalid JSON" "$BIN" info -m "$TMP/bad"
+# A parser's message quotes what it read: invalid UTF-8 there reaches the terminal replaced.
+printf '{"model_type": "falcon\xff\xfe_h1"}' >"$TMP/bad/config.json"
+expect_fail "invalid UTF-8 in config" "invalid JSON" "$BIN" info -m "$TMP/bad"
+if iconv -f UTF-8 -t UTF-8 "$TMP/err" >/dev/null 2>&1; then pass=$((pass + 1)); else
+  fail=$((fail + 1))
+  echo "FAIL: the message about invalid UTF-8 is not valid UTF-8 itself"
+fi
 cp "$M/config.json" "$TMP/bad/config.json"
 head -c 1000 "$M/model.safetensors" >"$TMP/bad/model.safetensors"
 expect_fail "truncated weights" "model.safetensors" "$BIN" generate -m "$TMP/bad" --ids 1
