@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# On a GPU machine: one cuda-bench command under several environments (an A/B of tuning knobs)
+# in one call, interleaved A B A B ... so that the variants share the machine and its drift
+# (machines differ by up to ~7 % between calls). Prints every run's rows, then per row the best
+# time of each variant and its ratio to the first.
+#   scripts/gpu_ab.sh "FH1_CUDA_GEMV_U=8" "FH1_CUDA_GEMV_U=4" -- --models 7b --prefill 0 --decode-ctx 1024 --batches 1
+#   AB_REPS=3 scripts/gpu_ab.sh "" "FH1_CUDA_FUSE=0" -- --models 0.5b --prefill 0   ("": the defaults)
+# BUILD (default build-cuda) holds cuda-bench.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${BUILD:-build-cuda}
+export LD_LIBRARY_PATH="$PWD/$BUILD/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+variants=()
+while [[ $# -gt 0 && "$1" != "--" ]]; do
+  variants+=("$1")
+  shift
+done
+[[ $# -gt 0 ]] && shift
+if [[ ${#variants[@]} -lt 2 || $# -eq 0 ]]; then
+  echo "usage: $0 ENV_A ENV_B [...] -- CUDA_BENCH_ARGS..." >&2
+  exit 2
+fi
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+for rep in $(seq "${AB_REPS:-2}"); do
+  for i in "${!variants[@]}"; do
+    v=${variants[$i]}
+    # shellcheck disable=SC2086  # a variant is a list of NAME=VALUE words
+    env $v "$BUILD/cuda-bench" "$@" 2>&1 | grep -E '^(prefill|decode) ' | sed "s|^|$i\t|" | tee -a "$out"
+  done
+done
+echo "== best of ${AB_REPS:-2} per variant (ms; ratio to variant 0)"
+python3 - "$out" "${variants[@]}" <<'EOF'
+import sys
+path, names = sys.argv[1], sys.argv[2:]
+best = {}
+for line in open(path):
+    i, row = line.rstrip("\n").split("\t", 1)
+    f = row.split()
+    if len(f) < 5 or "skipped" in row:
+        continue
+    key = " ".join(f[:3])  # kind, batch, tokens
+    ms = float(f[4])
+    best.setdefault(key, {})
+    best[key][int(i)] = min(ms, best[key].get(int(i), float("inf")))
+for key, per in best.items():
+    base = per.get(0)
+    cells = []
+    for i, name in enumerate(names):
+        if i in per:
+            ratio = f" ({per[i] / base:.3f})" if base else ""
+            cells.append(f"[{name or 'defaults'}] {per[i]:.3f}{ratio}")
+    print(f"{key:28s} " + "  ".join(cells))
+EOF
