@@ -238,7 +238,14 @@ Tokenizer Tokenizer::from_dir(const std::filesystem::path& dir) {
     throw Error("no tokenizer.json in " + dir.string() +
                 " (only Hugging Face tokenizer.json files are supported)");
   }
-  auto impl = build_impl(read_file(tokenizer_path));
+  std::shared_ptr<Impl> impl;
+  try {
+    impl = build_impl(read_file(tokenizer_path));
+  } catch (const Error& e) {  // the messages name "tokenizer.json": say which one
+    const std::string m = e.what(), name = "tokenizer.json";
+    throw Error(m.compare(0, name.size(), name) == 0 ? tokenizer_path.string() + m.substr(name.size())
+                                                     : tokenizer_path.string() + ": " + m);
+  }
   try {
     apply_side_files(dir, impl.get());
   } catch (const json::exception& e) {
