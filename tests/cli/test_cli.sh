@@ -116,6 +116,7 @@ expect_fail "--chat without -p" "--chat needs" "$BIN" generate -m "$M" --ids 1,2
 expect_fail "no prompt at all" "give a prompt" "$BIN" generate -m "$M"
 printf '{"version": "1.0", "model": {"type": "WordPiece", "vocab": {}}}' >"$TMP/bad/tokenizer.json"
 expect_fail "unsupported tokenizer model" "WordPiece" "$BIN" tokenize -m "$TMP/bad" --text "x"
+expect_fail "the tokenizer error names the file" "$TMP/bad/tokenizer.json:" "$BIN" tokenize -m "$TMP/bad" --text "x"
 
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
