@@ -163,7 +163,7 @@ TensorStore TensorStore::open_dir(const std::filesystem::path& dir) {
       if (!it.value().is_string())
         throw mismatch(index_path.string() + ": weight_map['" + it.key() + "']", "a file name", it.value().dump());
       const std::string file = it.value().get<std::string>();
-      if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
+      if (file.empty() || file == "." || file.find('/') != std::string::npos || file.find("..") != std::string::npos)
         throw Error(index_path.string() + ": shard name '" + file + "' must be a plain file name");
       if (seen.insert(file).second) shards.push_back(dir / file);
     }

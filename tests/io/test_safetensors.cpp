@@ -119,6 +119,8 @@ TEST(TensorStore, ShardedIndexProblems) {
   expect_error([&] { TensorStore::open_dir(dir.path); }, {"'b'", "not in shard"});
   dir.write("model.safetensors.index.json", R"({"weight_map":{"a":"../s1.safetensors"}})");
   expect_error([&] { TensorStore::open_dir(dir.path); }, {"plain file name"});
+  dir.write("model.safetensors.index.json", R"({"weight_map":{"a":""}})");
+  expect_error([&] { TensorStore::open_dir(dir.path); }, {"shard name ''", "plain file name"});
   dir.write("model.safetensors.index.json", R"({"nothing":1})");
   expect_error([&] { TensorStore::open_dir(dir.path); }, {"weight_map"});
   dir.write("model.safetensors.index.json", R"({"weight_map":{"a":"s1.safetensors"}})");
