@@ -26,11 +26,11 @@ __device__ __forceinline__ float dot8(const uint4 raw, const float4 a, const flo
   return wf[0] * a.x + wf[1] * a.y + wf[2] * a.z + wf[3] * a.w + wf[4] * b.x + wf[5] * b.y + wf[6] * b.z + wf[7] * b.w;
 }
 
-// Row r of part P done (acc: its T sums; acc[1]: the up row's in kGated): bias, then the
+// Row r of part P done (acc[0]: its T sums; acc[1]: the up row's in kGated): bias, then the
 // epilogue the job took over.
-template <int TB, int NA>
+template <int TB>
 __device__ __forceinline__ void gemv_store(const GemvJob& job, const GemvPart& P, int64_t r, int T,
-                                           const float (&acc)[NA][TB]) {
+                                           const float (&acc)[2][TB]) {
   const int64_t N = P.N;
 #pragma unroll
   for (int t = 0; t < TB; ++t) {
@@ -44,9 +44,9 @@ __device__ __forceinline__ void gemv_store(const GemvJob& job, const GemvPart& P
         job.h[i] += job.y_first ? val * job.sa + o * job.sb : o * job.sa + val * job.sb;
       else
         job.h[i] += val * job.sa;
-    } else if (NA == 2 && job.epi == GemvJob::kGated) {
+    } else if (job.epi == GemvJob::kGated) {
       const GemvPart& Up = job.part[1];
-      const float up = acc[NA - 1][t] + (Up.bias ? Up.bias[r] : 0.0f);
+      const float up = acc[1][t] + (Up.bias ? Up.bias[r] : 0.0f);
       Up.y[i] = up;
       if (job.out != P.y) P.y[i] = val;
       job.out[i] = up * silu(val * job.gs);
@@ -188,7 +188,7 @@ __global__ void __launch_bounds__(256) gemv_job_kernel(const GemvJob job) {
         }
   }
   if (sub != 0 || lane != 0 || !valid) return;
-  gemv_store<TB, NA>(job, P, r, T, acc);
+  gemv_store<TB>(job, P, r, T, acc);
 }
 
 }  // namespace
