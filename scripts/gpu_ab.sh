@@ -26,7 +26,7 @@ for rep in $(seq "${AB_REPS:-2}"); do
   for i in "${!variants[@]}"; do
     v=${variants[$i]}
     # shellcheck disable=SC2086  # a variant is a list of NAME=VALUE words
-    env $v "$BUILD/cuda-bench" "$@" 2>&1 | grep -E '^(prefill|decode) ' | sed "s|^|$i\t|" | tee -a "$out"
+    env $v "$BUILD/cuda-bench" "$@" 2>&1 | awk '/^== /{m=$2} /^(prefill|decode) +[0-9]/{print m, $0}' | sed "s|^|$i\t|" | tee -a "$out"
   done
 done
 echo "== best of ${AB_REPS:-2} per variant (ms; ratio to variant 0)"
@@ -37,10 +37,10 @@ best = {}
 for line in open(path):
     i, row = line.rstrip("\n").split("\t", 1)
     f = row.split()
-    if len(f) < 5 or "skipped" in row:
+    if len(f) < 6 or "skipped" in row:
         continue
-    key = " ".join(f[:3])  # kind, batch, tokens
-    ms = float(f[4])
+    key = " ".join(f[:4])  # model, kind, batch, tokens
+    ms = float(f[5])
     best.setdefault(key, {})
     best[key][int(i)] = min(ms, best[key].get(int(i), float("inf")))
 for key, per in best.items():
