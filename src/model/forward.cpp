@@ -101,7 +101,7 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
     const LayerWeights& L = layers_[static_cast<size_t>(l)];
     k.rmsnorm(h.data(), T, d, L.input_norm.data(), eps, u.data());
 
-    // ---- Mamba-2 mixer ----
+    // ---- input projections of both mixers ----
     k.scale(u.data(), T * d, static_cast<float>(c.ssm_in_multiplier), x_in.data());
     k.matmul(x_in.data(), d, T, L.in_proj, L.in_proj_bias.data(), zxbcdt.data());
     k.mul_columns(zxbcdt.data(), T, in_dim, mup_vector_.data());
@@ -111,6 +111,36 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
     k.matmul(x_in.data(), d, T, L.q_proj, L.q_bias.data(), q.data());
     k.matmul(x_in.data(), d, T, L.k_proj, L.k_bias.data(), kk.data());
     k.matmul(x_in.data(), d, T, L.v_proj, L.v_bias.data(), vv.data());
+    // The attention and the Mamba-2 mixer are independent until they join the residual stream: a
+    // backend may run the attention as a branch beside the mixer (kernels.h, decode steps).
+    k.branch_begin();
+    // ---- attention ----
+    k.scale(kk.data(), T * kvd, static_cast<float>(c.key_multiplier), kk.data());
+    k.rope(q.data(), qd, T, c.num_attention_heads, c.head_dim, positions.data(), inv_freq_.data());
+    k.rope(kk.data(), kvd, T, c.num_key_value_heads, c.head_dim, positions.data(), inv_freq_.data());
+    if (decode_step) {
+      for (size_t i = 0; i < spans.size(); ++i) {
+        k_caches[i] = spans[i].state->k_cache(l);
+        v_caches[i] = spans[i].state->v_cache(l);
+      }
+      k.kv_write_rows(k_caches.data(), n_pasts.data(), kk.data(), T, kvd);
+      k.kv_write_rows(v_caches.data(), n_pasts.data(), vv.data(), T, kvd);
+      k.attention_rows(q.data(), qd, T, k_caches.data(), v_caches.data(), n_pasts.data(), c.num_attention_heads,
+                       c.num_key_value_heads, c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), att.data());
+    }
+    for (const Span& s : spans) {
+      if (decode_step) break;
+      float* kc = s.state->k_cache(l);
+      float* vc = s.state->v_cache(l);
+      k.kv_write(kc, s.n_past, kk.data() + s.row * kvd, s.T, kvd);
+      k.kv_write(vc, s.n_past, vv.data() + s.row * kvd, s.T, kvd);
+      k.attention(q.data() + s.row * qd, qd, s.T, kc, vc, s.n_past, c.num_attention_heads, c.num_key_value_heads,
+                  c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), att.data() + s.row * qd);
+    }
+    k.matmul(att.data(), qd, T, L.o_proj, L.o_bias.data(), att_out.data());
+    k.branch_end();
+
+    // ---- Mamba-2 mixer ----
     ssm.A = L.A.data();
     ssm.D = L.D.data();
     ssm.dt_bias = L.dt_bias.data();
@@ -139,31 +169,7 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
     else
       k.gate_silu(y.data(), zxbcdt.data(), in_dim, T, ds);
     k.matmul(y.data(), ds, T, L.out_proj, L.out_proj_bias.data(), mixer_out.data());
-
-    // ---- attention ----
-    k.scale(kk.data(), T * kvd, static_cast<float>(c.key_multiplier), kk.data());
-    k.rope(q.data(), qd, T, c.num_attention_heads, c.head_dim, positions.data(), inv_freq_.data());
-    k.rope(kk.data(), kvd, T, c.num_key_value_heads, c.head_dim, positions.data(), inv_freq_.data());
-    if (decode_step) {
-      for (size_t i = 0; i < spans.size(); ++i) {
-        k_caches[i] = spans[i].state->k_cache(l);
-        v_caches[i] = spans[i].state->v_cache(l);
-      }
-      k.kv_write_rows(k_caches.data(), n_pasts.data(), kk.data(), T, kvd);
-      k.kv_write_rows(v_caches.data(), n_pasts.data(), vv.data(), T, kvd);
-      k.attention_rows(q.data(), qd, T, k_caches.data(), v_caches.data(), n_pasts.data(), c.num_attention_heads,
-                       c.num_key_value_heads, c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), att.data());
-    }
-    for (const Span& s : spans) {
-      if (decode_step) break;
-      float* kc = s.state->k_cache(l);
-      float* vc = s.state->v_cache(l);
-      k.kv_write(kc, s.n_past, kk.data() + s.row * kvd, s.T, kvd);
-      k.kv_write(vc, s.n_past, vv.data() + s.row * kvd, s.T, kvd);
-      k.attention(q.data() + s.row * qd, qd, s.T, kc, vc, s.n_past, c.num_attention_heads, c.num_key_value_heads,
-                  c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), att.data() + s.row * qd);
-    }
-    k.matmul(att.data(), qd, T, L.o_proj, L.o_bias.data(), att_out.data());
+    k.branch_join();
 
     // The two mixers join the residual stream together.
     k.residual_add2(h.data(), mixer_out.data(), static_cast<float>(c.ssm_out_multiplier), att_out.data(),

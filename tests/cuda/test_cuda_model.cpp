@@ -168,7 +168,9 @@ TEST_P(CudaModelTest, MixedBatchEqualsEachAlone) {
 }
 
 // Decode steps recorded as CUDA graphs (replayed within a length bucket, re-captured when a
-// pointer or the bucket changes) compute what the same ops launched one by one compute.
+// pointer or the bucket changes), with the attention as a branch beside the Mamba-2 mixer or
+// not, compute what the same ops launched one by one compute. Six sequences: the matmuls of more
+// than 4 rows go to cuBLAS, inside the branch too.
 TEST_P(CudaModelTest, DecodeGraphsEqualDirectLaunches) {
   const Fixture f = load_fixture(GetParam());
   auto* cg = static_cast<CudaKernels*>(gpu.get());
@@ -176,19 +178,21 @@ TEST_P(CudaModelTest, DecodeGraphsEqualDirectLaunches) {
   const std::span<const int32_t> ids(f.prompt_ids);
   ASSERT_GE(ids.size(), 20u);
   const int steps = 70;  // sequence lengths cross 64: a new bucket
+  constexpr size_t kSeqs = 6;
   size_t captured = 0;
-  auto run = [&](bool graphs) {
+  auto run = [&](bool graphs, bool branches) {
     cg->set_decode_graphs(graphs);
+    cg->set_decode_branches(branches);
     std::vector<SequenceState> st;
-    for (int i = 0; i < 3; ++i) st.push_back(model.new_state(4));
-    const size_t lens[3] = {5, 13, 20};
+    for (size_t i = 0; i < kSeqs; ++i) st.push_back(model.new_state(4));
+    const size_t lens[kSeqs] = {5, 13, 20, 7, 9, 11};
     std::vector<float> all;
-    for (int i = 0; i < 3; ++i) model.forward(st[static_cast<size_t>(i)], ids.subspan(0, lens[i]));
+    for (size_t i = 0; i < kSeqs; ++i) model.forward(st[i], ids.subspan(0, lens[i]));
     const size_t before = cg->graphs_captured();
-    std::vector<int32_t> tok(3);
+    std::vector<int32_t> tok(kSeqs);
     for (int s = 0; s < steps; ++s) {
       std::vector<BatchItem> batch;
-      for (size_t i = 0; i < 3; ++i) {
+      for (size_t i = 0; i < kSeqs; ++i) {
         tok[i] = ids[(static_cast<size_t>(s) * 7 + i) % ids.size()];
         batch.push_back(BatchItem{&st[i], std::span<const int32_t>(&tok[i], 1), false});
       }
@@ -199,14 +203,20 @@ TEST_P(CudaModelTest, DecodeGraphsEqualDirectLaunches) {
     captured = cg->graphs_captured() - before;
     return all;
   };
-  const auto direct = run(false);
-  const auto graphs = run(true);
+  const auto direct = run(false, true);
+  const auto plain = run(true, false);
+  const size_t captured_plain = captured;
+  const auto branched = run(true, true);
   cg->set_decode_graphs(true);
-  ASSERT_EQ(direct.size(), graphs.size());
-  EXPECT_LE(relative_max_diff(graphs, direct), 1e-4) << f.name;
+  ASSERT_EQ(direct.size(), branched.size());
+  ASSERT_EQ(direct.size(), plain.size());
+  EXPECT_LE(relative_max_diff(plain, direct), 1e-4) << f.name;
+  EXPECT_LE(relative_max_diff(branched, direct), 1e-4) << f.name;
   // Replayed, not re-captured every step: a few graphs per shape (buckets, KV growth).
-  EXPECT_LE(captured, 16u) << f.name;
-  EXPECT_GE(captured, 2u) << f.name;
+  for (size_t c : {captured_plain, captured}) {
+    EXPECT_LE(c, 16u) << f.name;
+    EXPECT_GE(c, 2u) << f.name;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFixtures, CudaModelTest, ::testing::ValuesIn(fixture_names()),

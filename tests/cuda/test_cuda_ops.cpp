@@ -391,6 +391,94 @@ TEST_F(CudaOpTest, KvWriteAppendsRowsInEitherCacheType) {
   ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
 }
 
+// The decode step's rope + KV-write launch (the key multiplier folded in, the rotated keys stored
+// as computed, the values copied) leaves q, k and both caches bit-identical to the ops one by one.
+TEST_F(CudaOpTest, RopeWithKvWritesEqualsOpsOneByOne) {
+  for (const bool kv16 : {true, false}) {
+    for (auto [n, H, Hkv, hd] : {std::tuple{1, 12, 2, 128}, {3, 6, 2, 64}, {5, 4, 4, 24}}) {
+      const int64_t ldq = int64_t(H) * hd + 3, kvd = int64_t(Hkv) * hd, cap_rows = 40;
+      const size_t cache_floats = static_cast<size_t>(cap_rows * kvd);  // float32 size: enough for bf16
+      std::vector<int64_t> pos(static_cast<size_t>(n)), rows(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) {
+        rows[static_cast<size_t>(i)] = (i * 13 + 2) % cap_rows;
+        pos[static_cast<size_t>(i)] = 1000 * i + 77;
+      }
+      std::vector<float> inv(static_cast<size_t>(hd / 2));
+      for (int i = 0; i < hd / 2; ++i) inv[static_cast<size_t>(i)] = 1.0f / std::pow(1e11f, 2.0f * i / hd);
+      const auto qh = randn(static_cast<size_t>(n * ldq)), kh = randn(static_cast<size_t>(n * kvd)),
+                 vh = randn(static_cast<size_t>(n * kvd));
+      struct Run {
+        Buffer q, k, v;
+        std::vector<Buffer> kc, vc;
+      };
+      auto setup = [&] {
+        Run r{Buffer(*gpu, qh.size()), Buffer(*gpu, kh.size()), Buffer(*gpu, vh.size()), {}, {}};
+        gpu->from_host(r.q.data(), qh.data(), qh.size());
+        gpu->from_host(r.k.data(), kh.data(), kh.size());
+        gpu->from_host(r.v.data(), vh.data(), vh.size());
+        for (int i = 0; i < n; ++i) {
+          r.kc.emplace_back(*gpu, cache_floats);
+          r.vc.emplace_back(*gpu, cache_floats);
+        }
+        return r;
+      };
+      // Device arrays: positions, inverse frequencies, cache pointers and rows of both runs.
+      Run a = setup(), b = setup();
+      std::vector<void*> ptrs;
+      for (Run* r : {&a, &b}) {
+        for (auto& c : r->kc) ptrs.push_back(c.data());
+        for (auto& c : r->vc) ptrs.push_back(c.data());
+      }
+      const size_t bytes = ptrs.size() * sizeof(void*) + 2 * n * sizeof(int64_t) + inv.size() * sizeof(float);
+      std::vector<char> packed(bytes);
+      std::memcpy(packed.data(), ptrs.data(), ptrs.size() * sizeof(void*));
+      char* at = packed.data() + ptrs.size() * sizeof(void*);
+      std::memcpy(at, pos.data(), n * sizeof(int64_t));
+      std::memcpy(at + n * sizeof(int64_t), rows.data(), n * sizeof(int64_t));
+      std::memcpy(at + 2 * n * sizeof(int64_t), inv.data(), inv.size() * sizeof(float));
+      char* dev = nullptr;
+      ASSERT_EQ(cudaMalloc(&dev, bytes), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(dev, packed.data(), bytes, cudaMemcpyHostToDevice), cudaSuccess);
+      gpu->synchronize();
+      auto* dptr = reinterpret_cast<void* const*>(dev);
+      const char* dat = dev + ptrs.size() * sizeof(void*);
+      const auto* dpos = reinterpret_cast<const int64_t*>(dat);
+      const auto* drows = reinterpret_cast<const int64_t*>(dat + n * sizeof(int64_t));
+      const auto* dinv = reinterpret_cast<const float*>(dat + 2 * n * sizeof(int64_t));
+      const float key_mult = 0.37f;
+      auto parts = [&](Run& r, int base) {
+        cuda::RopeParts rp;
+        rp.part[0] = cuda::RopePart{r.q.data(), ldq, H, false, 1.0f};
+        rp.part[1] = cuda::RopePart{r.k.data(), kvd, Hkv, true, key_mult};
+        rp.nparts = 2;
+        cuda::KvRowsParts kp;
+        kp.part[0] = cuda::KvRowsPart{dptr + base, drows, r.k.data(), 1};
+        kp.part[1] = cuda::KvRowsPart{dptr + base + n, drows, r.v.data(), -1};
+        return std::pair{rp, kp};
+      };
+      auto [rpa, kpa] = parts(a, 0);
+      cuda::rope_parts(rpa, n, hd, dpos, dinv, nullptr);
+      cuda::kv_write_rows_parts(kpa, 2, n, kvd, kv16, nullptr);
+      auto [rpb, kpb] = parts(b, 2 * n);
+      cuda::rope_kv_parts(rpb, n, hd, dpos, dinv, kpb, 2, kvd, kv16, nullptr);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      auto same = [&](const Buffer& x, const Buffer& y, size_t count, const char* what) {
+        std::vector<uint32_t> hx(count), hy(count);
+        ASSERT_EQ(cudaMemcpy(hx.data(), x.data(), count * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+        ASSERT_EQ(cudaMemcpy(hy.data(), y.data(), count * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+        EXPECT_EQ(hx, hy) << what << " n=" << n << " hd=" << hd << " kv16=" << kv16;
+      };
+      same(a.q, b.q, qh.size(), "q");
+      same(a.k, b.k, kh.size(), "k");
+      for (int i = 0; i < n; ++i) {
+        same(a.kc[static_cast<size_t>(i)], b.kc[static_cast<size_t>(i)], cache_floats, "K cache");
+        same(a.vc[static_cast<size_t>(i)], b.vc[static_cast<size_t>(i)], cache_floats, "V cache");
+      }
+      cudaFree(dev);
+    }
+  }
+}
+
 TEST_F(CudaOpTest, Conv1dSiluContinuesFromState) {
   for (auto [T, C, K] : {std::tuple{1, 5, 4}, {2, 33, 4}, {3, 130, 4}, {37, 65, 3}, {300, 1792, 4}}) {
     const int64_t ld = C + 9;

@@ -491,7 +491,11 @@ int split_count(int64_t n_keys, int64_t units, bool bucket) {
 }
 
 // The tensor-core decode kernel: one-warp blocks, as many as the GPU holds at once (its shared
-// memory allows ~5 per SM at head size 128), so that every key range is read in one wave.
+// memory allows ~5 per SM at head size 128), so that every key range is read in one wave; but
+// ranges of at most ~1600 keys. A decode step runs the attention beside the Mamba-2 mixer
+// (cuda_step.h, branches), whose kernels take some of the slots: a range that then waits for a
+// second wave should be short (H200, 0.5B shape, batch 8 at 128K: 10.3 ms a step with 3200-key
+// ranges, 9.4 with 1600; batch 1 and shorter contexts keep one wave, which was faster there).
 int mma_split_count(int64_t n_keys, int64_t units, bool bucket) {
   static const int64_t want_blocks = [] {
     int dev = 0, sms = 132;
@@ -499,7 +503,17 @@ int mma_split_count(int64_t n_keys, int64_t units, bool bucket) {
     const char* e = std::getenv("FH1_CUDA_DEC_MMA_BLOCKS");
     return e ? std::max<int64_t>(16, std::atoll(e)) : int64_t(sms) * 5;
   }();
-  return split_count_for(n_keys, units, bucket, want_blocks);
+  static const int64_t max_range = [] {
+    const char* e = std::getenv("FH1_CUDA_DEC_MMA_RANGE");
+    return e ? std::max<int64_t>(64, std::atoll(e)) : int64_t(1600);
+  }();
+  const int one_wave = split_count_for(n_keys, units, bucket, want_blocks);
+  int64_t n = n_keys;
+  if (bucket) {
+    n = 64;
+    while (n < n_keys) n *= 2;
+  }
+  return static_cast<int>(std::max<int64_t>(one_wave, (n + max_range - 1) / max_range));
 }
 
 // The tensor-core decode kernel takes bf16 caches in whole 16-byte chunks and a group of query

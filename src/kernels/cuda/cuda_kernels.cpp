@@ -78,8 +78,8 @@ class CudaKernelsImpl final : public CudaKernels {
     check_blas(cublasSetStream(blas_, stream_), "cublasSetStream");
     check_blas(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");  // no TF32
     // A workspace of our own: cuBLAS calls can then be captured into graphs.
-    check(cudaMalloc(&blas_ws_, kBlasWorkspace), "cuBLAS workspace");
-    check_blas(cublasSetWorkspace(blas_, blas_ws_, kBlasWorkspace), "cublasSetWorkspace");
+    check(cudaMalloc(&lane_[0].blas_ws, kBlasWorkspace), "cuBLAS workspace");
+    check_blas(cublasSetWorkspace(blas_, lane_[0].blas_ws, kBlasWorkspace), "cublasSetWorkspace");
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
     if (const char* m = std::getenv("FH1_CUDA_MATMUL")) split_ = std::string(m) != "bf16";
@@ -88,7 +88,14 @@ class CudaKernelsImpl final : public CudaKernels {
     // of x from L1 for every 16 bytes of weights). FH1_CUDA_GEMV=0: never; =N: up to N rows.
     if (const char* g = std::getenv("FH1_CUDA_GEMV"))
       gemv_rows_ = std::min<int64_t>(cuda::kGemvRows, std::max<int64_t>(0, std::atoll(g)));
-    step_ = std::make_unique<cuda::DecodeStep>(stream_);
+    // The recorded ops read stream_ when they run: a branch of the step switches it, and cuBLAS's
+    // stream and workspace with it (each lane has its own workspace and scratch buffers).
+    step_ = std::make_unique<cuda::DecodeStep>(stream_, [this](int lane, cudaStream_t s) {
+      stream_ = s;
+      check_blas(cublasSetStream(blas_, s), "cublasSetStream");
+      check_blas(cublasSetWorkspace(blas_, lane_[lane].blas_ws, kBlasWorkspace), "cublasSetWorkspace");
+    });
+    if (const char* g = std::getenv("FH1_CUDA_BRANCHES")) step_->set_branches(std::string(g) != "0");
     if (const char* g = std::getenv("FH1_CUDA_GRAPHS")) step_->set_graphs(std::string(g) != "0");
     if (const char* g = std::getenv("FH1_CUDA_PROFILE")) profile_ = std::string(g) == "1";
     if (const char* g = std::getenv("FH1_CUDA_FUSE")) step_->set_fuse(std::string(g) != "0");  // 0: ops one by one
@@ -115,15 +122,17 @@ class CudaKernelsImpl final : public CudaKernels {
     if (ev0_) cudaEventDestroy(ev0_);
     if (ev1_) cudaEventDestroy(ev1_);
     step_.reset();
-    cudaFree(blas_ws_);
+    for (LaneScratch& l : lane_) {
+      cudaFree(l.blas_ws);
+      cudaFree(l.xb);
+      cudaFree(l.y2);
+      cudaFree(l.att);
+    }
     for (auto& [p, w] : weights_) cudaFree(p);
     for (auto& [p, sz] : live_) cudaFree(p);
     for (auto& [sz, v] : cache_)
       for (void* p : v) cudaFree(p);
     for (auto* u : {&ids_, &pos_, &freq_, &rows_}) cudaFree(u->dev);
-    cudaFree(xb_);
-    cudaFree(y2_);
-    cudaFree(att_scratch_);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
   }
@@ -311,6 +320,7 @@ class CudaKernelsImpl final : public CudaKernels {
   }
 
   void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out) override {
+    if (step_->rmsnorm(x, T, d, w, eps, out)) return;
     op("rmsnorm", [=, this] { cuda::rmsnorm(x, T, d, w, eps, out, stream_); }, x, T, d, w, eps, out);
   }
   void scale(const float* x, size_t n, float s, float* out) override {
@@ -502,6 +512,13 @@ class CudaKernelsImpl final : public CudaKernels {
     step_->begin();
   }
   void end_decode_step() override { flush(); }
+  void branch_begin() override {
+    if (!step_->recording() || !step_->branches()) return;
+    if (!lane_[1].blas_ws) check(cudaMalloc(&lane_[1].blas_ws, kBlasWorkspace), "cuBLAS workspace (branch)");
+    step_->branch_begin();
+  }
+  void branch_end() override { step_->branch_end(); }
+  void branch_join() override { step_->branch_join(); }
 
   // ---- CudaKernels ----
   void set_matmul_split(bool on) override { split_ = on; }
@@ -523,6 +540,10 @@ class CudaKernelsImpl final : public CudaKernels {
     step_->set_graphs(on);
   }
   bool decode_graphs() const override { return step_->graphs(); }
+  void set_decode_branches(bool on) override {
+    flush();
+    step_->set_branches(on);
+  }
   size_t graphs_captured() const override { return step_->graphs_captured(); }
   void synchronize() override {
     flush();
@@ -575,6 +596,15 @@ class CudaKernelsImpl final : public CudaKernels {
     int64_t cols;
   };
 
+  struct LaneScratch {
+    void* blas_ws = nullptr;
+    uint16_t* xb = nullptr;
+    size_t xb_cap = 0;
+    float* y2 = nullptr;
+    size_t y2_cap = 0;
+    float* att = nullptr;
+    size_t att_cap = 0;
+  };
   static constexpr int64_t kStackedRows = 64;
   static constexpr size_t kBlasWorkspace = size_t(32) << 20;
 
@@ -634,14 +664,19 @@ class CudaKernelsImpl final : public CudaKernels {
   // Ends a decode step's recording (cuda_step.h), if one is in progress.
   void flush() { step_->end(); }
 
+  // Scratch of the lane (stream) the op being recorded runs on: a step's branch runs beside the
+  // ops after it, so the two must not share.
+  LaneScratch& scratch() { return lane_[step_->lane()]; }
+
   float* attention_scratch(size_t need) {
-    if (need > att_scratch_cap_) {
-      step_->retire(att_scratch_);
-      att_scratch_ = nullptr;
-      att_scratch_cap_ = std::max(need, att_scratch_cap_ * 2);
-      check(cudaMalloc(&att_scratch_, att_scratch_cap_ * sizeof(float)), "attention scratch");
+    LaneScratch& l = scratch();
+    if (need > l.att_cap) {
+      step_->retire(l.att);
+      l.att = nullptr;
+      l.att_cap = std::max(need, l.att_cap * 2);
+      check(cudaMalloc(&l.att, l.att_cap * sizeof(float)), "attention scratch");
     }
-    return att_scratch_;
+    return l.att;
   }
 
   // y[T, N] = xb[T, K] @ W^T (+ beta * y), float32 accumulate and output.
@@ -654,23 +689,25 @@ class CudaKernelsImpl final : public CudaKernels {
   }
 
   float* f32_scratch(size_t n) {
-    if (n > y2_cap_) {
-      step_->retire(y2_);
-      y2_ = nullptr;
-      y2_cap_ = std::max(n, y2_cap_ * 2);
-      check(cudaMalloc(&y2_, y2_cap_ * 4), "f32 scratch");
+    LaneScratch& l = scratch();
+    if (n > l.y2_cap) {
+      step_->retire(l.y2);
+      l.y2 = nullptr;
+      l.y2_cap = std::max(n, l.y2_cap * 2);
+      check(cudaMalloc(&l.y2, l.y2_cap * 4), "f32 scratch");
     }
-    return y2_;
+    return l.y2;
   }
 
   uint16_t* bf16_scratch(size_t n) {
-    if (n > xb_cap_) {
-      step_->retire(xb_);
-      xb_ = nullptr;
-      xb_cap_ = std::max(n, xb_cap_ * 2);
-      check(cudaMalloc(&xb_, xb_cap_ * 2), "bf16 scratch");
+    LaneScratch& l = scratch();
+    if (n > l.xb_cap) {
+      step_->retire(l.xb);
+      l.xb = nullptr;
+      l.xb_cap = std::max(n, l.xb_cap * 2);
+      check(cudaMalloc(&l.xb, l.xb_cap * 2), "bf16 scratch");
     }
-    return xb_;
+    return l.xb;
   }
 
   const void* upload(HostUpload& u, const void* src, size_t bytes) {
@@ -699,17 +736,11 @@ class CudaKernelsImpl final : public CudaKernels {
   size_t live_bytes_ = 0, peak_live_ = 0, cached_bytes_ = 0, weight_bytes_ = 0;
   HostUpload ids_, pos_, freq_, rows_;
   std::vector<char> pack_;
-  uint16_t* xb_ = nullptr;
-  size_t xb_cap_ = 0;
-  float* y2_ = nullptr;
-  size_t y2_cap_ = 0;
   bool split_ = true;
   int64_t gemv_rows_ = 4;
-  float* att_scratch_ = nullptr;
-  size_t att_scratch_cap_ = 0;
   bool tf32_attn_ = true;
   bool kv_bf16_ = true;  // KV caches in bf16 (kv_cache_dtype)
-  void* blas_ws_ = nullptr;
+  LaneScratch lane_[2];
   std::unique_ptr<cuda::DecodeStep> step_;
   bool profile_ = false;
   cudaEvent_t ev0_ = nullptr, ev1_ = nullptr;

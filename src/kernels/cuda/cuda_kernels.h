@@ -47,6 +47,9 @@ class CudaKernels : public Kernels {
   virtual void set_decode_graphs(bool on) = 0;
   virtual bool decode_graphs() const = 0;
   virtual size_t graphs_captured() const = 0;  // graphs captured so far (a new one per batch shape and length bucket)
+  // A recorded decode step runs the attention as a branch beside the Mamba-2 mixer (the model's
+  // branch_begin/end/join hints; default; FH1_CUDA_BRANCHES=0 turns it off).
+  virtual void set_decode_branches(bool on) = 0;
   // Waits for all queued device work.
   virtual void synchronize() = 0;
   virtual CudaMemoryStats memory_stats() const = 0;

@@ -160,6 +160,26 @@ __global__ void rmsnorm_kernel(const float* x, int64_t d, const float* w, float 
   for (int64_t k = threadIdx.x; k < d; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
 }
 
+// h += a * sa (+ b * sb), then the RMSNorm of the new h: residual_add2_kernel and rmsnorm_kernel
+// in one launch. Each thread norms the elements it updated (the same ones and the same sums as
+// rmsnorm_kernel's), so the values are those of the two ops one by one.
+__global__ void residual_rmsnorm_kernel(float* h, const float* a, float sa, const float* b, float sb, int64_t d,
+                                        const float* w, float eps, float* out) {
+  FH1_PDL_ENTER();
+  const int64_t row = int64_t(blockIdx.x) * d;
+  float* hr = h + row;
+  float ss = 0.0f;
+  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
+    const float v = hr[k] + (b ? a[row + k] * sa + b[row + k] * sb : a[row + k] * sa);
+    hr[k] = v;
+    ss += v * v;
+  }
+  ss = block_sum(ss);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+  float* o = out + row;
+  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) o[k] = w[k] * (hr[k] * inv);
+}
+
 __global__ void scale_kernel(const float* x, size_t n, float a, float* out) {
   FH1_PDL_ENTER();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
@@ -243,16 +263,35 @@ __global__ void rope_kernel(float* x, int64_t ld, int64_t T, int heads, int hd, 
 }
 
 // Up to two tensors rotated at the same positions, each first multiplied by its `pre` (the key
-// multiplier folded in): the arithmetic of scale_kernel then rope_kernel.
-__global__ void rope_parts_kernel(RopeParts rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq) {
+// multiplier folded in): the arithmetic of scale_kernel then rope_kernel. Then, when kv_nparts >
+// 0, the KV cache writes of kv_write_rows_kernel: a part whose rows are a rope part's (from_rope)
+// stores each rotated value as it is computed, the others are copied after.
+template <typename KV>
+__global__ void rope_kv_kernel(RopeParts rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq,
+                               KvRowsParts kp, int kv_nparts, int64_t width) {
   FH1_PDL_ENTER();
   const int half = hd / 2;
   const int64_t n0 = T * rp.part[0].heads * half;
   const int64_t n = n0 + (rp.nparts > 1 ? T * rp.part[1].heads * half : 0);
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-    const bool second = e >= n0;
-    const RopePart& P = rp.part[second ? 1 : 0];
-    const int64_t i = second ? e - n0 : e;
+  int64_t ncopy = 0;
+  for (int p = 0; p < kv_nparts; ++p) ncopy += kp.part[p].from_rope < 0 ? T * width : 0;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n + ncopy;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    if (e >= n) {  // a plain copy into the cache
+      int64_t i = e - n;
+      int p = 0;
+      while (kp.part[p].from_rope >= 0 || i >= T * width) {
+        if (kp.part[p].from_rope < 0) i -= T * width;
+        ++p;
+      }
+      const KvRowsPart& K = kp.part[p];
+      const int64_t t = i / width, c = i - t * width;
+      kv_store(static_cast<KV*>(K.caches[t]) + K.rows[t] * width + c, K.src[t * width + c]);
+      continue;
+    }
+    const int pi = e >= n0 ? 1 : 0;
+    const RopePart& P = rp.part[pi];
+    const int64_t i = pi ? e - n0 : e;
     const int j = static_cast<int>(i % half);
     const int64_t th = i / half;
     const int h = static_cast<int>(th % P.heads);
@@ -267,8 +306,15 @@ __global__ void rope_parts_kernel(RopeParts rp, int64_t T, int hd, const int64_t
       a = a * P.pre;
       b = b * P.pre;
     }
-    v[j] = a * c - b * sn;
-    v[j + half] = b * c + a * sn;
+    const float ra = a * c - b * sn, rb = b * c + a * sn;
+    v[j] = ra;
+    v[j + half] = rb;
+    for (int p = 0; p < kv_nparts; ++p)
+      if (kp.part[p].from_rope == pi) {
+        KV* dst = static_cast<KV*>(kp.part[p].caches[t]) + kp.part[p].rows[t] * width + int64_t(h) * hd;
+        kv_store(dst + j, ra);
+        kv_store(dst + j + half, rb);
+      }
   }
 }
 
@@ -416,6 +462,14 @@ void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, fl
   check_launch("rmsnorm");
 }
 
+void residual_rmsnorm(float* h, const float* a, float sa, const float* b, float sb, int64_t T, int64_t d,
+                      const float* w, float eps, float* out, cudaStream_t s) {
+  if (T == 0) return;
+  launch(residual_rmsnorm_kernel, static_cast<unsigned>(T), d >= 1024 ? 512 : 128, 0, s, h, a, sa, b, sb, d, w, eps,
+         out);
+  check_launch("residual_rmsnorm");
+}
+
 void scale(const float* x, size_t n, float a, float* out, cudaStream_t s) {
   if (n == 0) return;
   launch(scale_kernel, blocks_for(n), kThreads, 0, s, x, n, a, out);
@@ -463,11 +517,24 @@ void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* pos
 }
 
 void rope_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq, cudaStream_t s) {
+  rope_kv_parts(rp, T, hd, pos, inv_freq, KvRowsParts{}, 0, 0, false, s);
+}
+
+void rope_kv_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq,
+                   const KvRowsParts& kp, int kv_nparts, int64_t width, bool kv_bf16, cudaStream_t s) {
   const int half = hd / 2;
   int64_t n = 0;
   for (int i = 0; i < rp.nparts; ++i) n += T * rp.part[i].heads * half;
+  for (int p = 0; p < kv_nparts; ++p) {
+    const int r = kp.part[p].from_rope;
+    if (r >= rp.nparts || (r >= 0 && (rp.part[r].ld != width || int64_t(rp.part[r].heads) * hd != width)))
+      throw Error("rope_kv_parts: a KV part's rows are not those of its rope part");
+    if (r < 0) n += T * width;
+  }
   if (n == 0) return;
-  launch(rope_parts_kernel, blocks_for(static_cast<size_t>(n)), kThreads, 0, s, rp, T, hd, pos, inv_freq);
+  const unsigned blocks = blocks_for(static_cast<size_t>(n));
+  if (kv_bf16) launch(rope_kv_kernel<__nv_bfloat16>, blocks, kThreads, 0, s, rp, T, hd, pos, inv_freq, kp, kv_nparts, width);
+  else launch(rope_kv_kernel<float>, blocks, kThreads, 0, s, rp, T, hd, pos, inv_freq, kp, kv_nparts, width);
   check_launch("rope (parts)");
 }
 

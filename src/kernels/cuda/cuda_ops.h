@@ -96,6 +96,9 @@ void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, fl
 void scale(const float* x, size_t n, float a, float* out, cudaStream_t s);
 void mul_columns(float* x, int64_t T, int64_t d, const float* v, cudaStream_t s);
 void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n, cudaStream_t s);
+// residual_add2 over T rows of d, then rmsnorm of h into out, in one launch (the same values).
+void residual_rmsnorm(float* h, const float* a, float sa, const float* b, float sb, int64_t T, int64_t d,
+                      const float* w, float eps, float* out, cudaStream_t s);
 void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out, cudaStream_t s);
 void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, cudaStream_t s);
 void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w,
@@ -163,11 +166,16 @@ struct KvRowsPart {
   void* const* caches = nullptr;
   const int64_t* rows = nullptr;
   const float* src = nullptr;
+  int from_rope = -1;  // rope_kv_parts: src is this rope part's x (its rows rotated), else copied
 };
 struct KvRowsParts {
   KvRowsPart part[2];
 };
 void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, bool kv_bf16, cudaStream_t s);
+// rope_parts, then kv_write_rows_parts of T rows, in one launch. A KV part with from_rope >= 0
+// stores that rope part's rotated values (its rows are `width` = heads * hd, contiguous).
+void rope_kv_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq,
+                   const KvRowsParts& kp, int kv_nparts, int64_t width, bool kv_bf16, cudaStream_t s);
 // ssm_scan_rows with the gate of the next op folded in when z is not null: y *= silu(z[i, row]).
 void ssm_scan_rows_gated(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw,
                          int64_t ld_dt, int64_t n, const SsmParams& p, float* const* states, const float* z,

@@ -2,6 +2,8 @@
 #include "kernels/cuda/cuda_step.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "util/error.h"
 
@@ -31,6 +33,12 @@ bool job_touches(const GemvJob& j, const void* p, size_t n) {
 }  // namespace
 
 DecodeStep::~DecodeStep() {
+  if (side_) {
+    cudaStreamSynchronize(side_);
+    cudaStreamDestroy(side_);
+  }
+  if (fork_) cudaEventDestroy(fork_);
+  if (join_) cudaEventDestroy(join_);
   for (auto& g : graphs_) cudaGraphExecDestroy(g.exec);
   for (void* p : retired_) cudaFree(p);
   cudaFree(dyn_dev_);
@@ -40,6 +48,7 @@ void DecodeStep::begin() {
   if (!graphs_on_) return;
   recording_ = true;
   rec_dirty_ = false;
+  branch_ = Branch::None;
   pk_ = PK::None;
   psc_.on = false;
   dyn_host_.clear();
@@ -49,6 +58,7 @@ void DecodeStep::begin() {
 void DecodeStep::end() {
   if (!recording_) return;
   flush_pending();
+  close_branches();
   recording_ = false;
   std::vector<std::function<void()>> tape;
   tape.swap(tape_);
@@ -67,7 +77,12 @@ void DecodeStep::end() {
     check(cudaMemcpyAsync(dyn_dev_, dyn_host_.data(), dyn_host_.size(), cudaMemcpyHostToDevice, stream_), "step array");
   sig.push_back(word(dyn_dev_));
   if (direct) {
-    for (auto& f : tape) f();
+    try {
+      for (auto& f : tape) f();
+    } catch (...) {
+      use_lane(0);
+      throw;
+    }
     free_retired();
     return;
   }
@@ -83,6 +98,7 @@ void DecodeStep::end() {
   try {
     for (auto& f : tape) f();
   } catch (...) {
+    use_lane(0);
     cudaStreamEndCapture(stream_, &graph);
     if (graph) cudaGraphDestroy(graph);
     cudaGetLastError();
@@ -137,6 +153,53 @@ void DecodeStep::free_retired() {
   retired_.clear();
 }
 
+// ---- branches ----
+
+void DecodeStep::use_lane(int lane) {
+  cur_ = lane ? side_ : stream_;
+  if (on_lane_) on_lane_(lane, cur_);
+}
+
+void DecodeStep::branch_begin() {
+  if (!recording_ || !branches_) return;
+  if (branch_ != Branch::None) throw Error("decode step: branch_begin inside a branch");
+  flush_pending();
+  if (!side_) {
+    check(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking), "cudaStreamCreate (branch)");
+    check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), "cudaEventCreate (branch)");
+    check(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming), "cudaEventCreate (branch)");
+  }
+  branch_ = Branch::Side;
+  record("branch begin", [this] {
+    check(cudaEventRecord(fork_, stream_), "branch fork");
+    check(cudaStreamWaitEvent(side_, fork_, 0), "branch fork");
+    use_lane(1);
+  });
+}
+
+void DecodeStep::branch_end() {
+  if (!recording_ || branch_ != Branch::Side) return;
+  flush_pending();
+  branch_ = Branch::Beside;
+  record("branch end", [this] {
+    check(cudaEventRecord(join_, side_), "branch end");
+    use_lane(0);
+  });
+}
+
+void DecodeStep::branch_join() {
+  if (!recording_ || branch_ == Branch::None) return;
+  if (branch_ == Branch::Side) branch_end();
+  flush_pending();
+  branch_ = Branch::None;
+  record("branch join", [this] { check(cudaStreamWaitEvent(stream_, join_, 0), "branch join"); });
+}
+
+// A step ends joined: a capture must, and the stream after it must have waited for the branch.
+void DecodeStep::close_branches() {
+  if (branch_ != Branch::None) branch_join();
+}
+
 // ---- fusion ----
 
 bool DecodeStep::scale(const float* x, size_t n, float s, float* out) {
@@ -172,7 +235,18 @@ bool DecodeStep::mul_columns(float* x, int64_t T, int64_t d, const float* v) {
 }
 
 bool DecodeStep::residual(float* h, const float* a, float sa, const float* b, float sb, size_t n) {
-  if (!fusing() || pk_ != PK::Gemv || pg_.nparts != 1 || pg_.epi != GemvJob::kNone || pg_.part[0].v) return false;
+  if (!fusing() || n == 0) return false;
+  if (!residual_into_gemv(h, a, sa, b, sb, n)) {  // held back: the RMSNorm after it may take it
+    if (overlap(h, n, a, n) || (b && overlap(h, n, b, n))) return false;
+    flush_pending();
+    pk_ = PK::Residual;
+    pres_ = PendingResidual{h, a, b, sa, sb, n};
+  }
+  return true;
+}
+
+bool DecodeStep::residual_into_gemv(float* h, const float* a, float sa, const float* b, float sb, size_t n) {
+  if (pk_ != PK::Gemv || pg_.nparts != 1 || pg_.epi != GemvJob::kNone || pg_.part[0].v) return false;
   const float* y = pg_.part[0].y;
   if (n != static_cast<size_t>(pg_.T * pg_.part[0].N) || a == b) return false;
   if (a != y && b != y) return false;
@@ -186,6 +260,19 @@ bool DecodeStep::residual(float* h, const float* a, float sa, const float* b, fl
   pg_.sa = sa;
   pg_.sb = sb;
   flush_pending();
+  return true;
+}
+
+bool DecodeStep::rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out) {
+  if (!fusing() || pk_ != PK::Residual) return false;
+  const PendingResidual r = pres_;
+  const size_t n = static_cast<size_t>(T * d);
+  // Every thread reads a, b and h of its own elements before writing out: out must be apart.
+  if (r.h != x || r.n != n || overlap(out, n, r.h, n) || overlap(out, n, r.a, n) || (r.b && overlap(out, n, r.b, n)))
+    return false;
+  pk_ = PK::None;
+  record("residual rmsnorm", [=, this] { residual_rmsnorm(r.h, r.a, r.sa, r.b, r.sb, T, d, w, eps, out, cur_); }, r.h,
+         r.a, r.sa, r.b, r.sb, T, d, w, eps, out);
   return true;
 }
 
@@ -267,8 +354,8 @@ void DecodeStep::rope(float* x, int64_t ld, int64_t T, int heads, int hd, const 
     }
   }
   const RopePart& first = pr_.rp.part[0];
-  if (pk_ == PK::Rope && pr_.rp.nparts == 1 && pr_.T == T && pr_.hd == hd && pr_.pos == pos && pr_.freq == freq &&
-      !overlap(x, nx, first.x, static_cast<size_t>((T - 1) * first.ld + int64_t(first.heads) * hd))) {
+  if (pk_ == PK::Rope && pr_.rp.nparts == 1 && pr_.kv.nparts == 0 && pr_.T == T && pr_.hd == hd && pr_.pos == pos &&
+      pr_.freq == freq && !overlap(x, nx, first.x, static_cast<size_t>((T - 1) * first.ld + int64_t(first.heads) * hd))) {
     pr_.rp.part[1] = part;
     pr_.rp.nparts = 2;
     return;
@@ -287,6 +374,21 @@ void DecodeStep::rope(float* x, int64_t ld, int64_t T, int heads, int hd, const 
 void DecodeStep::kv_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n, int64_t width,
                          bool kv16) {
   const size_t oc = put(caches, n * sizeof(float*), -1), orow = put(n_past, n * sizeof(int64_t), -1);
+  if (pk_ == PK::Rope && rope_takes_kv(src, n, width, kv16)) {
+    PendingKv& kv = pr_.kv;
+    const int i = kv.nparts++;
+    kv.off[i][0] = oc;
+    kv.off[i][1] = orow;
+    kv.src[i] = src;
+    kv.from_rope[i] = -1;
+    for (int r = 0; r < pr_.rp.nparts; ++r)
+      if (pr_.rp.part[r].x == src) kv.from_rope[i] = r;
+    kv.n = n;
+    kv.width = width;
+    kv.kv16 = kv16;
+    if (kv.nparts == 2) flush_pending();
+    return;
+  }
   if (pk_ == PK::Kv && pkv_.nparts == 1 && pkv_.n == n && pkv_.width == width && pkv_.kv16 == kv16 &&
       !overlap(src, static_cast<size_t>(n * width), pkv_.src[0], static_cast<size_t>(n * width))) {
     pkv_.off[1][0] = oc;
@@ -308,6 +410,25 @@ void DecodeStep::kv_rows(float* const* caches, const int64_t* n_past, const floa
   pkv_.kv16 = kv16;
 }
 
+// Whether the KV write of n rows of src (width floats each) can join the pending rope: its rows
+// are exactly a rope part's (stored as rotated), or apart from every rope part (copied).
+bool DecodeStep::rope_takes_kv(const float* src, int64_t n, int64_t width, bool kv16) const {
+  static const bool on = [] {  // FH1_CUDA_ROPE_KV=0 (tuning only): the KV writes apart
+    const char* e = std::getenv("FH1_CUDA_ROPE_KV");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  const PendingKv& kv = pr_.kv;
+  if (!on || pr_.T != n || kv.nparts >= 2 || (kv.nparts == 1 && (kv.width != width || kv.kv16 != kv16))) return false;
+  if (psc_.on && overlap(psc_.x, psc_.n, src, static_cast<size_t>(n * width))) return false;  // scaled first
+  for (int r = 0; r < pr_.rp.nparts; ++r) {
+    const RopePart& P = pr_.rp.part[r];
+    if (P.x == src) return P.ld == width && int64_t(P.heads) * pr_.hd == width;
+    if (overlap(src, static_cast<size_t>(n * width), P.x, static_cast<size_t>((n - 1) * P.ld + int64_t(P.heads) * pr_.hd)))
+      return false;
+  }
+  return true;
+}
+
 void DecodeStep::scan_rows(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt,
                            int64_t ld_dt, int64_t n, const SsmParams& p, float* const* ssm_states, float* y) {
   flush_pending();
@@ -321,7 +442,7 @@ void DecodeStep::emit_scale() {
   float* x = psc_.x;
   const size_t n = psc_.n;
   const float sc = psc_.s;
-  record("scale", [=, this] { cuda::scale(x, n, sc, x, stream_); }, x, n, sc, x);
+  record("scale", [=, this] { cuda::scale(x, n, sc, x, cur_); }, x, n, sc, x);
 }
 
 void DecodeStep::flush_pending(bool keep_scale) {
@@ -331,14 +452,20 @@ void DecodeStep::flush_pending(bool keep_scale) {
   switch (k) {
     case PK::None:
       return;
+    case PK::Residual: {
+      const PendingResidual r = pres_;
+      record("residual_add2", [=, this] { residual_add2(r.h, r.a, r.sa, r.b, r.sb, r.n, cur_); }, r.h, r.a, r.sa, r.b,
+             r.sb, r.n);
+      return;
+    }
     case PK::Scale: {
       const PendingCopyScale sc = pxs_;
-      record("scale", [=, this] { cuda::scale(sc.x, sc.n, sc.s, sc.out, stream_); }, sc.x, sc.n, sc.s, sc.out);
+      record("scale", [=, this] { cuda::scale(sc.x, sc.n, sc.s, sc.out, cur_); }, sc.x, sc.n, sc.s, sc.out);
       return;
     }
     case PK::Gemv: {
       const GemvJob j = pg_;
-      record("gemv job", [=, this] { gemv_job(j, stream_); }, j.nparts, j.K, j.x, j.ldx, j.T, j.xs_out, j.x_out,
+      record("gemv job", [=, this] { gemv_job(j, cur_); }, j.nparts, j.K, j.x, j.ldx, j.T, j.xs_out, j.x_out,
              j.epi, j.h, j.other, j.y_first, j.sa, j.sb, j.gs, j.out);
       for (const GemvPart& p : j.part)
         for (uint64_t wd : {word(p.W), word(p.bias), word(p.y), word(p.N), word(p.xs), word(p.v)}) sig_.push_back(wd);
@@ -347,11 +474,17 @@ void DecodeStep::flush_pending(bool keep_scale) {
     case PK::Rope: {
       const PendingRope r = pr_;
       const RopePart &a = r.rp.part[0], &b = r.rp.part[1];
+      const PendingKv& kv = r.kv;
       record("rope parts", [=, this] {
-        rope_parts(r.rp, r.T, r.hd, reinterpret_cast<const int64_t*>(dyn_dev_ + r.pos),
-                   reinterpret_cast<const float*>(dyn_dev_ + r.freq), stream_);
+        KvRowsParts kp;
+        for (int i = 0; i < kv.nparts; ++i)
+          kp.part[i] = KvRowsPart{reinterpret_cast<void* const*>(dyn_dev_ + kv.off[i][0]),
+                                  reinterpret_cast<const int64_t*>(dyn_dev_ + kv.off[i][1]), kv.src[i], kv.from_rope[i]};
+        rope_kv_parts(r.rp, r.T, r.hd, reinterpret_cast<const int64_t*>(dyn_dev_ + r.pos),
+                      reinterpret_cast<const float*>(dyn_dev_ + r.freq), kp, kv.nparts, kv.width, kv.kv16, cur_);
       }, r.rp.nparts, a.x, a.ld, a.heads, a.scaled, a.pre, b.x, b.ld, b.heads, b.scaled, b.pre, r.T, r.hd, r.pos,
-             r.freq);
+             r.freq, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.from_rope[0], kv.off[1][0], kv.off[1][1],
+             kv.src[1], kv.from_rope[1], kv.width, kv.kv16);
       return;
     }
     case PK::Kv: {
@@ -361,7 +494,7 @@ void DecodeStep::flush_pending(bool keep_scale) {
         for (int i = 0; i < kv.nparts; ++i)
           kp.part[i] = KvRowsPart{reinterpret_cast<void* const*>(dyn_dev_ + kv.off[i][0]),
                                   reinterpret_cast<const int64_t*>(dyn_dev_ + kv.off[i][1]), kv.src[i]};
-        kv_write_rows_parts(kp, kv.nparts, kv.n, kv.width, kv.kv16, stream_);
+        kv_write_rows_parts(kp, kv.nparts, kv.n, kv.width, kv.kv16, cur_);
       }, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.off[1][0], kv.off[1][1], kv.src[1], kv.n, kv.width,
              kv.kv16);
       return;
@@ -370,7 +503,7 @@ void DecodeStep::flush_pending(bool keep_scale) {
       const PendingScan q = ps_;
       record("scan rows", [=, this] {
         ssm_scan_rows_gated(q.x, q.B, q.C, q.ld_xbc, q.dt, q.ld_dt, q.n, q.p,
-                            reinterpret_cast<float* const*>(dyn_dev_ + q.off), q.z, q.ldz, q.y, stream_);
+                            reinterpret_cast<float* const*>(dyn_dev_ + q.off), q.z, q.ldz, q.y, cur_);
       }, q.x, q.B, q.C, q.ld_xbc, q.dt, q.ld_dt, q.n, q.p.heads, q.p.head_dim, q.p.groups, q.p.d_state, q.p.A, q.p.D,
              q.p.dt_bias, q.p.dt_min, q.p.dt_max, q.off, q.y, q.z, q.ldz);
       return;

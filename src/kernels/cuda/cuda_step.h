@@ -11,8 +11,14 @@
 // the same x become one launch (also across a second scale of that x: the in_proj and q/k/v),
 // the element-wise op after a GEMV becomes its epilogue (mup columns, residual, gated SiLU), the
 // scale before a GEMV its prologue, an in-place scale folds into the rope after it, the two
-// ropes and the two KV writes of a layer become one launch each, and the gate after the scan
-// joins the scan. Every fusion checks that it computes what the ops one by one compute.
+// ropes and the two KV writes of a layer become one launch (the rotated keys stored as they are
+// computed), the gate after the scan joins the scan, and a residual add that no GEMV took joins
+// the RMSNorm after it. Every fusion checks that it computes what the ops one by one compute.
+//
+// Branches (kernels.h: branch_begin/end/join): the branch's ops are captured on a second stream
+// that forks from the step's stream and joins it again, so the graph runs them beside the ops
+// recorded between branch_end() and branch_join(). lane() says which stream an op being recorded
+// will run on, so that the backend gives each its own scratch memory.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -31,7 +37,10 @@ namespace fh1::cuda {
 
 class DecodeStep {
  public:
-  explicit DecodeStep(cudaStream_t stream) : stream_(stream) {}
+  // on_lane(lane, stream): every op after it runs on that stream (lane 0: the step's own, 1: the
+  // branch's); called while the recorded ops run (and with 0 at the end of a step).
+  DecodeStep(cudaStream_t stream, std::function<void(int, cudaStream_t)> on_lane)
+      : stream_(stream), cur_(stream), on_lane_(std::move(on_lane)) {}
   ~DecodeStep();
   DecodeStep(const DecodeStep&) = delete;
   DecodeStep& operator=(const DecodeStep&) = delete;
@@ -41,6 +50,12 @@ class DecodeStep {
   void set_graphs(bool on) { graphs_on_ = on; }
   bool graphs() const { return graphs_on_; }
   void set_fuse(bool on) { fuse_ = on; }
+  void set_branches(bool on) { branches_ = on; }
+  bool branches() const { return branches_; }
+  // The stream (0: the step's, 1: the branch's) that the op recorded now will run on.
+  int lane() const { return recording_ && branch_ == Branch::Side ? 1 : 0; }
+  // The stream the closures being run launch on.
+  cudaStream_t stream() const { return cur_; }
   size_t graphs_captured() const { return graphs_captured_; }
 
   // Starts recording (when graphs are on); a recording in progress must have ended.
@@ -82,7 +97,13 @@ class DecodeStep {
   void kv_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n, int64_t width, bool kv16);
   void scan_rows(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt, int64_t ld_dt,
                  int64_t n, const SsmParams& p, float* const* ssm_states, float* y);
+  // True when it took the norm (joined with a pending residual add of its input).
+  bool rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out);
   void flush_pending(bool keep_scale = false);
+
+  void branch_begin();
+  void branch_end();
+  void branch_join();
 
   template <class T>
   static uint64_t word(T v) {
@@ -102,7 +123,8 @@ class DecodeStep {
   }
 
  private:
-  enum class PK { None, Gemv, Rope, Kv, Scan, Scale };
+  enum class PK { None, Gemv, Rope, Kv, Scan, Scale, Residual };
+  enum class Branch { None, Side, Beside };  // recording the branch / the ops beside it
   struct PendingCopyScale {  // out = x * s, out not x
     const float* x = nullptr;
     float* out = nullptr;
@@ -115,18 +137,20 @@ class DecodeStep {
     size_t n = 0;
     float s = 1.0f;
   };
+  struct PendingKv {
+    size_t off[2][2] = {{0, 0}, {0, 0}};
+    const float* src[2] = {nullptr, nullptr};
+    int from_rope[2] = {-1, -1};
+    int nparts = 0;
+    int64_t n = 0, width = 0;
+    bool kv16 = false;
+  };
   struct PendingRope {
     RopeParts rp;
     int64_t T = 0;
     int hd = 0;
     size_t pos = 0, freq = 0;
-  };
-  struct PendingKv {
-    size_t off[2][2] = {{0, 0}, {0, 0}};
-    const float* src[2] = {nullptr, nullptr};
-    int nparts = 0;
-    int64_t n = 0, width = 0;
-    bool kv16 = false;
+    PendingKv kv;  // the KV writes after it, joined
   };
   struct PendingScan {
     const float *x, *B, *C;
@@ -139,6 +163,12 @@ class DecodeStep {
     const float* z;
     int64_t ldz;
   };
+  struct PendingResidual {  // h += a * sa (+ b * sb)
+    float* h;
+    const float *a, *b;
+    float sa, sb;
+    size_t n;
+  };
   struct Graph {
     std::vector<uint64_t> sig;
     cudaGraphExec_t exec = nullptr;
@@ -148,10 +178,20 @@ class DecodeStep {
 
   void emit_scale();
   void free_retired();
+  void use_lane(int lane);
+  bool rope_takes_kv(const float* src, int64_t n, int64_t width, bool kv16) const;
+  bool residual_into_gemv(float* h, const float* a, float sa, const float* b, float sb, size_t n);
+  void close_branches();
 
   cudaStream_t stream_;
+  cudaStream_t cur_;
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t fork_ = nullptr, join_ = nullptr;
+  std::function<void(int, cudaStream_t)> on_lane_;
+  Branch branch_ = Branch::None;
   bool graphs_on_ = true;
   bool fuse_ = true;
+  bool branches_ = true;
   bool recording_ = false;
   bool rec_dirty_ = false;
   std::vector<uint64_t> sig_;
@@ -172,6 +212,7 @@ class DecodeStep {
   PendingKv pkv_;
   PendingScan ps_{};
   PendingScale psc_;
+  PendingResidual pres_{};
 };
 
 }  // namespace fh1::cuda
