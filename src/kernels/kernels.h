@@ -163,11 +163,11 @@ class Kernels {
   virtual void end_decode_step() {}
 
   // Hints for independent work, in a decode step: the ops between branch_begin() and
-  // branch_end() (a branch) read only what was written before branch_begin(); the ops between
-  // branch_end() and branch_join() neither read nor write what the branch writes, and the branch
-  // does not write what they read. After branch_join() everything may be used again. A backend may
-  // run the branch beside the ops after it (the CUDA backend: a second stream in the step's
-  // graph); ignoring the hints (the default) runs the same ops in order. Branches do not nest.
+  // branch_end() (the branch) and those between branch_end() and branch_join() share no data
+  // that either writes; both may read what was written before branch_begin(). After
+  // branch_join() everything may be used again. A backend may run the branch beside the ops
+  // after it (the CUDA backend: a second stream in the step's graph); ignoring the hints (the
+  // default) runs the same ops in order. Branches do not nest.
   virtual void branch_begin() {}
   virtual void branch_end() {}
   virtual void branch_join() {}

@@ -533,8 +533,10 @@ void rope_kv_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, c
   }
   if (n == 0) return;
   const unsigned blocks = blocks_for(static_cast<size_t>(n));
-  if (kv_bf16) launch(rope_kv_kernel<__nv_bfloat16>, blocks, kThreads, 0, s, rp, T, hd, pos, inv_freq, kp, kv_nparts, width);
-  else launch(rope_kv_kernel<float>, blocks, kThreads, 0, s, rp, T, hd, pos, inv_freq, kp, kv_nparts, width);
+  if (kv_bf16)
+    launch(rope_kv_kernel<__nv_bfloat16>, blocks, kThreads, 0, s, rp, T, hd, pos, inv_freq, kp, kv_nparts, width);
+  else
+    launch(rope_kv_kernel<float>, blocks, kThreads, 0, s, rp, T, hd, pos, inv_freq, kp, kv_nparts, width);
   check_launch("rope (parts)");
 }
 
