@@ -9,10 +9,12 @@
 //   cuda-bench [--models 0.5b,1.5b-deep,7b,34b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
 //              [--decode-ctx 1024,16384] [--batches 1,8,64] [--decode-steps 32] [--json out.jsonl]
 //              [--dir /tmp] [--matmul bf16x2|bf16] [--attention tf32|f32] [--graphs 1|0] [--kv bf16|f32]
+//              [--logits all|top1]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
 // KV cache holds all T). Decode at context C: B sequences whose KV caches hold C rows of random
-// values (set up without a prefill), one token per sequence per step; combinations whose KV
-// caches do not fit are skipped.
+// values (set up without a prefill), one token per sequence per step, every logit copied to the
+// host (--logits all) or only each row's best, selected on the GPU (top1: a greedy step);
+// combinations whose KV caches do not fit are skipped.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <fcntl.h>
@@ -267,7 +269,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, decode_ctx = {1024, 16384}, batches = {1, 8, 64};
   int steps = 32;
   int64_t chunk = 32768;
-  bool split = true, tf32 = true, graphs = true, kv_bf16 = true;
+  bool split = true, tf32 = true, graphs = true, kv_bf16 = true, top1 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--models") models = v;
@@ -275,6 +277,7 @@ int main(int argc, char** argv) {
     else if (a == "--attention") tf32 = v != "f32";
     else if (a == "--graphs") graphs = v != "0";
     else if (a == "--kv") kv_bf16 = v != "f32";
+    else if (a == "--logits") top1 = v == "top1";  // decode: every logit to the host, or the best (greedy)
     else if (a == "--prefill") prefill = parse_list(v);
     else if (a == "--prefill-chunk") chunk = std::stoll(v);
     else if (a == "--decode-steps") steps = std::stoi(v);
@@ -304,6 +307,7 @@ int main(int argc, char** argv) {
       j["matmul"] = split ? "bf16x2 (hi+lo activations)" : "bf16";
       j["attention"] = tf32 ? "tf32" : "f32";
       j["graphs"] = graphs;
+      j["logits"] = top1 ? "top1" : "all";
       j["kv_cache"] = kv_bf16 ? "bf16" : "f32";
       if (js) js << j.dump() << "\n" << std::flush;
     };
@@ -458,7 +462,8 @@ int main(int argc, char** argv) {
               items[static_cast<size_t>(b)] =
                   BatchItem{&states[static_cast<size_t>(b)], std::span<const int32_t>(&tok[static_cast<size_t>(b)], 1), false};
             }
-            model.forward(items);
+            if (top1) model.forward_top(items, 1);
+            else model.forward(items);
           };
           const size_t cap0 = k->graphs_captured();
           step(0);  // captures this shape's graph

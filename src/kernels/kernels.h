@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "util/dtype.h"
 
@@ -161,6 +162,27 @@ class Kernels {
   // op is called. Any other call (to_host, synchronize, ...) in between ends the recording early.
   virtual void begin_decode_step() {}
   virtual void end_decode_step() {}
+
+  // The k largest values of each of `rows` rows of n floats at x (backend memory) into host arrays
+  // ids and values (rows x k, row-major), best first, the lower index first on ties; 1 <= k <= n.
+  // What greedy decoding and top-k sampling need. Default: the rows copied to the host and
+  // partially sorted there; a GPU backend selects them where they are.
+  virtual void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* values) {
+    std::vector<float> host(static_cast<size_t>(rows * n));
+    to_host(host.data(), x, host.size());
+    std::vector<int32_t> idx(static_cast<size_t>(n));
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* v = host.data() + r * n;
+      for (int64_t i = 0; i < n; ++i) idx[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [v](int32_t a, int32_t b) {
+        return v[a] > v[b] || (v[a] == v[b] && a < b);
+      });
+      for (int j = 0; j < k; ++j) {
+        ids[r * k + j] = idx[static_cast<size_t>(j)];
+        values[r * k + j] = v[idx[static_cast<size_t>(j)]];
+      }
+    }
+  }
 
   // Hints for independent work, in a decode step: the ops between branch_begin() and
   // branch_end() (the branch) and those between branch_end() and branch_join() share no data

@@ -3,6 +3,7 @@
 //   h += MLP(RMSNorm(h))
 // Dense ops run on all tokens of the batch at once; the conv, scan and attention run per sequence
 // on that sequence's state. See ../shared/design/falcon-h1-model.md.
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -29,6 +30,26 @@ std::vector<float> Model::forward(SequenceState& state, std::span<const int32_t>
 }
 
 std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
+  int64_t rows = 0;
+  Buffer logits = forward_device(batch, &rows);
+  std::vector<float> out(static_cast<size_t>(rows * config_.vocab_size));
+  if (!out.empty()) kernels_->to_host(out.data(), logits.data(), out.size());
+  return out;
+}
+
+Model::TopLogits Model::forward_top(std::span<const BatchItem> batch, int k) const {
+  TopLogits top;
+  top.k = static_cast<int>(std::clamp<int64_t>(k, 1, config_.vocab_size));
+  int64_t rows = 0;
+  Buffer logits = forward_device(batch, &rows);
+  top.ids.resize(static_cast<size_t>(rows * top.k));
+  top.values.resize(top.ids.size());
+  if (rows > 0) kernels_->top_k_rows(logits.data(), rows, config_.vocab_size, top.k, top.ids.data(), top.values.data());
+  return top;
+}
+
+Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out) const {
+  *rows_out = 0;
   const ModelConfig& c = config_;
   Kernels& k = *kernels_;
   const int64_t d = c.hidden_size, V = c.vocab_size;
@@ -53,7 +74,7 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
     spans.push_back(s);
   }
   const int64_t T = static_cast<int64_t>(ids.size());
-  if (T == 0) return {};
+  if (T == 0) return Buffer();
 
   const int64_t ds = c.mamba_d_ssm, GN = static_cast<int64_t>(c.mamba_n_groups) * c.mamba_d_state;
   const int64_t in_dim = c.in_proj_dim(), conv_dim = c.conv_dim();
@@ -202,9 +223,8 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
     step_scope.k = nullptr;
     k.end_decode_step();
   }
-  std::vector<float> out(static_cast<size_t>(logit_rows * V));
-  k.to_host(out.data(), logits.data(), out.size());
-  return out;
+  *rows_out = logit_rows;
+  return logits;
 }
 
 }  // namespace fh1

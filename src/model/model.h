@@ -65,8 +65,21 @@ class Model {
   // Convenience for one sequence.
   std::vector<float> forward(SequenceState& state, std::span<const int32_t> tokens, bool all_logits = false) const;
 
+  // The same forward pass, but of every row of logits only the k best (ids and values, best
+  // first, the lower id first on ties), selected by the backend where the logits are: what
+  // greedy decoding and top-k sampling need (Sampler::sample_top), without the whole vocabulary
+  // copied to the host. k is clamped to [1, vocab_size].
+  struct TopLogits {
+    int k = 0;
+    std::vector<int32_t> ids;  // rows x k
+    std::vector<float> values;
+  };
+  TopLogits forward_top(std::span<const BatchItem> batch, int k) const;
+
  private:
   Model() = default;
+  // forward() up to the logits, left in the backend's memory: *rows rows of vocab_size.
+  Buffer forward_device(std::span<const BatchItem> batch, int64_t* rows) const;
   void bind();
 
   ModelConfig config_;

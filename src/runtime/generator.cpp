@@ -44,9 +44,13 @@ GenerateResult continue_generation(const Model& model, SequenceState& state, std
   Sampler sampler(opt.sampling);
   GenerateResult result;
   result.finish_reason = "length";
+  // Greedy and top-k draws need only the best few logits: the backend selects them (on a GPU
+  // no vocabulary-sized copy per token); the first draw is from the prompt's full logits.
+  const int need = sampler.candidates_needed();
+  Model::TopLogits top;
   const auto t1 = std::chrono::steady_clock::now();
   for (int i = 0; i < opt.max_new_tokens; ++i) {
-    const int32_t id = sampler.sample(logits);
+    const int32_t id = top.k > 0 ? sampler.sample_top(top.ids, top.values) : sampler.sample(logits);
     result.ids.push_back(id);
     if (on_token && !on_token(id)) {
       result.finish_reason = "cancelled";
@@ -61,7 +65,9 @@ GenerateResult continue_generation(const Model& model, SequenceState& state, std
       result.finish_reason = "context";
       break;
     }
-    logits = model.forward(state, std::span<const int32_t>(&id, 1));
+    const BatchItem item{&state, std::span<const int32_t>(&id, 1), false};
+    if (need > 0) top = model.forward_top(std::span<const BatchItem>(&item, 1), need);
+    else logits = model.forward(std::span<const BatchItem>(&item, 1));
   }
   result.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   return result;

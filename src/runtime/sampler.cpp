@@ -25,6 +25,11 @@ Sampler::Sampler(const SamplingParams& p) : params_(p), rng_(p.seed) {
   if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) throw Error("min-p must be in [0, 1], got " + std::to_string(p.min_p));
 }
 
+int Sampler::candidates_needed() const {
+  if (params_.temperature == 0.0f) return 1;
+  return params_.top_k;
+}
+
 int32_t Sampler::sample(std::span<const float> logits) {
   if (logits.empty()) throw Error("sample: empty logits");
   if (params_.temperature == 0.0f) return argmax(logits);
@@ -44,12 +49,29 @@ int32_t Sampler::sample(std::span<const float> logits) {
   } else {
     std::sort(idx.begin(), idx.end(), by_logit);
   }
-  // Softmax of logits / temperature over the candidates.
+  return draw(idx, logits.data(), nullptr);
+}
+
+int32_t Sampler::sample_top(std::span<const int32_t> ids, std::span<const float> values) {
+  const int need = candidates_needed();
+  if (need <= 0) throw Error("sample_top: this sampler needs every logit (top-k is not set)");
+  if (ids.empty() || ids.size() != values.size()) throw Error("sample_top: no candidates, or ids and values differ in size");
+  if (params_.temperature == 0.0f) return ids[0];
+  // Fewer candidates than top-k only when the vocabulary itself is smaller: all of it, as sample().
+  const size_t n = std::min(ids.size(), static_cast<size_t>(need));
+  return draw(ids.first(n), nullptr, values.data());
+}
+
+// Softmax of the candidates' logits / temperature (idx best first), the top-p and min-p filters,
+// then the draw. A candidate's logit is value_of_id[id] or, by position, value_at[i].
+int32_t Sampler::draw(std::span<const int32_t> idx, const float* value_of_id, const float* value_at) {
+  const auto logit = [&](size_t i) { return value_at ? value_at[i] : value_of_id[static_cast<size_t>(idx[i])]; };
+  size_t n = idx.size();
   const float inv_t = 1.0f / params_.temperature;
-  const double top = static_cast<double>(logits[static_cast<size_t>(idx[0])]) * inv_t;
+  const double top = static_cast<double>(logit(0)) * inv_t;
   std::vector<double> prob(n);
   double sum = 0.0;
-  for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(static_cast<double>(logits[static_cast<size_t>(idx[i])]) * inv_t - top);
+  for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(static_cast<double>(logit(i)) * inv_t - top);
   for (double& p : prob) p /= sum;
   // top-p: the smallest prefix whose mass reaches top_p (at least one token).
   if (params_.top_p < 1.0f) {

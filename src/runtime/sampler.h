@@ -22,7 +22,15 @@ class Sampler {
   int32_t sample(std::span<const float> logits);
   const SamplingParams& params() const { return params_; }
 
+  // How many of the best logits a draw depends on: 1 when greedy, top_k when set, else 0 (all of
+  // them: top-p and min-p alone may keep any number).
+  int candidates_needed() const;
+  // The same draw as sample() from the candidates_needed() best logits or more (ids and values,
+  // best first, the lower id first on ties, as Model::forward_top gives them).
+  int32_t sample_top(std::span<const int32_t> ids, std::span<const float> values);
+
  private:
+  int32_t draw(std::span<const int32_t> idx, const float* value_of_id, const float* value_at);
   SamplingParams params_;
   std::mt19937_64 rng_;
 };

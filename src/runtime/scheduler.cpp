@@ -243,10 +243,22 @@ void Scheduler::step() {
     }
     owners.push_back(s.get());
   }
+  // Greedy and top-k draws without penalties or logprobs need only the best few logits of a
+  // row: the backend selects them where the logits are (on a GPU no vocabulary-sized copy).
+  int need = 1;
+  for (const Slot* s : owners) {
+    const GenerationParams& p = s->request->params();
+    const int n = s->sampler.candidates_needed();
+    const bool few = n > 0 && n <= kMaxTopCandidates && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f &&
+                     p.top_logprobs < 0;
+    need = few && need > 0 ? std::max(need, n) : 0;
+  }
   const auto t0 = Clock::now();
   std::vector<float> logits;
+  Model::TopLogits top;
   try {
-    logits = model_.forward(batch);
+    if (need > 0) top = model_.forward_top(batch, need);
+    else logits = model_.forward(batch);
   } catch (const std::exception& e) {
     for (Slot* s : owners) {
       release(*s, GenerationResult{"error", std::string("forward failed: ") + e.what()}, false);
@@ -261,24 +273,30 @@ void Scheduler::step() {
     stats_.batch_rows += batch.size();
     stats_.busy_seconds += seconds_since(t0);
   }
-  const size_t V = static_cast<size_t>(model_.config().vocab_size);
+  const size_t V = static_cast<size_t>(model_.config().vocab_size), K = static_cast<size_t>(top.k);
   for (size_t i = 0; i < owners.size(); ++i) {
     Slot& s = *owners[i];
-    const std::span<const float> row(logits.data() + i * V, V);
     if (fed_now[i] > 0) {
       s.fed += fed_now[i];
       if (s.fed < static_cast<int64_t>(s.prompt().size())) continue;
       if (cache_) cache_->insert(s.prompt(), s.state);  // a snapshot at the end of the prompt
     }
-    sample_into(s, row);
+    if (need > 0)
+      sample_into(s, {}, std::span<const int32_t>(top.ids).subspan(i * K, K),
+                  std::span<const float>(top.values).subspan(i * K, K));
+    else
+      sample_into(s, std::span<const float>(logits.data() + i * V, V), {}, {});
   }
   std::erase_if(slots_, [](const auto& s) { return !s->request; });
 }
 
-void Scheduler::sample_into(Slot& s, std::span<const float> logits) {
+void Scheduler::sample_into(Slot& s, std::span<const float> logits, std::span<const int32_t> top_ids,
+                            std::span<const float> top_values) {
   const GenerationParams& p = s.request->params();
   GeneratedToken tok;
-  if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
+  if (!top_ids.empty()) {  // the row's best logits only (step(): no penalties, no logprobs)
+    tok.id = s.sampler.sample_top(top_ids, top_values);
+  } else if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
     std::vector<float> adjusted(logits.begin(), logits.end());
     for (const auto& [id, n] : s.counts)
       adjusted[static_cast<size_t>(id)] -= p.presence_penalty + p.frequency_penalty * static_cast<float>(n);

@@ -115,7 +115,11 @@ class Scheduler {
   void run();
   void admit(std::deque<std::shared_ptr<GenerationRequest>>& incoming);
   void step();
-  void sample_into(Slot& slot, std::span<const float> logits);
+  // From the row's logits, or (top_ids not empty) from its best few (Model::forward_top).
+  void sample_into(Slot& slot, std::span<const float> logits, std::span<const int32_t> top_ids,
+                   std::span<const float> top_values);
+  // The most candidates a step selects on the backend; a larger top-k takes the whole logits.
+  static constexpr int kMaxTopCandidates = 256;
   void release(Slot& slot, GenerationResult result, bool save_reply);
 
   const Model& model_;

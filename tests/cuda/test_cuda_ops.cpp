@@ -13,6 +13,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/test_util.h"
+#include "util/error.h"
 #include "util/half.h"
 #include "util/thread_pool.h"
 
@@ -477,6 +478,36 @@ TEST_F(CudaOpTest, RopeWithKvWritesEqualsOpsOneByOne) {
       cudaFree(dev);
     }
   }
+}
+
+// The k best of each row selected on the device equal the reference backend's (the rows sorted
+// on the host): the same ids in the same order, best first and the lower id first on ties, over
+// rows with many equal values, negative values and infinities; k above the device's limit falls
+// back to the host.
+TEST_F(CudaOpTest, TopKRowsEqualTheReference) {
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (auto [rows, n] : {std::pair{1, 1000}, {3, 65537}, {2, 130049}, {5, 300}}) {
+    std::vector<float> v(static_cast<size_t>(rows * n));
+    for (float& x : v) x = std::round(normal(rng) * 8.0f) / 8.0f;  // many ties
+    v[7] = INFINITY;
+    v[static_cast<size_t>(n) + 3 < v.size() ? static_cast<size_t>(n) + 3 : 1] = -INFINITY;
+    auto x = both(v);
+    for (int k : {1, 2, 7, 64, 256, 300}) {
+      if (k > n) continue;
+      const size_t count = static_cast<size_t>(rows * k);
+      std::vector<int32_t> gi(count), ci(count);
+      std::vector<float> gv(count), cv(count);
+      gpu->top_k_rows(x.g.data(), rows, n, k, gi.data(), gv.data());
+      cpu->top_k_rows(x.c.data(), rows, n, k, ci.data(), cv.data());
+      EXPECT_EQ(gi, ci) << "rows=" << rows << " n=" << n << " k=" << k;
+      EXPECT_EQ(gv, cv) << "rows=" << rows << " n=" << n << " k=" << k;
+    }
+  }
+  std::vector<int32_t> ids(1);
+  std::vector<float> vals(1);
+  auto x = both(std::vector<float>(10, 1.0f));
+  EXPECT_THROW(gpu->top_k_rows(x.g.data(), 1, 10, 0, ids.data(), vals.data()), Error);
+  EXPECT_THROW(gpu->top_k_rows(x.g.data(), 1, 10, 11, ids.data(), vals.data()), Error);
 }
 
 TEST_F(CudaOpTest, Conv1dSiluContinuesFromState) {

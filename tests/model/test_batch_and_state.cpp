@@ -1,6 +1,8 @@
 // Several sequences in one batch give what each gives alone; state snapshots resume exactly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "model/fixture_util.h"
 #include "util/error.h"
 
@@ -53,6 +55,40 @@ TEST_P(BatchTest, MixedBatchEqualsEachSequenceAlone) {
     EXPECT_LE(relative_max_diff(rows(lt, 2, 1, V), lc), 1e-5) << "step " << step;
   }
   EXPECT_EQ(bc.n_past(), static_cast<int64_t>(c_past.size() + c.size() + 4));
+}
+
+// forward_top gives the k best of what forward gives, row by row: best first, lower id first on
+// ties (the backend's top_k_rows), for a batch with every logit of one sequence and the last of
+// another, k clamped to the vocabulary.
+TEST_P(BatchTest, ForwardTopIsTheBestOfForward) {
+  const Fixture f = load_fixture(GetParam());
+  Backend be;
+  const Model model = Model::load(f.dir, *be.kernels);
+  const int64_t V = model.config().vocab_size;
+  const std::span<const int32_t> ids(f.prompt_ids);
+  ASSERT_GE(ids.size(), 12u);
+  for (int k : {1, 7, static_cast<int>(V) + 5}) {
+    SequenceState a1 = model.new_state(), b1 = model.new_state(), a2 = model.new_state(), b2 = model.new_state();
+    const BatchItem full[] = {{&a1, ids.subspan(0, 5), true}, {&b1, ids.subspan(3, 7), false}};
+    const BatchItem top_batch[] = {{&a2, ids.subspan(0, 5), true}, {&b2, ids.subspan(3, 7), false}};
+    const std::vector<float> logits = model.forward(full);
+    const Model::TopLogits top = model.forward_top(top_batch, k);
+    const int64_t rows = 6;
+    ASSERT_EQ(top.k, std::min<int64_t>(k, V));
+    ASSERT_EQ(logits.size(), static_cast<size_t>(rows * V));
+    ASSERT_EQ(top.ids.size(), static_cast<size_t>(rows * top.k));
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* v = logits.data() + r * V;
+      std::vector<int32_t> order(static_cast<size_t>(V));
+      for (int64_t i = 0; i < V; ++i) order[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+      std::stable_sort(order.begin(), order.end(), [v](int32_t x, int32_t y) { return v[x] > v[y]; });
+      for (int j = 0; j < top.k; ++j) {
+        const size_t at = static_cast<size_t>(r * top.k + j);
+        ASSERT_EQ(top.ids[at], order[static_cast<size_t>(j)]) << "row " << r << ", rank " << j << ", k " << k;
+        ASSERT_EQ(top.values[at], v[order[static_cast<size_t>(j)]]);
+      }
+    }
+  }
 }
 
 TEST_P(BatchTest, SnapshotResumesExactlyAndResetStartsOver) {

@@ -1,7 +1,9 @@
 // The sampler: greedy, filters, reproducibility, bad parameters.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
+#include <random>
 
 #include "runtime/sampler.h"
 #include "util/error.h"
@@ -14,6 +16,41 @@ TEST(Sampler, GreedyIsArgmaxFirstOnTies) {
   Sampler s({});
   EXPECT_EQ(s.sample(logits), 1);
   EXPECT_EQ(argmax(logits), 1);
+}
+
+// Drawing from the best few logits (Model::forward_top's candidates) gives the same tokens, draw
+// for draw, as drawing from all of them, for greedy and top-k with every filter, over logits with
+// many ties; candidates_needed() says how many suffice.
+TEST(Sampler, SampleTopDrawsWhatSampleDraws) {
+  const SamplingParams cases[] = {{0.0f, 0, 1.0f, 0.0f, 1},  {0.0f, 40, 0.5f, 0.1f, 2}, {0.7f, 1, 1.0f, 0.0f, 3},
+                                  {1.0f, 5, 1.0f, 0.0f, 4},  {0.8f, 50, 0.9f, 0.02f, 5}, {1.3f, 300, 0.95f, 0.0f, 6},
+                                  {2.0f, 257, 1.0f, 0.3f, 7}};
+  std::mt19937 rng(99);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  const size_t V = 257;
+  for (const SamplingParams& p : cases) {
+    Sampler all(p), top(p);
+    const int need = top.candidates_needed();
+    ASSERT_EQ(need, p.temperature == 0.0f ? 1 : p.top_k);
+    const size_t k = std::min(V, static_cast<size_t>(need));
+    for (int draw = 0; draw < 300; ++draw) {
+      std::vector<float> logits(V);
+      for (float& x : logits) x = std::round(normal(rng) * 4.0f) / 4.0f;  // many equal values
+      std::vector<int32_t> order(V);
+      for (size_t i = 0; i < V; ++i) order[i] = static_cast<int32_t>(i);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      order.resize(k);
+      std::vector<float> values(k);
+      for (size_t j = 0; j < k; ++j) values[j] = logits[static_cast<size_t>(order[j])];
+      ASSERT_EQ(top.sample_top(order, values), all.sample(logits)) << "temperature " << p.temperature << ", top-k "
+                                                                  << p.top_k << ", draw " << draw;
+    }
+  }
+  Sampler needs_all({1.0f, 0, 0.9f, 0.0f, 1});
+  EXPECT_EQ(needs_all.candidates_needed(), 0);
+  const std::vector<int32_t> one = {3};
+  const std::vector<float> val = {1.0f};
+  EXPECT_THROW(needs_all.sample_top(one, val), Error);
 }
 
 TEST(Sampler, TopKOneIsGreedy) {

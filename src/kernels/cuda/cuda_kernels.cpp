@@ -122,6 +122,7 @@ class CudaKernelsImpl final : public CudaKernels {
     if (ev0_) cudaEventDestroy(ev0_);
     if (ev1_) cudaEventDestroy(ev1_);
     step_.reset();
+    cudaFree(top_dev_);
     for (LaneScratch& l : lane_) {
       cudaFree(l.blas_ws);
       cudaFree(l.xb);
@@ -506,6 +507,34 @@ class CudaKernelsImpl final : public CudaKernels {
     }, q, ldq, n, bucket, off[0], off[1], off[2], H, Hkv, hd, scale, kv16, out, scratch);
   }
 
+  // ---- sampling ----
+  // The k best logits of each row selected on the device: k (id, value) pairs a row come back
+  // instead of the vocabulary. k above cuda::kTopKMax: the default (the rows copied and sorted).
+  void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* values) override {
+    if (k < 1 || k > n)
+      throw Error("top_k_rows: k = " + std::to_string(k) + " for rows of " + std::to_string(n) + " values");
+    if (k > cuda::kTopKMax || n > INT32_MAX) {
+      Kernels::top_k_rows(x, rows, n, k, ids, values);
+      return;
+    }
+    flush();
+    if (rows == 0) return;
+    const size_t count = static_cast<size_t>(rows) * static_cast<size_t>(k);
+    if (count * 8 > top_cap_) {
+      check(cudaStreamSynchronize(stream_), "top_k_rows");
+      cudaFree(top_dev_);
+      top_dev_ = nullptr;
+      top_cap_ = std::max<size_t>(count * 8, 4096);
+      check(cudaMalloc(&top_dev_, top_cap_), "top_k_rows buffer");
+    }
+    auto* dev_ids = static_cast<int32_t*>(top_dev_);
+    auto* dev_vals = reinterpret_cast<float*>(dev_ids + count);
+    cuda::top_k_rows(x, rows, n, k, dev_ids, dev_vals, stream_);
+    check(cudaMemcpyAsync(ids, dev_ids, count * 4, cudaMemcpyDeviceToHost, stream_), "top_k_rows (ids)");
+    check(cudaMemcpyAsync(values, dev_vals, count * 4, cudaMemcpyDeviceToHost, stream_), "top_k_rows (values)");
+    check(cudaStreamSynchronize(stream_), "top_k_rows (synchronize)");
+  }
+
   // ---- decode steps as graphs ----
   void begin_decode_step() override {
     flush();
@@ -741,6 +770,8 @@ class CudaKernelsImpl final : public CudaKernels {
   bool tf32_attn_ = true;
   bool kv_bf16_ = true;  // KV caches in bf16 (kv_cache_dtype)
   LaneScratch lane_[2];
+  void* top_dev_ = nullptr;  // top_k_rows results on the device
+  size_t top_cap_ = 0;
   std::unique_ptr<cuda::DecodeStep> step_;
   bool profile_ = false;
   cudaEvent_t ev0_ = nullptr, ev1_ = nullptr;

@@ -181,6 +181,11 @@ void ssm_scan_rows_gated(const float* x, const float* B, const float* C, int64_t
                          int64_t ld_dt, int64_t n, const SsmParams& p, float* const* states, const float* z,
                          int64_t ldz, float* y, cudaStream_t s);
 
+// The k best of each of `rows` rows of n floats: ids and values (rows x k, device memory), best
+// first, the lower index first on ties; 1 <= k <= min(n, kTopKMax).
+constexpr int kTopKMax = 256;
+void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, cudaStream_t s);
+
 // Appends rows to a KV cache: cache[row + i, :] = src[i, :], row read from row_dev when not null.
 void kv_write(void* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,
               bool kv_bf16, cudaStream_t s);

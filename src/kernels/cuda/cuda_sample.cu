@@ -1,0 +1,190 @@
+// The k best logits of each row, on the device (cuda_ops.h: top_k_rows): greedy decoding and
+// top-k sampling then copy k (id, value) pairs per row to the host instead of the vocabulary.
+#include <cstdint>
+#include <string>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "util/error.h"
+
+namespace fh1::cuda {
+namespace {
+
+constexpr int kThreadsTop = 512;
+
+// Floats as unsigned keys in the same order (larger float, larger key), -0 and +0 one key: they
+// compare equal, so the lower index comes first, as on the host.
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t u = f == 0.0f ? 0u : __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// (key, index) a before b: larger key first, then the lower index.
+__device__ __forceinline__ bool before(uint32_t ka, int32_t ia, uint32_t kb, int32_t ib) {
+  return ka > kb || (ka == kb && ia < ib);
+}
+
+// k = 1: the first largest value of each row (as torch.argmax); one block per row.
+__global__ void __launch_bounds__(kThreadsTop) argmax_rows_kernel(const float* x, int64_t n, int32_t* ids, float* vals) {
+  FH1_PDL_ENTER();
+  const float* row = x + int64_t(blockIdx.x) * n;
+  uint32_t bk = 0;
+  int32_t bi = INT32_MAX;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const uint32_t k = order_key(row[i]);
+    if (before(k, static_cast<int32_t>(i), bk, bi)) {
+      bk = k;
+      bi = static_cast<int32_t>(i);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const uint32_t ok = __shfl_xor_sync(0xffffffffu, bk, o);
+    const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (before(ok, oi, bk, bi)) {
+      bk = ok;
+      bi = oi;
+    }
+  }
+  __shared__ uint32_t wk[kThreadsTop / 32];
+  __shared__ int32_t wi[kThreadsTop / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    wk[warp] = bk;
+    wi[warp] = bi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w)
+      if (before(wk[w], wi[w], bk, bi)) {
+        bk = wk[w];
+        bi = wi[w];
+      }
+    ids[blockIdx.x] = bi;
+    vals[blockIdx.x] = row[bi];
+  }
+}
+
+// k = 2..kTopKMax: one block per row. The k-th largest key by a radix select (four passes of 8
+// bits, a histogram of the keys that match the digits chosen so far), then every key above it
+// and the first (lowest-index) keys equal to it as many as are missing, then a bitonic sort of
+// those k by (key, index).
+__global__ void __launch_bounds__(kThreadsTop) top_k_rows_kernel(const float* x, int64_t n, int k, int32_t* ids,
+                                                                  float* vals) {
+  FH1_PDL_ENTER();
+  __shared__ uint32_t hist[256];
+  __shared__ uint32_t ck[kTopKMax];
+  __shared__ int32_t ci[kTopKMax];
+  __shared__ uint32_t s_prefix;
+  __shared__ int s_remaining, s_above, s_base;
+  __shared__ int warp_count[kThreadsTop / 32];
+  const float* row = x + int64_t(blockIdx.x) * n;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+
+  uint32_t prefix = 0, mask = 0;
+  int remaining = k;  // how many of the keys matching prefix (on mask) are still to take
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (int64_t i = tid; i < n; i += blockDim.x) {
+      // Logits share their top bits: the lanes of a warp with the same digit add once together.
+      const uint32_t key = order_key(row[i]);
+      const bool match = (key & mask) == prefix;
+      const uint32_t bin = match ? (key >> shift) & 255u : 0xffffffffu;
+      const unsigned group = __match_any_sync(__activemask(), bin);
+      if (match && lane == __ffs(group) - 1) atomicAdd(&hist[bin], static_cast<uint32_t>(__popc(group)));
+    }
+    __syncthreads();
+    if (tid == 0) {
+      int acc = 0, d = 255;
+      for (; d > 0; --d) {
+        if (acc + static_cast<int>(hist[d]) >= remaining) break;
+        acc += static_cast<int>(hist[d]);
+      }
+      s_prefix = prefix | (uint32_t(d) << shift);
+      s_remaining = remaining - acc;
+    }
+    __syncthreads();
+    prefix = s_prefix;
+    remaining = s_remaining;
+    mask |= 255u << shift;
+  }
+  // prefix is now the k-th largest key: k - remaining keys are above it; take `remaining` of the
+  // keys equal to it, the lowest indices first.
+  const uint32_t thr = prefix;
+  if (tid == 0) {
+    s_above = 0;
+    s_base = 0;
+  }
+  __syncthreads();
+  for (int64_t i = tid; i < n; i += blockDim.x) {
+    const uint32_t key = order_key(row[i]);
+    if (key > thr) {
+      const int at = atomicAdd(&s_above, 1);
+      ck[at] = key;
+      ci[at] = static_cast<int32_t>(i);
+    }
+  }
+  __syncthreads();
+  const int above = k - remaining;
+  for (int64_t start = 0; start < n; start += blockDim.x) {
+    const int64_t i = start + tid;
+    const bool eq = i < n && order_key(row[i]) == thr;
+    const unsigned ballot = __ballot_sync(0xffffffffu, eq);
+    if (lane == 0) warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    int before_me = s_base + __popc(ballot & ((1u << lane) - 1u));
+    for (int w = 0; w < warp; ++w) before_me += warp_count[w];
+    if (eq && before_me < remaining) {
+      ck[above + before_me] = thr;
+      ci[above + before_me] = static_cast<int32_t>(i);
+    }
+    __syncthreads();
+    if (tid == 0)
+      for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) s_base += warp_count[w];
+    __syncthreads();
+    if (s_base >= remaining) break;
+  }
+  // Bitonic sort of the k candidates (padded to a power of two), best first.
+  int P = 1;
+  while (P < k) P <<= 1;
+  for (int i = k + tid; i < P; i += blockDim.x) {
+    ck[i] = 0;
+    ci[i] = INT32_MAX;
+  }
+  __syncthreads();
+  for (int size = 2; size <= P; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int t = tid; t < P / 2; t += blockDim.x) {
+        const int a = 2 * t - (t & (stride - 1)), b = a + stride;
+        const bool first_half_desc = ((a & size) == 0);  // this run sorts best first
+        const bool a_first = before(ck[a], ci[a], ck[b], ci[b]);
+        if (a_first != first_half_desc) {
+          const uint32_t tk = ck[a];
+          ck[a] = ck[b];
+          ck[b] = tk;
+          const int32_t ti = ci[a];
+          ci[a] = ci[b];
+          ci[b] = ti;
+        }
+      }
+      __syncthreads();
+    }
+  }
+  for (int j = tid; j < k; j += blockDim.x) {
+    ids[int64_t(blockIdx.x) * k + j] = ci[j];
+    vals[int64_t(blockIdx.x) * k + j] = row[ci[j]];
+  }
+}
+
+}  // namespace
+
+void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, cudaStream_t s) {
+  if (rows == 0) return;
+  if (k < 1 || k > kTopKMax || k > n || n > INT32_MAX)
+    throw Error("CUDA top_k_rows: k = " + std::to_string(k) + " for rows of " + std::to_string(n) +
+                " (1 <= k <= min(n, " + std::to_string(kTopKMax) + "))");
+  if (k == 1) launch(argmax_rows_kernel, static_cast<unsigned>(rows), kThreadsTop, 0, s, x, n, ids, vals);
+  else launch(top_k_rows_kernel, static_cast<unsigned>(rows), kThreadsTop, 0, s, x, n, k, ids, vals);
+  check_launch("top_k_rows");
+}
+
+}  // namespace fh1::cuda
