@@ -697,16 +697,21 @@ class CudaKernelsImpl final : public CudaKernels {
   // ops after it, so the two must not share.
   LaneScratch& scratch() { return lane_[step_->lane()]; }
 
-  float* attention_scratch(size_t need) {
-    LaneScratch& l = scratch();
-    if (need > l.att_cap) {
-      step_->retire(l.att);
-      l.att = nullptr;
-      l.att_cap = std::max(need, l.att_cap * 2);
-      check(cudaMalloc(&l.att, l.att_cap * sizeof(float)), "attention scratch");
+  // A scratch buffer of at least n elements: a smaller one is retired (closures recorded earlier
+  // in the step may still use it) and replaced by one at least twice as large.
+  template <class T>
+  T* grown(T*& p, size_t& cap, size_t n, const char* what) {
+    if (n > cap) {
+      step_->retire(p);
+      p = nullptr;
+      cap = std::max(n, cap * 2);
+      check(cudaMalloc(&p, cap * sizeof(T)), what);
     }
-    return l.att;
+    return p;
   }
+  float* attention_scratch(size_t n) { return grown(scratch().att, scratch().att_cap, n, "attention scratch"); }
+  float* f32_scratch(size_t n) { return grown(scratch().y2, scratch().y2_cap, n, "f32 scratch"); }
+  uint16_t* bf16_scratch(size_t n) { return grown(scratch().xb, scratch().xb_cap, n, "bf16 scratch"); }
 
   // y[T, N] = xb[T, K] @ W^T (+ beta * y), float32 accumulate and output.
   void gemm_bf16(const WeightView& W, const uint16_t* xb, int64_t T, float* y, float beta) {
@@ -715,28 +720,6 @@ class CudaKernelsImpl final : public CudaKernels {
     check_blas(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, N, static_cast<int>(T), K, &one, W.data, CUDA_R_16BF, K,
                             xb, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
                "cublasGemmEx (bf16)");
-  }
-
-  float* f32_scratch(size_t n) {
-    LaneScratch& l = scratch();
-    if (n > l.y2_cap) {
-      step_->retire(l.y2);
-      l.y2 = nullptr;
-      l.y2_cap = std::max(n, l.y2_cap * 2);
-      check(cudaMalloc(&l.y2, l.y2_cap * 4), "f32 scratch");
-    }
-    return l.y2;
-  }
-
-  uint16_t* bf16_scratch(size_t n) {
-    LaneScratch& l = scratch();
-    if (n > l.xb_cap) {
-      step_->retire(l.xb);
-      l.xb = nullptr;
-      l.xb_cap = std::max(n, l.xb_cap * 2);
-      check(cudaMalloc(&l.xb, l.xb_cap * 2), "bf16 scratch");
-    }
-    return l.xb;
   }
 
   const void* upload(HostUpload& u, const void* src, size_t bytes) {
