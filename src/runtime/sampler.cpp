@@ -33,23 +33,52 @@ int Sampler::candidates_needed() const {
 int32_t Sampler::sample(std::span<const float> logits) {
   if (logits.empty()) throw Error("sample: empty logits");
   if (params_.temperature == 0.0f) return argmax(logits);
-
-  // Candidates, best first. Only top-k (or, without it, the whole vocabulary) is ordered.
-  std::vector<int32_t> idx(logits.size());
-  std::iota(idx.begin(), idx.end(), 0);
   const auto by_logit = [&](int32_t a, int32_t b) {
     return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
            (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
   };
-  size_t n = idx.size();
-  if (params_.top_k > 0 && static_cast<size_t>(params_.top_k) < n) {
-    n = static_cast<size_t>(params_.top_k);
+  std::vector<int32_t> idx(logits.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  if (params_.top_k > 0) {  // the softmax over the top-k candidates, best first
+    const size_t n = std::min(idx.size(), static_cast<size_t>(params_.top_k));
     std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(n), idx.end(), by_logit);
     idx.resize(n);
-  } else {
-    std::sort(idx.begin(), idx.end(), by_logit);
+    return draw(idx, logits.data(), nullptr);
   }
-  return draw(idx, logits.data(), nullptr);
+  // No top-k: the softmax over the whole vocabulary. Only top-p and min-p care about the order
+  // (each keeps a prefix of the tokens by probability), and then only as far as its cut: the
+  // tokens are sorted progressively until both cuts are known, not all of them (a full sort of a
+  // 131K vocabulary costs more than a GPU decode step).
+  const double inv_t = 1.0 / static_cast<double>(params_.temperature);
+  const double top = static_cast<double>(logits[static_cast<size_t>(argmax(logits))]) * inv_t;
+  std::vector<double> e(logits.size());
+  double sum = 0.0;
+  for (size_t i = 0; i < e.size(); ++i) sum += e[i] = std::exp(static_cast<double>(logits[i]) * inv_t - top);
+  if (params_.top_p >= 1.0f && params_.min_p <= 0.0f) {  // no cut: in vocabulary order
+    double r = std::uniform_real_distribution<double>(0.0, sum)(rng_);
+    for (size_t i = 0; i < e.size(); ++i) {
+      r -= e[i];
+      if (r < 0.0) return static_cast<int32_t>(i);
+    }
+    return static_cast<int32_t>(e.size() - 1);
+  }
+  const size_t V = idx.size();
+  const double floor = params_.min_p * (1.0 / sum);  // min-p's cut: probability below max * min_p (max is 1 / sum)
+  std::vector<double> prob;
+  for (size_t m = std::min<size_t>(V, 64);; m = std::min(V, m * 8)) {
+    std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(m), idx.end(), by_logit);
+    prob.resize(m);
+    double mass = 0.0;
+    bool cut = m == V;
+    for (size_t i = 0; i < m; ++i) {
+      prob[i] = e[static_cast<size_t>(idx[i])] / sum;
+      mass += prob[i];
+      cut = cut || (params_.top_p < 1.0f && mass >= params_.top_p) || (params_.min_p > 0.0f && prob[i] < floor);
+    }
+    if (cut) break;
+  }
+  idx.resize(prob.size());
+  return pick(idx, prob);
 }
 
 int32_t Sampler::sample_top(std::span<const int32_t> ids, std::span<const float> values) {
@@ -62,17 +91,23 @@ int32_t Sampler::sample_top(std::span<const int32_t> ids, std::span<const float>
   return draw(ids.first(n), nullptr, values.data());
 }
 
-// Softmax of the candidates' logits / temperature (idx best first), the top-p and min-p filters,
-// then the draw. A candidate's logit is value_of_id[id] or, by position, value_at[i].
+// Softmax of the candidates' logits / temperature (idx best first), then pick(). A candidate's
+// logit is value_of_id[id] or, by position, value_at[i].
 int32_t Sampler::draw(std::span<const int32_t> idx, const float* value_of_id, const float* value_at) {
   const auto logit = [&](size_t i) { return value_at ? value_at[i] : value_of_id[static_cast<size_t>(idx[i])]; };
-  size_t n = idx.size();
+  const size_t n = idx.size();
   const float inv_t = 1.0f / params_.temperature;
   const double top = static_cast<double>(logit(0)) * inv_t;
   std::vector<double> prob(n);
   double sum = 0.0;
   for (size_t i = 0; i < n; ++i) sum += prob[i] = std::exp(static_cast<double>(logit(i)) * inv_t - top);
   for (double& p : prob) p /= sum;
+  return pick(idx, prob);
+}
+
+// The top-p and min-p filters over tokens best first with their probabilities, then the draw.
+int32_t Sampler::pick(std::span<const int32_t> idx, std::span<const double> prob) {
+  size_t n = idx.size();
   // top-p: the smallest prefix whose mass reaches top_p (at least one token).
   if (params_.top_p < 1.0f) {
     double mass = 0.0;

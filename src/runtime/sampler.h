@@ -31,6 +31,7 @@ class Sampler {
 
  private:
   int32_t draw(std::span<const int32_t> idx, const float* value_of_id, const float* value_at);
+  int32_t pick(std::span<const int32_t> idx, std::span<const double> prob);
   SamplingParams params_;
   std::mt19937_64 rng_;
 };

@@ -53,6 +53,64 @@ TEST(Sampler, SampleTopDrawsWhatSampleDraws) {
   EXPECT_THROW(needs_all.sample_top(one, val), Error);
 }
 
+// Without top-k, top-p and min-p keep a prefix of the tokens by probability: the sampler sorts
+// only as far as the cuts. Against the same draws over a full sort (the probabilities of the
+// whole vocabulary, normalized the same way), for cuts near the top and far down.
+TEST(Sampler, TopPAndMinPWithoutTopKDrawAsOverAFullSort) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const size_t V = 5000;
+  for (const auto& [top_p, min_p] : {std::pair{0.5f, 0.0f}, {0.9f, 0.0f}, {0.999f, 0.0f}, {1.0f, 0.05f},
+                                     {1.0f, 0.0005f}, {0.95f, 0.01f}}) {
+    const SamplingParams p{0.9f, 0, top_p, min_p, 77};
+    Sampler s(p);
+    std::mt19937_64 ref_rng(p.seed);
+    for (int draw = 0; draw < 200; ++draw) {
+      std::vector<float> logits(V);
+      for (float& x : logits) x = std::round(normal(rng) * 16.0f) / 16.0f;
+      // The reference: every probability, the tokens fully sorted, both filters, the draw.
+      const double inv_t = 1.0 / static_cast<double>(p.temperature);
+      const double top = static_cast<double>(*std::max_element(logits.begin(), logits.end())) * inv_t;
+      std::vector<double> e(V);
+      double sum = 0.0;
+      for (size_t i = 0; i < V; ++i) sum += e[i] = std::exp(static_cast<double>(logits[i]) * inv_t - top);
+      std::vector<int32_t> order(V);
+      for (size_t i = 0; i < V; ++i) order[i] = static_cast<int32_t>(i);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      std::vector<double> prob(V);
+      for (size_t i = 0; i < V; ++i) prob[i] = e[static_cast<size_t>(order[i])] / sum;
+      size_t n = V;
+      if (top_p < 1.0f) {
+        double mass = 0.0;
+        size_t keep = 0;
+        while (keep < n) {
+          mass += prob[keep++];
+          if (mass >= top_p) break;
+        }
+        n = keep;
+      }
+      if (min_p > 0.0f) {
+        const double floor = prob[0] * min_p;
+        size_t keep = 1;
+        while (keep < n && prob[keep] >= floor) ++keep;
+        n = keep;
+      }
+      double total = 0.0;
+      for (size_t i = 0; i < n; ++i) total += prob[i];
+      double r = std::uniform_real_distribution<double>(0.0, total)(ref_rng);
+      int32_t want = order[n - 1];
+      for (size_t i = 0; i < n; ++i) {
+        r -= prob[i];
+        if (r < 0.0) {
+          want = order[i];
+          break;
+        }
+      }
+      ASSERT_EQ(s.sample(logits), want) << "top-p " << top_p << ", min-p " << min_p << ", draw " << draw;
+    }
+  }
+}
+
 TEST(Sampler, TopKOneIsGreedy) {
   const std::vector<float> logits = {0.1f, 0.2f, 5.0f, 0.3f};
   Sampler s({1.0f, 1, 1.0f, 0.0f, 42});
