@@ -37,9 +37,13 @@ int32_t Sampler::sample(std::span<const float> logits) {
     return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)] ||
            (logits[static_cast<size_t>(a)] == logits[static_cast<size_t>(b)] && a < b);
   };
-  std::vector<int32_t> idx(logits.size());
-  std::iota(idx.begin(), idx.end(), 0);
+  std::vector<int32_t> idx;
+  const auto all_ids = [&] {
+    idx.resize(logits.size());
+    std::iota(idx.begin(), idx.end(), 0);
+  };
   if (params_.top_k > 0) {  // the softmax over the top-k candidates, best first
+    all_ids();
     const size_t n = std::min(idx.size(), static_cast<size_t>(params_.top_k));
     std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(n), idx.end(), by_logit);
     idx.resize(n);
@@ -62,6 +66,7 @@ int32_t Sampler::sample(std::span<const float> logits) {
     }
     return static_cast<int32_t>(e.size() - 1);
   }
+  all_ids();
   const size_t V = idx.size();
   const double floor = params_.min_p * (1.0 / sum);  // min-p's cut: probability below max * min_p (max is 1 / sum)
   std::vector<double> prob;
