@@ -520,14 +520,7 @@ class CudaKernelsImpl final : public CudaKernels {
     flush();
     if (rows == 0) return;
     const size_t count = static_cast<size_t>(rows) * static_cast<size_t>(k);
-    if (count * 8 > top_cap_) {
-      check(cudaStreamSynchronize(stream_), "top_k_rows");
-      cudaFree(top_dev_);
-      top_dev_ = nullptr;
-      top_cap_ = std::max<size_t>(count * 8, 4096);
-      check(cudaMalloc(&top_dev_, top_cap_), "top_k_rows buffer");
-    }
-    auto* dev_ids = static_cast<int32_t*>(top_dev_);
+    int32_t* dev_ids = grown(top_dev_, top_cap_, 2 * count, "top_k_rows buffer");
     auto* dev_vals = reinterpret_cast<float*>(dev_ids + count);
     cuda::top_k_rows(x, rows, n, k, dev_ids, dev_vals, stream_);
     check(cudaMemcpyAsync(ids, dev_ids, count * 4, cudaMemcpyDeviceToHost, stream_), "top_k_rows (ids)");
@@ -753,7 +746,7 @@ class CudaKernelsImpl final : public CudaKernels {
   bool tf32_attn_ = true;
   bool kv_bf16_ = true;  // KV caches in bf16 (kv_cache_dtype)
   LaneScratch lane_[2];
-  void* top_dev_ = nullptr;  // top_k_rows results on the device
+  int32_t* top_dev_ = nullptr;  // top_k_rows results on the device: ids, then values
   size_t top_cap_ = 0;
   std::unique_ptr<cuda::DecodeStep> step_;
   bool profile_ = false;

@@ -375,39 +375,31 @@ void DecodeStep::kv_rows(float* const* caches, const int64_t* n_past, const floa
                          bool kv16) {
   const size_t oc = put(caches, n * sizeof(float*), -1), orow = put(n_past, n * sizeof(int64_t), -1);
   if (pk_ == PK::Rope && rope_takes_kv(src, n, width, kv16)) {
-    PendingKv& kv = pr_.kv;
-    const int i = kv.nparts++;
-    kv.off[i][0] = oc;
-    kv.off[i][1] = orow;
-    kv.src[i] = src;
-    kv.from_rope[i] = -1;
+    int from = -1;
     for (int r = 0; r < pr_.rp.nparts; ++r)
-      if (pr_.rp.part[r].x == src) kv.from_rope[i] = r;
-    kv.n = n;
-    kv.width = width;
-    kv.kv16 = kv16;
-    if (kv.nparts == 2) flush_pending();
+      if (pr_.rp.part[r].x == src) from = r;
+    pr_.kv.add(oc, orow, src, n, width, kv16, from);
+    if (pr_.kv.nparts == 2) flush_pending();
     return;
   }
   if (pk_ == PK::Kv && pkv_.nparts == 1 && pkv_.n == n && pkv_.width == width && pkv_.kv16 == kv16 &&
       !overlap(src, static_cast<size_t>(n * width), pkv_.src[0], static_cast<size_t>(n * width))) {
-    pkv_.off[1][0] = oc;
-    pkv_.off[1][1] = orow;
-    pkv_.src[1] = src;
-    pkv_.nparts = 2;
+    pkv_.add(oc, orow, src, n, width, kv16);
     flush_pending();
     return;
   }
   flush_pending();
   pk_ = PK::Kv;
   pkv_ = PendingKv{};
-  pkv_.off[0][0] = oc;
-  pkv_.off[0][1] = orow;
-  pkv_.src[0] = src;
-  pkv_.nparts = 1;
-  pkv_.n = n;
-  pkv_.width = width;
-  pkv_.kv16 = kv16;
+  pkv_.add(oc, orow, src, n, width, kv16);
+}
+
+KvRowsParts DecodeStep::kv_parts(const PendingKv& kv) const {
+  KvRowsParts kp;
+  for (int i = 0; i < kv.nparts; ++i)
+    kp.part[i] = KvRowsPart{reinterpret_cast<void* const*>(dyn_dev_ + kv.off[i][0]),
+                            reinterpret_cast<const int64_t*>(dyn_dev_ + kv.off[i][1]), kv.src[i], kv.from_rope[i]};
+  return kp;
 }
 
 // Whether the KV write of n rows of src (width floats each) can join the pending rope: its rows
@@ -476,12 +468,9 @@ void DecodeStep::flush_pending(bool keep_scale) {
       const RopePart &a = r.rp.part[0], &b = r.rp.part[1];
       const PendingKv& kv = r.kv;
       record("rope parts", [=, this] {
-        KvRowsParts kp;
-        for (int i = 0; i < kv.nparts; ++i)
-          kp.part[i] = KvRowsPart{reinterpret_cast<void* const*>(dyn_dev_ + kv.off[i][0]),
-                                  reinterpret_cast<const int64_t*>(dyn_dev_ + kv.off[i][1]), kv.src[i], kv.from_rope[i]};
         rope_kv_parts(r.rp, r.T, r.hd, reinterpret_cast<const int64_t*>(dyn_dev_ + r.pos),
-                      reinterpret_cast<const float*>(dyn_dev_ + r.freq), kp, kv.nparts, kv.width, kv.kv16, cur_);
+                      reinterpret_cast<const float*>(dyn_dev_ + r.freq), kv_parts(kv), kv.nparts, kv.width, kv.kv16,
+                      cur_);
       }, r.rp.nparts, a.x, a.ld, a.heads, a.scaled, a.pre, b.x, b.ld, b.heads, b.scaled, b.pre, r.T, r.hd, r.pos,
              r.freq, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.from_rope[0], kv.off[1][0], kv.off[1][1],
              kv.src[1], kv.from_rope[1], kv.width, kv.kv16);
@@ -490,11 +479,7 @@ void DecodeStep::flush_pending(bool keep_scale) {
     case PK::Kv: {
       const PendingKv kv = pkv_;
       record("kv rows", [=, this] {
-        KvRowsParts kp;
-        for (int i = 0; i < kv.nparts; ++i)
-          kp.part[i] = KvRowsPart{reinterpret_cast<void* const*>(dyn_dev_ + kv.off[i][0]),
-                                  reinterpret_cast<const int64_t*>(dyn_dev_ + kv.off[i][1]), kv.src[i]};
-        kv_write_rows_parts(kp, kv.nparts, kv.n, kv.width, kv.kv16, cur_);
+        kv_write_rows_parts(kv_parts(kv), kv.nparts, kv.n, kv.width, kv.kv16, cur_);
       }, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.off[1][0], kv.off[1][1], kv.src[1], kv.n, kv.width,
              kv.kv16);
       return;

@@ -144,6 +144,15 @@ class DecodeStep {
     int nparts = 0;
     int64_t n = 0, width = 0;
     bool kv16 = false;
+    void add(size_t caches, size_t rows, const float* from, int64_t n_rows, int64_t w, bool bf16, int rope = -1) {
+      off[nparts][0] = caches;
+      off[nparts][1] = rows;
+      src[nparts] = from;
+      from_rope[nparts++] = rope;
+      n = n_rows;
+      width = w;
+      kv16 = bf16;
+    }
   };
   struct PendingRope {
     RopeParts rp;
@@ -180,6 +189,7 @@ class DecodeStep {
   void free_retired();
   void use_lane(int lane);
   bool rope_takes_kv(const float* src, int64_t n, int64_t width, bool kv16) const;
+  KvRowsParts kv_parts(const PendingKv& kv) const;  // while the recorded ops run
   bool residual_into_gemv(float* h, const float* a, float sa, const float* b, float sb, size_t n);
   void close_branches();
 
