@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/cuda_ops.h"
 #include "model/fixture_util.h"
 #include "quant/quantize_model.h"
 #include "runtime/generator.h"
@@ -145,6 +146,30 @@ TEST_P(CudaModelTest, PromptInPiecesEqualsOneCall) {
     EXPECT_LE(diff, tol) << f.name << " in pieces of " << piece;
     EXPECT_LE(relative_max_diff(got, f.logits), kTol) << f.name << " in pieces of " << piece;
   }
+}
+
+// The prompt's scan as the chunked SSD (long prompts take it; here chunks of 4 tokens, windows
+// of 2 chunks, so that the fixtures' short prompts do): the fixture's logits, and the recurrence's.
+TEST_P(CudaModelTest, PromptScanAsChunkedSsdMatchesTransformers) {
+  struct Reset {
+    ~Reset() { cuda::set_scan_ssd(cuda::kScanSsdMinTokens, 0, 0); }
+  } reset;
+  const Fixture f = load_fixture(GetParam());
+  const Model model = Model::load(f.dir, *gpu);
+  cuda::set_scan_ssd(-1, 0, 0);
+  SequenceState a = model.new_state();
+  const std::vector<float> rec = model.forward(a, f.prompt_ids, true);
+  cuda::set_scan_ssd(0, 2, 4);
+  SequenceState b = model.new_state();
+  const std::vector<float> ssd = model.forward(b, f.prompt_ids, true);
+  const double diff = relative_max_diff(ssd, rec);
+  std::printf("%s: SSD vs recurrence %.2e, vs transformers %.2e\n", f.name.c_str(), diff,
+              relative_max_diff(ssd, f.logits));
+  EXPECT_LE(diff, 1e-3) << f.name;
+  EXPECT_LE(relative_max_diff(ssd, f.logits), kTol) << f.name;
+  // The state it leaves: the next token decodes as after the recurrence.
+  const int32_t next = f.prompt_ids.front();
+  EXPECT_LE(relative_max_diff(model.forward(b, {&next, 1}, true), model.forward(a, {&next, 1}, true)), 1e-3) << f.name;
 }
 
 TEST_P(CudaModelTest, MixedBatchEqualsEachAlone) {

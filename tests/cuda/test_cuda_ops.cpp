@@ -559,8 +559,12 @@ TEST_F(CudaOpTest, SsmScanChunkedAndRecurrentAgree) {
 // a non-zero state; y and the new state against the reference and against the one pass.
 TEST_F(CudaOpTest, SsmScanLongPromptsInParallelChunks) {
   struct ChunksReset {
-    ~ChunksReset() { cuda::set_scan_chunks(0); }
+    ~ChunksReset() {
+      cuda::set_scan_chunks(0);
+      cuda::set_scan_ssd(cuda::kScanSsdMinTokens, 0, 0);
+    }
   } reset;
+  cuda::set_scan_ssd(-1, 0, 0);  // the recurrence alone (the SSD's test is below)
   struct Case { int64_t T; int H, P, G, N, cs; float dt_min, dt_max; std::vector<int> chunks; };
   for (const Case& c : {Case{1000, 4, 16, 1, 16, 64, 0.0f, INFINITY, {2, 13, 250}},
                         Case{3000, 6, 20, 2, 64, 128, 0.001f, 0.05f, {3, 7}},
@@ -603,6 +607,61 @@ TEST_F(CudaOpTest, SsmScanLongPromptsInParallelChunks) {
         EXPECT_LE(rel(y_got, y_one), 1e-4) << "vs one pass, T=" << c.T << " chunks=" << chunks;
         EXPECT_LE(rel(st_got, st_one), 1e-4) << "state vs one pass, T=" << c.T << " chunks=" << chunks;
       }
+    }
+  }
+}
+
+// Long prompts as the chunked SSD (batched GEMMs, cuda_ssm.cu): y and the new state from a
+// non-zero state against the reference and against the recurrence alone, with whole chunks only
+// and with a tail for the recurrence, one window and several, groups, odd sizes, dt limits.
+TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
+  struct Reset {
+    ~Reset() { cuda::set_scan_ssd(cuda::kScanSsdMinTokens, 0, 0); }
+  } reset;
+  struct Case { int64_t T; int H, P, G, N, cs; float dt_min, dt_max; int chunk; std::vector<int> windows; };
+  for (const Case& c : {Case{1024, 4, 16, 1, 16, 64, 0.0f, INFINITY, 0, {0, 1, 3}},
+                        Case{3000, 6, 20, 2, 64, 128, 0.001f, 0.05f, 0, {0, 5}},
+                        Case{4097, 4, 32, 1, 128, 256, 0.0f, INFINITY, 0, {0, 2}},
+                        Case{2500, 2, 16, 2, 256, 8, 0.5f, INFINITY, 0, {0, 7}},
+                        Case{1025, 8, 8, 2, 40, 64, 0.0f, 0.1f, 0, {0, 4}},
+                        Case{700, 3, 5, 1, 40, 8, 0.0f, INFINITY, 24, {0, 6}}}) {
+    const int64_t ds = int64_t(c.H) * c.P, GN = int64_t(c.G) * c.N, ld_xbc = ds + 2 * GN + 3, ld_dt = c.H + 2;
+    const size_t n_state = static_cast<size_t>(ds * c.N), n_y = static_cast<size_t>(c.T * ds);
+    auto xbc = both(randn(static_cast<size_t>(c.T * ld_xbc)));
+    auto dt = both(randn(static_cast<size_t>(c.T * ld_dt)));
+    std::vector<float> A(static_cast<size_t>(c.H)), D = randn(static_cast<size_t>(c.H)), dtb = randn(static_cast<size_t>(c.H));
+    for (auto& a : A) a = -std::exp(std::uniform_real_distribution<float>(-2.0f, 1.0f)(rng));
+    auto Ab = both(A), Db = both(D), dtbb = both(dtb);
+    const std::vector<float> state0 = randn(n_state, 0.5f);
+    SsmParams pc{c.H, c.P, c.G, c.N, c.cs, Ab.c.data(), Db.c.data(), dtbb.c.data(), c.dt_min, c.dt_max};
+    SsmParams pg{c.H, c.P, c.G, c.N, c.cs, Ab.g.data(), Db.g.data(), dtbb.g.data(), c.dt_min, c.dt_max};
+    const float* xc = xbc.c.data();
+    const float* xg = xbc.g.data();
+    auto st = both(state0);
+    auto y = poisoned(n_y);
+    cpu->ssm_scan(xc, xc + ds, xc + ds + GN, ld_xbc, dt.c.data(), ld_dt, c.T, pc, st.c.data(), y.c.data());
+    const std::vector<float> y_ref = host(*cpu, y.c.data(), n_y), st_ref = host(*cpu, st.c.data(), n_state);
+    const auto run = [&](std::vector<float>& y_got, std::vector<float>& st_got) {
+      auto stg = both(state0);
+      auto yg = poisoned(n_y);
+      gpu->ssm_scan(xg, xg + ds, xg + ds + GN, ld_xbc, dt.g.data(), ld_dt, c.T, pg, stg.g.data(), yg.g.data());
+      y_got = host(*gpu, yg.g.data(), n_y);
+      st_got = host(*gpu, stg.g.data(), n_state);
+    };
+    std::vector<float> y_rec, st_rec;
+    cuda::set_scan_ssd(-1, 0, 0);
+    run(y_rec, st_rec);
+    for (const int w : c.windows) {
+      cuda::set_scan_ssd(0, w, c.chunk);
+      EXPECT_GT(cuda::ssm_scan_scratch_floats(c.T, pg), 0u) << "T=" << c.T << ": the SSD not taken";
+      std::vector<float> y_got, st_got;
+      run(y_got, st_got);
+      const std::string what = "T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) + " N=" + std::to_string(c.N) +
+                               " window=" + std::to_string(w);
+      EXPECT_LE(rel(y_got, y_ref), 1e-4) << what;
+      EXPECT_LE(rel(st_got, st_ref), 1e-4) << "state, " << what;
+      EXPECT_LE(rel(y_got, y_rec), 1e-4) << "vs the recurrence, " << what;
+      EXPECT_LE(rel(st_got, st_rec), 1e-4) << "state vs the recurrence, " << what;
     }
   }
 }

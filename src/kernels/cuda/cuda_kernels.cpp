@@ -429,7 +429,7 @@ class CudaKernelsImpl final : public CudaKernels {
     const size_t scratch_floats = cuda::ssm_scan_scratch_floats(T, pp);
     float* scratch = scratch_floats ? attention_scratch(scratch_floats) : nullptr;
     op("ssm_scan", [=, this] {
-      cuda::ssm_scan(x, B, C, ld_xbc, dt_raw, ld_dt, T, pp, state, y, scratch, scratch_floats, stream_);
+      cuda::ssm_scan(x, B, C, ld_xbc, dt_raw, ld_dt, T, pp, state, y, scratch, scratch_floats, blas_, stream_);
     }, x, B, C, ld_xbc, dt_raw, ld_dt, T, pp.heads, pp.head_dim, pp.groups, pp.d_state, pp.chunk_size, pp.A, pp.D,
        pp.dt_bias, pp.dt_min, pp.dt_max, state, y, scratch, scratch_floats);
   }

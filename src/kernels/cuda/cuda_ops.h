@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <utility>
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include "kernels/kernels.h"
@@ -111,16 +112,23 @@ void fill_random_f32(float* w, size_t n, float amplitude, uint64_t seed, cudaStr
 // Mamba-2.
 void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias,
                  float* conv_state, float* out, cudaStream_t s);
-// The scan over T tokens from `state` (updated in place). A long scan runs in chunks of tokens
-// in parallel (cuda_ssm.cu says how) and then needs `scratch` of ssm_scan_scratch_floats(T, p)
-// floats (0: one pass, scratch unused); it is free again when the call's work is done.
+// The scan over T tokens from `state` (updated in place). A long prompt's whole chunks run as the
+// chunked SSD (batched GEMMs on `blas`, whose stream must be `s`), the rest as the recurrence,
+// which may itself run in chunks of tokens in parallel (cuda_ssm.cu says how). Both then need
+// `scratch` of ssm_scan_scratch_floats(T, p) floats (0: unused); it is free again when the
+// call's work is done.
 size_t ssm_scan_scratch_floats(int64_t T, const SsmParams& p);
 void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
               int64_t T, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
-              cudaStream_t s);
-// Tests and tuning: the number of chunks of ssm_scan (1: always one pass), 0 (default): chosen
-// from the device. FH1_CUDA_SCAN_CHUNKS in the environment sets it at start.
+              cublasHandle_t blas, cudaStream_t s);
+// Tests and tuning: the number of chunks of the recurrence (1: always one pass), 0 (default):
+// chosen from the device. FH1_CUDA_SCAN_CHUNKS in the environment sets it at start.
 void set_scan_chunks(int chunks);
+// Tests and tuning: the SSD takes prompts of at least min_tokens (-1: never; default 512,
+// FH1_CUDA_SSD_MIN) in windows of window_chunks chunks (0: 8192 tokens; FH1_CUDA_SSD_WINDOW) of
+// chunk_len tokens (0: the model's mamba_chunk_size when 32..256, else 128).
+constexpr int64_t kScanSsdMinTokens = 512;
+void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len);
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same T, n_past, bucket).
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from

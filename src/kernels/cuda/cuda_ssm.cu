@@ -24,6 +24,8 @@
 #include <string>
 #include <type_traits>
 
+#include <cublas_v2.h>
+
 #include "kernels/cuda/cuda_ops.h"
 #include "util/error.h"
 
@@ -194,6 +196,131 @@ __global__ void ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const 
   state[e] = s;
 }
 
+// ---- The chunked SSD: Mamba-2's matrix form, for long prompts ----
+// For chunks of Q tokens (c) and head h (group g), with a_t = dt_t A and cum_t = a_0 + ... + a_t
+// within the chunk (in double: the products below use differences of these sums):
+//   CB[c, g]      = C B^T                                              (Q x Q, per group)
+//   M[c, h][t, s] = CB[t, s] exp(cum_t - cum_s) dt_s for s <= t, else 0
+//   y[c, h]       = M X                                                (intra-chunk, Q x P)
+//   E[c, h]       = Xd^T B,  Xd[s, p] = exp(cum_last - cum_s) dt_s x[s, p]   (the chunk's end
+//                   state from zero, P x N, the layout of `state`)
+//   start states  = the recurrence over chunks (ssm_chunk_starts_kernel), E overwritten by them
+//   y[c, h]      += exp(cum_t) (C S_start^T)[t, p] + D x[t, p]
+// The four products are batched float32 cuBLAS GEMMs through pointer arrays, over (chunk, head)
+// for y = M X and over (chunk, group) for the others (CUBLAS_COMPUTE_32F: no TF32, so only the
+// order of the sums differs from the recurrence); the rest are element-wise kernels. All of it is GEMM-shaped work where the recurrence is a chain of
+// warp reductions per token. Tokens go through in windows of whole chunks (scratch bounded by
+// the window); the last T % Q tokens go to the recurrence.
+struct SsdShape {
+  int Q = 0;       // tokens per chunk
+  int64_t nc = 0;  // chunks in this window
+  int H = 0, P = 0, N = 0, G = 0;
+  int64_t ld_xbc = 0, ldy = 0;
+};
+
+// One warp per (chunk, head): dt (softplus, clamp), the running sums cum of dt A, and the chunk's
+// decay exp(cum_last).
+__global__ void ssd_prep_kernel(const float* __restrict__ dt_raw, int64_t ld_dt, SsdShape d, const float* __restrict__ A,
+                                const float* __restrict__ dt_bias, float dt_min, float dt_max, float* __restrict__ dtv,
+                                double* __restrict__ cum, float* __restrict__ decay) {
+  FH1_PDL_ENTER();
+  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (w >= d.nc * d.H) return;
+  const int64_t c = w / d.H;
+  const int h = static_cast<int>(w % d.H);
+  const float Ah = A[h], bias = dt_bias[h];
+  double run = 0.0;
+  for (int t0 = 0; t0 < d.Q; t0 += 32) {
+    const int t = t0 + lane;
+    float dt = 0.0f;
+    if (t < d.Q) dt = fminf(fmaxf(softplus(dt_raw[(c * d.Q + t) * ld_dt + h] + bias), dt_min), dt_max);
+    double v = double(dt * Ah);
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const double n = __shfl_up_sync(0xffffffffu, v, o);
+      if (lane >= o) v += n;
+    }
+    v += run;
+    if (t < d.Q) {
+      dtv[w * d.Q + t] = dt;
+      cum[w * d.Q + t] = v;
+    }
+    run = __shfl_sync(0xffffffffu, v, 31);
+  }
+  if (lane == 0) decay[w] = expf(float(run));
+}
+
+// The GEMMs' pointer arrays, one thread per (chunk, head): ptr[k * nb + b] for A, B and C of the
+// intra-chunk outputs (per head); then per (chunk c, group g) at ptr[3 nb + k nc G + c G + g]
+// those of CB (k = 0..2), of the end states (3..5) and of the start states' outputs (6..8): a
+// group's heads are adjacent columns of x and of the states, so one GEMM serves all of them.
+__global__ void ssd_pointers_kernel(SsdShape d, const float* x, const float* B, const float* C, float* y,
+                                    const float* CB, float* M, float* Xd, float* E, const float** ptr) {
+  FH1_PDL_ENTER();
+  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t nb = d.nc * d.H;
+  if (b >= nb) return;
+  const int64_t c = b / d.H;
+  const int h = static_cast<int>(b % d.H), hpg = d.H / d.G, g = h / hpg;
+  const int64_t tok = c * d.Q, QQ = int64_t(d.Q) * d.Q, PN = int64_t(d.P) * d.N;
+  ptr[b] = x + tok * d.ld_xbc + int64_t(h) * d.P;
+  ptr[nb + b] = M + b * QQ;
+  ptr[2 * nb + b] = y + tok * d.ldy + int64_t(h) * d.P;
+  if (h % hpg == 0) {
+    const int64_t ncg = d.nc * d.G, bg = c * d.G + g;
+    const float* Bc = B + tok * d.ld_xbc + int64_t(g) * d.N;
+    const float* Cc = C + tok * d.ld_xbc + int64_t(g) * d.N;
+    float* xdc = Xd + tok * d.ldy + int64_t(h) * d.P;
+    const float* v[9] = {Bc, Cc, CB + bg * QQ, Bc, xdc, E + b * PN, E + b * PN, Cc, xdc};
+    for (int k = 0; k < 9; ++k) ptr[3 * nb + k * ncg + bg] = v[k];
+  }
+}
+
+// M[c, h][t, s] from CB[c, g][t, s] (both row-major Q x Q).
+__global__ void ssd_mask_kernel(SsdShape d, const float* __restrict__ CB, const float* __restrict__ dtv,
+                                const double* __restrict__ cum, float* __restrict__ M) {
+  FH1_PDL_ENTER();
+  const int64_t QQ = int64_t(d.Q) * d.Q;
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= d.nc * d.H * QQ) return;
+  const int64_t b = e / QQ, r = e - b * QQ;
+  const int t = static_cast<int>(r / d.Q), s = static_cast<int>(r - int64_t(t) * d.Q);
+  const int64_t c = b / d.H;
+  const int h = static_cast<int>(b - c * d.H), g = h / (d.H / d.G);
+  float v = 0.0f;
+  if (s <= t)
+    v = CB[(c * d.G + g) * QQ + r] * expf(float(cum[b * d.Q + t] - cum[b * d.Q + s])) * dtv[b * d.Q + s];
+  M[e] = v;
+}
+
+// Xd[t, h P + p] = exp(cum_last - cum_t) dt_t x[t, h P + p] over the window's tokens.
+__global__ void ssd_xd_kernel(SsdShape d, const float* __restrict__ x, const float* __restrict__ dtv,
+                              const double* __restrict__ cum, float* __restrict__ Xd) {
+  FH1_PDL_ENTER();
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= d.nc * d.Q * d.ldy) return;
+  const int64_t t = e / d.ldy, j = e - t * d.ldy;
+  const int64_t c = t / d.Q, b = c * d.H + j / d.P;
+  const int tt = static_cast<int>(t - c * d.Q);
+  const double* cb = cum + b * d.Q;
+  Xd[e] = expf(float(cb[d.Q - 1] - cb[tt])) * dtv[b * d.Q + tt] * x[t * d.ld_xbc + j];
+}
+
+// y[t, h P + p] += exp(cum_t) Yoff[t, h P + p] + D[h] x[t, h P + p].
+__global__ void ssd_combine_kernel(SsdShape d, const float* __restrict__ x, const float* __restrict__ Yoff,
+                                   const double* __restrict__ cum, const float* __restrict__ D_, float* __restrict__ y) {
+  FH1_PDL_ENTER();
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= d.nc * d.Q * d.ldy) return;
+  const int64_t t = e / d.ldy, j = e - t * d.ldy;
+  const int64_t c = t / d.Q;
+  const int h = static_cast<int>(j / d.P);
+  const int tt = static_cast<int>(t - c * d.Q);
+  const float xv = x[t * d.ld_xbc + j];
+  y[e] += expf(float(cum[(c * d.H + h) * d.Q + tt])) * Yoff[e] + D_[h] * xv;
+}
+
 // How many chunks (0: choose from the device). FH1_CUDA_SCAN_CHUNKS sets it at start.
 std::atomic<int>& forced_scan_chunks() {
   static std::atomic<int> n{[] {
@@ -254,6 +381,147 @@ size_t scan_scratch_floats(const ScanPlan& plan, const SsmParams& p) {
   if (plan.chunks <= 1) return 0;
   // Per chunk: its state [H, P, N], then its decay per head.
   return size_t(plan.chunks) * (size_t(p.heads) * p.head_dim * p.d_state + size_t(p.heads));
+}
+
+// The SSD's knobs: the shortest prompt it takes (-1: never; FH1_CUDA_SSD_MIN) and the chunks of
+// a window (FH1_CUDA_SSD_WINDOW; 0: kSsdWindowTokens / Q).
+constexpr int64_t kSsdWindowTokens = 8192;
+std::atomic<int64_t>& ssd_min_tokens() {
+  static std::atomic<int64_t> n{[] {
+    const char* e = std::getenv("FH1_CUDA_SSD_MIN");
+    return e ? int64_t(std::atoll(e)) : kScanSsdMinTokens;
+  }()};
+  return n;
+}
+std::atomic<int64_t>& ssd_window_chunks() {
+  static std::atomic<int64_t> n{[] {
+    const char* e = std::getenv("FH1_CUDA_SSD_WINDOW");
+    return e ? std::max<int64_t>(0, std::atoll(e)) : 0;
+  }()};
+  return n;
+}
+
+std::atomic<int>& ssd_forced_chunk() {
+  static std::atomic<int> n{0};
+  return n;
+}
+
+// The SSD's chunk: the model's chunk size (mamba_chunk_size) when it is 32..256, else 128 (a
+// shorter chunk makes more, smaller GEMMs and more end states; a longer one a larger mask).
+int ssd_chunk_len(const SsmParams& p) {
+  const int forced = ssd_forced_chunk().load();
+  if (forced > 0) return forced;
+  return p.chunk_size >= 32 && p.chunk_size <= 256 ? p.chunk_size : 128;
+}
+
+// The leading tokens of a T-token scan that the SSD takes: whole chunks, 0 below the threshold.
+int64_t ssd_tokens(int64_t T, const SsmParams& p) {
+  const int64_t min = ssd_min_tokens().load();
+  const int Q = ssd_chunk_len(p);
+  if (min < 0 || T < std::max<int64_t>(min, Q)) return 0;
+  return T / Q * Q;
+}
+
+int64_t ssd_window(int64_t chunks, const SsmParams& p) {
+  const int64_t forced = ssd_window_chunks().load();
+  const int64_t w = forced > 0 ? forced : std::max<int64_t>(1, kSsdWindowTokens / ssd_chunk_len(p));
+  return std::min(w, chunks);
+}
+
+// Scratch of one window of nc chunks, in floats, each part rounded up to an even count (the running
+// sums are doubles and the pointer arrays 8-byte pointers). ssd_scan() lays it out in this order.
+struct SsdScratch {
+  size_t cum, ptr, dtv, decay, cb, m, xd, e;
+  SsdScratch(int64_t nc, const SsmParams& p) {
+    const auto even = [](size_t n) { return (n + 1) / 2 * 2; };
+    const size_t Q = size_t(ssd_chunk_len(p)), nb = size_t(nc) * p.heads, ncg = size_t(nc) * p.groups;
+    cum = 2 * nb * Q;
+    ptr = 2 * (3 * nb + 9 * ncg);
+    dtv = even(nb * Q);
+    decay = even(nb);
+    cb = even(ncg * Q * Q);
+    m = even(nb * Q * Q);
+    xd = even(size_t(nc) * Q * size_t(p.heads) * p.head_dim);
+    e = even(nb * size_t(p.head_dim) * p.d_state);
+  }
+  size_t total() const { return cum + ptr + dtv + decay + cb + m + xd + e; }
+};
+
+void check_blas(cublasStatus_t st, const char* what) {
+  if (st != CUBLAS_STATUS_SUCCESS) throw Error(std::string("CUDA ssm_scan: ") + what + " failed (cuBLAS status " + std::to_string(int(st)) + ")");
+}
+
+// The first Ts tokens (whole chunks) of a scan by the SSD, window by window, `state` carried.
+void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
+              int64_t Ts, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
+              cublasHandle_t blas, cudaStream_t s) {
+  const int Q = ssd_chunk_len(p);
+  const int64_t chunks = Ts / Q, window = ssd_window(chunks, p);
+  const SsdScratch sz(window, p);
+  if (scratch == nullptr || scratch_floats < sz.total())
+    throw Error("CUDA ssm_scan: the chunked SSD needs ssm_scan_scratch_floats() of scratch");
+  cudaStream_t bs = nullptr;
+  check_blas(cublasGetStream(blas, &bs), "cublasGetStream");
+  if (bs != s) throw Error("CUDA ssm_scan: the cuBLAS handle is not on the scan's stream");
+  double* cum = reinterpret_cast<double*>(scratch);
+  const float** ptr = reinterpret_cast<const float**>(scratch + sz.cum);
+  float* dtv = scratch + sz.cum + sz.ptr;
+  float* decay = dtv + sz.dtv;
+  float* CB = decay + sz.decay;
+  float* M = CB + sz.cb;
+  float* Xd = M + sz.m;
+  float* E = Xd + sz.xd;
+  static const cublasComputeType_t compute = [] {
+    const char* e = std::getenv("FH1_CUDA_SSD_TF32");  // tuning only: TF32 products (~1e-3 of rms)
+    return e && std::string(e) == "1" ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  }();
+  const float one = 1.0f, zero = 0.0f;
+  const int64_t HP = int64_t(p.heads) * p.head_dim;
+  constexpr int kThreads = 256;
+  const auto blocks = [](int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); };
+  for (int64_t c0 = 0; c0 < chunks; c0 += window) {
+    SsdShape d;
+    d.Q = Q;
+    d.nc = std::min(window, chunks - c0);
+    d.H = p.heads, d.P = p.head_dim, d.N = p.d_state, d.G = p.groups;
+    d.ld_xbc = ld_xbc, d.ldy = HP;
+    const int64_t t0 = c0 * Q, nb = d.nc * d.H, ncg = d.nc * d.G;
+    const float* xw = x + t0 * ld_xbc;
+    const float* Bw = B + t0 * ld_xbc;
+    const float* Cw = C + t0 * ld_xbc;
+    float* yw = y + t0 * HP;
+    launch(ssd_prep_kernel, blocks(nb * 32), kThreads, 0, s, dt_raw + t0 * ld_dt, ld_dt, d, p.A, p.dt_bias, p.dt_min,
+           p.dt_max, dtv, cum, decay);
+    launch(ssd_pointers_kernel, blocks(nb), kThreads, 0, s, d, xw, Bw, Cw, yw, static_cast<const float*>(CB), M, Xd, E,
+           ptr);
+    const auto gemm = [&](cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, int arr,
+                          int64_t lda, int64_t ldb, int64_t ldc, int64_t count, const char* what) {
+      const void* const* a = reinterpret_cast<const void* const*>(ptr + arr);
+      const void* const* b = reinterpret_cast<const void* const*>(ptr + arr + count);
+      void* const* c = reinterpret_cast<void* const*>(const_cast<float**>(ptr + arr + 2 * count));
+      check_blas(cublasGemmBatchedEx(blas, ta, tb, int(m), int(n), int(k), &one, a, CUDA_R_32F, int(lda), b, CUDA_R_32F,
+                                     int(ldb), &zero, c, CUDA_R_32F, int(ldc), int(count), compute, CUBLAS_GEMM_DEFAULT),
+                 what);
+    };
+    const int64_t GP = int64_t(p.heads / p.groups) * d.P;  // a group's columns of x and y
+    // CB (column-major Q x Q, s by t) = B^T C, per (chunk, group).
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, Q, Q, d.N, int(3 * nb), ld_xbc, ld_xbc, Q, ncg, "the chunks' C B^T");
+    launch(ssd_mask_kernel, blocks(nb * Q * Q), kThreads, 0, s, d, static_cast<const float*>(CB),
+           static_cast<const float*>(dtv), static_cast<const double*>(cum), M);
+    // y (column-major P x Q, ld H P) = X M^T, per (chunk, head).
+    gemm(CUBLAS_OP_N, CUBLAS_OP_N, d.P, Q, Q, 0, ld_xbc, Q, HP, nb, "the intra-chunk outputs");
+    launch(ssd_xd_kernel, blocks(d.nc * Q * HP), kThreads, 0, s, d, xw, static_cast<const float*>(dtv),
+           static_cast<const double*>(cum), Xd);
+    // E (column-major N x P per head, the group's heads side by side) = B^T Xd, per (chunk, group).
+    gemm(CUBLAS_OP_N, CUBLAS_OP_T, d.N, GP, Q, int(3 * nb + 3 * ncg), ld_xbc, HP, d.N, ncg, "the chunks' end states");
+    launch(ssm_chunk_starts_kernel, blocks(HP * d.N), kThreads, 0, s, E, static_cast<const float*>(decay),
+           static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+    // The start states' outputs (column-major G P x Q, into Xd) = S C^T, per (chunk, group).
+    gemm(CUBLAS_OP_T, CUBLAS_OP_N, GP, Q, d.N, int(3 * nb + 6 * ncg), d.N, ld_xbc, HP, ncg, "the start states' outputs");
+    launch(ssd_combine_kernel, blocks(d.nc * Q * HP), kThreads, 0, s, d, xw, static_cast<const float*>(Xd),
+           static_cast<const double*>(cum), p.D, yw);
+  }
+  check_launch("ssm_scan (SSD)");
 }
 
 // f(std::integral_constant<int, NPL>{}) with the state entries per lane that d_state N needs.
@@ -354,20 +622,34 @@ void ssm_scan_rows_gated(const float* x, const float* B, const float* C, int64_t
 
 size_t ssm_scan_scratch_floats(int64_t T, const SsmParams& p) {
   if (T <= 1 || p.heads == 0 || p.head_dim == 0) return 0;
-  return with_entries_per_lane(p.d_state, [&](auto npl) {
-    return scan_scratch_floats(scan_plan<decltype(npl)::value>(T, p), p);
-  });
+  const int64_t Ts = ssd_tokens(T, p);
+  const size_t ssd = Ts > 0 ? SsdScratch(ssd_window(Ts / ssd_chunk_len(p), p), p).total() : 0;
+  if (T - Ts <= 1) return ssd;
+  return std::max(ssd, with_entries_per_lane(p.d_state, [&](auto npl) {
+    return scan_scratch_floats(scan_plan<decltype(npl)::value>(T - Ts, p), p);
+  }));
+}
+
+void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len) {
+  ssd_min_tokens().store(min_tokens);
+  ssd_window_chunks().store(std::max<int64_t>(0, window_chunks));
+  ssd_forced_chunk().store(std::clamp(chunk_len, 0, 1024));
 }
 
 void set_scan_chunks(int chunks) { forced_scan_chunks().store(std::max(0, chunks)); }
 
 void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
               int64_t T, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
-              cudaStream_t s) {
+              cublasHandle_t blas, cudaStream_t s) {
   if (T == 0 || p.heads == 0 || p.head_dim == 0) return;
   if (p.groups <= 0 || p.heads % p.groups != 0) throw Error("CUDA ssm_scan: heads must be a multiple of groups");
+  const int64_t Ts = ssd_tokens(T, p);
+  if (Ts > 0) ssd_scan(x, B, C, ld_xbc, dt_raw, ld_dt, Ts, p, state, y, scratch, scratch_floats, blas, s);
+  if (Ts == T) return;
+  const int64_t HP = int64_t(p.heads) * p.head_dim;
   with_entries_per_lane(p.d_state, [&](auto npl) {
-    launch_scan<decltype(npl)::value>(x, B, C, ld_xbc, dt_raw, ld_dt, T, p, state, y, scratch, scratch_floats, s);
+    launch_scan<decltype(npl)::value>(x + Ts * ld_xbc, B + Ts * ld_xbc, C + Ts * ld_xbc, ld_xbc, dt_raw + Ts * ld_dt, ld_dt,
+                                      T - Ts, p, state, y + Ts * HP, scratch, scratch_floats, s);
   });
 }
 
