@@ -9,12 +9,13 @@
 //   cuda-bench [--models 0.5b,1.5b-deep,7b,34b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
 //              [--decode-ctx 1024,16384] [--batches 1,8,64] [--decode-steps 32] [--json out.jsonl]
 //              [--dir /tmp] [--matmul bf16x2|bf16] [--attention tf32|f32] [--graphs 1|0] [--kv bf16|f32]
-//              [--logits all|top1]
+//              [--logits all|top1] [--scan 8192]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
 // KV cache holds all T). Decode at context C: B sequences whose KV caches hold C rows of random
 // values (set up without a prefill), one token per sequence per step, every logit copied to the
 // host (--logits all) or only each row's best, selected on the GPU (top1: a greedy step);
-// combinations whose KV caches do not fit are skipped.
+// combinations whose KV caches do not fit are skipped. --scan T: the Mamba-2 scan of one layer
+// alone over T tokens (random inputs at the model's shape), the best of 5 calls (0: not run).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <fcntl.h>
@@ -268,7 +269,7 @@ int main(int argc, char** argv) {
   std::string models = "0.5b,1.5b-deep,7b", json_path, dir = "/tmp";
   std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, decode_ctx = {1024, 16384}, batches = {1, 8, 64};
   int steps = 32;
-  int64_t chunk = 32768;
+  int64_t chunk = 32768, scan_tokens = 0;
   bool split = true, tf32 = true, graphs = true, kv_bf16 = true, top1 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
@@ -280,6 +281,7 @@ int main(int argc, char** argv) {
     else if (a == "--logits") top1 = v == "top1";  // decode: every logit to the host, or the best (greedy)
     else if (a == "--prefill") prefill = parse_list(v);
     else if (a == "--prefill-chunk") chunk = std::stoll(v);
+    else if (a == "--scan") scan_tokens = std::stoll(v);
     else if (a == "--decode-steps") steps = std::stoi(v);
     else if (a == "--decode-ctx" || a == "--batch8-ctx") decode_ctx = parse_list(v);
     else if (a == "--batches") batches = parse_list(v);
@@ -368,6 +370,34 @@ int main(int argc, char** argv) {
           for (void* m : mats) cudaFree(m);
         }
         std::printf("\n");
+      }
+      if (scan_tokens > 0) {  // one layer's Mamba-2 scan alone (prefill: the chunked SSD from 512 tokens)
+        const int64_t T = scan_tokens, H = c.mamba_n_heads, P = c.mamba_d_head, N = c.mamba_d_state;
+        const int64_t G = c.mamba_n_groups, ds = H * P, ld = ds + 2 * G * N;
+        Buffer xbc(*k, size_t(T * ld)), dt(*k, size_t(T * H)), y(*k, size_t(T * ds)), state(*k, size_t(ds * N));
+        Buffer A(*k, size_t(H)), D(*k, size_t(H)), bias(*k, size_t(H));
+        k->fill_random(xbc.data(), xbc.size(), 1.0f, 11);
+        k->fill_random(dt.data(), dt.size(), 1.0f, 12);
+        std::vector<float> a(static_cast<size_t>(H)), one(static_cast<size_t>(H), 1.0f), b(static_cast<size_t>(H), -2.0f);
+        for (int64_t h = 0; h < H; ++h) a[size_t(h)] = -std::exp(-1.0f + 2.0f * float(h) / float(H));
+        k->from_host(A.data(), a.data(), a.size());
+        k->from_host(D.data(), one.data(), one.size());
+        k->from_host(bias.data(), b.data(), b.size());
+        const SsmParams sp{int(H), int(P), int(G), int(N), c.mamba_chunk_size, A.data(), D.data(), bias.data(), 0.0f,
+                           INFINITY};
+        double best = 1e30;
+        for (int r = 0; r < 6; ++r) {
+          k->synchronize();
+          const double t0 = now();
+          k->ssm_scan(xbc.data(), xbc.data() + ds, xbc.data() + ds + G * N, ld, dt.data(), H, T, sp, state.data(), y.data());
+          k->synchronize();
+          if (r > 0) best = std::min(best, now() - t0);
+        }
+        const double flops = 4.0 * double(T) * ds * N;  // the recurrence's products: state update and output
+        std::printf("scan alone (one layer, %lld tokens, %lld heads x %lld x %lld state): %.2f ms, %.1f TFLOP/s of "
+                    "recurrence products\n", static_cast<long long>(T), static_cast<long long>(H),
+                    static_cast<long long>(P), static_cast<long long>(N), best * 1e3, flops / best / 1e12);
+        emit({{"model", s.name}, {"kind", "scan"}, {"tokens", T}, {"ms", best * 1e3}});
       }
       // Bytes a decode step must read at least: every matrix once (embedding: one row).
       uint64_t mat_bytes = 0, mat_params = 0;

@@ -106,6 +106,10 @@ class CudaKernelsImpl final : public CudaKernels {
 
   ~CudaKernelsImpl() override {
     cudaStreamSynchronize(stream_);
+    try {
+      profile_flush();
+    } catch (const Error&) {
+    }
     if (!prof_.empty()) {
       std::vector<std::pair<double, std::string>> v;
       double total = 0;
@@ -119,8 +123,7 @@ class CudaKernelsImpl final : public CudaKernels {
         std::fprintf(stderr, "  %-22s %10.2f ms %5.1f%%  (%lld calls)\n", n.c_str(), ms, 100.0 * ms / std::max(total, 1e-9),
                      static_cast<long long>(prof_[n].second));
     }
-    if (ev0_) cudaEventDestroy(ev0_);
-    if (ev1_) cudaEventDestroy(ev1_);
+    for (cudaEvent_t e : prof_events_) cudaEventDestroy(e);
     step_.reset();
     cudaFree(top_dev_);
     for (LaneScratch& l : lane_) {
@@ -645,23 +648,38 @@ class CudaKernelsImpl final : public CudaKernels {
     step_->op(name, std::forward<F>(f), args...);
   }
 
-  // FH1_CUDA_PROFILE=1: every op outside a recorded step timed alone (events, synchronized), the
-  // totals per op printed when the backend is destroyed. Only for finding where time goes.
+  // FH1_CUDA_PROFILE=1: every op outside a recorded step bracketed by two events, the totals per
+  // op printed when the backend is destroyed. The events are read in batches, not after every op:
+  // the host keeps running ahead as it does without the profile, so an op's time is its share of
+  // the stream's time (gaps where the GPU waits for the host included). Only for finding where
+  // time goes.
   template <class F>
   void profiled(const char* name, F& f) {
-    if (!ev0_) {
-      check(cudaEventCreate(&ev0_), "event");
-      check(cudaEventCreate(&ev1_), "event");
+    const size_t i = prof_pending_.size();
+    if (prof_events_.size() < 2 * (i + 1)) {
+      for (int k = 0; k < 2; ++k) {
+        cudaEvent_t e = nullptr;
+        check(cudaEventCreate(&e), "event");
+        prof_events_.push_back(e);
+      }
     }
-    check(cudaEventRecord(ev0_, stream_), "event");
+    check(cudaEventRecord(prof_events_[2 * i], stream_), "event");
     f();
-    check(cudaEventRecord(ev1_, stream_), "event");
-    check(cudaEventSynchronize(ev1_), "event");
-    float ms = 0.0f;
-    cudaEventElapsedTime(&ms, ev0_, ev1_);
-    auto& e = prof_[name];
-    e.first += ms;
-    e.second += 1;
+    check(cudaEventRecord(prof_events_[2 * i + 1], stream_), "event");
+    prof_pending_.push_back(name);
+    if (prof_pending_.size() >= 4096) profile_flush();
+  }
+  void profile_flush() {
+    if (prof_pending_.empty()) return;
+    check(cudaEventSynchronize(prof_events_[2 * prof_pending_.size() - 1]), "event");
+    for (size_t i = 0; i < prof_pending_.size(); ++i) {
+      float ms = 0.0f;
+      cudaEventElapsedTime(&ms, prof_events_[2 * i], prof_events_[2 * i + 1]);
+      auto& e = prof_[prof_pending_[i]];
+      e.first += ms;
+      e.second += 1;
+    }
+    prof_pending_.clear();
   }
 
   // Small host arrays an op reads on the device. Recording: into the step's array (returns null:
@@ -750,7 +768,8 @@ class CudaKernelsImpl final : public CudaKernels {
   size_t top_cap_ = 0;
   std::unique_ptr<cuda::DecodeStep> step_;
   bool profile_ = false;
-  cudaEvent_t ev0_ = nullptr, ev1_ = nullptr;
+  std::vector<cudaEvent_t> prof_events_;   // two per pending op
+  std::vector<const char*> prof_pending_;  // the ops whose events are not read yet
   std::map<std::string, std::pair<double, int64_t>> prof_;
 };
 

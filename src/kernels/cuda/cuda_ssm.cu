@@ -187,11 +187,20 @@ __global__ void ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const 
   if (e >= entries) return;
   const int h = static_cast<int>(e / head_entries);
   float s = state[e];
-  for (int c = 0; c < chunks; ++c) {
-    float* at = chunk_states + c * entries + e;
-    const float end = *at;
-    *at = s;
-    s = decay[int64_t(c) * H + h] * s + end;
+  // The end states are read 8 chunks ahead of the writes: a store to the same array between the
+  // loads kept the compiler from issuing them early, so every chunk waited for one load (7B, 64
+  // chunks: 636 us a layer).
+  constexpr int kAhead = 8;
+  for (int c0 = 0; c0 < chunks; c0 += kAhead) {
+    float end[kAhead];
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) end[j] = c0 + j < chunks ? chunk_states[int64_t(c0 + j) * entries + e] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (c0 + j >= chunks) break;
+      chunk_states[int64_t(c0 + j) * entries + e] = s;
+      s = decay[int64_t(c0 + j) * H + h] * s + end[j];
+    }
   }
   state[e] = s;
 }
@@ -277,48 +286,44 @@ __global__ void ssd_pointers_kernel(SsdShape d, const float* x, const float* B, 
   }
 }
 
-// M[c, h][t, s] from CB[c, g][t, s] (both row-major Q x Q).
+// M[c, h][t, s] from CB[c, g][t, s] (both row-major Q x Q). Block (x, b = c H + h); 32-bit
+// index arithmetic (64-bit divisions made these element-wise kernels cost more than the GEMMs).
 __global__ void ssd_mask_kernel(SsdShape d, const float* __restrict__ CB, const float* __restrict__ dtv,
                                 const double* __restrict__ cum, float* __restrict__ M) {
   FH1_PDL_ENTER();
-  const int64_t QQ = int64_t(d.Q) * d.Q;
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= d.nc * d.H * QQ) return;
-  const int64_t b = e / QQ, r = e - b * QQ;
-  const int t = static_cast<int>(r / d.Q), s = static_cast<int>(r - int64_t(t) * d.Q);
-  const int64_t c = b / d.H;
-  const int h = static_cast<int>(b - c * d.H), g = h / (d.H / d.G);
-  float v = 0.0f;
-  if (s <= t)
-    v = CB[(c * d.G + g) * QQ + r] * expf(float(cum[b * d.Q + t] - cum[b * d.Q + s])) * dtv[b * d.Q + s];
-  M[e] = v;
+  const int QQ = d.Q * d.Q;
+  const int b = blockIdx.y, c = b / d.H, h = b - c * d.H, g = h / (d.H / d.G);
+  const double* cb = cum + int64_t(b) * d.Q;
+  const float* dtb = dtv + int64_t(b) * d.Q;
+  const float* cbm = CB + (int64_t(c) * d.G + g) * QQ;
+  float* Mb = M + int64_t(b) * QQ;
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < QQ; r += gridDim.x * blockDim.x) {
+    const int t = r / d.Q, s = r - t * d.Q;
+    Mb[r] = s <= t ? cbm[r] * expf(float(cb[t] - cb[s])) * dtb[s] : 0.0f;
+  }
 }
 
-// Xd[t, h P + p] = exp(cum_last - cum_t) dt_t x[t, h P + p] over the window's tokens.
+// Xd[t, h P + p] = exp(cum_last - cum_t) dt_t x[t, h P + p]. Block (x, token t of the window).
 __global__ void ssd_xd_kernel(SsdShape d, const float* __restrict__ x, const float* __restrict__ dtv,
                               const double* __restrict__ cum, float* __restrict__ Xd) {
   FH1_PDL_ENTER();
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= d.nc * d.Q * d.ldy) return;
-  const int64_t t = e / d.ldy, j = e - t * d.ldy;
-  const int64_t c = t / d.Q, b = c * d.H + j / d.P;
-  const int tt = static_cast<int>(t - c * d.Q);
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= d.ldy) return;
+  const int t = blockIdx.y, c = t / d.Q, tt = t - c * d.Q;
+  const int64_t b = int64_t(c) * d.H + j / d.P;
   const double* cb = cum + b * d.Q;
-  Xd[e] = expf(float(cb[d.Q - 1] - cb[tt])) * dtv[b * d.Q + tt] * x[t * d.ld_xbc + j];
+  Xd[int64_t(t) * d.ldy + j] = expf(float(cb[d.Q - 1] - cb[tt])) * dtv[b * d.Q + tt] * x[int64_t(t) * d.ld_xbc + j];
 }
 
-// y[t, h P + p] += exp(cum_t) Yoff[t, h P + p] + D[h] x[t, h P + p].
+// y[t, h P + p] += exp(cum_t) Yoff[t, h P + p] + D[h] x[t, h P + p]. Block (x, token t).
 __global__ void ssd_combine_kernel(SsdShape d, const float* __restrict__ x, const float* __restrict__ Yoff,
                                    const double* __restrict__ cum, const float* __restrict__ D_, float* __restrict__ y) {
   FH1_PDL_ENTER();
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= d.nc * d.Q * d.ldy) return;
-  const int64_t t = e / d.ldy, j = e - t * d.ldy;
-  const int64_t c = t / d.Q;
-  const int h = static_cast<int>(j / d.P);
-  const int tt = static_cast<int>(t - c * d.Q);
-  const float xv = x[t * d.ld_xbc + j];
-  y[e] += expf(float(cum[(c * d.H + h) * d.Q + tt])) * Yoff[e] + D_[h] * xv;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= d.ldy) return;
+  const int t = blockIdx.y, c = t / d.Q, tt = t - c * d.Q, h = j / d.P;
+  const int64_t e = int64_t(t) * d.ldy + j;
+  y[e] += expf(float(cum[(int64_t(c) * d.H + h) * d.Q + tt])) * Yoff[e] + D_[h] * x[int64_t(t) * d.ld_xbc + j];
 }
 
 // How many chunks (0: choose from the device). FH1_CUDA_SCAN_CHUNKS sets it at start.
@@ -402,7 +407,10 @@ std::atomic<int64_t>& ssd_window_chunks() {
 }
 
 std::atomic<int>& ssd_forced_chunk() {
-  static std::atomic<int> n{0};
+  static std::atomic<int> n{[] {
+    const char* e = std::getenv("FH1_CUDA_SSD_CHUNK");
+    return e ? std::clamp(std::atoi(e), 0, 1024) : 0;
+  }()};
   return n;
 }
 
@@ -422,10 +430,12 @@ int64_t ssd_tokens(int64_t T, const SsmParams& p) {
   return T / Q * Q;
 }
 
+// Chunks per window: the element-wise kernels take (chunk, head) pairs and the window's tokens
+// as gridDim.y (at most 65535).
 int64_t ssd_window(int64_t chunks, const SsmParams& p) {
-  const int64_t forced = ssd_window_chunks().load();
-  const int64_t w = forced > 0 ? forced : std::max<int64_t>(1, kSsdWindowTokens / ssd_chunk_len(p));
-  return std::min(w, chunks);
+  const int64_t forced = ssd_window_chunks().load(), Q = ssd_chunk_len(p);
+  const int64_t w = forced > 0 ? forced : std::max<int64_t>(1, kSsdWindowTokens / Q);
+  return std::max<int64_t>(1, std::min({w, chunks, int64_t(65535) / Q, int64_t(65535) / std::max(1, p.heads)}));
 }
 
 // Scratch of one window of nc chunks, in floats, each part rounded up to an even count (the running
@@ -506,11 +516,11 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     const int64_t GP = int64_t(p.heads / p.groups) * d.P;  // a group's columns of x and y
     // CB (column-major Q x Q, s by t) = B^T C, per (chunk, group).
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, Q, Q, d.N, int(3 * nb), ld_xbc, ld_xbc, Q, ncg, "the chunks' C B^T");
-    launch(ssd_mask_kernel, blocks(nb * Q * Q), kThreads, 0, s, d, static_cast<const float*>(CB),
+    launch(ssd_mask_kernel, dim3((blocks(int64_t(Q) * Q) + 7) / 8, unsigned(nb)), kThreads, 0, s, d, static_cast<const float*>(CB),
            static_cast<const float*>(dtv), static_cast<const double*>(cum), M);
     // y (column-major P x Q, ld H P) = X M^T, per (chunk, head).
     gemm(CUBLAS_OP_N, CUBLAS_OP_N, d.P, Q, Q, 0, ld_xbc, Q, HP, nb, "the intra-chunk outputs");
-    launch(ssd_xd_kernel, blocks(d.nc * Q * HP), kThreads, 0, s, d, xw, static_cast<const float*>(dtv),
+    launch(ssd_xd_kernel, dim3(blocks(HP), unsigned(d.nc * Q)), kThreads, 0, s, d, xw, static_cast<const float*>(dtv),
            static_cast<const double*>(cum), Xd);
     // E (column-major N x P per head, the group's heads side by side) = B^T Xd, per (chunk, group).
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, d.N, GP, Q, int(3 * nb + 3 * ncg), ld_xbc, HP, d.N, ncg, "the chunks' end states");
@@ -518,7 +528,7 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
            static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
     // The start states' outputs (column-major G P x Q, into Xd) = S C^T, per (chunk, group).
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, GP, Q, d.N, int(3 * nb + 6 * ncg), d.N, ld_xbc, HP, ncg, "the start states' outputs");
-    launch(ssd_combine_kernel, blocks(d.nc * Q * HP), kThreads, 0, s, d, xw, static_cast<const float*>(Xd),
+    launch(ssd_combine_kernel, dim3(blocks(HP), unsigned(d.nc * Q)), kThreads, 0, s, d, xw, static_cast<const float*>(Xd),
            static_cast<const double*>(cum), p.D, yw);
   }
   check_launch("ssm_scan (SSD)");
