@@ -9,11 +9,12 @@
 //   cuda-bench [--models 0.5b,1.5b-deep,7b,34b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
 //              [--decode-ctx 1024,16384] [--batches 1,8,64] [--decode-steps 32] [--json out.jsonl]
 //              [--dir /tmp] [--matmul bf16x2|bf16] [--attention tf32|f32] [--graphs 1|0] [--kv bf16|f32]
-//              [--logits all|top1] [--scan 8192]
+//              [--logits all|top1|draw] [--scan 8192]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
 // KV cache holds all T). Decode at context C: B sequences whose KV caches hold C rows of random
 // values (set up without a prefill), one token per sequence per step, every logit copied to the
-// host (--logits all) or only each row's best, selected on the GPU (top1: a greedy step);
+// host (--logits all) or only each row's best, selected on the GPU (top1: a greedy step), or
+// each row's softmax sum and draw at temperature 1 computed on the GPU (draw: a sampling step);
 // combinations whose KV caches do not fit are skipped. --scan T: the Mamba-2 scan of one layer
 // alone over T tokens (random inputs at the model's shape), the best of 5 calls (0: not run).
 #include <cublas_v2.h>
@@ -270,7 +271,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, decode_ctx = {1024, 16384}, batches = {1, 8, 64};
   int steps = 32;
   int64_t chunk = 32768, scan_tokens = 0;
-  bool split = true, tf32 = true, graphs = true, kv_bf16 = true, top1 = false;
+  bool split = true, tf32 = true, graphs = true, kv_bf16 = true, top1 = false, draw = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--models") models = v;
@@ -278,7 +279,10 @@ int main(int argc, char** argv) {
     else if (a == "--attention") tf32 = v != "f32";
     else if (a == "--graphs") graphs = v != "0";
     else if (a == "--kv") kv_bf16 = v != "f32";
-    else if (a == "--logits") top1 = v == "top1";  // decode: every logit to the host, or the best (greedy)
+    else if (a == "--logits") {  // decode: every logit to the host, the best (greedy), or a draw
+      top1 = v == "top1";
+      draw = v == "draw";
+    }
     else if (a == "--prefill") prefill = parse_list(v);
     else if (a == "--prefill-chunk") chunk = std::stoll(v);
     else if (a == "--scan") scan_tokens = std::stoll(v);
@@ -309,7 +313,7 @@ int main(int argc, char** argv) {
       j["matmul"] = split ? "bf16x2 (hi+lo activations)" : "bf16";
       j["attention"] = tf32 ? "tf32" : "f32";
       j["graphs"] = graphs;
-      j["logits"] = top1 ? "top1" : "all";
+      j["logits"] = top1 ? "top1" : draw ? "draw" : "all";
       j["kv_cache"] = kv_bf16 ? "bf16" : "f32";
       if (js) js << j.dump() << "\n" << std::flush;
     };
@@ -492,8 +496,17 @@ int main(int argc, char** argv) {
               items[static_cast<size_t>(b)] =
                   BatchItem{&states[static_cast<size_t>(b)], std::span<const int32_t>(&tok[static_cast<size_t>(b)], 1), false};
             }
-            if (top1) model.forward_top(items, 1);
-            else model.forward(items);
+            if (top1) {
+              model.forward_top(items, 1);
+            } else if (draw) {
+              Model::TopRequest req;
+              req.k = 0;
+              req.inv_t.assign(static_cast<size_t>(B), 1.0);
+              req.u.assign(static_cast<size_t>(B), 0.5);
+              model.forward_top(items, req);
+            } else {
+              model.forward(items);
+            }
           };
           const size_t cap0 = k->graphs_captured();
           step(0);  // captures this shape's graph

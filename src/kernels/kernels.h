@@ -50,6 +50,35 @@ inline float ssm_time_step(const SsmParams& p, int h, float raw) {
   return std::clamp(dt, p.dt_min, p.dt_max);
 }
 
+// The softmax of one row of n logits at inverse temperature inv_t, and a draw from it in index
+// order: sum = sum_i exp(x_i inv_t - top) in double, in index order (top = max_i x_i inv_t); with
+// u in [0, 1), id = the first i at which u * sum, less the terms 0..i in order, drops below 0
+// (the last index when rounding leaves none), else id = -1. One definition: the sampler draws
+// with it, the default Kernels::softmax_rows computes it, and a GPU backend is tested against it.
+struct SoftmaxDraw {
+  double sum = 0.0;
+  int32_t id = -1;
+};
+inline SoftmaxDraw softmax_draw(const float* x, int64_t n, double inv_t, double u) {
+  SoftmaxDraw d;
+  if (n <= 0) return d;
+  float mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+  const double top = static_cast<double>(mx) * inv_t;
+  for (int64_t i = 0; i < n; ++i) d.sum += std::exp(static_cast<double>(x[i]) * inv_t - top);
+  if (!(u >= 0.0)) return d;
+  double r = u * d.sum;
+  for (int64_t i = 0; i < n; ++i) {
+    r -= std::exp(static_cast<double>(x[i]) * inv_t - top);
+    if (r < 0.0) {
+      d.id = static_cast<int32_t>(i);
+      return d;
+    }
+  }
+  d.id = static_cast<int32_t>(n - 1);
+  return d;
+}
+
 class Kernels {
  public:
   virtual ~Kernels() = default;
@@ -184,6 +213,25 @@ class Kernels {
     }
   }
 
+  // softmax_draw() of each of `rows` rows of n floats at x (backend memory), row r at inverse
+  // temperature inv_t[r] (host arrays; 0: the row is skipped, sums[r] = 0) with uniform u[r]
+  // (< 0: no draw, drawn[r] = -1): sums[r] and drawn[r] into host arrays. What sampling without
+  // top-k needs of all the logits. Default: the rows copied to the host; a GPU backend computes
+  // them where they are (the same terms, summed in another order).
+  virtual void softmax_rows(const float* x, int64_t rows, int64_t n, const double* inv_t, const double* u,
+                            double* sums, int32_t* drawn) {
+    std::vector<float> host(static_cast<size_t>(n));
+    for (int64_t r = 0; r < rows; ++r) {
+      sums[r] = 0.0;
+      drawn[r] = -1;
+      if (!(inv_t[r] > 0.0)) continue;
+      to_host(host.data(), x + r * n, host.size());
+      const SoftmaxDraw d = softmax_draw(host.data(), n, inv_t[r], u[r]);
+      sums[r] = d.sum;
+      drawn[r] = d.id;
+    }
+  }
+
   // Hints for independent work, in a decode step: the ops between branch_begin() and
   // branch_end() (the branch) and those between branch_end() and branch_join() share no data
   // that either writes; both may read what was written before branch_begin(). After
@@ -212,6 +260,7 @@ class Buffer {
   float* data() { return p_; }
   const float* data() const { return p_; }
   size_t size() const { return n_; }
+  Kernels* kernels() const { return k_; }
   void reset() { if (p_) k_->free(p_); p_ = nullptr; n_ = 0; }
 
  private:

@@ -38,14 +38,41 @@ std::vector<float> Model::forward(std::span<const BatchItem> batch) const {
 }
 
 Model::TopLogits Model::forward_top(std::span<const BatchItem> batch, int k) const {
-  TopLogits top;
-  top.k = static_cast<int>(std::clamp<int64_t>(k, 1, config_.vocab_size));
+  TopRequest req;
+  req.k = std::max(k, 1);
+  return forward_top(batch, req);
+}
+
+Model::TopLogits Model::forward_top(std::span<const BatchItem> batch, const TopRequest& req) const {
   int64_t rows = 0;
-  Buffer logits = forward_device(batch, &rows);
+  for (const BatchItem& it : batch) rows += it.all_logits ? static_cast<int64_t>(it.tokens.size()) : 1;
+  const bool sums = !req.inv_t.empty();
+  if (sums && (static_cast<int64_t>(req.inv_t.size()) != rows || static_cast<int64_t>(req.u.size()) != rows))
+    throw Error("forward_top: inv_t and u need one value per row of logits (" + std::to_string(rows) + ")");
+  TopLogits top;
+  top.k = req.k <= 0 ? 0 : static_cast<int>(std::min<int64_t>(req.k, config_.vocab_size));
+  top.vocab_ = config_.vocab_size;
+  top.logits_ = forward_device(batch, &rows);
   top.ids.resize(static_cast<size_t>(rows * top.k));
   top.values.resize(top.ids.size());
-  if (rows > 0) kernels_->top_k_rows(logits.data(), rows, config_.vocab_size, top.k, top.ids.data(), top.values.data());
+  if (rows > 0 && top.k > 0)
+    kernels_->top_k_rows(top.logits_.data(), rows, config_.vocab_size, top.k, top.ids.data(), top.values.data());
+  if (sums) {
+    top.sums.resize(static_cast<size_t>(rows));
+    top.drawn.resize(static_cast<size_t>(rows));
+    if (rows > 0)
+      kernels_->softmax_rows(top.logits_.data(), rows, config_.vocab_size, req.inv_t.data(), req.u.data(),
+                             top.sums.data(), top.drawn.data());
+  }
   return top;
+}
+
+std::vector<float> Model::TopLogits::row(int64_t i) const {
+  if (!logits_.data() || i < 0 || (i + 1) * vocab_ > static_cast<int64_t>(logits_.size()))
+    throw Error("TopLogits::row: no row " + std::to_string(i));
+  std::vector<float> v(static_cast<size_t>(vocab_));
+  logits_.kernels()->to_host(v.data(), logits_.data() + i * vocab_, v.size());
+  return v;
 }
 
 Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out) const {

@@ -73,8 +73,26 @@ class Model {
     int k = 0;
     std::vector<int32_t> ids;  // rows x k
     std::vector<float> values;
+    std::vector<double> sums;    // TopRequest::inv_t given: per row, Kernels::softmax_rows
+    std::vector<int32_t> drawn;  // and its draw in vocabulary order (-1: none)
+    // Row i of the logits, copied now (a row the candidates do not settle).
+    std::vector<float> row(int64_t i) const;
+
+   private:
+    friend class Model;
+    Buffer logits_;  // rows x vocab, on the backend
+    int64_t vocab_ = 0;
   };
   TopLogits forward_top(std::span<const BatchItem> batch, int k) const;
+  // With what sampling without top-k needs as well: per row of logits, the softmax sum at inverse
+  // temperature inv_t[row] (0: none) and a draw in vocabulary order with uniform u[row] (< 0:
+  // none), computed by the backend where the logits are (Kernels::softmax_rows). k = 0: no best
+  // logits. inv_t and u: empty, or one value per row of logits.
+  struct TopRequest {
+    int k = 1;
+    std::vector<double> inv_t, u;
+  };
+  TopLogits forward_top(std::span<const BatchItem> batch, const TopRequest& request) const;
 
  private:
   Model() = default;

@@ -44,13 +44,20 @@ GenerateResult continue_generation(const Model& model, SequenceState& state, std
   Sampler sampler(opt.sampling);
   GenerateResult result;
   result.finish_reason = "length";
-  // Greedy and top-k draws need only the best few logits: the backend selects them (on a GPU
-  // no vocabulary-sized copy per token); the first draw is from the prompt's full logits.
-  const int need = sampler.candidates_needed();
+  // A draw needs only the best few logits (greedy, top-k; top-p and min-p mostly) and the
+  // softmax sum, or (temperature alone) the draw in vocabulary order: the backend computes them
+  // where the logits are (on a GPU no vocabulary-sized copy per token). The first draw is from
+  // the prompt's full logits.
+  const Sampler::RowNeeds needs = sampler.row_needs();
+  const size_t V = static_cast<size_t>(model.config().vocab_size);
   Model::TopLogits top;
+  bool from_top = false;
   const auto t1 = std::chrono::steady_clock::now();
   for (int i = 0; i < opt.max_new_tokens; ++i) {
-    const int32_t id = top.k > 0 ? sampler.sample_top(top.ids, top.values) : sampler.sample(logits);
+    const int32_t id = !from_top ? sampler.sample(logits)
+                                 : sampler.sample_needs(top.ids, top.values, top.sums.empty() ? 0.0 : top.sums[0],
+                                                        top.drawn.empty() ? -1 : top.drawn[0], V,
+                                                        [&] { return top.row(0); });
     result.ids.push_back(id);
     if (on_token && !on_token(id)) {
       result.finish_reason = "cancelled";
@@ -66,8 +73,15 @@ GenerateResult continue_generation(const Model& model, SequenceState& state, std
       break;
     }
     const BatchItem item{&state, std::span<const int32_t>(&id, 1), false};
-    if (need > 0) top = model.forward_top(std::span<const BatchItem>(&item, 1), need);
-    else logits = model.forward(std::span<const BatchItem>(&item, 1));
+    top = Model::TopLogits{};  // the last step's logits freed before the next are made
+    Model::TopRequest req;
+    req.k = needs.k;
+    if (needs.inv_t > 0.0) {
+      req.inv_t = {needs.inv_t};
+      req.u = {needs.in_order ? sampler.take_order_uniform() : -1.0};
+    }
+    top = model.forward_top(std::span<const BatchItem>(&item, 1), req);
+    from_top = true;
   }
   result.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   return result;

@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <vector>
 
+#include "kernels/kernels.h"
 #include "util/error.h"
 
 namespace fh1 {
@@ -53,19 +55,13 @@ int32_t Sampler::sample(std::span<const float> logits) {
   // (each keeps a prefix of the tokens by probability), and then only as far as its cut: the
   // tokens are sorted progressively until both cuts are known, not all of them (a full sort of a
   // 131K vocabulary costs more than a GPU decode step).
-  const double inv_t = 1.0 / static_cast<double>(params_.temperature);
+  const double inv_t = inverse_temperature();
+  if (draws_in_order())  // no cut: in vocabulary order
+    return softmax_draw(logits.data(), static_cast<int64_t>(logits.size()), inv_t, take_order_uniform()).id;
   const double top = static_cast<double>(logits[static_cast<size_t>(argmax(logits))]) * inv_t;
   std::vector<double> e(logits.size());
   double sum = 0.0;
   for (size_t i = 0; i < e.size(); ++i) sum += e[i] = std::exp(static_cast<double>(logits[i]) * inv_t - top);
-  if (params_.top_p >= 1.0f && params_.min_p <= 0.0f) {  // no cut: in vocabulary order
-    double r = std::uniform_real_distribution<double>(0.0, sum)(rng_);
-    for (size_t i = 0; i < e.size(); ++i) {
-      r -= e[i];
-      if (r < 0.0) return static_cast<int32_t>(i);
-    }
-    return static_cast<int32_t>(e.size() - 1);
-  }
   all_ids();
   const size_t V = idx.size();
   const double floor = params_.min_p * (1.0 / sum);  // min-p's cut: probability below max * min_p (max is 1 / sum)
@@ -94,6 +90,46 @@ int32_t Sampler::sample_top(std::span<const int32_t> ids, std::span<const float>
   // Fewer candidates than top-k only when the vocabulary itself is smaller: all of it, as sample().
   const size_t n = std::min(ids.size(), static_cast<size_t>(need));
   return draw(ids.first(n), nullptr, values.data());
+}
+
+// u * (b - a) + a with u from generate_canonical is how uniform_real_distribution(a, b) draws
+// (libstdc++), so this is the value the draw took before it was split out.
+double Sampler::take_order_uniform() {
+  if (!draws_in_order()) throw Error("take_order_uniform: this sampler does not draw in vocabulary order");
+  return std::generate_canonical<double, std::numeric_limits<double>::digits>(rng_);
+}
+
+Sampler::RowNeeds Sampler::row_needs() const {
+  RowNeeds n;
+  if (!uses_softmax_sum()) {
+    n.k = candidates_needed();
+    return n;
+  }
+  n.inv_t = inverse_temperature();
+  n.in_order = draws_in_order();
+  n.k = n.in_order ? 0 : kCutCandidates;
+  return n;
+}
+
+int32_t Sampler::sample_top_sum(std::span<const int32_t> ids, std::span<const float> values, double sum,
+                                size_t vocab) {
+  if (!uses_softmax_sum() || draws_in_order()) throw Error("sample_top_sum: this sampler has no top-p or min-p cut");
+  if (ids.empty() || ids.size() != values.size()) throw Error("sample_top_sum: no candidates, or ids and values differ in size");
+  // As sample(): the probabilities of the best tokens, until top-p's mass or min-p's floor is
+  // reached among them (or they are the whole vocabulary).
+  const double inv_t = inverse_temperature();
+  const double top = static_cast<double>(values[0]) * inv_t;
+  const double floor = params_.min_p * (1.0 / sum);
+  std::vector<double> prob(ids.size());
+  double mass = 0.0;
+  bool cut = ids.size() >= vocab;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    prob[i] = std::exp(static_cast<double>(values[i]) * inv_t - top) / sum;
+    mass += prob[i];
+    cut = cut || (params_.top_p < 1.0f && mass >= params_.top_p) || (params_.min_p > 0.0f && prob[i] < floor);
+  }
+  if (!cut) return -1;
+  return pick(ids, prob);
 }
 
 // Softmax of the candidates' logits / temperature (idx best first), then pick(). A candidate's

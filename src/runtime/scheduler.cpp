@@ -243,21 +243,41 @@ void Scheduler::step() {
     }
     owners.push_back(s.get());
   }
-  // Greedy and top-k draws without penalties or logprobs need only the best few logits of a
-  // row: the backend selects them where the logits are (on a GPU no vocabulary-sized copy).
-  int need = 1;
-  for (const Slot* s : owners) {
-    const GenerationParams& p = s->request->params();
-    const int n = s->sampler.candidates_needed();
-    const bool few = n > 0 && n <= kMaxTopCandidates && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f &&
-                     p.top_logprobs < 0;
-    need = few && need > 0 ? std::max(need, n) : 0;
+  // Draws without penalties or logprobs need only the best few logits of a row and, without
+  // top-k, the softmax sum or (temperature alone) the draw itself (Sampler::row_needs): the
+  // backend computes them where the logits are (on a GPU no vocabulary-sized copy). Otherwise
+  // every row's logits come to the host.
+  std::vector<Sampler::RowNeeds> needs(owners.size());
+  bool few = true, sums = false;
+  int k = 0;
+  for (size_t i = 0; i < owners.size(); ++i) {
+    const GenerationParams& p = owners[i]->request->params();
+    needs[i] = owners[i]->sampler.row_needs();
+    few = few && needs[i].k <= kMaxTopCandidates && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f &&
+          p.top_logprobs < 0;
+    k = std::max(k, needs[i].k);
+    sums = sums || needs[i].inv_t > 0.0;
+  }
+  Model::TopRequest req;
+  if (few) {
+    req.k = k;
+    if (sums) {
+      req.inv_t.assign(owners.size(), 0.0);
+      req.u.assign(owners.size(), -1.0);
+      for (size_t i = 0; i < owners.size(); ++i) {
+        Slot& s = *owners[i];
+        // A prompt not finished in this step draws nothing: its uniform stays in the stream.
+        const bool draws = fed_now[i] == 0 || s.fed + fed_now[i] >= static_cast<int64_t>(s.prompt().size());
+        req.inv_t[i] = needs[i].inv_t;
+        if (needs[i].in_order && draws) req.u[i] = s.sampler.take_order_uniform();
+      }
+    }
   }
   const auto t0 = Clock::now();
   std::vector<float> logits;
   Model::TopLogits top;
   try {
-    if (need > 0) top = model_.forward_top(batch, need);
+    if (few) top = model_.forward_top(batch, req);
     else logits = model_.forward(batch);
   } catch (const std::exception& e) {
     for (Slot* s : owners) {
@@ -273,7 +293,7 @@ void Scheduler::step() {
     stats_.batch_rows += batch.size();
     stats_.busy_seconds += seconds_since(t0);
   }
-  const size_t V = static_cast<size_t>(model_.config().vocab_size), K = static_cast<size_t>(top.k);
+  const size_t V = static_cast<size_t>(model_.config().vocab_size);
   for (size_t i = 0; i < owners.size(); ++i) {
     Slot& s = *owners[i];
     if (fed_now[i] > 0) {
@@ -281,21 +301,23 @@ void Scheduler::step() {
       if (s.fed < static_cast<int64_t>(s.prompt().size())) continue;
       if (cache_) cache_->insert(s.prompt(), s.state);  // a snapshot at the end of the prompt
     }
-    if (need > 0)
-      sample_into(s, {}, std::span<const int32_t>(top.ids).subspan(i * K, K),
-                  std::span<const float>(top.values).subspan(i * K, K));
+    if (few)
+      sample_into(s, {}, &top, static_cast<int64_t>(i));
     else
-      sample_into(s, std::span<const float>(logits.data() + i * V, V), {}, {});
+      sample_into(s, std::span<const float>(logits.data() + i * V, V), nullptr, 0);
   }
   std::erase_if(slots_, [](const auto& s) { return !s->request; });
 }
 
-void Scheduler::sample_into(Slot& s, std::span<const float> logits, std::span<const int32_t> top_ids,
-                            std::span<const float> top_values) {
+void Scheduler::sample_into(Slot& s, std::span<const float> logits, const Model::TopLogits* top, int64_t row) {
   const GenerationParams& p = s.request->params();
   GeneratedToken tok;
-  if (!top_ids.empty()) {  // the row's best logits only (step(): no penalties, no logprobs)
-    tok.id = s.sampler.sample_top(top_ids, top_values);
+  if (top != nullptr) {  // what the backend computed of the row (step(): no penalties, no logprobs)
+    const size_t K = static_cast<size_t>(top->k), r = static_cast<size_t>(row);
+    tok.id = s.sampler.sample_needs(std::span<const int32_t>(top->ids).subspan(r * K, K),
+                                    std::span<const float>(top->values).subspan(r * K, K),
+                                    top->sums.empty() ? 0.0 : top->sums[r], top->drawn.empty() ? -1 : top->drawn[r],
+                                    static_cast<size_t>(model_.config().vocab_size), [&] { return top->row(row); });
   } else if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
     std::vector<float> adjusted(logits.begin(), logits.end());
     for (const auto& [id, n] : s.counts)

@@ -115,9 +115,9 @@ class Scheduler {
   void run();
   void admit(std::deque<std::shared_ptr<GenerationRequest>>& incoming);
   void step();
-  // From the row's logits, or (top_ids not empty) from its best few (Model::forward_top).
-  void sample_into(Slot& slot, std::span<const float> logits, std::span<const int32_t> top_ids,
-                   std::span<const float> top_values);
+  // From the row's logits, or (top not null) from what the backend computed of row `row`
+  // (Model::forward_top with the sampler's row_needs()).
+  void sample_into(Slot& slot, std::span<const float> logits, const Model::TopLogits* top, int64_t row);
   // The most candidates a step selects on the backend; a larger top-k takes the whole logits.
   static constexpr int kMaxTopCandidates = 256;
   void release(Slot& slot, GenerationResult result, bool save_reply);

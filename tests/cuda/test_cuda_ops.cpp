@@ -510,6 +510,38 @@ TEST_F(CudaOpTest, TopKRowsEqualTheReference) {
   EXPECT_THROW(gpu->top_k_rows(x.g.data(), 1, 10, 11, ids.data(), vals.data()), Error);
 }
 
+// The softmax sums and draws in vocabulary order of sampling without top-k: against the host's
+// softmax_draw (the CPU backend's default softmax_rows), rows skipped at inv_t 0, no draw at u < 0,
+// u near 0 and near 1, ties, a vocabulary-sized row.
+TEST_F(CudaOpTest, SoftmaxRowsEqualTheReference) {
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::uniform_real_distribution<double> uni(0.0, 1.0);
+  for (const int64_t n : {int64_t{1}, int64_t{31}, int64_t{1000}, int64_t{4099}, int64_t{131072}}) {
+    const int64_t rows = 24;
+    std::vector<float> v(static_cast<size_t>(rows * n));
+    for (float& x : v) x = std::round(normal(rng) * 4.0f) / 4.0f;
+    auto x = both(v);
+    std::vector<double> inv_t(static_cast<size_t>(rows)), u(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      const size_t i = static_cast<size_t>(r);
+      inv_t[i] = r == 3 ? 0.0 : 1.0 / (0.2 + 0.1 * double(r));
+      u[i] = r == 5 ? -1.0 : r == 6 ? 0.0 : r == 7 ? 1.0 - 1e-12 : uni(rng);
+    }
+    std::vector<double> gs(static_cast<size_t>(rows)), cs(gs.size());
+    std::vector<int32_t> gd(gs.size()), cd(gs.size());
+    gpu->softmax_rows(x.g.data(), rows, n, inv_t.data(), u.data(), gs.data(), gd.data());
+    cpu->softmax_rows(x.c.data(), rows, n, inv_t.data(), u.data(), cs.data(), cd.data());
+    for (size_t r = 0; r < gs.size(); ++r) {
+      EXPECT_NEAR(gs[r], cs[r], 1e-12 * cs[r]) << "n=" << n << " row " << r;
+      EXPECT_EQ(gd[r], cd[r]) << "n=" << n << " row " << r << " u " << u[r];
+    }
+    EXPECT_EQ(gs[3], 0.0);
+    EXPECT_EQ(gd[3], -1);
+    EXPECT_EQ(gd[5], -1);
+    EXPECT_EQ(gd[6], cd[6]);
+  }
+}
+
 TEST_F(CudaOpTest, Conv1dSiluContinuesFromState) {
   for (auto [T, C, K] : {std::tuple{1, 5, 4}, {2, 33, 4}, {3, 130, 4}, {37, 65, 3}, {300, 1792, 4}}) {
     const int64_t ld = C + 9;

@@ -91,6 +91,48 @@ TEST_P(BatchTest, ForwardTopIsTheBestOfForward) {
   }
 }
 
+// What sampling without top-k asks of forward_top: per row the softmax sum and the draw in
+// vocabulary order (softmax_draw of forward()'s row), rows skipped at inv_t 0, no best logits
+// at k 0, and any row of the logits on request.
+TEST_P(BatchTest, ForwardTopSumsAndDrawsAsTheRows) {
+  const Fixture f = load_fixture(GetParam());
+  Backend be;
+  const Model model = Model::load(f.dir, *be.kernels);
+  const int64_t V = model.config().vocab_size;
+  const std::span<const int32_t> ids(f.prompt_ids);
+  SequenceState a1 = model.new_state(), b1 = model.new_state(), a2 = model.new_state(), b2 = model.new_state();
+  const BatchItem full[] = {{&a1, ids.subspan(0, 4), true}, {&b1, ids.subspan(3, 7), false}};
+  const BatchItem top_batch[] = {{&a2, ids.subspan(0, 4), true}, {&b2, ids.subspan(3, 7), false}};
+  const std::vector<float> logits = model.forward(full);
+  Model::TopRequest req;
+  req.k = 0;
+  req.inv_t = {1.0, 0.0, 1.0 / 0.7, 2.0, 1.0};
+  req.u = {0.25, 0.5, -1.0, 0.999, 0.0};
+  const Model::TopLogits top = model.forward_top(top_batch, req);
+  ASSERT_EQ(top.k, 0);
+  EXPECT_TRUE(top.ids.empty());
+  ASSERT_EQ(top.sums.size(), 5u);
+  for (int64_t r = 0; r < 5; ++r) {
+    const float* v = logits.data() + r * V;
+    const SoftmaxDraw d = softmax_draw(v, V, req.inv_t[r], req.u[r]);
+    const size_t i = static_cast<size_t>(r);
+    if (req.inv_t[i] == 0.0) {
+      EXPECT_EQ(top.sums[i], 0.0);
+      EXPECT_EQ(top.drawn[i], -1);
+    } else {
+      EXPECT_EQ(top.sums[i], d.sum) << "row " << r;
+      EXPECT_EQ(top.drawn[i], d.id) << "row " << r;
+      EXPECT_EQ(d.id < 0, req.u[i] < 0.0);
+    }
+    EXPECT_EQ(top.row(r), std::vector<float>(v, v + V)) << "row " << r;
+  }
+  EXPECT_THROW(top.row(5), Error);
+  req.u.pop_back();
+  SequenceState c = model.new_state();
+  const BatchItem wrong[] = {{&c, ids.subspan(0, 4), true}, {&b2, ids.subspan(3, 7), false}};
+  EXPECT_THROW(model.forward_top(wrong, req), Error);
+}
+
 TEST_P(BatchTest, SnapshotResumesExactlyAndResetStartsOver) {
   const Fixture f = load_fixture(GetParam());
   Backend be;

@@ -5,6 +5,7 @@
 #include <map>
 #include <random>
 
+#include "kernels/kernels.h"
 #include "runtime/sampler.h"
 #include "util/error.h"
 
@@ -109,6 +110,53 @@ TEST(Sampler, TopPAndMinPWithoutTopKDrawAsOverAFullSort) {
       ASSERT_EQ(s.sample(logits), want) << "top-p " << top_p << ", min-p " << min_p << ", draw " << draw;
     }
   }
+}
+
+// What a backend computes where the logits are (Sampler::row_needs: the best logits, the softmax
+// sum, the draw in vocabulary order with the sampler's uniform) gives the same tokens, draw for
+// draw, as sample() over the whole row, for every kind of sampler; a top-p or min-p cut beyond
+// the candidates asks for the whole row.
+TEST(Sampler, DrawsFromRowNeedsEqualSample) {
+  const SamplingParams cases[] = {{0.0f, 0, 1.0f, 0.0f, 1},   {0.8f, 20, 0.9f, 0.0f, 2},  {1.0f, 0, 1.0f, 0.0f, 3},
+                                  {0.6f, 0, 1.0f, 0.0f, 4},   {1.0f, 0, 0.9f, 0.0f, 5},   {1.0f, 0, 1.0f, 0.05f, 6},
+                                  {1.5f, 0, 0.999f, 0.0f, 7}, {2.0f, 0, 0.95f, 0.001f, 8}, {1.0f, 0, 1.0f, 1e-6f, 9}};
+  std::mt19937 rng(17);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const size_t V = 3000;
+  for (const SamplingParams& p : cases) {
+    Sampler all(p), part(p);
+    const Sampler::RowNeeds needs = part.row_needs();
+    EXPECT_EQ(needs.in_order, p.temperature > 0.0f && p.top_k == 0 && p.top_p >= 1.0f && p.min_p <= 0.0f);
+    EXPECT_EQ(needs.inv_t > 0.0, p.temperature > 0.0f && p.top_k == 0);
+    int full_rows = 0;
+    for (int draw = 0; draw < 200; ++draw) {
+      const float scale = draw % 2 ? 0.3f : 3.0f;  // flat rows push top-p's cut past the candidates
+      std::vector<float> logits(V);
+      for (float& x : logits) x = std::round(normal(rng) * scale * 8.0f) / 8.0f;  // ties
+      std::vector<int32_t> order(V);
+      for (size_t i = 0; i < V; ++i) order[i] = static_cast<int32_t>(i);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      order.resize(std::min(V, static_cast<size_t>(needs.k)));
+      std::vector<float> values(order.size());
+      for (size_t j = 0; j < order.size(); ++j) values[j] = logits[static_cast<size_t>(order[j])];
+      const double u = needs.in_order ? part.take_order_uniform() : -1.0;
+      const SoftmaxDraw d = softmax_draw(logits.data(), static_cast<int64_t>(V), needs.inv_t, u);
+      const int32_t got = part.sample_needs(order, values, d.sum, d.id, V, [&] {
+        ++full_rows;
+        return logits;
+      });
+      ASSERT_EQ(got, all.sample(logits)) << "temperature " << p.temperature << ", top-k " << p.top_k << ", top-p "
+                                         << p.top_p << ", min-p " << p.min_p << ", draw " << draw;
+    }
+    if (p.top_p == 0.999f) {
+      EXPECT_GT(full_rows, 0) << "no cut beyond the candidates was tried";
+    }
+    if (needs.in_order || !part.uses_softmax_sum()) {
+      EXPECT_EQ(full_rows, 0);
+    }
+  }
+  Sampler greedy({});
+  EXPECT_THROW(greedy.take_order_uniform(), Error);
 }
 
 TEST(Sampler, TopKOneIsGreedy) {

@@ -531,6 +531,22 @@ class CudaKernelsImpl final : public CudaKernels {
     check(cudaStreamSynchronize(stream_), "top_k_rows (synchronize)");
   }
 
+  void softmax_rows(const float* x, int64_t rows, int64_t n, const double* inv_t, const double* u, double* sums,
+                    int32_t* drawn) override {
+    flush();
+    if (rows == 0) return;
+    // One buffer: inv_t, u, sums (doubles), drawn (int32), rows each.
+    const size_t r = static_cast<size_t>(rows), bytes = r * (3 * sizeof(double) + sizeof(int32_t));
+    auto* dev = reinterpret_cast<double*>(grown(top_dev_, top_cap_, (bytes + 3) / 4, "softmax_rows buffer"));
+    check(cudaMemcpyAsync(dev, inv_t, r * sizeof(double), cudaMemcpyHostToDevice, stream_), "softmax_rows (inv_t)");
+    check(cudaMemcpyAsync(dev + r, u, r * sizeof(double), cudaMemcpyHostToDevice, stream_), "softmax_rows (u)");
+    auto* dev_drawn = reinterpret_cast<int32_t*>(dev + 3 * r);
+    cuda::softmax_rows(x, rows, n, dev, dev + r, dev + 2 * r, dev_drawn, stream_);
+    check(cudaMemcpyAsync(sums, dev + 2 * r, r * sizeof(double), cudaMemcpyDeviceToHost, stream_), "softmax_rows (sums)");
+    check(cudaMemcpyAsync(drawn, dev_drawn, r * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "softmax_rows (drawn)");
+    check(cudaStreamSynchronize(stream_), "softmax_rows (synchronize)");
+  }
+
   // ---- decode steps as graphs ----
   void begin_decode_step() override {
     flush();
@@ -764,7 +780,7 @@ class CudaKernelsImpl final : public CudaKernels {
   bool tf32_attn_ = true;
   bool kv_bf16_ = true;  // KV caches in bf16 (kv_cache_dtype)
   LaneScratch lane_[2];
-  int32_t* top_dev_ = nullptr;  // top_k_rows results on the device: ids, then values
+  int32_t* top_dev_ = nullptr;  // top_k_rows and softmax_rows arguments and results on the device
   size_t top_cap_ = 0;
   std::unique_ptr<cuda::DecodeStep> step_;
   bool profile_ = false;

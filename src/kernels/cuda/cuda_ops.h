@@ -193,6 +193,9 @@ void ssm_scan_rows_gated(const float* x, const float* B, const float* C, int64_t
 // first, the lower index first on ties; 1 <= k <= min(n, kTopKMax).
 constexpr int kTopKMax = 256;
 void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, cudaStream_t s);
+// Kernels::softmax_rows with every array in device memory.
+void softmax_rows(const float* x, int64_t rows, int64_t n, const double* inv_t, const double* u, double* sums,
+                  int32_t* drawn, cudaStream_t s);
 
 // Appends rows to a KV cache: cache[row + i, :] = src[i, :], row read from row_dev when not null.
 void kv_write(void* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,

@@ -175,6 +175,90 @@ __global__ void __launch_bounds__(kThreadsTop) top_k_rows_kernel(const float* x,
   }
 }
 
+// softmax_draw() of each row (kernels.h), one block of kThreadsSoftmax per row: the maximum;
+// then each warp sums the terms of its contiguous 1/32 of the row in double (lanes interleaved);
+// the sum is those 32 partial sums in order; with u >= 0 the warp whose part holds u * sum walks it
+// 32 terms at a time with a prefix sum. The terms are the host's; only the order of the sums
+// differs (a draw can differ from the host's only when u * sum falls within rounding of a boundary).
+constexpr int kThreadsSoftmax = 1024;
+__global__ void __launch_bounds__(kThreadsSoftmax)
+    softmax_rows_kernel(const float* x, int64_t n, const double* inv_ts, const double* us, double* sums,
+                        int32_t* drawn) {
+  FH1_PDL_ENTER();
+  constexpr int kWarps = kThreadsSoftmax / 32;
+  __shared__ float wmax[kWarps];
+  __shared__ double wsum[kWarps];
+  const int64_t r = blockIdx.x;
+  const double inv_t = inv_ts[r], u = us[r];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (!(inv_t > 0.0)) {
+    if (threadIdx.x == 0) {
+      sums[r] = 0.0;
+      drawn[r] = -1;
+    }
+    return;
+  }
+  const float* row = x + r * n;
+  float mx = row[0];
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) mx = row[i] > mx ? row[i] : mx;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float v = __shfl_xor_sync(0xffffffffu, mx, o);
+    mx = v > mx ? v : mx;
+  }
+  if (lane == 0) wmax[warp] = mx;
+  __syncthreads();
+  mx = wmax[0];
+  for (int w = 1; w < kWarps; ++w) mx = wmax[w] > mx ? wmax[w] : mx;
+  const double top = double(mx) * inv_t;
+  const int64_t part = (n + kWarps - 1) / kWarps, lo = warp * part, hi = lo + part < n ? lo + part : n;
+  double acc = 0.0;
+  for (int64_t i = lo + lane; i < hi; i += 32) acc += exp(double(row[i]) * inv_t - top);
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) wsum[warp] = acc;
+  __syncthreads();
+  double sum = 0.0;
+  for (int w = 0; w < kWarps; ++w) sum += wsum[w];
+  if (threadIdx.x == 0) sums[r] = sum;
+  if (!(u >= 0.0)) {
+    if (threadIdx.x == 0) drawn[r] = -1;
+    return;
+  }
+  // The warp whose part holds the target: the first whose running total passes it.
+  const double target = u * sum;
+  double before = 0.0;
+  int hit = kWarps;
+  for (int w = 0; w < kWarps; ++w) {
+    if (before + wsum[w] > target) {
+      hit = w;
+      break;
+    }
+    before += wsum[w];
+  }
+  if (hit == kWarps) {  // rounding left no term: the last one, as the host
+    if (threadIdx.x == 0) drawn[r] = static_cast<int32_t>(n - 1);
+    return;
+  }
+  if (warp != hit) return;
+  const int64_t hlo = hit * part, hhi = hlo + part < n ? hlo + part : n;
+  double carry = before;
+  for (int64_t i0 = hlo; i0 < hhi; i0 += 32) {
+    const int64_t i = i0 + lane;
+    const double e = i < hhi ? exp(double(row[i]) * inv_t - top) : 0.0;
+    double incl = e;
+    for (int o = 1; o < 32; o <<= 1) {
+      const double v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    const unsigned pass = __ballot_sync(0xffffffffu, i < hhi && carry + incl > target);
+    if (pass) {
+      if (lane == 0) drawn[r] = static_cast<int32_t>(i0 + __ffs(pass) - 1);
+      return;
+    }
+    carry += __shfl_sync(0xffffffffu, incl, 31);
+  }
+  if (lane == 0) drawn[r] = static_cast<int32_t>(hhi - 1);  // rounding: the part's last term
+}
+
 }  // namespace
 
 void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, cudaStream_t s) {
@@ -185,6 +269,14 @@ void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, fl
   if (k == 1) launch(argmax_rows_kernel, static_cast<unsigned>(rows), kThreadsTop, 0, s, x, n, ids, vals);
   else launch(top_k_rows_kernel, static_cast<unsigned>(rows), kThreadsTop, 0, s, x, n, k, ids, vals);
   check_launch("top_k_rows");
+}
+
+void softmax_rows(const float* x, int64_t rows, int64_t n, const double* inv_t, const double* u, double* sums,
+                  int32_t* drawn, cudaStream_t s) {
+  if (rows == 0 || n <= 0) return;
+  if (n > INT32_MAX) throw Error("CUDA softmax_rows: rows of " + std::to_string(n) + " values");
+  launch(softmax_rows_kernel, static_cast<unsigned>(rows), kThreadsSoftmax, 0, s, x, n, inv_t, u, sums, drawn);
+  check_launch("softmax_rows");
 }
 
 }  // namespace fh1::cuda
