@@ -152,7 +152,7 @@ TEST_P(CudaModelTest, PromptInPiecesEqualsOneCall) {
 // of 2 chunks, so that the fixtures' short prompts do): the fixture's logits, and the recurrence's.
 TEST_P(CudaModelTest, PromptScanAsChunkedSsdMatchesTransformers) {
   struct Reset {
-    ~Reset() { cuda::set_scan_ssd(cuda::kScanSsdMinTokens, 0, 0); }
+    ~Reset() { cuda::set_scan_ssd(cuda::kScanSsdAuto, 0, 0); }
   } reset;
   const Fixture f = load_fixture(GetParam());
   const Model model = Model::load(f.dir, *gpu);

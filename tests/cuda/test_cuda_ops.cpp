@@ -593,7 +593,7 @@ TEST_F(CudaOpTest, SsmScanLongPromptsInParallelChunks) {
   struct ChunksReset {
     ~ChunksReset() {
       cuda::set_scan_chunks(0);
-      cuda::set_scan_ssd(cuda::kScanSsdMinTokens, 0, 0);
+      cuda::set_scan_ssd(cuda::kScanSsdAuto, 0, 0);
     }
   } reset;
   cuda::set_scan_ssd(-1, 0, 0);  // the recurrence alone (the SSD's test is below)
@@ -648,7 +648,7 @@ TEST_F(CudaOpTest, SsmScanLongPromptsInParallelChunks) {
 // and with a tail for the recurrence, one window and several, groups, odd sizes, dt limits.
 TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
   struct Reset {
-    ~Reset() { cuda::set_scan_ssd(cuda::kScanSsdMinTokens, 0, 0); }
+    ~Reset() { cuda::set_scan_ssd(cuda::kScanSsdAuto, 0, 0); }
   } reset;
   struct Case { int64_t T; int H, P, G, N, cs; float dt_min, dt_max; int chunk; std::vector<int> windows; };
   for (const Case& c : {Case{1024, 4, 16, 1, 16, 64, 0.0f, INFINITY, 0, {0, 1, 3}},

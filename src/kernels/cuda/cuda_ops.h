@@ -124,10 +124,11 @@ void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
 // Tests and tuning: the number of chunks of the recurrence (1: always one pass), 0 (default):
 // chosen from the device. FH1_CUDA_SCAN_CHUNKS in the environment sets it at start.
 void set_scan_chunks(int chunks);
-// Tests and tuning: the SSD takes prompts of at least min_tokens (-1: never; default 512,
-// FH1_CUDA_SSD_MIN) in windows of window_chunks chunks (0: 8192 tokens; FH1_CUDA_SSD_WINDOW) of
-// chunk_len tokens (0: the model's mamba_chunk_size when 32..256, else 128).
-constexpr int64_t kScanSsdMinTokens = 512;
+// Tests and tuning: the SSD takes prompts of at least min_tokens (-1: never; kScanSsdAuto, the
+// default: 2 chunks where the recurrence's one pass fills the GPU, else 512; FH1_CUDA_SSD_MIN)
+// in windows of window_chunks chunks (0: 8192 tokens; FH1_CUDA_SSD_WINDOW) of chunk_len tokens
+// (0: the model's mamba_chunk_size when 32..256, else 128; FH1_CUDA_SSD_CHUNK).
+constexpr int64_t kScanSsdAuto = -2;
 void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len);
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same T, n_past, bucket).

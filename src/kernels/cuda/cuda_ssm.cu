@@ -388,13 +388,23 @@ size_t scan_scratch_floats(const ScanPlan& plan, const SsmParams& p) {
   return size_t(plan.chunks) * (size_t(p.heads) * p.head_dim * p.d_state + size_t(p.heads));
 }
 
-// The SSD's knobs: the shortest prompt it takes (-1: never; FH1_CUDA_SSD_MIN) and the chunks of
-// a window (FH1_CUDA_SSD_WINDOW; 0: kSsdWindowTokens / Q).
+// f(std::integral_constant<int, NPL>{}) with the state entries per lane that d_state N needs.
+template <class F>
+auto with_entries_per_lane(int N, F&& f) {
+  if (N <= 32) return f(std::integral_constant<int, 1>{});
+  if (N <= 64) return f(std::integral_constant<int, 2>{});
+  if (N <= 128) return f(std::integral_constant<int, 4>{});
+  if (N <= 256) return f(std::integral_constant<int, 8>{});
+  throw Error("CUDA ssm_scan: d_state " + std::to_string(N) + " > 256 is not supported");
+}
+
+// The SSD's knobs: the shortest prompt it takes (-1: never; kScanSsdAuto; FH1_CUDA_SSD_MIN) and
+// the chunks of a window (FH1_CUDA_SSD_WINDOW; 0: kSsdWindowTokens / Q).
 constexpr int64_t kSsdWindowTokens = 8192;
 std::atomic<int64_t>& ssd_min_tokens() {
   static std::atomic<int64_t> n{[] {
     const char* e = std::getenv("FH1_CUDA_SSD_MIN");
-    return e ? int64_t(std::atoll(e)) : kScanSsdMinTokens;
+    return e ? int64_t(std::atoll(e)) : kScanSsdAuto;
   }()};
   return n;
 }
@@ -423,9 +433,23 @@ int ssd_chunk_len(const SsmParams& p) {
 }
 
 // The leading tokens of a T-token scan that the SSD takes: whole chunks, 0 below the threshold.
+// kScanSsdAuto: from 2 chunks where the recurrence's single pass fills the GPU (7B: 256 tokens
+// 29.1 -> 26.3 ms of prefill, 512: 48.5 -> 40.5), else from 512 tokens, below which the
+// recurrence's parallel chunks win (0.5B: 256 tokens 9.4 ms against 12.3 by the SSD; H200).
 int64_t ssd_tokens(int64_t T, const SsmParams& p) {
-  const int64_t min = ssd_min_tokens().load();
+  int64_t min = ssd_min_tokens().load();
   const int Q = ssd_chunk_len(p);
+  if (min == kScanSsdAuto) {
+    if (T < 2 * Q) return 0;
+    min = 512;
+    if (p.d_state <= 256) {
+      const bool fills = with_entries_per_lane(p.d_state, [&](auto npl) {
+        const int64_t head_blocks = int64_t(p.heads) * ((p.head_dim + kWarpsPerBlock - 1) / kWarpsPerBlock);
+        return head_blocks * 4 > resident_scan_blocks<decltype(npl)::value>();
+      });
+      if (fills) min = 2 * Q;
+    }
+  }
   if (min < 0 || T < std::max<int64_t>(min, Q)) return 0;
   return T / Q * Q;
 }
@@ -534,15 +558,6 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
   check_launch("ssm_scan (SSD)");
 }
 
-// f(std::integral_constant<int, NPL>{}) with the state entries per lane that d_state N needs.
-template <class F>
-auto with_entries_per_lane(int N, F&& f) {
-  if (N <= 32) return f(std::integral_constant<int, 1>{});
-  if (N <= 64) return f(std::integral_constant<int, 2>{});
-  if (N <= 128) return f(std::integral_constant<int, 4>{});
-  if (N <= 256) return f(std::integral_constant<int, 8>{});
-  throw Error("CUDA ssm_scan: d_state " + std::to_string(N) + " > 256 is not supported");
-}
 
 template <int NPL>
 void launch_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
