@@ -375,7 +375,7 @@ int main(int argc, char** argv) {
         }
         std::printf("\n");
       }
-      if (scan_tokens > 0) {  // one layer's Mamba-2 scan alone (prefill: the chunked SSD from 512 tokens)
+      if (scan_tokens > 0) {  // one layer's Mamba-2 scan alone (as a prompt runs it: the SSD when long)
         const int64_t T = scan_tokens, H = c.mamba_n_heads, P = c.mamba_d_head, N = c.mamba_d_state;
         const int64_t G = c.mamba_n_groups, ds = H * P, ld = ds + 2 * G * N;
         Buffer xbc(*k, size_t(T * ld)), dt(*k, size_t(T * H)), y(*k, size_t(T * ds)), state(*k, size_t(ds * N));
