@@ -129,6 +129,57 @@ TEST(Scheduler, BatchedRequestsMatchEachAlone) {
   }
 }
 
+// Sampled requests batched give, seed for seed, what generate() gives each alone: the scheduler
+// asks the backend for what each draw needs (Sampler::row_needs: the best logits, the softmax
+// sum, the draw in vocabulary order with the uniform taken before the step) and takes a row's
+// uniform only when its prompt ends in that step. A request with a penalty in the batch sends
+// the whole logits to the host for the steps it shares.
+TEST(Scheduler, SampledRequestsMatchEachAlone) {
+  Loaded l;
+  SchedulerOptions o;
+  o.parallel = 4;
+  o.step_tokens = 7;  // prompts in several chunks, interleaved with the others' draws
+  Scheduler s(l.model, o);
+  const SamplingParams kinds[] = {{1.0f, 0, 1.0f, 0.0f, 11}, {0.7f, 0, 1.0f, 0.0f, 12}, {1.2f, 0, 0.9f, 0.0f, 13},
+                                  {1.0f, 0, 1.0f, 0.1f, 14},  {0.9f, 8, 0.95f, 0.0f, 15}, {0.0f, 0, 1.0f, 0.0f, 16},
+                                  {1.5f, 0, 0.999f, 0.0f, 17}};
+  std::vector<std::vector<int32_t>> prompts, expected;
+  for (size_t i = 0; i < std::size(kinds); ++i) {
+    std::vector<int32_t> p;
+    for (size_t t = 0; t < 4 + 5 * i; ++t) p.push_back(static_cast<int32_t>(3 + (t * 11 + i * 17) % 300));
+    prompts.push_back(p);
+    SequenceState state = l.model.new_state();
+    GenerateOptions g;
+    g.max_new_tokens = 12;
+    g.sampling = kinds[i];
+    expected.push_back(generate(l.model, state, p, g).ids);
+  }
+  std::vector<std::shared_ptr<GenerationRequest>> reqs;
+  for (size_t i = 0; i < std::size(kinds); ++i) {
+    GenerationParams g;
+    g.prompt = prompts[i];
+    g.max_tokens = 12;
+    g.sampling = kinds[i];
+    reqs.push_back(std::make_shared<GenerationRequest>(g));
+    ASSERT_EQ(s.submit(reqs.back()), Scheduler::Admission::accepted);
+    if (i == 2) {  // a penalized request among them
+      GenerationParams pen = g;
+      pen.presence_penalty = 0.5f;
+      reqs.push_back(std::make_shared<GenerationRequest>(pen));
+      ASSERT_EQ(s.submit(reqs.back()), Scheduler::Admission::accepted);
+    }
+  }
+  for (size_t i = 0, k = 0; i < reqs.size(); ++i) {
+    const std::vector<int32_t> got = run_to_end(reqs[i]);
+    if (reqs[i]->params().presence_penalty != 0.0f) {
+      EXPECT_EQ(got.size(), 12u);
+      continue;
+    }
+    EXPECT_EQ(got, expected[k]) << "request " << k << ", temperature " << kinds[k].temperature;
+    ++k;
+  }
+}
+
 TEST(Scheduler, CancelFreesTheSlotAndCacheResumes) {
   Loaded l;
   SchedulerOptions o;
