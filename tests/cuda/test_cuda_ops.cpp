@@ -66,6 +66,48 @@ struct CudaOpTest : ::testing::Test {
     cpu->from_host(p.c.data(), v.data(), v.size());
     return p;
   }
+  // A long scan's random inputs in both backends (x, B, C of `groups` groups in rows of ld_xbc,
+  // raw dt, A < 0, D, dt_bias) from a random non-zero state, and the reference's y and end state;
+  // gpu_scan() runs the GPU's scan as it is set up now and returns its y and end state.
+  struct ScanShape {
+    int64_t T;
+    int H, P, G, N, cs;
+    float dt_min, dt_max;
+  };
+  struct ScanInputs {
+    ScanShape c;
+    int64_t ds, GN, ld_xbc, ld_dt;
+    Pair xbc, dt, A, D, dtb;
+    std::vector<float> state0, y_ref, st_ref;
+  };
+  ScanInputs scan_inputs(const ScanShape& c) {
+    const int64_t ds = int64_t(c.H) * c.P, GN = int64_t(c.G) * c.N;
+    std::vector<float> A(static_cast<size_t>(c.H));
+    for (auto& a : A) a = -std::exp(std::uniform_real_distribution<float>(-2.0f, 1.0f)(rng));
+    ScanInputs s{c, ds, GN, ds + 2 * GN + 3, c.H + 2, both(randn(static_cast<size_t>(c.T * (ds + 2 * GN + 3)))),
+                 both(randn(static_cast<size_t>(c.T * (c.H + 2)))), both(A), both(randn(static_cast<size_t>(c.H))),
+                 both(randn(static_cast<size_t>(c.H))), randn(static_cast<size_t>(ds * c.N), 0.5f), {}, {}};
+    auto st = both(s.state0);
+    auto y = poisoned(static_cast<size_t>(c.T * ds));
+    const float* x = s.xbc.c.data();
+    cpu->ssm_scan(x, x + ds, x + ds + GN, s.ld_xbc, s.dt.c.data(), s.ld_dt, c.T, scan_params(s, false), st.c.data(),
+                  y.c.data());
+    s.y_ref = host(*cpu, y.c.data(), y.n);
+    s.st_ref = host(*cpu, st.c.data(), st.n);
+    return s;
+  }
+  SsmParams scan_params(const ScanInputs& s, bool on_gpu) {
+    const auto at = [&](const Pair& p) { return on_gpu ? p.g.data() : p.c.data(); };
+    return SsmParams{s.c.H, s.c.P, s.c.G, s.c.N, s.c.cs, at(s.A), at(s.D), at(s.dtb), s.c.dt_min, s.c.dt_max};
+  }
+  std::pair<std::vector<float>, std::vector<float>> gpu_scan(const ScanInputs& s) {
+    auto st = both(s.state0);
+    auto y = poisoned(s.y_ref.size());
+    const float* x = s.xbc.g.data();
+    gpu->ssm_scan(x, x + s.ds, x + s.ds + s.GN, s.ld_xbc, s.dt.g.data(), s.ld_dt, s.c.T, scan_params(s, true),
+                  st.g.data(), y.g.data());
+    return {host(*gpu, y.g.data(), y.n), host(*gpu, st.g.data(), st.n)};
+  }
   // The GPU cache's values as float32.
   std::vector<float> cache_host(const Pair& p) {
     if (gpu->kv_cache_dtype() != DType::BF16) return host(*gpu, p.g.data(), p.n);
@@ -562,26 +604,14 @@ TEST_F(CudaOpTest, Conv1dSiluContinuesFromState) {
 }
 
 TEST_F(CudaOpTest, SsmScanChunkedAndRecurrentAgree) {
-  struct Case { int64_t T; int H, P, G, N, cs; float dt_max; };
-  for (Case c : {Case{1, 4, 16, 1, 16, 16, INFINITY}, {7, 6, 16, 2, 8, 8, INFINITY}, {45, 8, 16, 2, 16, 16, 0.3f},
-                 {130, 24, 64, 1, 128, 128, INFINITY}, {1, 24, 64, 1, 128, 128, INFINITY},
-                 {300, 4, 32, 1, 256, 64, INFINITY}, {20, 3, 5, 1, 40, 8, INFINITY}}) {
-    const int64_t ds = int64_t(c.H) * c.P, GN = int64_t(c.G) * c.N, ld_xbc = ds + 2 * GN + 3, ld_dt = c.H + 2;
-    auto xbc = both(randn(static_cast<size_t>(c.T * ld_xbc)));
-    auto dt = both(randn(static_cast<size_t>(c.T * ld_dt)));
-    std::vector<float> A(static_cast<size_t>(c.H)), D = randn(static_cast<size_t>(c.H)), dtb = randn(static_cast<size_t>(c.H));
-    for (auto& a : A) a = -std::exp(std::uniform_real_distribution<float>(-2.0f, 1.0f)(rng));
-    auto Ab = both(A), Db = both(D), dtbb = both(dtb);
-    auto st = both(randn(static_cast<size_t>(ds * c.N), 0.5f));
-    auto y = poisoned(static_cast<size_t>(c.T * ds));
-    SsmParams pc{c.H, c.P, c.G, c.N, c.cs, Ab.c.data(), Db.c.data(), dtbb.c.data(), 0.0f, c.dt_max};
-    SsmParams pg{c.H, c.P, c.G, c.N, c.cs, Ab.g.data(), Db.g.data(), dtbb.g.data(), 0.0f, c.dt_max};
-    const float* xc = xbc.c.data();
-    const float* xg = xbc.g.data();
-    cpu->ssm_scan(xc, xc + ds, xc + ds + GN, ld_xbc, dt.c.data(), ld_dt, c.T, pc, st.c.data(), y.c.data());
-    gpu->ssm_scan(xg, xg + ds, xg + ds + GN, ld_xbc, dt.g.data(), ld_dt, c.T, pg, st.g.data(), y.g.data());
-    EXPECT_LE(rel(y), 1e-4) << "T=" << c.T << " H=" << c.H << " N=" << c.N;
-    EXPECT_LE(rel(st), 1e-4) << "state, T=" << c.T;
+  for (const ScanShape& c : {ScanShape{1, 4, 16, 1, 16, 16, 0.0f, INFINITY}, {7, 6, 16, 2, 8, 8, 0.0f, INFINITY},
+                             {45, 8, 16, 2, 16, 16, 0.0f, 0.3f}, {130, 24, 64, 1, 128, 128, 0.0f, INFINITY},
+                             {1, 24, 64, 1, 128, 128, 0.0f, INFINITY}, {300, 4, 32, 1, 256, 64, 0.0f, INFINITY},
+                             {20, 3, 5, 1, 40, 8, 0.0f, INFINITY}}) {
+    const ScanInputs in = scan_inputs(c);
+    const auto [y, st] = gpu_scan(in);
+    EXPECT_LE(rel(y, in.y_ref), 1e-4) << "T=" << c.T << " H=" << c.H << " N=" << c.N;
+    EXPECT_LE(rel(st, in.st_ref), 1e-4) << "state, T=" << c.T;
   }
 }
 
@@ -597,47 +627,32 @@ TEST_F(CudaOpTest, SsmScanLongPromptsInParallelChunks) {
     }
   } reset;
   cuda::set_scan_ssd(-1, 0, 0);  // the recurrence alone (the SSD's test is below)
-  struct Case { int64_t T; int H, P, G, N, cs; float dt_min, dt_max; std::vector<int> chunks; };
-  for (const Case& c : {Case{1000, 4, 16, 1, 16, 64, 0.0f, INFINITY, {2, 13, 250}},
-                        Case{3000, 6, 20, 2, 64, 128, 0.001f, 0.05f, {3, 7}},
-                        Case{4097, 4, 32, 1, 128, 128, 0.0f, INFINITY, {2, 5}},
-                        Case{2500, 2, 16, 2, 256, 256, 0.5f, INFINITY, {3, 11}},
-                        Case{1025, 8, 8, 2, 40, 64, 0.0f, 0.1f, {4, 9}}}) {
-    const int64_t ds = int64_t(c.H) * c.P, GN = int64_t(c.G) * c.N, ld_xbc = ds + 2 * GN + 3, ld_dt = c.H + 2;
-    const size_t n_state = static_cast<size_t>(ds * c.N), n_y = static_cast<size_t>(c.T * ds);
-    auto xbc = both(randn(static_cast<size_t>(c.T * ld_xbc)));
-    auto dt = both(randn(static_cast<size_t>(c.T * ld_dt)));
-    std::vector<float> A(static_cast<size_t>(c.H)), D = randn(static_cast<size_t>(c.H)), dtb = randn(static_cast<size_t>(c.H));
-    for (auto& a : A) a = -std::exp(std::uniform_real_distribution<float>(-2.0f, 1.0f)(rng));
-    auto Ab = both(A), Db = both(D), dtbb = both(dtb);
-    const std::vector<float> state0 = randn(n_state, 0.5f);
-    SsmParams pc{c.H, c.P, c.G, c.N, c.cs, Ab.c.data(), Db.c.data(), dtbb.c.data(), c.dt_min, c.dt_max};
-    SsmParams pg{c.H, c.P, c.G, c.N, c.cs, Ab.g.data(), Db.g.data(), dtbb.g.data(), c.dt_min, c.dt_max};
-    const float* xc = xbc.c.data();
-    const float* xg = xbc.g.data();
-    auto st = both(state0);
-    auto y = poisoned(n_y);
-    cpu->ssm_scan(xc, xc + ds, xc + ds + GN, ld_xbc, dt.c.data(), ld_dt, c.T, pc, st.c.data(), y.c.data());
-    const std::vector<float> y_ref = host(*cpu, y.c.data(), n_y), st_ref = host(*cpu, st.c.data(), n_state);
+  struct Case { ScanShape shape; std::vector<int> chunks; };
+  for (const Case& c : {Case{{1000, 4, 16, 1, 16, 64, 0.0f, INFINITY}, {2, 13, 250}},
+                        Case{{3000, 6, 20, 2, 64, 128, 0.001f, 0.05f}, {3, 7}},
+                        Case{{4097, 4, 32, 1, 128, 128, 0.0f, INFINITY}, {2, 5}},
+                        Case{{2500, 2, 16, 2, 256, 256, 0.5f, INFINITY}, {3, 11}},
+                        Case{{1025, 8, 8, 2, 40, 64, 0.0f, 0.1f}, {4, 9}}}) {
+    const ScanInputs in = scan_inputs(c.shape);
+    const SsmParams pg = scan_params(in, true);
+    const int64_t T = c.shape.T;
     std::vector<float> y_one, st_one;  // the one pass
     std::vector<int> runs{1, 0};
     runs.insert(runs.end(), c.chunks.begin(), c.chunks.end());
     for (const int chunks : runs) {
       cuda::set_scan_chunks(chunks);
-      if (chunks == 1) EXPECT_EQ(cuda::ssm_scan_scratch_floats(c.T, pg), 0u);
-      else EXPECT_GT(cuda::ssm_scan_scratch_floats(c.T, pg), 0u) << "chunks=" << chunks << ": not chunked";
-      auto stg = both(state0);
-      auto yg = poisoned(n_y);
-      gpu->ssm_scan(xg, xg + ds, xg + ds + GN, ld_xbc, dt.g.data(), ld_dt, c.T, pg, stg.g.data(), yg.g.data());
-      const std::vector<float> y_got = host(*gpu, yg.g.data(), n_y), st_got = host(*gpu, stg.g.data(), n_state);
-      EXPECT_LE(rel(y_got, y_ref), 1e-4) << "T=" << c.T << " H=" << c.H << " N=" << c.N << " chunks=" << chunks;
-      EXPECT_LE(rel(st_got, st_ref), 1e-4) << "state, T=" << c.T << " chunks=" << chunks;
+      if (chunks == 1) EXPECT_EQ(cuda::ssm_scan_scratch_floats(T, pg), 0u);
+      else EXPECT_GT(cuda::ssm_scan_scratch_floats(T, pg), 0u) << "chunks=" << chunks << ": not chunked";
+      const auto [y_got, st_got] = gpu_scan(in);
+      EXPECT_LE(rel(y_got, in.y_ref), 1e-4) << "T=" << T << " H=" << c.shape.H << " N=" << c.shape.N
+                                             << " chunks=" << chunks;
+      EXPECT_LE(rel(st_got, in.st_ref), 1e-4) << "state, T=" << T << " chunks=" << chunks;
       if (chunks == 1) {
         y_one = y_got;
         st_one = st_got;
       } else {
-        EXPECT_LE(rel(y_got, y_one), 1e-4) << "vs one pass, T=" << c.T << " chunks=" << chunks;
-        EXPECT_LE(rel(st_got, st_one), 1e-4) << "state vs one pass, T=" << c.T << " chunks=" << chunks;
+        EXPECT_LE(rel(y_got, y_one), 1e-4) << "vs one pass, T=" << T << " chunks=" << chunks;
+        EXPECT_LE(rel(st_got, st_one), 1e-4) << "state vs one pass, T=" << T << " chunks=" << chunks;
       }
     }
   }
@@ -650,48 +665,25 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
   struct Reset {
     ~Reset() { cuda::set_scan_ssd(cuda::kScanSsdAuto, 0, 0); }
   } reset;
-  struct Case { int64_t T; int H, P, G, N, cs; float dt_min, dt_max; int chunk; std::vector<int> windows; };
-  for (const Case& c : {Case{1024, 4, 16, 1, 16, 64, 0.0f, INFINITY, 0, {0, 1, 3}},
-                        Case{3000, 6, 20, 2, 64, 128, 0.001f, 0.05f, 0, {0, 5}},
-                        Case{4097, 4, 32, 1, 128, 256, 0.0f, INFINITY, 0, {0, 2}},
-                        Case{2500, 2, 16, 2, 256, 8, 0.5f, INFINITY, 0, {0, 7}},
-                        Case{1025, 8, 8, 2, 40, 64, 0.0f, 0.1f, 0, {0, 4}},
-                        Case{700, 3, 5, 1, 40, 8, 0.0f, INFINITY, 24, {0, 6}}}) {
-    const int64_t ds = int64_t(c.H) * c.P, GN = int64_t(c.G) * c.N, ld_xbc = ds + 2 * GN + 3, ld_dt = c.H + 2;
-    const size_t n_state = static_cast<size_t>(ds * c.N), n_y = static_cast<size_t>(c.T * ds);
-    auto xbc = both(randn(static_cast<size_t>(c.T * ld_xbc)));
-    auto dt = both(randn(static_cast<size_t>(c.T * ld_dt)));
-    std::vector<float> A(static_cast<size_t>(c.H)), D = randn(static_cast<size_t>(c.H)), dtb = randn(static_cast<size_t>(c.H));
-    for (auto& a : A) a = -std::exp(std::uniform_real_distribution<float>(-2.0f, 1.0f)(rng));
-    auto Ab = both(A), Db = both(D), dtbb = both(dtb);
-    const std::vector<float> state0 = randn(n_state, 0.5f);
-    SsmParams pc{c.H, c.P, c.G, c.N, c.cs, Ab.c.data(), Db.c.data(), dtbb.c.data(), c.dt_min, c.dt_max};
-    SsmParams pg{c.H, c.P, c.G, c.N, c.cs, Ab.g.data(), Db.g.data(), dtbb.g.data(), c.dt_min, c.dt_max};
-    const float* xc = xbc.c.data();
-    const float* xg = xbc.g.data();
-    auto st = both(state0);
-    auto y = poisoned(n_y);
-    cpu->ssm_scan(xc, xc + ds, xc + ds + GN, ld_xbc, dt.c.data(), ld_dt, c.T, pc, st.c.data(), y.c.data());
-    const std::vector<float> y_ref = host(*cpu, y.c.data(), n_y), st_ref = host(*cpu, st.c.data(), n_state);
-    const auto run = [&](std::vector<float>& y_got, std::vector<float>& st_got) {
-      auto stg = both(state0);
-      auto yg = poisoned(n_y);
-      gpu->ssm_scan(xg, xg + ds, xg + ds + GN, ld_xbc, dt.g.data(), ld_dt, c.T, pg, stg.g.data(), yg.g.data());
-      y_got = host(*gpu, yg.g.data(), n_y);
-      st_got = host(*gpu, stg.g.data(), n_state);
-    };
-    std::vector<float> y_rec, st_rec;
+  struct Case { ScanShape shape; int chunk; std::vector<int> windows; };
+  for (const Case& c : {Case{{1024, 4, 16, 1, 16, 64, 0.0f, INFINITY}, 0, {0, 1, 3}},
+                        Case{{3000, 6, 20, 2, 64, 128, 0.001f, 0.05f}, 0, {0, 5}},
+                        Case{{4097, 4, 32, 1, 128, 256, 0.0f, INFINITY}, 0, {0, 2}},
+                        Case{{2500, 2, 16, 2, 256, 8, 0.5f, INFINITY}, 0, {0, 7}},
+                        Case{{1025, 8, 8, 2, 40, 64, 0.0f, 0.1f}, 0, {0, 4}},
+                        Case{{700, 3, 5, 1, 40, 8, 0.0f, INFINITY}, 24, {0, 6}}}) {
+    const ScanInputs in = scan_inputs(c.shape);
     cuda::set_scan_ssd(-1, 0, 0);
-    run(y_rec, st_rec);
+    const auto [y_rec, st_rec] = gpu_scan(in);
     for (const int w : c.windows) {
       cuda::set_scan_ssd(0, w, c.chunk);
-      EXPECT_GT(cuda::ssm_scan_scratch_floats(c.T, pg), 0u) << "T=" << c.T << ": the SSD not taken";
-      std::vector<float> y_got, st_got;
-      run(y_got, st_got);
-      const std::string what = "T=" + std::to_string(c.T) + " H=" + std::to_string(c.H) + " N=" + std::to_string(c.N) +
-                               " window=" + std::to_string(w);
-      EXPECT_LE(rel(y_got, y_ref), 1e-4) << what;
-      EXPECT_LE(rel(st_got, st_ref), 1e-4) << "state, " << what;
+      EXPECT_GT(cuda::ssm_scan_scratch_floats(c.shape.T, scan_params(in, true)), 0u) << "T=" << c.shape.T
+                                                                                    << ": the SSD not taken";
+      const auto [y_got, st_got] = gpu_scan(in);
+      const std::string what = "T=" + std::to_string(c.shape.T) + " H=" + std::to_string(c.shape.H) +
+                               " N=" + std::to_string(c.shape.N) + " window=" + std::to_string(w);
+      EXPECT_LE(rel(y_got, in.y_ref), 1e-4) << what;
+      EXPECT_LE(rel(st_got, in.st_ref), 1e-4) << "state, " << what;
       EXPECT_LE(rel(y_got, y_rec), 1e-4) << "vs the recurrence, " << what;
       EXPECT_LE(rel(st_got, st_rec), 1e-4) << "state vs the recurrence, " << what;
     }
