@@ -22,6 +22,7 @@
 
 #include "io/safetensors.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_profile.h"
 #include "kernels/cuda/cuda_step.h"
 #include "quant/blocks.h"
 #include "util/error.h"
@@ -107,23 +108,10 @@ class CudaKernelsImpl final : public CudaKernels {
   ~CudaKernelsImpl() override {
     cudaStreamSynchronize(stream_);
     try {
-      profile_flush();
+      prof_.flush();
+      prof_.print(stderr);
     } catch (const Error&) {
     }
-    if (!prof_.empty()) {
-      std::vector<std::pair<double, std::string>> v;
-      double total = 0;
-      for (const auto& [n, e] : prof_) {
-        v.emplace_back(e.first, n);
-        total += e.first;
-      }
-      std::sort(v.rbegin(), v.rend());
-      std::fprintf(stderr, "FH1_CUDA_PROFILE: %.1f ms in ops outside graphs\n", total);
-      for (const auto& [ms, n] : v)
-        std::fprintf(stderr, "  %-22s %10.2f ms %5.1f%%  (%lld calls)\n", n.c_str(), ms, 100.0 * ms / std::max(total, 1e-9),
-                     static_cast<long long>(prof_[n].second));
-    }
-    for (cudaEvent_t e : prof_events_) cudaEventDestroy(e);
     step_.reset();
     cudaFree(top_dev_);
     for (LaneScratch& l : lane_) {
@@ -655,47 +643,13 @@ class CudaKernelsImpl final : public CudaKernels {
   void op(const char* name, F&& f, A... args) {
     if (!step_->recording()) {
       if (profile_) {
-        profiled(name, f);
+        prof_.time(name, stream_, f);
         return;
       }
       f();
       return;
     }
     step_->op(name, std::forward<F>(f), args...);
-  }
-
-  // FH1_CUDA_PROFILE=1: every op outside a recorded step bracketed by two events, the totals per
-  // op printed when the backend is destroyed. The events are read in batches, not after every op:
-  // the host keeps running ahead as it does without the profile, so an op's time is its share of
-  // the stream's time (gaps where the GPU waits for the host included). Only for finding where
-  // time goes.
-  template <class F>
-  void profiled(const char* name, F& f) {
-    const size_t i = prof_pending_.size();
-    if (prof_events_.size() < 2 * (i + 1)) {
-      for (int k = 0; k < 2; ++k) {
-        cudaEvent_t e = nullptr;
-        check(cudaEventCreate(&e), "event");
-        prof_events_.push_back(e);
-      }
-    }
-    check(cudaEventRecord(prof_events_[2 * i], stream_), "event");
-    f();
-    check(cudaEventRecord(prof_events_[2 * i + 1], stream_), "event");
-    prof_pending_.push_back(name);
-    if (prof_pending_.size() >= 4096) profile_flush();
-  }
-  void profile_flush() {
-    if (prof_pending_.empty()) return;
-    check(cudaEventSynchronize(prof_events_[2 * prof_pending_.size() - 1]), "event");
-    for (size_t i = 0; i < prof_pending_.size(); ++i) {
-      float ms = 0.0f;
-      cudaEventElapsedTime(&ms, prof_events_[2 * i], prof_events_[2 * i + 1]);
-      auto& e = prof_[prof_pending_[i]];
-      e.first += ms;
-      e.second += 1;
-    }
-    prof_pending_.clear();
   }
 
   // Small host arrays an op reads on the device. Recording: into the step's array (returns null:
@@ -783,10 +737,8 @@ class CudaKernelsImpl final : public CudaKernels {
   int32_t* top_dev_ = nullptr;  // top_k_rows and softmax_rows arguments and results on the device
   size_t top_cap_ = 0;
   std::unique_ptr<cuda::DecodeStep> step_;
-  bool profile_ = false;
-  std::vector<cudaEvent_t> prof_events_;   // two per pending op
-  std::vector<const char*> prof_pending_;  // the ops whose events are not read yet
-  std::map<std::string, std::pair<double, int64_t>> prof_;
+  bool profile_ = false;  // FH1_CUDA_PROFILE=1
+  cuda::OpProfile prof_;
 };
 
 }  // namespace
