@@ -120,6 +120,7 @@ class Scheduler {
   void sample_into(Slot& slot, std::span<const float> logits, const Model::TopLogits* top, int64_t row);
   // The most candidates a step selects on the backend; a larger top-k takes the whole logits.
   static constexpr int kMaxTopCandidates = 256;
+  static_assert(Sampler::kCutCandidates <= kMaxTopCandidates, "top-p / min-p candidates are selected on the backend");
   void release(Slot& slot, GenerationResult result, bool save_reply);
 
   const Model& model_;

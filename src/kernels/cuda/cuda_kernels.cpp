@@ -37,16 +37,17 @@ void check(cudaError_t e, const char* what) {
 
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
+void check_blas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw Error(std::string("cuBLAS: ") + what + ": status " + std::to_string(static_cast<int>(s)));
+}
+
 }  // namespace cuda
 
 namespace {
 
 using cuda::check;
-
-void check_blas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw Error(std::string("cuBLAS: ") + what + ": status " + std::to_string(static_cast<int>(s)));
-}
+using cuda::check_blas;
 
 // Rounds an allocation up to a size class, so freed buffers are found again: 512 B steps up to
 // 1 MiB, then steps of an eighth of the power of two below.

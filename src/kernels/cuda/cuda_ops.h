@@ -17,6 +17,8 @@ namespace fh1::cuda {
 void check(cudaError_t e, const char* what);
 #define FH1_CUDA(call) ::fh1::cuda::check((call), #call)
 void check_launch(const char* what);
+// Throws fh1::Error with `what` and cuBLAS's status unless it is CUBLAS_STATUS_SUCCESS.
+void check_blas(cublasStatus_t s, const char* what);
 
 // Programmatic dependent launch: every kernel of this backend is launched through launch() with
 // the programmatic-serialization attribute and begins with FH1_PDL_ENTER(): it waits for the grid

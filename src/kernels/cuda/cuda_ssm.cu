@@ -482,10 +482,6 @@ struct SsdScratch {
   size_t total() const { return cum + ptr + dtv + decay + cb + m + xd + e; }
 };
 
-void check_blas(cublasStatus_t st, const char* what) {
-  if (st != CUBLAS_STATUS_SUCCESS) throw Error(std::string("CUDA ssm_scan: ") + what + " failed (cuBLAS status " + std::to_string(int(st)) + ")");
-}
-
 // The first Ts tokens (whole chunks) of a scan by the SSD, window by window, `state` carried.
 void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
               int64_t Ts, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
