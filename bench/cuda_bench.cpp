@@ -8,8 +8,8 @@
 //
 //   cuda-bench [--models 0.5b,1.5b-deep,7b,34b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
 //              [--decode-ctx 1024,16384] [--batches 1,8,64] [--decode-steps 32] [--json out.jsonl]
-//              [--dir /tmp] [--matmul bf16x2|bf16] [--attention tf32|f32] [--graphs 1|0] [--kv bf16|f32]
-//              [--logits all|top1|draw] [--scan 8192]
+//              [--dir /tmp] [--matmul bf16x2|bf16] [--f16-rows 1024] [--attention tf32|f32] [--graphs 1|0] [--kv bf16|f32]
+//              [--logits all|top1|draw] [--scan 8192] [--matmul-rows 8192]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
 // KV cache holds all T). Decode at context C: B sequences whose KV caches hold C rows of random
 // values (set up without a prefill), one token per sequence per step, every logit copied to the
@@ -17,6 +17,8 @@
 // each row's softmax sum and draw at temperature 1 computed on the GPU (draw: a sampling step);
 // combinations whose KV caches do not fit are skipped. --scan T: the Mamba-2 scan of one layer
 // alone over T tokens (random inputs at the model's shape), the best of 5 calls (0: not run).
+// --matmul-rows T: the prefill matmul alone, T rows through each of the model's weight shapes
+// (conversions included), TFLOP/s of the best of 5 calls (0: not run).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <fcntl.h>
@@ -270,12 +272,13 @@ int main(int argc, char** argv) {
   std::string models = "0.5b,1.5b-deep,7b", json_path, dir = "/tmp";
   std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, decode_ctx = {1024, 16384}, batches = {1, 8, 64};
   int steps = 32;
-  int64_t chunk = 32768, scan_tokens = 0;
+  int64_t chunk = 32768, scan_tokens = 0, f16_rows = -1, matmul_rows = 0;
   bool split = true, tf32 = true, graphs = true, kv_bf16 = true, top1 = false, draw = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--models") models = v;
     else if (a == "--matmul") split = v != "bf16";
+    else if (a == "--f16-rows") f16_rows = std::stoll(v);  // fp16 GEMM from this many rows (0: never)
     else if (a == "--attention") tf32 = v != "f32";
     else if (a == "--graphs") graphs = v != "0";
     else if (a == "--kv") kv_bf16 = v != "f32";
@@ -286,6 +289,7 @@ int main(int argc, char** argv) {
     else if (a == "--prefill") prefill = parse_list(v);
     else if (a == "--prefill-chunk") chunk = std::stoll(v);
     else if (a == "--scan") scan_tokens = std::stoll(v);
+    else if (a == "--matmul-rows") matmul_rows = std::stoll(v);
     else if (a == "--decode-steps") steps = std::stoi(v);
     else if (a == "--decode-ctx" || a == "--batch8-ctx") decode_ctx = parse_list(v);
     else if (a == "--batches") batches = parse_list(v);
@@ -298,10 +302,14 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop{};
     ck(cudaGetDeviceProperties(&prop, 0), "props");
     const double bw = measure_copy_bw(), gemm = measure_gemm_rate();
+    if (f16_rows < 0) f16_rows = make_cuda_kernels(0)->matmul_f16_rows();
+    const std::string matmul = !split ? "bf16 (activations rounded once)"
+                               : f16_rows == 0 ? "bf16x2 (activations as hi + lo bf16)"
+                                               : "bf16x2 (hi + lo), fp16 from " + std::to_string(f16_rows) + " rows";
     std::printf("device: %s, %d SMs, %.1f GiB; copy %.0f GB/s (read+write); bf16 GEMM 8192^3 %.0f TFLOP/s\n"
                 "matmul %s; prefill attention %s; decode graphs %s; KV cache %s; prefill in chunks of %lld tokens\n",
                 prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, bw, gemm,
-                split ? "bf16x2 (activations as hi + lo bf16)" : "bf16 (activations rounded once)",
+                matmul.c_str(),
                 tf32 ? "tf32 tensor cores" : "f32", graphs ? "on" : "off", kv_bf16 ? "bf16" : "f32",
                 static_cast<long long>(chunk));
     std::ofstream js;
@@ -310,7 +318,7 @@ int main(int argc, char** argv) {
       j["device"] = prop.name;
       j["copy_GBps"] = bw;
       j["gemm_TFLOPs"] = gemm;
-      j["matmul"] = split ? "bf16x2 (hi+lo activations)" : "bf16";
+      j["matmul"] = matmul;
       j["attention"] = tf32 ? "tf32" : "f32";
       j["graphs"] = graphs;
       j["logits"] = top1 ? "top1" : draw ? "draw" : "all";
@@ -326,6 +334,7 @@ int main(int argc, char** argv) {
       const fs::path file = write_checkpoint(c, mdir);
       auto k = make_cuda_kernels(0);
       k->set_matmul_split(split);
+      k->set_matmul_f16_rows(f16_rows);
       k->set_attention_tf32(tf32);
       k->set_decode_graphs(graphs);
       k->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
@@ -372,6 +381,38 @@ int main(int argc, char** argv) {
                   {"us", dt * 1e6}});
           }
           for (void* m : mats) cudaFree(m);
+        }
+        std::printf("\n");
+      }
+      if (matmul_rows > 0) {  // the prefill matmul alone, at each of the model's weight shapes
+        const int64_t d = c.hidden_size, ff = c.intermediate_size, in_dim = c.in_proj_dim(), T = matmul_rows;
+        const int64_t qd = c.q_dim(), ds = c.mamba_d_ssm;
+        std::printf("prefill matmul alone, %lld rows (TFLOP/s, ms):", static_cast<long long>(T));
+        for (auto [N, K] : {std::pair{in_dim, d}, std::pair{qd, d}, std::pair{d, qd}, std::pair{d, ds}, std::pair{ff, d},
+                            std::pair{d, ff}}) {
+          std::vector<uint16_t> host(static_cast<size_t>(N * K));
+          for (size_t i = 0; i < host.size(); ++i) host[i] = f32_to_bf16(((i * 2654435761u) % 2001 - 1000.0f) * 2e-5f);
+          TensorView tv;
+          tv.name = "bench matrix";
+          tv.dtype = DType::BF16;
+          tv.shape = {N, K};
+          tv.data = reinterpret_cast<const uint8_t*>(host.data());
+          tv.nbytes = host.size() * 2;
+          const WeightView w = k->bind_weight(tv);
+          Buffer x(*k, static_cast<size_t>(T * K)), y(*k, static_cast<size_t>(T * N));
+          k->fill_random(x.data(), x.size(), 1.0f, 7);
+          double best = 1e30;
+          for (int r = 0; r < 6; ++r) {
+            k->synchronize();
+            const double a = now();
+            k->matmul(x.data(), K, T, w, nullptr, y.data());
+            k->synchronize();
+            if (r > 0) best = std::min(best, now() - a);
+          }
+          const double tf = 2.0 * T * N * K / best / 1e12;
+          std::printf("  %lldx%lld: %.0f (%.2f)", static_cast<long long>(N), static_cast<long long>(K), tf, best * 1e3);
+          emit({{"model", s.name}, {"kind", "prefill_matmul"}, {"N", N}, {"K", K}, {"rows", T}, {"TFLOPs", tf},
+                {"ms", best * 1e3}});
         }
         std::printf("\n");
       }

@@ -148,6 +148,31 @@ TEST_P(CudaModelTest, PromptInPiecesEqualsOneCall) {
   }
 }
 
+// Prompts of 1024 tokens or more take the fp16 matmul (one GEMM, activations to 11 bits) instead
+// of the hi + lo split; here from 5 rows, so that the fixtures' prompts do: the fixture's logits,
+// and the split's within the fp16 rounding.
+TEST_P(CudaModelTest, PrefillMatmulsInF16MatchTransformers) {
+  auto* cg = static_cast<CudaKernels*>(gpu.get());
+  struct Reset {
+    CudaKernels* g;
+    int64_t rows;
+    ~Reset() { g->set_matmul_f16_rows(rows); }
+  } reset{cg, cg->matmul_f16_rows()};
+  const Fixture f = load_fixture(GetParam());
+  const Model model = Model::load(f.dir, *gpu);
+  cg->set_matmul_f16_rows(0);
+  SequenceState a = model.new_state();
+  const std::vector<float> split = model.forward(a, f.prompt_ids, true);
+  cg->set_matmul_f16_rows(5);
+  SequenceState b = model.new_state();
+  const std::vector<float> f16 = model.forward(b, f.prompt_ids, true);
+  const double diff = relative_max_diff(f16, split), ref = relative_max_diff(f16, f.logits);
+  std::printf("%s: fp16 matmuls vs hi + lo %.2e, vs transformers %.2e (hi + lo: %.2e)\n", f.name.c_str(), diff, ref,
+              relative_max_diff(split, f.logits));
+  EXPECT_LE(diff, 1e-2) << f.name;
+  EXPECT_LE(ref, kTol) << f.name;
+}
+
 // The prompt's scan as the chunked SSD (long prompts take it; here chunks of 4 tokens, windows
 // of 2 chunks, so that the fixtures' short prompts do): the fixture's logits, and the recurrence's.
 TEST_P(CudaModelTest, PromptScanAsChunkedSsdMatchesTransformers) {

@@ -156,6 +156,76 @@ TEST_F(CudaOpTest, MatmulAllDtypesOddShapesWithStrideAndBias) {
   }
 }
 
+// The fp16 prefill matmul (cuda_gemm_f16.cu) against float64, element by element: its error
+// stays within what rounding each activation to 11 bits allows (2^-11 of sum |x w|), for
+// activations and weights whose magnitudes lie far from fp16's range, rows of x up to 7 orders of
+// magnitude apart (one scale serves the whole call: fp16 keeps every bit of values within 2^29
+// of the largest), a weight view that starts inside an upload (unaligned), and all-zero input.
+// The hi + lo split (below the fp16 rows) must stay within 2^-15 of the same sum.
+TEST_F(CudaOpTest, MatmulF16ScalesIntoRangeAgainstFloat64) {
+  struct Reset {
+    CudaKernels* g;
+    int64_t rows;
+    ~Reset() { g->set_matmul_f16_rows(rows); }
+  } reset{gpu.get(), gpu->matmul_f16_rows()};
+  struct Case {
+    int64_t T, N, K;
+    float w_scale;
+    int row_exp_lo, row_exp_hi;  // each row of x scaled by 10^e, e uniform in [lo, hi]
+    int64_t view_row;            // the weight view starts at this row of the upload
+    bool zero_x;
+  };
+  for (const Case c : {Case{1030, 67, 129, 1e-9f, -4, 3, 0, false}, Case{1100, 40, 96, 300.0f, 3, 9, 1, false},
+                       Case{9, 33, 65, 1.0f, -30, -25, 3, false}, Case{1024, 16, 64, 0.02f, 0, 0, 0, true}}) {
+    for (bool f16 : {true, false}) {
+      gpu->set_matmul_f16_rows(f16 ? std::min<int64_t>(c.T, 1024) : 0);
+      const int64_t ldx = c.K + 5, rows = c.N + c.view_row;
+      std::vector<float> x = randn(static_cast<size_t>(c.T * ldx));
+      for (int64_t t = 0; t < c.T; ++t) {
+        const float s = c.zero_x ? 0.0f : std::pow(10.0f, std::uniform_int_distribution<int>(c.row_exp_lo, c.row_exp_hi)(rng));
+        for (int64_t k = 0; k < ldx; ++k) x[static_cast<size_t>(t * ldx + k)] *= s;
+      }
+      const std::vector<float> wf = randn(static_cast<size_t>(rows * c.K), c.w_scale);
+      std::vector<uint16_t> wb(wf.size());
+      for (size_t i = 0; i < wf.size(); ++i) wb[i] = f32_to_bf16(wf[i]);
+      TensorView tv;
+      tv.name = "w";
+      tv.dtype = DType::BF16;
+      tv.shape = {rows, c.K};
+      tv.data = reinterpret_cast<const uint8_t*>(wb.data());
+      tv.nbytes = wb.size() * 2;
+      WeightView w = gpu->bind_weight(tv);
+      w.data = static_cast<const uint16_t*>(w.data) + c.view_row * c.K;
+      w.rows = c.N;
+      const std::vector<float> bias = randn(static_cast<size_t>(c.N));
+      Buffer xg(*gpu, x.size()), bg(*gpu, bias.size()), yg(*gpu, static_cast<size_t>(c.T * c.N));
+      gpu->from_host(xg.data(), x.data(), x.size());
+      gpu->from_host(bg.data(), bias.data(), bias.size());
+      gpu->matmul(xg.data(), ldx, c.T, w, bg.data(), yg.data());
+      const std::vector<float> y = host(*gpu, yg.data(), static_cast<size_t>(c.T * c.N));
+      const double bound = f16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -15);
+      int64_t bad = 0;
+      double worst = 0;
+      for (int64_t t = 0; t < c.T; ++t)
+        for (int64_t n = 0; n < c.N; ++n) {
+          double ref = bias[static_cast<size_t>(n)], mag = 0;
+          for (int64_t k = 0; k < c.K; ++k) {
+            const double p = static_cast<double>(x[static_cast<size_t>(t * ldx + k)]) *
+                             bf16_to_f32(wb[static_cast<size_t>((n + c.view_row) * c.K + k)]);
+            ref += p;
+            mag += std::fabs(p);
+          }
+          const double err = std::fabs(y[static_cast<size_t>(t * c.N + n)] - ref);
+          const double allowed = bound * mag + 1e-6 * std::fabs(ref) + 1e-30;
+          worst = std::max(worst, err / allowed);
+          bad += !(err <= allowed);
+        }
+      EXPECT_EQ(bad, 0) << (f16 ? "f16" : "split") << " T=" << c.T << " N=" << c.N << " K=" << c.K
+                        << " w_scale=" << c.w_scale << " worst err/allowed " << worst;
+    }
+  }
+}
+
 // The decode GEMV job (cuda_ops.h) against float64, with enough rows for the streaming kernel
 // (and few, for the split-K one): parts with their own scales and mup vector, the scale's output,
 // the residual and the gated epilogues, K not a multiple of 256, 1 to 8 rows of x.

@@ -82,9 +82,12 @@ class CudaKernelsImpl final : public CudaKernels {
     // A workspace of our own: cuBLAS calls can then be captured into graphs.
     check(cudaMalloc(&lane_[0].blas_ws, kBlasWorkspace), "cuBLAS workspace");
     check_blas(cublasSetWorkspace(blas_, lane_[0].blas_ws, kBlasWorkspace), "cublasSetWorkspace");
+    check(cudaMalloc(&f16_consts_, 4 * sizeof(float)), "fp16 matmul constants");
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
     if (const char* m = std::getenv("FH1_CUDA_MATMUL")) split_ = std::string(m) != "bf16";
+    // From this many rows on, the fp16 GEMM replaces the hi + lo split (0: never).
+    if (const char* m = std::getenv("FH1_CUDA_F16_ROWS")) f16_rows_ = std::max<int64_t>(0, std::atoll(m));
     // Up to 4 rows our GEMV (float32 activations, weights read once); from 5 rows on, cuBLAS over
     // the stacked hi/lo rows reads the weights once too and wins (the GEMV then re-reads the rows
     // of x from L1 for every 16 bytes of weights). FH1_CUDA_GEMV=0: never; =N: up to N rows.
@@ -115,11 +118,13 @@ class CudaKernelsImpl final : public CudaKernels {
     }
     step_.reset();
     cudaFree(top_dev_);
+    cudaFree(f16_consts_);
     for (LaneScratch& l : lane_) {
       cudaFree(l.blas_ws);
       cudaFree(l.xb);
       cudaFree(l.y2);
       cudaFree(l.att);
+      cudaFree(l.w16);
     }
     for (auto& [p, w] : weights_) cudaFree(p);
     for (auto& [p, sz] : live_) cudaFree(p);
@@ -214,12 +219,12 @@ class CudaKernelsImpl final : public CudaKernels {
                          cudaMemcpyHostToDevice),
               "upload");
       }
-      weights_[p] = {DType::BF16, n, w.cols};
+      weights_[p] = {DType::BF16, n, w.cols, f16_shift(p, n)};
     } else if (t.dtype == DType::BF16) {
       w.dtype = DType::BF16;
       check(cudaMalloc(&p, std::max<size_t>(n, 1) * 2), ("upload of '" + t.name + "'").c_str());
       check(cudaMemcpy(p, t.data, n * 2, cudaMemcpyHostToDevice), "upload");
-      weights_[p] = {DType::BF16, n, w.cols};
+      weights_[p] = {DType::BF16, n, w.cols, f16_shift(p, n)};
     } else {
       w.dtype = DType::F32;
       check(cudaMalloc(&p, std::max<size_t>(n, 1) * 4), ("upload of '" + t.name + "'").c_str());
@@ -233,7 +238,7 @@ class CudaKernelsImpl final : public CudaKernels {
         check(cudaStreamSynchronize(stream_), "upload (f16)");
         cudaFree(tmp);
       }
-      weights_[p] = {DType::F32, n, w.cols};
+      weights_[p] = {DType::F32, n, w.cols, 0};
     }
     weight_bytes_ += n * (w.dtype == DType::BF16 ? 2 : 4);
     w.data = p;
@@ -255,7 +260,17 @@ class CudaKernelsImpl final : public CudaKernels {
          w.data, N, K, x, ldx, T, bias, y);
       return;
     }
-    if (W.dtype == DType::BF16 && !split_) {
+    if (W.dtype == DType::BF16 && split_ && f16_rows_ > 0 && T >= f16_rows_ && !step_->recording()) {
+      // Prefill: one fp16 GEMM (activations to 11 bits, weights exact) instead of hi + lo. The
+      // weights' fp16 copy costs a pass over them, paid back from ~400 rows on.
+      const cuda::F16Scratch sc{grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights"),
+                                bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
+      const int shift = weight_f16_shift(w);
+      op("matmul f16", [=, this] {
+        cuda::gemm_f16(blas_, static_cast<const uint16_t*>(w.data), N, K, shift, x, ldx, T, y, sc, stream_);
+        if (bias) cuda::add_bias(y, T, N, bias, stream_);
+      }, w.data, N, K, x, ldx, T, bias, y);
+    } else if (W.dtype == DType::BF16 && !split_) {
       uint16_t* xb = bf16_scratch(static_cast<size_t>(T * K));
       op("matmul bf16", [=, this] {
         cuda::f32_to_bf16(x, ldx, T, K, xb, stream_);
@@ -552,6 +567,8 @@ class CudaKernelsImpl final : public CudaKernels {
 
   // ---- CudaKernels ----
   void set_matmul_split(bool on) override { split_ = on; }
+  void set_matmul_f16_rows(int64_t rows) override { f16_rows_ = std::max<int64_t>(0, rows); }
+  int64_t matmul_f16_rows() const override { return f16_rows_; }
   bool matmul_split() const override { return split_; }
   void set_attention_tf32(bool on) override { tf32_attn_ = on; }
   DType kv_cache_dtype() const override { return kv_bf16_ ? DType::BF16 : DType::F32; }
@@ -611,9 +628,10 @@ class CudaKernelsImpl final : public CudaKernels {
     for (auto& [p, w] : weights_) {
       const float amp = w.cols > 0 ? 1.0f / std::sqrt(static_cast<float>(w.cols)) : 1.0f;
       const uint64_t s = seed * 0x9E3779B97F4A7C15ull + (++i);
-      if (w.dtype == DType::BF16)
+      if (w.dtype == DType::BF16) {
         cuda::fill_random_bf16(static_cast<uint16_t*>(p), w.n, amp, s, stream_);
-      else
+        w.f16_shift = f16_shift(p, w.n);
+      } else
         cuda::fill_random_f32(static_cast<float*>(p), w.n, amp, s, stream_);
     }
     synchronize();
@@ -624,6 +642,7 @@ class CudaKernelsImpl final : public CudaKernels {
     DType dtype;
     size_t n;
     int64_t cols;
+    int f16_shift;  // BF16: the power of two that scales it into fp16's range (cuda_gemm_f16.cu)
   };
 
   struct LaneScratch {
@@ -634,8 +653,11 @@ class CudaKernelsImpl final : public CudaKernels {
     size_t y2_cap = 0;
     float* att = nullptr;
     size_t att_cap = 0;
+    uint16_t* w16 = nullptr;  // fp16 copy of one weight matrix (the fp16 matmul)
+    size_t w16_cap = 0;
   };
   static constexpr int64_t kStackedRows = 64;
+  static constexpr int64_t kF16Rows = 1024;
   static constexpr size_t kBlasWorkspace = size_t(32) << 20;
 
   // Runs f now, or (recording a decode step) keeps it with its signature: the op's tag and its
@@ -695,6 +717,22 @@ class CudaKernelsImpl final : public CudaKernels {
   float* f32_scratch(size_t n) { return grown(scratch().y2, scratch().y2_cap, n, "f32 scratch"); }
   uint16_t* bf16_scratch(size_t n) { return grown(scratch().xb, scratch().xb_cap, n, "bf16 scratch"); }
 
+  int f16_shift(void* p, size_t n) {
+    return cuda::f16_shift_of_bf16(static_cast<const uint16_t*>(p), n, reinterpret_cast<uint32_t*>(f16_consts_), stream_);
+  }
+  // The fp16 shift of the uploaded weight that holds W (a view may start inside one); measured
+  // now for bf16 matrices that were not uploaded by bind_weight.
+  int weight_f16_shift(const WeightView& W) {
+    auto it = weights_.upper_bound(const_cast<void*>(W.data));
+    if (it != weights_.begin()) {
+      --it;
+      const char* base = static_cast<const char*>(it->first);
+      if (it->second.dtype == DType::BF16 && static_cast<const char*>(W.data) < base + it->second.n * 2)
+        return it->second.f16_shift;
+    }
+    return f16_shift(const_cast<void*>(W.data), static_cast<size_t>(W.rows * W.cols));
+  }
+
   // y[T, N] = xb[T, K] @ W^T (+ beta * y), float32 accumulate and output.
   void gemm_bf16(const WeightView& W, const uint16_t* xb, int64_t T, float* y, float beta) {
     const float one = 1.0f;
@@ -731,6 +769,8 @@ class CudaKernelsImpl final : public CudaKernels {
   HostUpload ids_, pos_, freq_, rows_;
   std::vector<char> pack_;
   bool split_ = true;
+  int64_t f16_rows_ = kF16Rows;
+  float* f16_consts_ = nullptr;
   int64_t gemv_rows_ = 4;
   bool tf32_attn_ = true;
   bool kv_bf16_ = true;  // KV caches in bf16 (kv_cache_dtype)

@@ -7,7 +7,9 @@
 // matmul with BF16 weights (cuBLAS, bf16 tensor cores, float32 accumulate and output): by default
 // each float32 activation is split into two bf16 parts (hi + lo, about 16 bits kept), so the
 // result is within ~1e-5 of float32 activations times the bf16 weights; this costs a second pass
-// of tensor-core work (decode: one GEMM over 2T rows, the weights still read once).
+// of tensor-core work (decode: one GEMM over 2T rows, the weights still read once). From 1024
+// rows on (prefill) one fp16 GEMM replaces the two: the weights exact in fp16 after a power-of-two
+// scaling, the activations scaled likewise and rounded to 11 bits.
 // set_matmul_split(false), or FH1_CUDA_MATMUL=bf16 in the environment, rounds activations to
 // bf16 once instead (faster prefill, ~4e-2 of rms on the tiny fixtures, over the 2e-2 tolerance).
 // F32 weights use plain SGEMM (no TF32), so F32 checkpoints compute in float32.
@@ -39,6 +41,11 @@ class CudaKernels : public Kernels {
   // Activations as hi + lo bf16 parts in bf16 matmuls (default), or rounded to bf16 once.
   virtual void set_matmul_split(bool on) = 0;
   virtual bool matmul_split() const = 0;
+  // With the split on, matmuls of at least this many rows (default 1024; 0: never;
+  // FH1_CUDA_F16_ROWS) run as one fp16 GEMM instead: weights exact, activations scaled by a power
+  // of two and rounded to 11 bits (cuda_gemm_f16.cu).
+  virtual void set_matmul_f16_rows(int64_t rows) = 0;
+  virtual int64_t matmul_f16_rows() const = 0;
   // Prefill attention on the tensor cores in TF32 (default; ~1e-3 of rms from float32), or in
   // float32 (FH1_CUDA_ATTN=f32).
   virtual void set_attention_tf32(bool on) = 0;

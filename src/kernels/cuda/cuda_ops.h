@@ -48,6 +48,17 @@ void f32_to_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* ou
 // Activations as two bf16 parts (hi + lo) for the split matmul; y = first T rows + last T rows.
 void f32_to_bf16_split(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* hi, uint16_t* lo, cudaStream_t s);
 void sum_halves(const float* y2, int64_t T, int64_t N, const float* bias, float* y, cudaStream_t s);
+// The prefill matmul as one fp16 GEMM (cuda_gemm_f16.cu): W bf16 [N, K] and x float32, both
+// scaled by powers of two into fp16 (W exactly, x to 11 bits); y[T, N] float32 = x W^T.
+// f16_shift_of_bf16 gives W's shift (synchronous; scratch: one device uint32).
+int f16_shift_of_bf16(const uint16_t* w, size_t n, uint32_t* scratch, cudaStream_t s);
+struct F16Scratch {
+  uint16_t* w16;  // N x K halves
+  uint16_t* x16;  // T x K halves
+  float* consts;  // 3 floats of device memory: the max's bits, alpha, beta
+};
+void gemm_f16(cublasHandle_t blas, const uint16_t* w, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
+              int64_t T, float* y, const F16Scratch& scratch, cudaStream_t s);
 // y[T, N] = x[T, K] @ W^T (+ bias) for T <= kGemvRows, W bf16 [N, K], all else float32.
 constexpr int64_t kGemvRows = 8;
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,
