@@ -286,14 +286,11 @@ __global__ void __launch_bounds__(128)
           pack_bf16x2(v0 - __uint_as_float(hi << 16), v1 - __uint_as_float(hi & 0xffff0000u));
   }
   __syncthreads();
-  // This warp's A fragments of Q (part 0: hi, 1: lo) for head dims kk * 16 .. + 15.
-  auto q_frag = [&](int part, int kk, uint32_t (&a)[4]) {
-    const bf16* qa = Qs + part * kFlashQ * LD + (warp * 16 + gq) * LD + 2 * c4 + kk * 16;
-    a[0] = *reinterpret_cast<const uint32_t*>(qa);
-    a[1] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD);
-    a[2] = *reinterpret_cast<const uint32_t*>(qa + 8);
-    a[3] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD + 8);
-  };
+  // This warp's A fragments of Q (part 0: hi, 1: lo) for head dims kk * 16 .. + 15, by ldmatrix:
+  // lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of (queries +0, dims +0), (+8, +0), (+0, +8),
+  // (+8, +8).
+  const bf16* qrow = Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+  auto q_frag = [&](int part, int kk, uint32_t (&a)[4]) { ldmatrix_x4(a, qrow + part * kFlashQ * LD + kk * 16); };
 
   float o[HDP / 8][4];
 #pragma unroll
@@ -319,16 +316,23 @@ __global__ void __launch_bounds__(128)
       float s[BK / 8][4];
 #pragma unroll
       for (int nt = 0; nt < BK / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      // K's B fragments by ldmatrix, two key tiles of 8 at a time, each used for both parts of Q:
+      // lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of (keys +0, dims +0), (keys +0, dims
+      // +8), (keys +8, dims +0), (keys +8, dims +8).
+      const bf16* krow = ks + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
 #pragma unroll
       for (int kk = 0; kk < HDP / 16; ++kk) {
+        uint32_t qa[QPARTS][4];
 #pragma unroll
-        for (int part = 0; part < QPARTS; ++part) {
-          uint32_t qa[4];
-          q_frag(part, kk, qa);
+        for (int part = 0; part < QPARTS; ++part) q_frag(part, kk, qa[part]);
 #pragma unroll
-          for (int nt = 0; nt < BK / 8; ++nt) {
-            const bf16* kr = ks + (nt * 8 + gq) * LD + kk * 16 + 2 * c4;
-            mma_bf16(s[nt], qa, *reinterpret_cast<const uint32_t*>(kr), *reinterpret_cast<const uint32_t*>(kr + 8));
+        for (int nt = 0; nt < BK / 8; nt += 2) {
+          uint32_t kf[4];
+          ldmatrix_x4(kf, krow + nt * 8 * LD + kk * 16);
+#pragma unroll
+          for (int part = 0; part < QPARTS; ++part) {
+            mma_bf16(s[nt], qa[part], kf[0], kf[1]);
+            mma_bf16(s[nt + 1], qa[part], kf[2], kf[3]);
           }
         }
       }
