@@ -8,20 +8,23 @@
 //   x: the same for the largest |x| of the call, found on the device (no host round trip);
 //   y: alpha = 2^-(shift_x + shift_w), read by cuBLAS from device memory.
 // A value more than 2^29 times smaller than its tensor's largest falls into fp16's subnormals and
-// loses bits, which changes a dot product by at most ~2^-40 of the largest term.
+// loses bits, which changes a dot product by at most ~2^-40 of the largest term. The shifts stay
+// within +-63 (so that alpha is a normal float): tensors whose largest |value| lies outside
+// [2^-49, 2^77] are scaled less than that and lose bits (or overflow) accordingly.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_rows.cuh"
 
 namespace fh1::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kTopExponent = 14;  // the largest |value| is scaled into [2^14, 2^15): fp16's max is 65504
-constexpr int kMaxWeightShift = 100;  // |w shift| <= 100; x's shift then keeps 2^shift and alpha normal floats
+constexpr int kMaxShift = 63;  // |shift| <= 63 for W and x: 2^shift and alpha = 2^-(sx + sw) are normal floats
 
 inline unsigned blocks_for(size_t n) {
   const size_t b = (n + kThreads - 1) / kThreads;
@@ -36,10 +39,7 @@ __host__ __device__ inline int shift_for(uint32_t bits, int lo, int hi) {
   const int s = kTopExponent - e;
   return s < lo ? lo : (s > hi ? hi : s);
 }
-// x's shift given W's: 2^sx and alpha = 2^-(sx + sw) both normal float32 numbers.
-__device__ inline int x_shift_for(uint32_t bits, int sw) {
-  return shift_for(bits, max(-126, -126 - sw), min(127, 126 - sw));
-}
+__host__ __device__ inline int shift_for(uint32_t bits) { return shift_for(bits, -kMaxShift, kMaxShift); }
 
 __device__ inline float pow2(int s) { return __uint_as_float(static_cast<uint32_t>(127 + s) << 23); }
 
@@ -58,13 +58,21 @@ __device__ inline void block_max_into(uint32_t v, uint32_t* out) {
   }
 }
 
-// *out = max(*out, bits of the largest |x|) over a T x K block with row stride ldx.
+__device__ inline uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu; }
+
+// *out = max(*out, bits of the largest |x|) over a T x K block with row stride ldx (a rows
+// kernel, cuda_rows.cuh; V: 4 values at a time).
+template <bool V>
 __global__ void absmax_f32_kernel(const float* x, int64_t ldx, int64_t T, int64_t K, uint32_t* out) {
   FH1_PDL_ENTER();
   uint32_t m = 0;
-  const int64_t n = T * K;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    m = max(m, __float_as_uint(x[ldx == K ? i : i / K * ldx + i % K]) & 0x7fffffffu);
+  FH1_FOR_ROWS(t, T) FH1_FOR_UNITS(c, V ? K / 4 : K) {
+    if constexpr (V) {
+      const float4 v = ld4(x + t * ldx, c);
+      m = max(m, max(max(abs_bits(v.x), abs_bits(v.y)), max(abs_bits(v.z), abs_bits(v.w))));
+    } else {
+      m = max(m, abs_bits(x[t * ldx + c]));
+    }
   }
   block_max_into(m, out);
 }
@@ -77,17 +85,28 @@ __global__ void absmax_bf16_kernel(const uint16_t* w, size_t n, uint32_t* out) {
   block_max_into(m, out);
 }
 
-// out = fp16(x * 2^shift_x), densely [T, K]; block 0 writes alpha = 2^-(shift_x + w_shift).
+// out = fp16(x * 2^shift_x), densely [T, K] (a rows kernel; V: 4 values at a time).
+template <bool V>
 __global__ void f32_to_f16_scaled_kernel(const float* x, int64_t ldx, int64_t T, int64_t K, const uint32_t* max_bits,
-                                         int w_shift, __half* out, float* alpha) {
+                                         __half* out) {
   FH1_PDL_ENTER();
-  const int sx = x_shift_for(*max_bits, w_shift);
-  if (blockIdx.x == 0 && threadIdx.x == 0) *alpha = pow2(-(sx + w_shift));
-  const float scale = pow2(sx);
-  const int64_t n = T * K;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    out[i] = __float2half_rn(x[ldx == K ? i : i / K * ldx + i % K] * scale);
+  const float scale = pow2(shift_for(*max_bits));
+  FH1_FOR_ROWS(t, T) FH1_FOR_UNITS(c, V ? K / 4 : K) {
+    if constexpr (V) {
+      const float4 v = ld4(x + t * ldx, c);
+      const __half2 a = __floats2half2_rn(v.x * scale, v.y * scale), b = __floats2half2_rn(v.z * scale, v.w * scale);
+      reinterpret_cast<uint2*>(out + t * K)[c] =
+          make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
+    } else {
+      out[t * K + c] = __float2half_rn(x[t * ldx + c] * scale);
+    }
   }
+}
+
+// *alpha = 2^-(shift_x + w_shift): the GEMM's output scale, read by cuBLAS from device memory.
+__global__ void f16_alpha_kernel(const uint32_t* max_bits, int w_shift, float* alpha) {
+  FH1_PDL_ENTER();
+  *alpha = pow2(-(shift_for(*max_bits) + w_shift));
 }
 
 // out = fp16(w * 2^shift), 8 values a thread (16-byte loads and stores) when n8 > 0, then the
@@ -122,24 +141,34 @@ int f16_shift_of_bf16(const uint16_t* w, size_t n, uint32_t* scratch, cudaStream
   uint32_t bits = 0;
   check(cudaMemcpyAsync(&bits, scratch, sizeof bits, cudaMemcpyDeviceToHost, s), "f16 shift (copy)");
   check(cudaStreamSynchronize(s), "f16 shift");
-  return shift_for(bits, -kMaxWeightShift, kMaxWeightShift);
+  return shift_for(bits);
 }
 
 void gemm_f16(cublasHandle_t blas, const uint16_t* w, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
-              int64_t T, float* y, const F16Scratch& sc, cudaStream_t s) {
+              int64_t T, float* y, const F16Scratch& sc, bool x16_ready, cudaStream_t s) {
   const size_t nw = static_cast<size_t>(N * K);
   const bool vec = reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(sc.w16) % 16 == 0;
   const size_t n8 = vec ? nw / 8 : 0;
   launch(bf16_to_f16_scaled_kernel, blocks_for(n8 > 0 ? n8 : nw), kThreads, 0, s, w, nw, n8, w_shift,
          reinterpret_cast<__half*>(sc.w16));
   check_launch("bf16_to_f16_scaled");
-  check(cudaMemsetAsync(sc.consts, 0, 3 * sizeof(float), s), "f16 gemm (memset)");
-  launch(absmax_f32_kernel, std::min(blocks_for(static_cast<size_t>(T * K)), kReduceBlocks), kThreads, 0, s, x, ldx, T, K,
-         reinterpret_cast<uint32_t*>(sc.consts));
-  check_launch("absmax_f32");
-  launch(f32_to_f16_scaled_kernel, blocks_for(static_cast<size_t>(T * K)), kThreads, 0, s, x, ldx, T, K,
-         reinterpret_cast<const uint32_t*>(sc.consts), w_shift, reinterpret_cast<__half*>(sc.x16), sc.consts + 1);
-  check_launch("f32_to_f16_scaled");
+  auto* bits = reinterpret_cast<uint32_t*>(sc.consts);
+  if (!x16_ready) {
+    check(cudaMemsetAsync(sc.consts, 0, 3 * sizeof(float), s), "f16 gemm (memset)");
+    const bool vec = rows_vec4(x, K, ldx) && reinterpret_cast<uintptr_t>(sc.x16) % 8 == 0;
+    const int64_t units = vec ? K / 4 : K;
+    dim3 g = rows_grid(T, units);  // the reduction's grid: at most kReduceBlocks blocks
+    g.y = std::max(1u, std::min(g.y, kReduceBlocks / g.x));
+    if (vec) launch(absmax_f32_kernel<true>, g, kRowThreads, 0, s, x, ldx, T, K, bits);
+    else launch(absmax_f32_kernel<false>, g, kRowThreads, 0, s, x, ldx, T, K, bits);
+    check_launch("absmax_f32");
+    auto* x16 = reinterpret_cast<__half*>(sc.x16);
+    if (vec) launch(f32_to_f16_scaled_kernel<true>, rows_grid(T, units), kRowThreads, 0, s, x, ldx, T, K, bits, x16);
+    else launch(f32_to_f16_scaled_kernel<false>, rows_grid(T, units), kRowThreads, 0, s, x, ldx, T, K, bits, x16);
+    check_launch("f32_to_f16_scaled");
+  }
+  launch(f16_alpha_kernel, 1, 1, 0, s, bits, w_shift, sc.consts + 1);
+  check_launch("f16_alpha");
   // alpha (consts[1]) and beta (consts[2], zero) are read from device memory.
   check_blas(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_DEVICE), "cublasSetPointerMode");
   const cublasStatus_t st =

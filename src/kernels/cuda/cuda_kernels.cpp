@@ -266,10 +266,18 @@ class CudaKernelsImpl final : public CudaKernels {
       const cuda::F16Scratch sc{grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights"),
                                 bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
       const int shift = weight_f16_shift(w);
+      // The same activations into several matrices (q, k, v; gate, up): converted once, when no
+      // op has run since the last fp16 matmul read them (and it did not write over them).
+      const X16Key key{x, ldx, T, K};
+      const bool ready = x16_last_ == key && x16_seq_ == op_seq_;
       op("matmul f16", [=, this] {
-        cuda::gemm_f16(blas_, static_cast<const uint16_t*>(w.data), N, K, shift, x, ldx, T, y, sc, stream_);
+        cuda::gemm_f16(blas_, static_cast<const uint16_t*>(w.data), N, K, shift, x, ldx, T, y, sc, ready, stream_);
         if (bias) cuda::add_bias(y, T, N, bias, stream_);
       }, w.data, N, K, x, ldx, T, bias, y);
+      const auto at = [](const float* p) { return reinterpret_cast<uintptr_t>(p); };
+      const bool overwrote = at(y) < at(x + (T - 1) * ldx + K) && at(x) < at(y + T * N);
+      x16_last_ = overwrote ? X16Key{} : key;
+      x16_seq_ = op_seq_;
     } else if (W.dtype == DType::BF16 && !split_) {
       uint16_t* xb = bf16_scratch(static_cast<size_t>(T * K));
       op("matmul bf16", [=, this] {
@@ -664,6 +672,7 @@ class CudaKernelsImpl final : public CudaKernels {
   // arguments.
   template <class F, class... A>
   void op(const char* name, F&& f, A... args) {
+    ++op_seq_;
     if (!step_->recording()) {
       if (profile_) {
         prof_.time(name, stream_, f);
@@ -695,7 +704,11 @@ class CudaKernelsImpl final : public CudaKernels {
   }
 
   // Ends a decode step's recording (cuda_step.h), if one is in progress.
-  void flush() { step_->end(); }
+  // Every host-side write (from_host, fill_random, ...) flushes first: it counts as device work.
+  void flush() {
+    ++op_seq_;
+    step_->end();
+  }
 
   // Scratch of the lane (stream) the op being recorded runs on: a step's branch runs beside the
   // ops after it, so the two must not share.
@@ -769,6 +782,15 @@ class CudaKernelsImpl final : public CudaKernels {
   HostUpload ids_, pos_, freq_, rows_;
   std::vector<char> pack_;
   bool split_ = true;
+  // Device work since the backend began (ops, host copies): the fp16 matmul's converted
+  // activations are reused only when nothing ran after the matmul that converted them.
+  struct X16Key {
+    const float* x = nullptr;
+    int64_t ldx = 0, T = 0, K = 0;
+    bool operator==(const X16Key&) const = default;
+  };
+  uint64_t op_seq_ = 0, x16_seq_ = ~uint64_t(0);
+  X16Key x16_last_;
   int64_t f16_rows_ = kF16Rows;
   float* f16_consts_ = nullptr;
   int64_t gemv_rows_ = 4;

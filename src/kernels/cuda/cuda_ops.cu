@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_rows.cuh"
 #include "util/error.h"
 
 namespace fh1::cuda {
@@ -37,26 +38,46 @@ __device__ float block_sum(float v) {
   return s;
 }
 
+// Rows kernels (cuda_rows.cuh): V = 4 values at a time.
+template <bool V>
 __global__ void f32_to_bf16_kernel(const float* x, int64_t ldx, int64_t T, int64_t K, __nv_bfloat16* out) {
   FH1_PDL_ENTER();
-  const int64_t n = T * K;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / K, k = i - t * K;
-    out[i] = __float2bfloat16_rn(x[t * ldx + k]);
+  const int64_t units = V ? K / 4 : K;
+  FH1_FOR_ROWS(t, T) FH1_FOR_UNITS(c, units) {
+    if constexpr (V) {
+      const float4 v = ld4(x + t * ldx, c);
+      __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(out + t * K) + 2 * c;
+      o[0] = __floats2bfloat162_rn(v.x, v.y);
+      o[1] = __floats2bfloat162_rn(v.z, v.w);
+    } else {
+      out[t * K + c] = __float2bfloat16_rn(x[t * ldx + c]);
+    }
   }
 }
 
 // hi = bf16(x), lo = bf16(x - hi): hi + lo carries about 16 bits of x's 24-bit mantissa.
+__device__ __forceinline__ void split_bf16(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
+  hi = __float2bfloat16_rn(v);
+  lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+}
+template <bool V>
 __global__ void f32_to_bf16_split_kernel(const float* x, int64_t ldx, int64_t T, int64_t K, __nv_bfloat16* hi,
                                          __nv_bfloat16* lo) {
   FH1_PDL_ENTER();
-  const int64_t n = T * K;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / K, k = i - t * K;
-    const float v = x[t * ldx + k];
-    const __nv_bfloat16 h = __float2bfloat16_rn(v);
-    hi[i] = h;
-    lo[i] = __float2bfloat16_rn(v - __bfloat162float(h));
+  const int64_t units = V ? K / 4 : K;
+  FH1_FOR_ROWS(t, T) FH1_FOR_UNITS(c, units) {
+    if constexpr (V) {
+      const float4 v = ld4(x + t * ldx, c);
+      __nv_bfloat16 h[4], l[4];
+      split_bf16(v.x, h[0], l[0]);
+      split_bf16(v.y, h[1], l[1]);
+      split_bf16(v.z, h[2], l[2]);
+      split_bf16(v.w, h[3], l[3]);
+      reinterpret_cast<uint2*>(hi + t * K)[c] = *reinterpret_cast<const uint2*>(h);
+      reinterpret_cast<uint2*>(lo + t * K)[c] = *reinterpret_cast<const uint2*>(l);
+    } else {
+      split_bf16(x[t * ldx + c], hi[t * K + c], lo[t * K + c]);
+    }
   }
 }
 
@@ -122,11 +143,14 @@ __global__ void f16_to_f32_kernel(const __half* x, size_t n, float* out) {
     out[i] = __half2float(x[i]);
 }
 
+template <bool V>
 __global__ void add_bias_kernel(float* y, int64_t T, int64_t N, const float* bias) {
   FH1_PDL_ENTER();
-  const int64_t n = T * N;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] += bias[i % N];
+  const int64_t units = V ? N / 4 : N;
+  FH1_FOR_ROWS(t, T) FH1_FOR_UNITS(c, units) {
+    if constexpr (V) st4(y + t * N, c, map4(ld4(y + t * N, c), ld4(bias, c), [](float a, float b) { return a + b; }));
+    else y[t * N + c] += bias[c];
+  }
 }
 
 template <typename Read>
@@ -180,37 +204,60 @@ __global__ void residual_rmsnorm_kernel(float* h, const float* a, float sa, cons
   for (int64_t k = threadIdx.x; k < d; k += blockDim.x) o[k] = w[k] * (hr[k] * inv);
 }
 
+// Flat kernels over n values: one row of n / 4 float4s when V.
+template <bool V>
 __global__ void scale_kernel(const float* x, size_t n, float a, float* out) {
   FH1_PDL_ENTER();
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    out[i] = x[i] * a;
+  const auto f = [a](float v) { return v * a; };
+  FH1_FOR_UNITS(i, int64_t(V ? n / 4 : n)) {
+    if constexpr (V) st4(out, i, map4(ld4(x, i), f));
+    else out[i] = f(x[i]);
+  }
 }
 
+template <bool V>
 __global__ void mul_columns_kernel(float* x, int64_t T, int64_t d, const float* v) {
   FH1_PDL_ENTER();
-  const int64_t n = T * d;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    x[i] *= v[i % d];
+  const auto f = [](float a, float b) { return a * b; };
+  FH1_FOR_ROWS(t, T) FH1_FOR_UNITS(c, V ? d / 4 : d) {
+    float* xr = x + t * d;
+    if constexpr (V) st4(xr, c, map4(ld4(xr, c), ld4(v, c), f));
+    else xr[c] = f(xr[c], v[c]);
+  }
 }
 
+template <bool V>
 __global__ void residual_add2_kernel(float* h, const float* a, float sa, const float* b, float sb, size_t n) {
   FH1_PDL_ENTER();
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    h[i] += b ? a[i] * sa + b[i] * sb : a[i] * sa;
+  FH1_FOR_UNITS(i, int64_t(V ? n / 4 : n)) {
+    if constexpr (V) {
+      if (b) st4(h, i, map4(ld4(h, i), ld4(a, i), ld4(b, i), [=](float x, float y, float z) { return x + (y * sa + z * sb); }));
+      else st4(h, i, map4(ld4(h, i), ld4(a, i), [=](float x, float y) { return x + y * sa; }));
+    } else {
+      h[i] += b ? a[i] * sa + b[i] * sb : a[i] * sa;
+    }
+  }
 }
 
+template <bool V>
 __global__ void silu_mul_kernel(const float* gate, const float* up, float gs, size_t n, float* out) {
   FH1_PDL_ENTER();
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    out[i] = up[i] * silu(gate[i] * gs);
+  const auto f = [gs](float g, float u) { return u * silu(g * gs); };
+  FH1_FOR_UNITS(i, int64_t(V ? n / 4 : n)) {
+    if constexpr (V) st4(out, i, map4(ld4(gate, i), ld4(up, i), f));
+    else out[i] = f(gate[i], up[i]);
+  }
 }
 
+template <bool V>
 __global__ void gate_silu_kernel(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) {
   FH1_PDL_ENTER();
-  const int64_t n = T * d;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / d, k = i - t * d;
-    y[i] *= silu(z[t * ldz + k]);
+  const auto f = [](float a, float g) { return a * silu(g); };
+  FH1_FOR_ROWS(t, T) FH1_FOR_UNITS(c, V ? d / 4 : d) {
+    float* yr = y + t * d;
+    const float* zr = z + t * ldz;
+    if constexpr (V) st4(yr, c, map4(ld4(yr, c), ld4(zr, c), f));
+    else yr[c] = f(yr[c], zr[c]);
   }
 }
 
@@ -340,20 +387,36 @@ __global__ void fill_random_f32_kernel(float* w, size_t n, float amp, uint64_t s
 
 // One thread per (t, c): out[t, c] = silu(bias + sum_k w[c, k] * hist[t + k]), where hist is the
 // K-1 state rows followed by the T new rows.
+// (A rows kernel: V = 4 channels at a time.)
+template <bool V>
 __global__ void conv_out_kernel(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w,
                                 const float* bias, const float* conv_state, float* out) {
   FH1_PDL_ENTER();
   const int S = K - 1;
-  const int64_t n = T * C;
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t t = i / C, c = i - t * C;
-    float acc = bias ? bias[c] : 0.0f;
-    for (int k = 0; k < K; ++k) {
-      const int64_t r = t + k;  // row of hist
-      const float v = r < S ? conv_state[r * C + c] : in[(r - S) * ld_in + c];
-      acc += w[c * K + k] * v;
+  FH1_FOR_ROWS(t, T) FH1_FOR_UNITS(u, V ? C / 4 : C) {
+    if constexpr (V) {
+      const int64_t c = 4 * u;
+      float acc[4];
+      for (int j = 0; j < 4; ++j) acc[j] = bias ? bias[c + j] : 0.0f;
+      for (int k = 0; k < K; ++k) {
+        const int64_t r = t + k;  // row of hist
+        const float4 v = r < S ? ld4(conv_state + r * C, u) : ld4(in + (r - S) * ld_in, u);
+        acc[0] += w[(c + 0) * K + k] * v.x;
+        acc[1] += w[(c + 1) * K + k] * v.y;
+        acc[2] += w[(c + 2) * K + k] * v.z;
+        acc[3] += w[(c + 3) * K + k] * v.w;
+      }
+      st4(out + t * C, u, make_float4(silu(acc[0]), silu(acc[1]), silu(acc[2]), silu(acc[3])));
+    } else {
+      const int64_t c = u;
+      float acc = bias ? bias[c] : 0.0f;
+      for (int k = 0; k < K; ++k) {
+        const int64_t r = t + k;  // row of hist
+        const float v = r < S ? conv_state[r * C + c] : in[(r - S) * ld_in + c];
+        acc += w[c * K + k] * v;
+      }
+      out[t * C + c] = silu(acc);
     }
-    out[i] = silu(acc);
   }
 }
 
@@ -380,13 +443,21 @@ bool pdl_enabled() {
 }
 
 void f32_to_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out, cudaStream_t s) {
-  launch(f32_to_bf16_kernel, blocks_for(T * K), kThreads, 0, s, x, ldx, T, K, reinterpret_cast<__nv_bfloat16*>(out));
+  auto* o = reinterpret_cast<__nv_bfloat16*>(out);
+  if (rows_vec4(x, K, ldx) && reinterpret_cast<uintptr_t>(out) % 8 == 0)
+    launch(f32_to_bf16_kernel<true>, rows_grid(T, K / 4), kRowThreads, 0, s, x, ldx, T, K, o);
+  else
+    launch(f32_to_bf16_kernel<false>, rows_grid(T, K), kRowThreads, 0, s, x, ldx, T, K, o);
   check_launch("f32_to_bf16");
 }
 
 void f32_to_bf16_split(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* hi, uint16_t* lo, cudaStream_t s) {
-  launch(f32_to_bf16_split_kernel, blocks_for(T * K), kThreads, 0, s, x, ldx, T, K, reinterpret_cast<__nv_bfloat16*>(hi),
-                                                                   reinterpret_cast<__nv_bfloat16*>(lo));
+  auto* h = reinterpret_cast<__nv_bfloat16*>(hi);
+  auto* l = reinterpret_cast<__nv_bfloat16*>(lo);
+  if (rows_vec4(x, K, ldx) && reinterpret_cast<uintptr_t>(hi) % 8 == 0 && reinterpret_cast<uintptr_t>(lo) % 8 == 0)
+    launch(f32_to_bf16_split_kernel<true>, rows_grid(T, K / 4), kRowThreads, 0, s, x, ldx, T, K, h, l);
+  else
+    launch(f32_to_bf16_split_kernel<false>, rows_grid(T, K), kRowThreads, 0, s, x, ldx, T, K, h, l);
   check_launch("f32_to_bf16_split");
 }
 
@@ -438,7 +509,10 @@ void f16_to_f32(const uint16_t* x, size_t n, float* out, cudaStream_t s) {
 }
 
 void add_bias(float* y, int64_t T, int64_t N, const float* bias, cudaStream_t s) {
-  launch(add_bias_kernel, blocks_for(T * N), kThreads, 0, s, y, T, N, bias);
+  if (rows_vec4(y, N, N) && aligned16(bias))
+    launch(add_bias_kernel<true>, rows_grid(T, N / 4), kRowThreads, 0, s, y, T, N, bias);
+  else
+    launch(add_bias_kernel<false>, rows_grid(T, N), kRowThreads, 0, s, y, T, N, bias);
   check_launch("add_bias");
 }
 
@@ -472,31 +546,46 @@ void residual_rmsnorm(float* h, const float* a, float sa, const float* b, float 
 
 void scale(const float* x, size_t n, float a, float* out, cudaStream_t s) {
   if (n == 0) return;
-  launch(scale_kernel, blocks_for(n), kThreads, 0, s, x, n, a, out);
+  if (n % 4 == 0 && aligned16(x) && aligned16(out))
+    launch(scale_kernel<true>, rows_grid(1, int64_t(n / 4)), kRowThreads, 0, s, x, n, a, out);
+  else
+    launch(scale_kernel<false>, rows_grid(1, int64_t(n)), kRowThreads, 0, s, x, n, a, out);
   check_launch("scale");
 }
 
 void mul_columns(float* x, int64_t T, int64_t d, const float* v, cudaStream_t s) {
   if (T * d == 0) return;
-  launch(mul_columns_kernel, blocks_for(T * d), kThreads, 0, s, x, T, d, v);
+  if (rows_vec4(x, d, d) && aligned16(v))
+    launch(mul_columns_kernel<true>, rows_grid(T, d / 4), kRowThreads, 0, s, x, T, d, v);
+  else
+    launch(mul_columns_kernel<false>, rows_grid(T, d), kRowThreads, 0, s, x, T, d, v);
   check_launch("mul_columns");
 }
 
 void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  launch(residual_add2_kernel, blocks_for(n), kThreads, 0, s, h, a, sa, b, sb, n);
+  if (n % 4 == 0 && aligned16(h) && aligned16(a) && (b == nullptr || aligned16(b)))
+    launch(residual_add2_kernel<true>, rows_grid(1, int64_t(n / 4)), kRowThreads, 0, s, h, a, sa, b, sb, n);
+  else
+    launch(residual_add2_kernel<false>, rows_grid(1, int64_t(n)), kRowThreads, 0, s, h, a, sa, b, sb, n);
   check_launch("residual_add2");
 }
 
 void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out, cudaStream_t s) {
   if (n == 0) return;
-  launch(silu_mul_kernel, blocks_for(n), kThreads, 0, s, gate, up, gs, n, out);
+  if (n % 4 == 0 && aligned16(gate) && aligned16(up) && aligned16(out))
+    launch(silu_mul_kernel<true>, rows_grid(1, int64_t(n / 4)), kRowThreads, 0, s, gate, up, gs, n, out);
+  else
+    launch(silu_mul_kernel<false>, rows_grid(1, int64_t(n)), kRowThreads, 0, s, gate, up, gs, n, out);
   check_launch("silu_mul");
 }
 
 void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, cudaStream_t s) {
   if (T * d == 0) return;
-  launch(gate_silu_kernel, blocks_for(T * d), kThreads, 0, s, y, z, ldz, T, d);
+  if (rows_vec4(y, d, d) && rows_vec4(z, d, ldz))
+    launch(gate_silu_kernel<true>, rows_grid(T, d / 4), kRowThreads, 0, s, y, z, ldz, T, d);
+  else
+    launch(gate_silu_kernel<false>, rows_grid(T, d), kRowThreads, 0, s, y, z, ldz, T, d);
   check_launch("gate_silu");
 }
 
@@ -553,7 +642,10 @@ void fill_random_f32(float* w, size_t n, float amp, uint64_t seed, cudaStream_t 
 void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias,
                  float* conv_state, float* out, cudaStream_t s) {
   if (T == 0 || C == 0) return;
-  launch(conv_out_kernel, blocks_for(T * C), kThreads, 0, s, in, ld_in, T, C, K, w, bias, conv_state, out);
+  if (rows_vec4(in, C, ld_in) && rows_vec4(conv_state, C, C) && rows_vec4(out, C, C))
+    launch(conv_out_kernel<true>, rows_grid(T, C / 4), kRowThreads, 0, s, in, ld_in, T, C, K, w, bias, conv_state, out);
+  else
+    launch(conv_out_kernel<false>, rows_grid(T, C), kRowThreads, 0, s, in, ld_in, T, C, K, w, bias, conv_state, out);
   check_launch("conv1d_silu");
   launch(conv_state_kernel, blocks_for(C), kThreads, 0, s, in, ld_in, T, C, K, conv_state);
   check_launch("conv1d_silu (state)");

@@ -57,8 +57,10 @@ struct F16Scratch {
   uint16_t* x16;  // T x K halves
   float* consts;  // 3 floats of device memory: the max's bits, alpha, beta
 };
+// x16_ready: scratch.x16 and the max's bits already hold this x (the previous call's, when the
+// same activations feed several matrices); only alpha is computed again.
 void gemm_f16(cublasHandle_t blas, const uint16_t* w, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
-              int64_t T, float* y, const F16Scratch& scratch, cudaStream_t s);
+              int64_t T, float* y, const F16Scratch& scratch, bool x16_ready, cudaStream_t s);
 // y[T, N] = x[T, K] @ W^T (+ bias) for T <= kGemvRows, W bf16 [N, K], all else float32.
 constexpr int64_t kGemvRows = 8;
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,

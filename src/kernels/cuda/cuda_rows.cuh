@@ -1,0 +1,51 @@
+// Internal to the CUDA backend: the launch shape of element-wise kernels over the rows of a
+// matrix, 4 floats at a time where the rows allow it. Element-wise ops are memory-bound; 16-byte
+// accesses and no 64-bit division per element (the row comes from the grid) bring them from
+// ~1.5-2.3 TB/s to near the copy bandwidth on an H200.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace fh1::cuda {
+namespace {
+
+constexpr int kRowThreads = 256;
+
+// True when p is 16-byte aligned (a float4 or 8 bf16 at a time).
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+// Rows of `cols` floats at p with row stride ld can be read as float4: cols, ld and p allow it.
+inline bool rows_vec4(const void* p, int64_t cols, int64_t ld) { return cols % 4 == 0 && ld % 4 == 0 && aligned16(p); }
+
+// grid.y walks the T rows (each block strides over them), grid.x covers a row's `units`
+// (float4s or floats) with kRowThreads threads a block.
+inline dim3 rows_grid(int64_t T, int64_t units) {
+  const int64_t gx = std::clamp<int64_t>((units + kRowThreads - 1) / kRowThreads, 1, 4096);
+  const int64_t gy = std::clamp<int64_t>(T, 1, std::max<int64_t>(1, std::min<int64_t>(65535, 65536 / gx)));
+  return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+}
+
+// Loops of a rows kernel: for (t, c) in rows x units.
+#define FH1_FOR_ROWS(t, T) for (int64_t t = blockIdx.y; t < (T); t += gridDim.y)
+#define FH1_FOR_UNITS(c, units) \
+  for (int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; c < (units); c += int64_t(gridDim.x) * blockDim.x)
+
+template <class F>
+__device__ __forceinline__ float4 map4(float4 a, F f) {
+  return make_float4(f(a.x), f(a.y), f(a.z), f(a.w));
+}
+template <class F>
+__device__ __forceinline__ float4 map4(float4 a, float4 b, F f) {
+  return make_float4(f(a.x, b.x), f(a.y, b.y), f(a.z, b.z), f(a.w, b.w));
+}
+template <class F>
+__device__ __forceinline__ float4 map4(float4 a, float4 b, float4 c, F f) {
+  return make_float4(f(a.x, b.x, c.x), f(a.y, b.y, c.y), f(a.z, b.z, c.z), f(a.w, b.w, c.w));
+}
+__device__ __forceinline__ float4 ld4(const float* p, int64_t i) { return reinterpret_cast<const float4*>(p)[i]; }
+__device__ __forceinline__ void st4(float* p, int64_t i, float4 v) { reinterpret_cast<float4*>(p)[i] = v; }
+
+}  // namespace
+}  // namespace fh1::cuda
