@@ -148,7 +148,7 @@ TEST_P(CudaModelTest, PromptInPiecesEqualsOneCall) {
   }
 }
 
-// Prompts of 1024 tokens or more take the fp16 matmul (one GEMM, activations to 11 bits) instead
+// Prompts of 256 tokens or more take the fp16 matmul (one GEMM, activations to 11 bits) instead
 // of the hi + lo split; here from 5 rows, so that the fixtures' prompts do: the fixture's logits,
 // and the split's within the fp16 rounding.
 TEST_P(CudaModelTest, PrefillMatmulsInF16MatchTransformers) {

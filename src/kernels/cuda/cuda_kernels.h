@@ -7,7 +7,7 @@
 // matmul with BF16 weights (cuBLAS, bf16 tensor cores, float32 accumulate and output): by default
 // each float32 activation is split into two bf16 parts (hi + lo, about 16 bits kept), so the
 // result is within ~1e-5 of float32 activations times the bf16 weights; this costs a second pass
-// of tensor-core work (decode: one GEMM over 2T rows, the weights still read once). From 1024
+// of tensor-core work (decode: one GEMM over 2T rows, the weights still read once). From 256
 // rows on (prefill) one fp16 GEMM replaces the two: the weights exact in fp16 after a power-of-two
 // scaling, the activations scaled likewise and rounded to 11 bits.
 // set_matmul_split(false), or FH1_CUDA_MATMUL=bf16 in the environment, rounds activations to
@@ -41,7 +41,7 @@ class CudaKernels : public Kernels {
   // Activations as hi + lo bf16 parts in bf16 matmuls (default), or rounded to bf16 once.
   virtual void set_matmul_split(bool on) = 0;
   virtual bool matmul_split() const = 0;
-  // With the split on, matmuls of at least this many rows (default 1024; 0: never;
+  // With the split on, matmuls of at least this many rows (default 256; 0: never;
   // FH1_CUDA_F16_ROWS) run as one fp16 GEMM instead: weights exact, activations scaled by a power
   // of two and rounded to 11 bits (cuda_gemm_f16.cu).
   virtual void set_matmul_f16_rows(int64_t rows) = 0;
