@@ -213,6 +213,19 @@ class Kernels {
     }
   }
 
+  // Penalties where the logits are: x[index[i]] -= amount[i] for i < count (host arrays; the
+  // indices distinct), each value first read into original[i] (a host array). Default: one value
+  // at a time through to_host / from_host; a GPU backend does them all in one launch.
+  virtual void lower_entries(float* x, int64_t count, const int64_t* index, const float* amount, float* original) {
+    for (int64_t i = 0; i < count; ++i) {
+      float v = 0.0f;
+      to_host(&v, x + index[i], 1);
+      original[i] = v;
+      v -= amount[i];
+      from_host(x + index[i], &v, 1);
+    }
+  }
+
   // softmax_draw() of each of `rows` rows of n floats at x (backend memory), row r at inverse
   // temperature inv_t[r] (host arrays; 0: the row is skipped, sums[r] = 0) with uniform u[r]
   // (< 0: no draw, drawn[r] = -1): sums[r] and drawn[r] into host arrays. What sampling without

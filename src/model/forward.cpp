@@ -49,10 +49,47 @@ Model::TopLogits Model::forward_top(std::span<const BatchItem> batch, const TopR
   const bool sums = !req.inv_t.empty();
   if (sums && (static_cast<int64_t>(req.inv_t.size()) != rows || static_cast<int64_t>(req.u.size()) != rows))
     throw Error("forward_top: inv_t and u need one value per row of logits (" + std::to_string(rows) + ")");
+  if ((!req.lower.empty() && static_cast<int64_t>(req.lower.size()) != rows) ||
+      (!req.logprobs.empty() && static_cast<int64_t>(req.logprobs.size()) != rows))
+    throw Error("forward_top: lower and logprobs need one entry per row of logits (" + std::to_string(rows) + ")");
+  const int64_t V = config_.vocab_size;
+  std::vector<int64_t> index;  // the entries to lower, flattened over the rows
+  std::vector<float> amount;
+  for (size_t r = 0; r < req.lower.size(); ++r)
+    for (const auto& [id, a] : req.lower[r]) {
+      if (id < 0 || id >= V) throw Error("forward_top: token id " + std::to_string(id) + " is outside the vocabulary");
+      index.push_back(static_cast<int64_t>(r) * V + id);
+      amount.push_back(a);
+    }
   TopLogits top;
-  top.k = req.k <= 0 ? 0 : static_cast<int>(std::min<int64_t>(req.k, config_.vocab_size));
-  top.vocab_ = config_.vocab_size;
+  top.k = req.k <= 0 ? 0 : static_cast<int>(std::min<int64_t>(req.k, V));
+  top.vocab_ = V;
   top.logits_ = forward_device(batch, &rows);
+  if (rows > 0 && !req.logprobs.empty()) {  // of the rows as they are, before any lowering
+    int want = -1;
+    for (int n : req.logprobs) want = std::max(want, n);
+    if (want >= 0) {
+      top.lp_k = static_cast<int>(std::clamp<int64_t>(want, 1, V));
+      top.lp_ids.resize(static_cast<size_t>(rows * top.lp_k));
+      top.lp_values.resize(top.lp_ids.size());
+      kernels_->top_k_rows(top.logits_.data(), rows, V, top.lp_k, top.lp_ids.data(), top.lp_values.data());
+      std::vector<double> inv_t(static_cast<size_t>(rows)), u(static_cast<size_t>(rows), -1.0), sums(inv_t.size());
+      std::vector<int32_t> drawn(inv_t.size());
+      for (size_t r = 0; r < inv_t.size(); ++r) inv_t[r] = req.logprobs[r] >= 0 ? 1.0 : 0.0;
+      kernels_->softmax_rows(top.logits_.data(), rows, V, inv_t.data(), u.data(), sums.data(), drawn.data());
+      top.log_z.assign(inv_t.size(), std::nan(""));
+      for (size_t r = 0; r < inv_t.size(); ++r)  // softmax_draw's sum at inverse temperature 1: relative to the max
+        if (req.logprobs[r] >= 0) top.log_z[r] = top.lp_values[r * static_cast<size_t>(top.lp_k)] + std::log(sums[r]);
+    }
+  }
+  if (!index.empty()) {
+    std::vector<float> before(index.size());
+    kernels_->lower_entries(top.logits_.data(), static_cast<int64_t>(index.size()), index.data(), amount.data(),
+                            before.data());
+    top.before_lower_.resize(req.lower.size());
+    for (size_t r = 0, i = 0; r < req.lower.size(); ++r)
+      for (const auto& e : req.lower[r]) top.before_lower_[r].emplace_back(e.first, before[i++]);
+  }
   top.ids.resize(static_cast<size_t>(rows * top.k));
   top.values.resize(top.ids.size());
   if (rows > 0 && top.k > 0)
@@ -65,6 +102,17 @@ Model::TopLogits Model::forward_top(std::span<const BatchItem> batch, const TopR
                              top.sums.data(), top.drawn.data());
   }
   return top;
+}
+
+float Model::TopLogits::raw(int64_t i, int32_t id) const {
+  if (!logits_.data() || i < 0 || (i + 1) * vocab_ > static_cast<int64_t>(logits_.size()) || id < 0 || id >= vocab_)
+    throw Error("TopLogits::raw: no logit " + std::to_string(id) + " in row " + std::to_string(i));
+  if (static_cast<size_t>(i) < before_lower_.size())
+    for (const auto& [lowered, v] : before_lower_[static_cast<size_t>(i)])
+      if (lowered == id) return v;
+  float v = 0.0f;
+  logits_.kernels()->to_host(&v, logits_.data() + i * vocab_ + id, 1);
+  return v;
 }
 
 std::vector<float> Model::TopLogits::row(int64_t i) const {

@@ -75,22 +75,39 @@ class Model {
     std::vector<float> values;
     std::vector<double> sums;    // TopRequest::inv_t given: per row, Kernels::softmax_rows
     std::vector<int32_t> drawn;  // and its draw in vocabulary order (-1: none)
-    // Row i of the logits, copied now (a row the candidates do not settle).
+    // TopRequest::logprobs given, of each row as the forward pass left it (before `lower`): the
+    // log of the softmax's normalizer, max + log(sum of exp(v - max)) (NaN where not asked), and
+    // the row's lp_k best (ids, values) as `ids` and `values` are.
+    std::vector<double> log_z;
+    int lp_k = 0;
+    std::vector<int32_t> lp_ids;
+    std::vector<float> lp_values;
+    // Row i of the logits, copied now (a row the candidates do not settle); lowered, when the
+    // request lowered it.
     std::vector<float> row(int64_t i) const;
+    // The logit of token `id` in row i as the forward pass left it (before `lower`).
+    float raw(int64_t i, int32_t id) const;
 
    private:
     friend class Model;
     Buffer logits_;  // rows x vocab, on the backend
     int64_t vocab_ = 0;
+    std::vector<std::vector<std::pair<int32_t, float>>> before_lower_;  // per row: (id, value before)
   };
   TopLogits forward_top(std::span<const BatchItem> batch, int k) const;
   // With what sampling without top-k needs as well: per row of logits, the softmax sum at inverse
   // temperature inv_t[row] (0: none) and a draw in vocabulary order with uniform u[row] (< 0:
   // none), computed by the backend where the logits are (Kernels::softmax_rows). k = 0: no best
   // logits. inv_t and u: empty, or one value per row of logits.
+  // lower (presence / frequency penalties): per row, entries lowered by an amount before anything
+  // is selected: (token id, amount), the ids of a row distinct (Kernels::lower_entries). logprobs:
+  // per row, the log-softmax wanted of the row before lowering, with that many alternatives
+  // (>= 0; -1: none). Each: empty, or one entry per row of logits.
   struct TopRequest {
     int k = 1;
     std::vector<double> inv_t, u;
+    std::vector<std::vector<std::pair<int32_t, float>>> lower;
+    std::vector<int> logprobs;
   };
   TopLogits forward_top(std::span<const BatchItem> batch, const TopRequest& request) const;
 

@@ -243,20 +243,22 @@ void Scheduler::step() {
     }
     owners.push_back(s.get());
   }
-  // Draws without penalties or logprobs need only the best few logits of a row and, without
-  // top-k, the softmax sum or (temperature alone) the draw itself (Sampler::row_needs): the
-  // backend computes them where the logits are (on a GPU no vocabulary-sized copy). Otherwise
-  // every row's logits come to the host.
+  // A draw needs only the best few logits of a row and, without top-k, the softmax sum or
+  // (temperature alone) the draw itself (Sampler::row_needs); penalties lower the logits of the
+  // tokens generated so far first, and logprobs need the row's normalizer and best few before
+  // that: the backend computes all of it where the logits are (on a GPU no vocabulary-sized
+  // copy). Only a top-k beyond kMaxTopCandidates brings every row's logits to the host.
   std::vector<Sampler::RowNeeds> needs(owners.size());
-  bool few = true, sums = false;
+  bool few = true, sums = false, lower = false, logprobs = false;
   int k = 0;
   for (size_t i = 0; i < owners.size(); ++i) {
     const GenerationParams& p = owners[i]->request->params();
     needs[i] = owners[i]->sampler.row_needs();
-    few = few && needs[i].k <= kMaxTopCandidates && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f &&
-          p.top_logprobs < 0;
+    few = few && needs[i].k <= kMaxTopCandidates;
     k = std::max(k, needs[i].k);
     sums = sums || needs[i].inv_t > 0.0;
+    lower = lower || ((p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) && !owners[i]->counts.empty());
+    logprobs = logprobs || p.top_logprobs >= 0;
   }
   Model::TopRequest req;
   if (few) {
@@ -264,13 +266,22 @@ void Scheduler::step() {
     if (sums) {
       req.inv_t.assign(owners.size(), 0.0);
       req.u.assign(owners.size(), -1.0);
-      for (size_t i = 0; i < owners.size(); ++i) {
-        Slot& s = *owners[i];
-        // A prompt not finished in this step draws nothing: its uniform stays in the stream.
-        const bool draws = fed_now[i] == 0 || s.fed + fed_now[i] >= static_cast<int64_t>(s.prompt().size());
+    }
+    if (lower) req.lower.resize(owners.size());
+    if (logprobs) req.logprobs.assign(owners.size(), -1);
+    for (size_t i = 0; i < owners.size(); ++i) {
+      Slot& s = *owners[i];
+      const GenerationParams& p = s.request->params();
+      // A prompt not finished in this step draws nothing: its uniform stays in the stream.
+      const bool draws = fed_now[i] == 0 || s.fed + fed_now[i] >= static_cast<int64_t>(s.prompt().size());
+      if (sums) {
         req.inv_t[i] = needs[i].inv_t;
         if (needs[i].in_order && draws) req.u[i] = s.sampler.take_order_uniform();
       }
+      if (lower && draws && (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f))
+        for (const auto& [id, n] : s.counts)
+          req.lower[i].emplace_back(id, p.presence_penalty + p.frequency_penalty * static_cast<float>(n));
+      if (logprobs && draws) req.logprobs[i] = p.top_logprobs;
     }
   }
   const auto t0 = Clock::now();
@@ -312,12 +323,19 @@ void Scheduler::step() {
 void Scheduler::sample_into(Slot& s, std::span<const float> logits, const Model::TopLogits* top, int64_t row) {
   const GenerationParams& p = s.request->params();
   GeneratedToken tok;
-  if (top != nullptr) {  // what the backend computed of the row (step(): no penalties, no logprobs)
+  if (top != nullptr) {  // what the backend computed of the row (penalties applied there)
     const size_t K = static_cast<size_t>(top->k), r = static_cast<size_t>(row);
     tok.id = s.sampler.sample_needs(std::span<const int32_t>(top->ids).subspan(r * K, K),
                                     std::span<const float>(top->values).subspan(r * K, K),
                                     top->sums.empty() ? 0.0 : top->sums[r], top->drawn.empty() ? -1 : top->drawn[r],
                                     static_cast<size_t>(model_.config().vocab_size), [&] { return top->row(row); });
+    if (p.top_logprobs >= 0) {  // as fill_logprobs computes them from the whole row
+      const double log_z = top->log_z[r];
+      tok.logprob = static_cast<float>(top->raw(row, tok.id) - log_z);
+      const size_t L = static_cast<size_t>(top->lp_k), n = std::min(L, static_cast<size_t>(p.top_logprobs));
+      for (size_t j = 0; j < n; ++j)
+        tok.top.emplace_back(top->lp_ids[r * L + j], static_cast<float>(top->lp_values[r * L + j] - log_z));
+    }
   } else if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) {
     std::vector<float> adjusted(logits.begin(), logits.end());
     for (const auto& [id, n] : s.counts)
@@ -326,7 +344,7 @@ void Scheduler::sample_into(Slot& s, std::span<const float> logits, const Model:
   } else {
     tok.id = s.sampler.sample(logits);
   }
-  if (p.top_logprobs >= 0) fill_logprobs(logits, p.top_logprobs, tok);
+  if (top == nullptr && p.top_logprobs >= 0) fill_logprobs(logits, p.top_logprobs, tok);
   tok.is_eos = std::find(p.eos_ids.begin(), p.eos_ids.end(), tok.id) != p.eos_ids.end();
   if (s.generated.empty()) s.first_token_seconds = seconds_since(s.request->submitted_);
   s.generated.push_back(tok.id);

@@ -197,6 +197,47 @@ TEST_P(CudaModelTest, PromptScanAsChunkedSsdMatchesTransformers) {
   EXPECT_LE(relative_max_diff(model.forward(b, {&next, 1}, true), model.forward(a, {&next, 1}, true)), 1e-3) << f.name;
 }
 
+// Penalties and logprobs of a draw computed on the GPU (forward_top with lower and logprobs):
+// the best logits, softmax sum and draw of the lowered row, and the normalizer, best logits and
+// raw values of the row before lowering, as the host computes them from the same logits.
+TEST_P(CudaModelTest, ForwardTopLowersAndGivesLogprobsAsTheHost) {
+  const Fixture f = load_fixture(GetParam());
+  const Model model = Model::load(f.dir, *gpu);
+  const int64_t V = model.config().vocab_size;
+  SequenceState a = model.new_state(), b = model.new_state();
+  const std::vector<float> row = model.forward(a, f.prompt_ids);  // the last row, on the host
+  std::vector<int32_t> order(static_cast<size_t>(V));
+  for (int64_t i = 0; i < V; ++i) order[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  std::sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return row[x] > row[y] || (row[x] == row[y] && x < y); });
+  Model::TopRequest req;
+  req.k = 8;
+  req.inv_t = {1.0 / 0.8};
+  req.u = {0.37};
+  req.lower = {{{order[0], 2.5f}, {order[3], 0.75f}, {order[V / 2], -1.0f}}};
+  req.logprobs = {5};
+  const BatchItem item{&b, f.prompt_ids, false};
+  const Model::TopLogits top = model.forward_top({&item, 1}, req);
+  std::vector<float> lowered = row;
+  for (const auto& [id, amount] : req.lower[0]) lowered[static_cast<size_t>(id)] -= amount;
+  std::vector<int32_t> lorder = order;
+  std::sort(lorder.begin(), lorder.end(),
+            [&](int32_t x, int32_t y) { return lowered[x] > lowered[y] || (lowered[x] == lowered[y] && x < y); });
+  for (int j = 0; j < req.k; ++j) {
+    EXPECT_EQ(top.ids[j], lorder[j]) << f.name;
+    EXPECT_EQ(top.values[j], lowered[static_cast<size_t>(lorder[j])]) << f.name;
+  }
+  const SoftmaxDraw d = softmax_draw(lowered.data(), V, req.inv_t[0], req.u[0]);
+  EXPECT_NEAR(top.sums[0], d.sum, 1e-12 * d.sum) << f.name;
+  EXPECT_EQ(top.drawn[0], d.id) << f.name;
+  double sum = 0.0;
+  for (float v : row) sum += std::exp(static_cast<double>(v) - row[order[0]]);
+  EXPECT_NEAR(top.log_z[0], row[order[0]] + std::log(sum), 1e-9) << f.name;
+  ASSERT_EQ(top.lp_k, 5);
+  for (int j = 0; j < 5; ++j) EXPECT_EQ(top.lp_ids[j], order[j]) << f.name;
+  for (int32_t id : {order[0], order[3], order[V / 2], order[1]}) EXPECT_EQ(top.raw(0, id), row[id]) << f.name;
+  EXPECT_EQ(top.row(0), lowered) << f.name;
+}
+
 TEST_P(CudaModelTest, MixedBatchEqualsEachAlone) {
   const Fixture f = load_fixture(GetParam());
   const Model model = Model::load(f.dir, *gpu);

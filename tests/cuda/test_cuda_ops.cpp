@@ -696,6 +696,26 @@ TEST_F(CudaOpTest, SoftmaxRowsEqualTheReference) {
   }
 }
 
+// Penalties where the logits are: the GPU lowers the same entries as the reference (one launch),
+// bit for bit, and returns the values they had.
+TEST_F(CudaOpTest, LowerEntriesEqualsTheReference) {
+  const int64_t rows = 5, n = 70001;
+  auto x = both(randn(static_cast<size_t>(rows * n), 4.0f));
+  std::vector<int64_t> index;
+  std::vector<float> amount;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < 300; ++j) {
+      index.push_back(r * n + (j * 7919 + r * 104729) % n);  // distinct within the call
+      amount.push_back(std::uniform_real_distribution<float>(-2.0f, 2.0f)(rng));
+    }
+  std::vector<float> og(index.size()), oc(index.size());
+  gpu->lower_entries(x.g.data(), static_cast<int64_t>(index.size()), index.data(), amount.data(), og.data());
+  cpu->lower_entries(x.c.data(), static_cast<int64_t>(index.size()), index.data(), amount.data(), oc.data());
+  EXPECT_EQ(og, oc);
+  EXPECT_EQ(host(*gpu, x.g.data(), x.n), host(*cpu, x.c.data(), x.n));
+  gpu->lower_entries(x.g.data(), 0, nullptr, nullptr, nullptr);  // nothing to lower
+}
+
 TEST_F(CudaOpTest, Conv1dSiluContinuesFromState) {
   for (auto [T, C, K] : {std::tuple{1, 5, 4}, {2, 33, 4}, {3, 130, 4}, {37, 65, 3}, {300, 1792, 4}}) {
     const int64_t ld = C + 9;

@@ -1,6 +1,10 @@
 // Unit tests of the server's C++ parts: stop strings, the state cache, the scheduler (batched
 // requests give what each gives alone; cancellation; cache hits) and request parsing.
+#include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <functional>
+#include <map>
 #include <memory>
 #include <thread>
 
@@ -177,6 +181,82 @@ TEST(Scheduler, SampledRequestsMatchEachAlone) {
     }
     EXPECT_EQ(got, expected[k]) << "request " << k << ", temperature " << kinds[k].temperature;
     ++k;
+  }
+}
+
+// Penalties and logprobs are computed where the logits are (Model::forward_top: the generated
+// tokens' logits lowered by the backend, the normalizer and best alternatives of the row before
+// that): seed for seed the tokens, and the logprobs, of a loop over the whole row on the host
+// (the penalties subtracted there, the log-softmax of the row as it came), with the requests
+// batched and their prompts fed in chunks.
+TEST(Scheduler, PenaltiesAndLogprobsMatchTheWholeRow) {
+  Loaded l;
+  SchedulerOptions o;
+  o.parallel = 4;
+  o.step_tokens = 6;
+  Scheduler s(l.model, o);
+  struct Kind {
+    SamplingParams sampling;
+    float presence, frequency;
+    int top_logprobs;
+  };
+  const Kind kinds[] = {{{1.0f, 0, 1.0f, 0.0f, 21}, 0.5f, 0.0f, 3},   {{0.0f, 0, 1.0f, 0.0f, 22}, 0.0f, 0.7f, 0},
+                        {{0.8f, 0, 0.9f, 0.0f, 23}, 0.3f, 0.4f, -1},  {{0.9f, 8, 1.0f, 0.0f, 24}, 1.5f, 0.0f, 5},
+                        {{1.1f, 0, 1.0f, 0.05f, 25}, -0.4f, 0.2f, 2}, {{0.7f, 0, 1.0f, 0.0f, 26}, 0.0f, 0.0f, 4}};
+  constexpr int kTokens = 14;
+  std::vector<std::shared_ptr<GenerationRequest>> reqs;
+  std::vector<std::vector<int32_t>> prompts;
+  for (size_t i = 0; i < std::size(kinds); ++i) {
+    std::vector<int32_t> p;
+    for (size_t t = 0; t < 3 + 4 * i; ++t) p.push_back(static_cast<int32_t>(5 + (t * 13 + i * 7) % 200));
+    prompts.push_back(p);
+    GenerationParams g;
+    g.prompt = p;
+    g.max_tokens = kTokens;
+    g.sampling = kinds[i].sampling;
+    g.presence_penalty = kinds[i].presence;
+    g.frequency_penalty = kinds[i].frequency;
+    g.top_logprobs = kinds[i].top_logprobs;
+    reqs.push_back(std::make_shared<GenerationRequest>(g));
+    ASSERT_EQ(s.submit(reqs.back()), Scheduler::Admission::accepted);
+  }
+  std::vector<std::vector<GeneratedToken>> all(std::size(kinds));
+  for (size_t i = 0; i < std::size(kinds); ++i)  // all done first: the model serves one thread at a time
+    while (!reqs[i]->wait_for(std::chrono::milliseconds(50), all[i])) {
+    }
+  for (size_t i = 0; i < std::size(kinds); ++i) {
+    const std::vector<GeneratedToken>& got = all[i];
+    ASSERT_EQ(got.size(), static_cast<size_t>(kTokens)) << "request " << i;
+    // The reference: the whole row on the host, every token.
+    const Kind& kd = kinds[i];
+    SequenceState state = l.model.new_state();
+    std::vector<float> logits = l.model.forward(state, prompts[i]);
+    Sampler sampler(kd.sampling);
+    std::map<int32_t, int> counts;
+    for (int t = 0; t < kTokens; ++t) {
+      std::vector<float> adjusted = logits;
+      for (const auto& [id, n] : counts) adjusted[static_cast<size_t>(id)] -= kd.presence + kd.frequency * static_cast<float>(n);
+      const int32_t id = sampler.sample(adjusted);
+      ASSERT_EQ(got[t].id, id) << "request " << i << ", token " << t;
+      if (kd.top_logprobs >= 0) {
+        const float top = *std::max_element(logits.begin(), logits.end());
+        double sum = 0.0;
+        for (float v : logits) sum += std::exp(static_cast<double>(v) - top);
+        const double log_z = top + std::log(sum);
+        EXPECT_NEAR(got[t].logprob, logits[static_cast<size_t>(id)] - log_z, 1e-4) << "request " << i << ", token " << t;
+        ASSERT_EQ(got[t].top.size(), static_cast<size_t>(kd.top_logprobs));
+        std::vector<float> sorted = logits;
+        std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+        for (int j = 0; j < kd.top_logprobs; ++j) {
+          EXPECT_NEAR(got[t].top[j].second, sorted[static_cast<size_t>(j)] - log_z, 1e-4) << "request " << i;
+          EXPECT_NEAR(logits[static_cast<size_t>(got[t].top[j].first)], sorted[static_cast<size_t>(j)], 1e-5);
+        }
+      } else {
+        EXPECT_TRUE(got[t].top.empty());
+      }
+      ++counts[id];
+      logits = l.model.forward(state, std::vector<int32_t>{id});
+    }
   }
 }
 

@@ -544,6 +544,20 @@ class CudaKernelsImpl final : public CudaKernels {
     check(cudaStreamSynchronize(stream_), "top_k_rows (synchronize)");
   }
 
+  void lower_entries(float* x, int64_t count, const int64_t* index, const float* amount, float* original) override {
+    flush();
+    if (count <= 0) return;
+    // One buffer: index (int64), amount and original (float), count each.
+    const size_t n = static_cast<size_t>(count);
+    char* dev = reinterpret_cast<char*>(grown(top_dev_, top_cap_, n * 4, "lower_entries buffer"));
+    auto* dev_amount = reinterpret_cast<float*>(dev + n * 8);
+    check(cudaMemcpyAsync(dev, index, n * 8, cudaMemcpyHostToDevice, stream_), "lower_entries (index)");
+    check(cudaMemcpyAsync(dev_amount, amount, n * 4, cudaMemcpyHostToDevice, stream_), "lower_entries (amount)");
+    cuda::lower_entries(x, count, reinterpret_cast<const int64_t*>(dev), dev_amount, dev_amount + n, stream_);
+    check(cudaMemcpyAsync(original, dev_amount + n, n * 4, cudaMemcpyDeviceToHost, stream_), "lower_entries (original)");
+    check(cudaStreamSynchronize(stream_), "lower_entries (synchronize)");
+  }
+
   void softmax_rows(const float* x, int64_t rows, int64_t n, const double* inv_t, const double* u, double* sums,
                     int32_t* drawn) override {
     flush();

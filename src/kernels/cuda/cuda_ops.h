@@ -209,6 +209,9 @@ void ssm_scan_rows_gated(const float* x, const float* B, const float* C, int64_t
 // first, the lower index first on ties; 1 <= k <= min(n, kTopKMax).
 constexpr int kTopKMax = 256;
 void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, cudaStream_t s);
+// Kernels::lower_entries with every array in device memory.
+void lower_entries(float* x, int64_t count, const int64_t* index, const float* amount, float* original,
+                   cudaStream_t s);
 // Kernels::softmax_rows with every array in device memory.
 void softmax_rows(const float* x, int64_t rows, int64_t n, const double* inv_t, const double* u, double* sums,
                   int32_t* drawn, cudaStream_t s);

@@ -1,5 +1,7 @@
 // The k best logits of each row, on the device (cuda_ops.h: top_k_rows): greedy decoding and
 // top-k sampling then copy k (id, value) pairs per row to the host instead of the vocabulary.
+// Also each row's softmax sum and draw (softmax_rows) and the penalties (lower_entries).
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -259,6 +261,17 @@ __global__ void __launch_bounds__(kThreadsSoftmax)
   if (lane == 0) drawn[r] = static_cast<int32_t>(hhi - 1);  // rounding: the part's last term
 }
 
+// x[index[i]] -= amount[i], the value before into original[i] (the indices are distinct).
+__global__ void lower_entries_kernel(float* x, int64_t count, const int64_t* index, const float* amount,
+                                     float* original) {
+  FH1_PDL_ENTER();
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = x[index[i]];
+    original[i] = v;
+    x[index[i]] = v - amount[i];
+  }
+}
+
 }  // namespace
 
 void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, cudaStream_t s) {
@@ -269,6 +282,14 @@ void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, fl
   if (k == 1) launch(argmax_rows_kernel, static_cast<unsigned>(rows), kThreadsTop, 0, s, x, n, ids, vals);
   else launch(top_k_rows_kernel, static_cast<unsigned>(rows), kThreadsTop, 0, s, x, n, k, ids, vals);
   check_launch("top_k_rows");
+}
+
+void lower_entries(float* x, int64_t count, const int64_t* index, const float* amount, float* original,
+                   cudaStream_t s) {
+  if (count <= 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 1024));
+  launch(lower_entries_kernel, blocks, 256, 0, s, x, count, index, amount, original);
+  check_launch("lower_entries");
 }
 
 void softmax_rows(const float* x, int64_t rows, int64_t n, const double* inv_t, const double* u, double* sums,
