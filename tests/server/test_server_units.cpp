@@ -136,8 +136,8 @@ TEST(Scheduler, BatchedRequestsMatchEachAlone) {
 // Sampled requests batched give, seed for seed, what generate() gives each alone: the scheduler
 // asks the backend for what each draw needs (Sampler::row_needs: the best logits, the softmax
 // sum, the draw in vocabulary order with the uniform taken before the step) and takes a row's
-// uniform only when its prompt ends in that step. A request with a penalty in the batch sends
-// the whole logits to the host for the steps it shares.
+// uniform only when its prompt ends in that step. A request with a penalty among them has its
+// logits lowered by the backend (PenaltiesAndLogprobsMatchTheWholeRow checks its tokens).
 TEST(Scheduler, SampledRequestsMatchEachAlone) {
   Loaded l;
   SchedulerOptions o;
