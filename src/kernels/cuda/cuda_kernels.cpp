@@ -24,9 +24,8 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_profile.h"
 #include "kernels/cuda/cuda_step.h"
-#include "quant/blocks.h"
+#include "kernels/cuda/cuda_weights.h"
 #include "util/error.h"
-#include "util/half.h"
 
 namespace fh1 {
 namespace cuda {
@@ -191,57 +190,15 @@ class CudaKernelsImpl final : public CudaKernels {
 
   WeightView bind_weight(const TensorView& t) override {
     flush();
-    if (!is_float_dtype(t.dtype) && !is_quantized_dtype(t.dtype))
-      throw Error("tensor '" + t.name + "': dtype " + dtype_name(t.dtype) +
-                  " is neither a float type (F32, F16, BF16) nor a quantized one (Q8_0, Q4_0, Q4_K)");
     WeightView w;
     w.rows = t.shape.empty() ? 1 : t.shape[0];
     w.cols = w.rows == 0 ? 0 : t.numel() / w.rows;
     const size_t n = static_cast<size_t>(t.numel());
-    void* p = nullptr;
-    if (is_quantized_dtype(t.dtype)) {
-      // No quantized kernels on the GPU yet: the blocks are dequantized on the host and uploaded
-      // as bf16 (the model then runs, and costs, as a bf16 one).
-      w.dtype = DType::BF16;
-      check(cudaMalloc(&p, std::max<size_t>(n, 1) * 2), ("upload of '" + t.name + "'").c_str());
-      const int64_t rb = dtype_row_bytes(t.dtype, w.cols);
-      std::vector<float> row(static_cast<size_t>(w.cols));
-      std::vector<uint16_t> staging;
-      constexpr int64_t kRowsPerCopy = 256;
-      for (int64_t r0 = 0; r0 < w.rows; r0 += kRowsPerCopy) {
-        const int64_t r1 = std::min(w.rows, r0 + kRowsPerCopy);
-        staging.resize(static_cast<size_t>((r1 - r0) * w.cols));
-        for (int64_t r = r0; r < r1; ++r) {
-          quant::dequantize_row(t.dtype, t.data + r * rb, w.cols, row.data());
-          for (int64_t c = 0; c < w.cols; ++c) staging[static_cast<size_t>((r - r0) * w.cols + c)] = f32_to_bf16(row[c]);
-        }
-        check(cudaMemcpy(static_cast<uint16_t*>(p) + r0 * w.cols, staging.data(), staging.size() * 2,
-                         cudaMemcpyHostToDevice),
-              "upload");
-      }
-      weights_[p] = {DType::BF16, n, w.cols, f16_shift(p, n)};
-    } else if (t.dtype == DType::BF16) {
-      w.dtype = DType::BF16;
-      check(cudaMalloc(&p, std::max<size_t>(n, 1) * 2), ("upload of '" + t.name + "'").c_str());
-      check(cudaMemcpy(p, t.data, n * 2, cudaMemcpyHostToDevice), "upload");
-      weights_[p] = {DType::BF16, n, w.cols, f16_shift(p, n)};
-    } else {
-      w.dtype = DType::F32;
-      check(cudaMalloc(&p, std::max<size_t>(n, 1) * 4), ("upload of '" + t.name + "'").c_str());
-      if (t.dtype == DType::F32) {
-        check(cudaMemcpy(p, t.data, n * 4, cudaMemcpyHostToDevice), "upload");
-      } else {  // F16: upload the halves, widen on the device
-        void* tmp = nullptr;
-        check(cudaMalloc(&tmp, std::max<size_t>(n, 1) * 2), "upload (f16 staging)");
-        check(cudaMemcpy(tmp, t.data, n * 2, cudaMemcpyHostToDevice), "upload");
-        cuda::f16_to_f32(static_cast<const uint16_t*>(tmp), n, static_cast<float*>(p), stream_);
-        check(cudaStreamSynchronize(stream_), "upload (f16)");
-        cudaFree(tmp);
-      }
-      weights_[p] = {DType::F32, n, w.cols, 0};
-    }
-    weight_bytes_ += n * (w.dtype == DType::BF16 ? 2 : 4);
-    w.data = p;
+    const cuda::DeviceWeight d = cuda::upload_weight(t, w.rows, w.cols, stream_);
+    w.dtype = d.dtype;
+    w.data = d.data;
+    weights_[d.data] = {d.dtype, n, w.cols, d.dtype == DType::BF16 ? f16_shift(d.data, n) : 0};
+    weight_bytes_ += n * (d.dtype == DType::BF16 ? 2 : 4);
     return w;
   }
 
@@ -745,8 +702,11 @@ class CudaKernelsImpl final : public CudaKernels {
   float* f32_scratch(size_t n) { return grown(scratch().y2, scratch().y2_cap, n, "f32 scratch"); }
   uint16_t* bf16_scratch(size_t n) { return grown(scratch().xb, scratch().xb_cap, n, "bf16 scratch"); }
 
+  // (Its reduction uses the 4th constant: the first three may hold converted activations' max,
+  // alpha and beta that the next fp16 matmul reuses.)
   int f16_shift(void* p, size_t n) {
-    return cuda::f16_shift_of_bf16(static_cast<const uint16_t*>(p), n, reinterpret_cast<uint32_t*>(f16_consts_), stream_);
+    return cuda::f16_shift_of_bf16(static_cast<const uint16_t*>(p), n, reinterpret_cast<uint32_t*>(f16_consts_ + 3),
+                                   stream_);
   }
   // The fp16 shift of the uploaded weight that holds W (a view may start inside one); measured
   // now for bf16 matrices that were not uploaded by bind_weight.
