@@ -51,6 +51,25 @@ struct CudaOpTest : ::testing::Test {
   // max |gpu - cpu| / rms(cpu); NaN anywhere fails.
   double rel(const Pair& p) { return rel(host(*gpu, p.g.data(), p.n), host(*cpu, p.c.data(), p.n)); }
   static double rel(const std::vector<float>& got, const std::vector<float>& ref) { return test::rel_diff(got, ref); }
+  // Random bf16 weights [N, K] (normal times scale), kept in `host` and bound on the GPU.
+  WeightView bind_random_bf16(int64_t N, int64_t K, float scale, std::vector<uint16_t>& host) {
+    const std::vector<float> wf = randn(static_cast<size_t>(N * K), scale);
+    host.resize(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) host[i] = f32_to_bf16(wf[i]);
+    TensorView tv;
+    tv.name = "w";
+    tv.dtype = DType::BF16;
+    tv.shape = {N, K};
+    tv.data = reinterpret_cast<const uint8_t*>(host.data());
+    tv.nbytes = host.size() * 2;
+    return gpu->bind_weight(tv);
+  }
+  // The fp16 matmul's row threshold as it was, restored when a test ends.
+  struct F16RowsReset {
+    CudaKernels* g;
+    int64_t rows = g->matmul_f16_rows();
+    ~F16RowsReset() { g->set_matmul_f16_rows(rows); }
+  };
   // An output poisoned with NaN in both backends, so unwritten elements fail.
   Pair poisoned(size_t n) { return both(std::vector<float>(n, NAN)); }
   // A KV cache of v.size() values in both backends: the reference holds v as float32; the GPU
@@ -163,11 +182,7 @@ TEST_F(CudaOpTest, MatmulAllDtypesOddShapesWithStrideAndBias) {
 // of the largest), a weight view that starts inside an upload (unaligned), and all-zero input.
 // The hi + lo split (below the fp16 rows) must stay within 2^-15 of the same sum.
 TEST_F(CudaOpTest, MatmulF16ScalesIntoRangeAgainstFloat64) {
-  struct Reset {
-    CudaKernels* g;
-    int64_t rows;
-    ~Reset() { g->set_matmul_f16_rows(rows); }
-  } reset{gpu.get(), gpu->matmul_f16_rows()};
+  F16RowsReset reset{gpu.get()};
   struct Case {
     int64_t T, N, K;
     float w_scale;
@@ -185,16 +200,8 @@ TEST_F(CudaOpTest, MatmulF16ScalesIntoRangeAgainstFloat64) {
         const float s = c.zero_x ? 0.0f : std::pow(10.0f, std::uniform_int_distribution<int>(c.row_exp_lo, c.row_exp_hi)(rng));
         for (int64_t k = 0; k < ldx; ++k) x[static_cast<size_t>(t * ldx + k)] *= s;
       }
-      const std::vector<float> wf = randn(static_cast<size_t>(rows * c.K), c.w_scale);
-      std::vector<uint16_t> wb(wf.size());
-      for (size_t i = 0; i < wf.size(); ++i) wb[i] = f32_to_bf16(wf[i]);
-      TensorView tv;
-      tv.name = "w";
-      tv.dtype = DType::BF16;
-      tv.shape = {rows, c.K};
-      tv.data = reinterpret_cast<const uint8_t*>(wb.data());
-      tv.nbytes = wb.size() * 2;
-      WeightView w = gpu->bind_weight(tv);
+      std::vector<uint16_t> wb;
+      WeightView w = bind_random_bf16(rows, c.K, c.w_scale, wb);
       w.data = static_cast<const uint16_t*>(w.data) + c.view_row * c.K;
       w.rows = c.N;
       const std::vector<float> bias = randn(static_cast<size_t>(c.N));
@@ -230,27 +237,11 @@ TEST_F(CudaOpTest, MatmulF16ScalesIntoRangeAgainstFloat64) {
 // matrix's result equals the one computed after a fresh conversion, bit for bit; once an op has
 // changed the activations (halved them), the next matmul converts again (exactly half of before).
 TEST_F(CudaOpTest, MatmulF16ReusesConvertedActivationsOnlyWhileUnchanged) {
-  struct Reset {
-    CudaKernels* g;
-    int64_t rows;
-    ~Reset() { g->set_matmul_f16_rows(rows); }
-  } reset{gpu.get(), gpu->matmul_f16_rows()};
+  F16RowsReset reset{gpu.get()};
   gpu->set_matmul_f16_rows(1024);
   const int64_t T = 1100, K = 96, N1 = 40, N2 = 56;
-  auto bind = [&](int64_t N, float scale, std::vector<uint16_t>& host) {
-    const std::vector<float> wf = randn(static_cast<size_t>(N * K), scale);
-    host.resize(wf.size());
-    for (size_t i = 0; i < wf.size(); ++i) host[i] = f32_to_bf16(wf[i]);
-    TensorView tv;
-    tv.name = "w";
-    tv.dtype = DType::BF16;
-    tv.shape = {N, K};
-    tv.data = reinterpret_cast<const uint8_t*>(host.data());
-    tv.nbytes = host.size() * 2;
-    return gpu->bind_weight(tv);
-  };
   std::vector<uint16_t> h1, h2;
-  const WeightView w1 = bind(N1, 1e-3f, h1), w2 = bind(N2, 50.0f, h2);
+  const WeightView w1 = bind_random_bf16(N1, K, 1e-3f, h1), w2 = bind_random_bf16(N2, K, 50.0f, h2);
   const std::vector<float> x = randn(static_cast<size_t>(T * K), 3.0f);
   Buffer xg(*gpu, x.size()), y1(*gpu, size_t(T * N1)), y2(*gpu, size_t(T * N2)), y2_fresh(*gpu, size_t(T * N2)),
       y1_half(*gpu, size_t(T * N1)), other(*gpu, 16);
