@@ -61,6 +61,12 @@ Model::TopLogits Model::forward_top(std::span<const BatchItem> batch, const TopR
       index.push_back(static_cast<int64_t>(r) * V + id);
       amount.push_back(a);
     }
+  {  // Kernels::lower_entries takes distinct entries (a GPU lowers them all at once)
+    std::vector<int64_t> sorted = index;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+      throw Error("forward_top: a token is lowered twice in one row");
+  }
   TopLogits top;
   top.k = req.k <= 0 ? 0 : static_cast<int>(std::min<int64_t>(req.k, V));
   top.vocab_ = V;

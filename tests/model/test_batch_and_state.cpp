@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "model/fixture_util.h"
 #include "util/error.h"
@@ -131,6 +133,72 @@ TEST_P(BatchTest, ForwardTopSumsAndDrawsAsTheRows) {
   SequenceState c = model.new_state();
   const BatchItem wrong[] = {{&c, ids.subspan(0, 4), true}, {&b2, ids.subspan(3, 7), false}};
   EXPECT_THROW(model.forward_top(wrong, req), Error);
+}
+
+// Penalties and logprobs asked of forward_top: per row the lowered row's best logits, sum and
+// draw, and the normalizer, best logits and raw values of the row as forward() gives it; rows
+// without them untouched. Bad requests (a token lowered twice, outside the vocabulary, lists of
+// the wrong length) are errors.
+TEST_P(BatchTest, ForwardTopLowersAndGivesLogprobsAsTheRows) {
+  const Fixture f = load_fixture(GetParam());
+  Backend be;
+  const Model model = Model::load(f.dir, *be.kernels);
+  const int64_t V = model.config().vocab_size;
+  const std::span<const int32_t> ids(f.prompt_ids);
+  SequenceState a1 = model.new_state(), b1 = model.new_state(), a2 = model.new_state(), b2 = model.new_state();
+  const BatchItem full[] = {{&a1, ids.subspan(0, 5), false}, {&b1, ids.subspan(2, 6), false}};
+  const BatchItem top_batch[] = {{&a2, ids.subspan(0, 5), false}, {&b2, ids.subspan(2, 6), false}};
+  const std::vector<float> logits = model.forward(full);
+  Model::TopRequest req;
+  req.k = 6;
+  req.inv_t = {1.0 / 0.9, 0.0};
+  req.u = {0.42, -1.0};
+  req.lower = {{{3, 1.5f}, {7, -0.25f}, {static_cast<int32_t>(V - 1), 2.0f}}, {}};
+  req.logprobs = {-1, 4};
+  const Model::TopLogits top = model.forward_top(top_batch, req);
+  for (int64_t r = 0; r < 2; ++r) {
+    const size_t i = static_cast<size_t>(r);
+    std::vector<float> row(logits.begin() + r * V, logits.begin() + (r + 1) * V), lowered = row;
+    for (const auto& [id, amount] : req.lower[i]) lowered[static_cast<size_t>(id)] -= amount;
+    EXPECT_EQ(top.row(r), lowered) << "row " << r;
+    std::vector<int32_t> order(static_cast<size_t>(V));
+    for (int64_t j = 0; j < V; ++j) order[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+    auto best_first = [](const std::vector<float>& v) {
+      return [&v](int32_t x, int32_t y) { return v[x] > v[y] || (v[x] == v[y] && x < y); };
+    };
+    std::vector<int32_t> lorder = order;
+    std::sort(lorder.begin(), lorder.end(), best_first(lowered));
+    for (int j = 0; j < top.k; ++j) EXPECT_EQ(top.ids[i * 6 + j], lorder[j]) << "row " << r;
+    if (req.inv_t[i] > 0.0) {
+      const SoftmaxDraw d = softmax_draw(lowered.data(), V, req.inv_t[i], req.u[i]);
+      EXPECT_EQ(top.sums[i], d.sum);
+      EXPECT_EQ(top.drawn[i], d.id);
+    }
+    for (int32_t id : {3, 7, static_cast<int32_t>(V - 1), 0}) EXPECT_EQ(top.raw(r, id), row[static_cast<size_t>(id)]);
+    if (req.logprobs[i] < 0) {
+      EXPECT_TRUE(std::isnan(top.log_z[i]));
+      continue;
+    }
+    std::sort(order.begin(), order.end(), best_first(row));
+    double sum = 0.0;
+    for (float v : row) sum += std::exp(static_cast<double>(v) - row[order[0]]);
+    EXPECT_EQ(top.log_z[i], row[order[0]] + std::log(sum));
+    ASSERT_EQ(top.lp_k, 4);
+    for (int j = 0; j < 4; ++j) EXPECT_EQ(top.lp_ids[i * 4 + j], order[j]);
+  }
+  SequenceState c = model.new_state();
+  const BatchItem again[] = {{&c, ids.subspan(0, 5), false}};
+  Model::TopRequest bad;
+  bad.lower = {{{3, 1.0f}, {3, 2.0f}}};
+  EXPECT_THROW(model.forward_top(again, bad), Error);
+  bad.lower = {{{static_cast<int32_t>(V), 1.0f}}};
+  EXPECT_THROW(model.forward_top(again, bad), Error);
+  bad.lower = {{}, {}};
+  EXPECT_THROW(model.forward_top(again, bad), Error);
+  bad.lower.clear();
+  bad.logprobs = {1, 2};
+  EXPECT_THROW(model.forward_top(again, bad), Error);
+  EXPECT_EQ(c.n_past(), 0);  // a bad request is refused before the forward pass
 }
 
 TEST_P(BatchTest, SnapshotResumesExactlyAndResetStartsOver) {
