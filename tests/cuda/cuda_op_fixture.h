@@ -1,0 +1,142 @@
+// The fixture of the CUDA op tests (test_cuda_ops.cpp, test_cuda_matmul.cpp): the GPU backend
+// beside the portable reference, the same host data in both, and helpers for the scan, the KV
+// caches and bf16 weights. Every test is SKIPPED without a GPU (never passed).
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/test_util.h"
+#include "util/half.h"
+#include "util/thread_pool.h"
+
+namespace fh1 {
+
+struct CudaOpFixture : ::testing::Test {
+  ThreadPool pool{2};
+  std::unique_ptr<Kernels> cpu = make_reference_kernels(pool);  // the portable reference
+  std::unique_ptr<CudaKernels> gpu;
+  std::mt19937 rng{4321};
+
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible: CUDA tests not run";
+    gpu = make_cuda_kernels(0);
+  }
+
+  std::vector<float> randn(size_t n, float scale = 1.0f) { return test::randn(rng, n, scale); }
+  // The same host data in both backends' memory.
+  struct Pair {
+    Buffer c, g;
+    size_t n;
+  };
+  Pair both(const std::vector<float>& v) {
+    Pair p{Buffer(*cpu, v.size()), Buffer(*gpu, v.size()), v.size()};
+    cpu->from_host(p.c.data(), v.data(), v.size());
+    gpu->from_host(p.g.data(), v.data(), v.size());
+    return p;
+  }
+  std::vector<float> host(Kernels& k, const float* p, size_t n) {
+    std::vector<float> v(n);
+    k.to_host(v.data(), p, n);
+    return v;
+  }
+  // max |gpu - cpu| / rms(cpu); NaN anywhere fails.
+  double rel(const Pair& p) { return rel(host(*gpu, p.g.data(), p.n), host(*cpu, p.c.data(), p.n)); }
+  static double rel(const std::vector<float>& got, const std::vector<float>& ref) { return test::rel_diff(got, ref); }
+  // Random bf16 weights [N, K] (normal times scale), kept in `host` and bound on the GPU.
+  WeightView bind_random_bf16(int64_t N, int64_t K, float scale, std::vector<uint16_t>& host) {
+    const std::vector<float> wf = randn(static_cast<size_t>(N * K), scale);
+    host.resize(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) host[i] = f32_to_bf16(wf[i]);
+    TensorView tv;
+    tv.name = "w";
+    tv.dtype = DType::BF16;
+    tv.shape = {N, K};
+    tv.data = reinterpret_cast<const uint8_t*>(host.data());
+    tv.nbytes = host.size() * 2;
+    return gpu->bind_weight(tv);
+  }
+  // The fp16 matmul's row threshold as it was, restored when a test ends.
+  struct F16RowsReset {
+    CudaKernels* g;
+    int64_t rows = g->matmul_f16_rows();
+    ~F16RowsReset() { g->set_matmul_f16_rows(rows); }
+  };
+  // An output poisoned with NaN in both backends, so unwritten elements fail.
+  Pair poisoned(size_t n) { return both(std::vector<float>(n, NAN)); }
+  // A KV cache of v.size() values in both backends: the reference holds v as float32; the GPU
+  // holds it in its kv_cache_dtype(), written by its own kv_write (bf16: the reference then holds
+  // v rounded to bf16, so both attend over the same values).
+  Pair cache_both(std::vector<float> v) {
+    Pair p{Buffer(*cpu, v.size()), Buffer(*gpu, gpu->kv_cache_floats(v.size())), v.size()};
+    Buffer src(*gpu, v.size());
+    gpu->from_host(src.data(), v.data(), v.size());
+    gpu->kv_write(p.g.data(), 0, src.data(), 1, static_cast<int64_t>(v.size()));
+    if (gpu->kv_cache_dtype() == DType::BF16)
+      for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
+    cpu->from_host(p.c.data(), v.data(), v.size());
+    return p;
+  }
+  // A long scan's random inputs in both backends (x, B, C of `groups` groups in rows of ld_xbc,
+  // raw dt, A < 0, D, dt_bias) from a random non-zero state, and the reference's y and end state;
+  // gpu_scan() runs the GPU's scan as it is set up now and returns its y and end state.
+  struct ScanShape {
+    int64_t T;
+    int H, P, G, N, cs;
+    float dt_min, dt_max;
+  };
+  struct ScanInputs {
+    ScanShape c;
+    int64_t ds, GN, ld_xbc, ld_dt;
+    Pair xbc, dt, A, D, dtb;
+    std::vector<float> state0, y_ref, st_ref;
+  };
+  ScanInputs scan_inputs(const ScanShape& c) {
+    const int64_t ds = int64_t(c.H) * c.P, GN = int64_t(c.G) * c.N;
+    std::vector<float> A(static_cast<size_t>(c.H));
+    for (auto& a : A) a = -std::exp(std::uniform_real_distribution<float>(-2.0f, 1.0f)(rng));
+    ScanInputs s{c, ds, GN, ds + 2 * GN + 3, c.H + 2, both(randn(static_cast<size_t>(c.T * (ds + 2 * GN + 3)))),
+                 both(randn(static_cast<size_t>(c.T * (c.H + 2)))), both(A), both(randn(static_cast<size_t>(c.H))),
+                 both(randn(static_cast<size_t>(c.H))), randn(static_cast<size_t>(ds * c.N), 0.5f), {}, {}};
+    auto st = both(s.state0);
+    auto y = poisoned(static_cast<size_t>(c.T * ds));
+    const float* x = s.xbc.c.data();
+    cpu->ssm_scan(x, x + ds, x + ds + GN, s.ld_xbc, s.dt.c.data(), s.ld_dt, c.T, scan_params(s, false), st.c.data(),
+                  y.c.data());
+    s.y_ref = host(*cpu, y.c.data(), y.n);
+    s.st_ref = host(*cpu, st.c.data(), st.n);
+    return s;
+  }
+  SsmParams scan_params(const ScanInputs& s, bool on_gpu) {
+    const auto at = [&](const Pair& p) { return on_gpu ? p.g.data() : p.c.data(); };
+    return SsmParams{s.c.H, s.c.P, s.c.G, s.c.N, s.c.cs, at(s.A), at(s.D), at(s.dtb), s.c.dt_min, s.c.dt_max};
+  }
+  std::pair<std::vector<float>, std::vector<float>> gpu_scan(const ScanInputs& s) {
+    auto st = both(s.state0);
+    auto y = poisoned(s.y_ref.size());
+    const float* x = s.xbc.g.data();
+    gpu->ssm_scan(x, x + s.ds, x + s.ds + s.GN, s.ld_xbc, s.dt.g.data(), s.ld_dt, s.c.T, scan_params(s, true),
+                  st.g.data(), y.g.data());
+    return {host(*gpu, y.g.data(), y.n), host(*gpu, st.g.data(), st.n)};
+  }
+  // The GPU cache's values as float32.
+  std::vector<float> cache_host(const Pair& p) {
+    if (gpu->kv_cache_dtype() != DType::BF16) return host(*gpu, p.g.data(), p.n);
+    const std::vector<float> raw = host(*gpu, p.g.data(), gpu->kv_cache_floats(p.n));
+    std::vector<uint16_t> h(raw.size() * 2);
+    std::memcpy(h.data(), raw.data(), raw.size() * sizeof(float));
+    std::vector<float> v(p.n);
+    for (size_t i = 0; i < p.n; ++i) v[i] = bf16_to_f32(h[i]);
+    return v;
+  }
+};
+
+
+}  // namespace fh1

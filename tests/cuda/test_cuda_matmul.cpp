@@ -1,0 +1,266 @@
+// The matmul on the GPU: every weight dtype against the CPU reference, the fp16 prefill matmul
+// and the decode GEMV against float64. Without a GPU every test is SKIPPED (never passed).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <tuple>
+
+#include "cuda/cuda_op_fixture.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "util/error.h"
+#include "util/half.h"
+
+namespace fh1 {
+namespace {
+
+using CudaMatmulTest = CudaOpFixture;
+
+TEST_F(CudaMatmulTest, MatmulAllDtypesOddShapesWithStrideAndBias) {
+  for (DType dt : {DType::BF16, DType::F32, DType::F16}) {
+    for (auto [T, N, K] : {std::tuple{1, 1, 1}, {3, 17, 33}, {7, 70, 129}, {1, 301, 257}, {65, 129, 96}}) {
+      const int64_t ldx = K + 3;
+      const auto x = randn(static_cast<size_t>(T * ldx));
+      const auto wf = randn(static_cast<size_t>(N * K), 0.5f);
+      std::vector<uint8_t> bytes(wf.size() * (dt == DType::F32 ? 4 : 2));
+      for (size_t i = 0; i < wf.size(); ++i) {
+        if (dt == DType::F32) std::memcpy(&bytes[4 * i], &wf[i], 4);
+        else {
+          const uint16_t h = dt == DType::BF16 ? f32_to_bf16(wf[i]) : static_cast<uint16_t>(0x3000 + (i * 7919) % 0x1000);
+          std::memcpy(&bytes[2 * i], &h, 2);
+        }
+      }
+      TensorView tv;
+      tv.name = "w";
+      tv.dtype = dt;
+      tv.shape = {N, K};
+      tv.data = bytes.data();
+      tv.nbytes = bytes.size();
+      const WeightView wc = cpu->bind_weight(tv), wg = gpu->bind_weight(tv);
+      auto xs = both(x), b = both(randn(static_cast<size_t>(N)));
+      auto y = poisoned(static_cast<size_t>(T * N));
+      cpu->matmul(xs.c.data(), ldx, T, wc, b.c.data(), y.c.data());
+      gpu->matmul(xs.g.data(), ldx, T, wg, b.g.data(), y.g.data());
+      // bf16 rounds the activations too (K terms of relative error 2^-9 each); f32 is exact.
+      const double tol = dt == DType::BF16 ? 2e-2 : 1e-5;
+      EXPECT_LE(rel(y), tol) << dtype_name(dt) << " T=" << T << " N=" << N << " K=" << K;
+      auto y2 = poisoned(static_cast<size_t>(T * N));
+      cpu->matmul(xs.c.data(), ldx, T, wc, nullptr, y2.c.data());
+      gpu->matmul(xs.g.data(), ldx, T, wg, nullptr, y2.g.data());
+      EXPECT_LE(rel(y2), tol) << dtype_name(dt) << " no bias, T=" << T;
+    }
+  }
+}
+
+// The fp16 prefill matmul (cuda_gemm_f16.cu) against float64, element by element: its error
+// stays within what rounding each activation to 11 bits allows (2^-11 of sum |x w|), for
+// activations and weights whose magnitudes lie far from fp16's range, rows of x up to 7 orders of
+// magnitude apart (one scale serves the whole call: fp16 keeps every bit of values within 2^29
+// of the largest), a weight view that starts inside an upload (unaligned), and all-zero input.
+// The hi + lo split (below the fp16 rows) must stay within 2^-15 of the same sum.
+TEST_F(CudaMatmulTest, MatmulF16ScalesIntoRangeAgainstFloat64) {
+  F16RowsReset reset{gpu.get()};
+  struct Case {
+    int64_t T, N, K;
+    float w_scale;
+    int row_exp_lo, row_exp_hi;  // each row of x scaled by 10^e, e uniform in [lo, hi]
+    int64_t view_row;            // the weight view starts at this row of the upload
+    bool zero_x;
+  };
+  for (const Case c : {Case{1030, 67, 129, 1e-9f, -4, 3, 0, false}, Case{1100, 40, 96, 300.0f, 3, 9, 1, false},
+                       Case{9, 33, 65, 1.0f, -14, -9, 3, false}, Case{1024, 16, 64, 0.02f, 0, 0, 0, true}}) {
+    for (bool f16 : {true, false}) {
+      gpu->set_matmul_f16_rows(f16 ? std::min<int64_t>(c.T, 1024) : 0);
+      const int64_t ldx = c.K + 5, rows = c.N + c.view_row;
+      std::vector<float> x = randn(static_cast<size_t>(c.T * ldx));
+      for (int64_t t = 0; t < c.T; ++t) {
+        const float s = c.zero_x ? 0.0f : std::pow(10.0f, std::uniform_int_distribution<int>(c.row_exp_lo, c.row_exp_hi)(rng));
+        for (int64_t k = 0; k < ldx; ++k) x[static_cast<size_t>(t * ldx + k)] *= s;
+      }
+      std::vector<uint16_t> wb;
+      WeightView w = bind_random_bf16(rows, c.K, c.w_scale, wb);
+      w.data = static_cast<const uint16_t*>(w.data) + c.view_row * c.K;
+      w.rows = c.N;
+      const std::vector<float> bias = randn(static_cast<size_t>(c.N));
+      Buffer xg(*gpu, x.size()), bg(*gpu, bias.size()), yg(*gpu, static_cast<size_t>(c.T * c.N));
+      gpu->from_host(xg.data(), x.data(), x.size());
+      gpu->from_host(bg.data(), bias.data(), bias.size());
+      gpu->matmul(xg.data(), ldx, c.T, w, bg.data(), yg.data());
+      const std::vector<float> y = host(*gpu, yg.data(), static_cast<size_t>(c.T * c.N));
+      const double bound = f16 ? std::ldexp(1.0, -11) : std::ldexp(1.0, -15);
+      int64_t bad = 0;
+      double worst = 0;
+      for (int64_t t = 0; t < c.T; ++t)
+        for (int64_t n = 0; n < c.N; ++n) {
+          double ref = bias[static_cast<size_t>(n)], mag = 0;
+          for (int64_t k = 0; k < c.K; ++k) {
+            const double p = static_cast<double>(x[static_cast<size_t>(t * ldx + k)]) *
+                             bf16_to_f32(wb[static_cast<size_t>((n + c.view_row) * c.K + k)]);
+            ref += p;
+            mag += std::fabs(p);
+          }
+          const double err = std::fabs(y[static_cast<size_t>(t * c.N + n)] - ref);
+          const double allowed = bound * mag + 1e-6 * std::fabs(ref) + 1e-30;
+          worst = std::max(worst, err / allowed);
+          bad += !(err <= allowed);
+        }
+      EXPECT_EQ(bad, 0) << (f16 ? "f16" : "split") << " T=" << c.T << " N=" << c.N << " K=" << c.K
+                        << " w_scale=" << c.w_scale << " worst err/allowed " << worst;
+    }
+  }
+}
+
+// Activations that feed several fp16 matmuls in a row (q, k, v) are converted once: the second
+// matrix's result equals the one computed after a fresh conversion, bit for bit; once an op has
+// changed the activations (halved them), the next matmul converts again (exactly half of before).
+TEST_F(CudaMatmulTest, MatmulF16ReusesConvertedActivationsOnlyWhileUnchanged) {
+  F16RowsReset reset{gpu.get()};
+  gpu->set_matmul_f16_rows(1024);
+  const int64_t T = 1100, K = 96, N1 = 40, N2 = 56;
+  std::vector<uint16_t> h1, h2;
+  const WeightView w1 = bind_random_bf16(N1, K, 1e-3f, h1), w2 = bind_random_bf16(N2, K, 50.0f, h2);
+  const std::vector<float> x = randn(static_cast<size_t>(T * K), 3.0f);
+  Buffer xg(*gpu, x.size()), y1(*gpu, size_t(T * N1)), y2(*gpu, size_t(T * N2)), y2_fresh(*gpu, size_t(T * N2)),
+      y1_half(*gpu, size_t(T * N1)), other(*gpu, 16);
+  gpu->from_host(xg.data(), x.data(), x.size());
+  gpu->matmul(xg.data(), K, T, w1, nullptr, y1.data());
+  gpu->matmul(xg.data(), K, T, w2, nullptr, y2.data());  // reuses the conversion
+  gpu->zero(other.data(), other.size());                  // any op in between: converted afresh
+  gpu->matmul(xg.data(), K, T, w2, nullptr, y2_fresh.data());
+  EXPECT_EQ(host(*gpu, y2.data(), y2.size()), host(*gpu, y2_fresh.data(), y2_fresh.size()));
+  gpu->matmul(xg.data(), K, T, w1, nullptr, y1.data());
+  gpu->scale(xg.data(), x.size(), 0.5f, xg.data());
+  gpu->matmul(xg.data(), K, T, w1, nullptr, y1_half.data());
+  std::vector<float> half = host(*gpu, y1.data(), y1.size());
+  for (float& v : half) v *= 0.5f;
+  EXPECT_EQ(host(*gpu, y1_half.data(), y1_half.size()), half);
+}
+
+// The decode GEMV job (cuda_ops.h) against float64, with enough rows for the streaming kernel
+// (and few, for the split-K one): parts with their own scales and mup vector, the scale's output,
+// the residual and the gated epilogues, K not a multiple of 256, 1 to 8 rows of x.
+TEST_F(CudaMatmulTest, DecodeGemvJobsAgainstFloat64) {
+  auto bf16_matrix = [&](int64_t N, int64_t K, std::vector<float>& ref, std::vector<uint16_t>& bits) {
+    ref = randn(static_cast<size_t>(N * K), 0.5f);
+    bits.resize(ref.size());
+    for (size_t i = 0; i < ref.size(); ++i) {
+      bits[i] = f32_to_bf16(ref[i]);
+      ref[i] = bf16_to_f32(bits[i]);
+    }
+  };
+  for (int64_t K : {1024, 1000}) {
+    for (int T : {1, 3, 8}) {
+      for (bool many : {true, false}) {
+        const std::vector<int64_t> Ns = many ? std::vector<int64_t>{2500, 300, 700} : std::vector<int64_t>{90, 33};
+        const float xs[3] = {0.75f, -1.5f, -1.5f};
+        const int64_t ldx = K + 4;
+        const auto xh = randn(static_cast<size_t>(T * ldx));
+        auto x = both(xh);
+        std::vector<std::vector<float>> wref(Ns.size());
+        std::vector<std::vector<uint16_t>> wbits(Ns.size());
+        std::vector<Buffer> wdev, ydev;
+        const auto v = randn(static_cast<size_t>(Ns[0]));
+        const auto bias = randn(static_cast<size_t>(Ns[1]));
+        Pair vb = both(v), bb = both(bias);
+        cuda::GemvJob job;
+        job.nparts = static_cast<int>(Ns.size());
+        job.K = K;
+        job.x = x.g.data();
+        job.ldx = ldx;
+        job.T = T;
+        Buffer xout(*gpu, static_cast<size_t>(T * K));
+        job.x_out = xout.data();
+        job.xs_out = xs[Ns.size() - 1];
+        for (size_t p = 0; p < Ns.size(); ++p) {
+          bf16_matrix(Ns[p], K, wref[p], wbits[p]);
+          wdev.emplace_back(*gpu, (wbits[p].size() + 1) / 2);
+          gpu->from_host(wdev.back().data(), reinterpret_cast<const float*>(wbits[p].data()), wbits[p].size() / 2);
+          ydev.emplace_back(*gpu, static_cast<size_t>(T * Ns[p]));
+          job.part[p] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(wdev.back().data()),
+                                       p == 1 ? bb.g.data() : nullptr, ydev.back().data(), Ns[p], xs[p],
+                                       p == 0 ? vb.g.data() : nullptr};
+        }
+        gpu->synchronize();
+        cuda::gemv_job(job, nullptr);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        for (size_t p = 0; p < Ns.size(); ++p) {
+          std::vector<float> ref(static_cast<size_t>(T * Ns[p]));
+          for (int t = 0; t < T; ++t)
+            for (int64_t n = 0; n < Ns[p]; ++n) {
+              double acc = 0.0;
+              for (int64_t k = 0; k < K; ++k)
+                acc += double(wref[p][size_t(n * K + k)]) * double(xh[size_t(t * ldx + k)] * xs[p]);
+              if (p == 1) acc += bias[size_t(n)];
+              if (p == 0) acc *= v[size_t(n)];
+              ref[size_t(t * Ns[p] + n)] = static_cast<float>(acc);
+            }
+          EXPECT_LE(rel(host(*gpu, ydev[p].data(), ref.size()), ref), 1e-5)
+              << "part " << p << " K=" << K << " T=" << T << " rows " << (many ? "many" : "few");
+        }
+        std::vector<float> xo_ref(static_cast<size_t>(T * K));
+        for (int t = 0; t < T; ++t)
+          for (int64_t k = 0; k < K; ++k) xo_ref[size_t(t * K + k)] = xh[size_t(t * ldx + k)] * job.xs_out;
+        EXPECT_EQ(rel(host(*gpu, xout.data(), xo_ref.size()), xo_ref), 0.0) << "the scale's output";
+
+        // Gated (gate/up of the same rows) and residual (h += y * sa + other * sb) epilogues.
+        const int64_t N = many ? 2400 : 40;
+        std::vector<float> gr, ur;
+        std::vector<uint16_t> gbits, ubits;
+        bf16_matrix(N, K, gr, gbits);
+        bf16_matrix(N, K, ur, ubits);
+        Buffer gw(*gpu, gbits.size() / 2), uw(*gpu, ubits.size() / 2);
+        gpu->from_host(gw.data(), reinterpret_cast<const float*>(gbits.data()), gbits.size() / 2);
+        gpu->from_host(uw.data(), reinterpret_cast<const float*>(ubits.data()), ubits.size() / 2);
+        Buffer gy(*gpu, size_t(T * N)), uy(*gpu, size_t(T * N)), out(*gpu, size_t(T * N));
+        cuda::GemvJob gj;
+        gj.nparts = 2;
+        gj.K = K;
+        gj.x = x.g.data();
+        gj.ldx = ldx;
+        gj.T = T;
+        gj.part[0] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(gw.data()), nullptr, gy.data(), N};
+        gj.part[1] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(uw.data()), nullptr, uy.data(), N};
+        gj.epi = cuda::GemvJob::kGated;
+        gj.gs = 0.8f;
+        gj.out = out.data();
+        const auto hh = randn(size_t(T * N)), other = randn(size_t(T * N));
+        Pair h = both(hh), ot = both(other);
+        cuda::GemvJob rj;
+        rj.K = K;
+        rj.x = x.g.data();
+        rj.ldx = ldx;
+        rj.T = T;
+        Buffer ry(*gpu, size_t(T * N));
+        rj.part[0] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(gw.data()), nullptr, ry.data(), N};
+        rj.epi = cuda::GemvJob::kResidual;
+        rj.h = h.g.data();
+        rj.other = ot.g.data();
+        rj.y_first = false;
+        rj.sa = 0.5f;
+        rj.sb = -1.25f;
+        cuda::gemv_job(gj, nullptr);
+        cuda::gemv_job(rj, nullptr);
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        std::vector<float> out_ref(size_t(T * N)), h_ref(size_t(T * N));
+        for (int t = 0; t < T; ++t)
+          for (int64_t n = 0; n < N; ++n) {
+            double g = 0.0, u = 0.0;
+            for (int64_t k = 0; k < K; ++k) {
+              g += double(gr[size_t(n * K + k)]) * xh[size_t(t * ldx + k)];
+              u += double(ur[size_t(n * K + k)]) * xh[size_t(t * ldx + k)];
+            }
+            const size_t i = size_t(t * N + n);
+            out_ref[i] = static_cast<float>(u * (g * 0.8) / (1.0 + std::exp(-g * 0.8)));
+            h_ref[i] = static_cast<float>(hh[i] + other[i] * 0.5 + g * -1.25);
+          }
+        EXPECT_LE(rel(host(*gpu, out.data(), out_ref.size()), out_ref), 1e-5) << "gated K=" << K << " T=" << T;
+        EXPECT_LE(rel(host(*gpu, h.g.data(), h_ref.size()), h_ref), 1e-5) << "residual K=" << K << " T=" << T;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fh1
