@@ -116,6 +116,9 @@ float Model::TopLogits::raw(int64_t i, int32_t id) const {
   if (static_cast<size_t>(i) < before_lower_.size())
     for (const auto& [lowered, v] : before_lower_[static_cast<size_t>(i)])
       if (lowered == id) return v;
+  const size_t L = static_cast<size_t>(lp_k), r = static_cast<size_t>(i);
+  for (size_t j = 0; j < L && (r + 1) * L <= lp_ids.size(); ++j)  // the best of the row: no copy
+    if (lp_ids[r * L + j] == id) return lp_values[r * L + j];
   float v = 0.0f;
   logits_.kernels()->to_host(&v, logits_.data() + i * vocab_ + id, 1);
   return v;
