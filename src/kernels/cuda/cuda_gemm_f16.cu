@@ -22,14 +22,8 @@
 namespace fh1::cuda {
 namespace {
 
-constexpr int kThreads = 256;
 constexpr int kTopExponent = 14;  // the largest |value| is scaled into [2^14, 2^15): fp16's max is 65504
 constexpr int kMaxShift = 63;  // |shift| <= 63 for W and x: 2^shift and alpha = 2^-(sx + sw) are normal floats
-
-inline unsigned blocks_for(size_t n) {
-  const size_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 65536 ? 65536 : b));
-}
 
 // The shift for a tensor whose largest |value| has float32 bits `bits` (0 when all are zero),
 // within [lo, hi]. Inf or NaN: no scaling (they propagate as they would in float32).
@@ -135,7 +129,8 @@ __global__ void bf16_to_f16_scaled_kernel(const uint16_t* w, size_t n, size_t n8
 int f16_shift_of_bf16(const uint16_t* w, size_t n, uint32_t* scratch, cudaStream_t s) {
   check(cudaMemsetAsync(scratch, 0, sizeof(uint32_t), s), "f16 shift (memset)");
   if (n > 0) {
-    launch(absmax_bf16_kernel, std::min(blocks_for(n), kReduceBlocks), kThreads, 0, s, w, n, scratch);
+    launch(absmax_bf16_kernel, std::min(rows_grid(1, static_cast<int64_t>(n)).x, kReduceBlocks), kRowThreads, 0, s, w,
+           n, scratch);
     check_launch("absmax_bf16");
   }
   uint32_t bits = 0;
@@ -149,8 +144,8 @@ void gemm_f16(cublasHandle_t blas, const uint16_t* w, int64_t N, int64_t K, int 
   const size_t nw = static_cast<size_t>(N * K);
   const bool vec = reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(sc.w16) % 16 == 0;
   const size_t n8 = vec ? nw / 8 : 0;
-  launch(bf16_to_f16_scaled_kernel, blocks_for(n8 > 0 ? n8 : nw), kThreads, 0, s, w, nw, n8, w_shift,
-         reinterpret_cast<__half*>(sc.w16));
+  launch(bf16_to_f16_scaled_kernel, rows_grid(1, static_cast<int64_t>(n8 > 0 ? n8 : nw)), kRowThreads, 0, s, w, nw, n8,
+         w_shift, reinterpret_cast<__half*>(sc.w16));
   check_launch("bf16_to_f16_scaled");
   auto* bits = reinterpret_cast<uint32_t*>(sc.consts);
   if (!x16_ready) {
