@@ -8,7 +8,7 @@
 //
 //   cuda-bench [--models 0.5b,1.5b-deep,7b,34b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
 //              [--decode-ctx 1024,16384] [--batches 1,8,64] [--decode-steps 32] [--json out.jsonl]
-//              [--dir /tmp] [--matmul bf16x2|bf16] [--f16-rows 1024] [--attention tf32|f32] [--graphs 1|0] [--kv bf16|f32]
+//              [--dir /tmp] [--matmul bf16x2|bf16] [--f16-rows 1024] [--attention tf32|f32] [--ssd tf32|f32] [--graphs 1|0] [--kv bf16|f32]
 //              [--logits all|top1|draw] [--scan 8192] [--matmul-rows 8192]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
 // KV cache holds all T). Decode at context C: B sequences whose KV caches hold C rows of random
@@ -273,13 +273,14 @@ int main(int argc, char** argv) {
   std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, decode_ctx = {1024, 16384}, batches = {1, 8, 64};
   int steps = 32;
   int64_t chunk = 32768, scan_tokens = 0, f16_rows = -1, matmul_rows = 0;
-  bool split = true, tf32 = true, graphs = true, kv_bf16 = true, top1 = false, draw = false;
+  bool split = true, tf32 = true, ssd_tf32 = true, graphs = true, kv_bf16 = true, top1 = false, draw = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--models") models = v;
     else if (a == "--matmul") split = v != "bf16";
     else if (a == "--f16-rows") f16_rows = std::stoll(v);  // fp16 GEMM from this many rows (0: never)
     else if (a == "--attention") tf32 = v != "f32";
+    else if (a == "--ssd") ssd_tf32 = v != "f32";  // the chunked SSD's products
     else if (a == "--graphs") graphs = v != "0";
     else if (a == "--kv") kv_bf16 = v != "f32";
     else if (a == "--logits") {  // decode: every logit to the host, the best (greedy), or a draw
@@ -307,10 +308,10 @@ int main(int argc, char** argv) {
                                : f16_rows == 0 ? "bf16x2 (activations as hi + lo bf16)"
                                                : "bf16x2 (hi + lo), fp16 from " + std::to_string(f16_rows) + " rows";
     std::printf("device: %s, %d SMs, %.1f GiB; copy %.0f GB/s (read+write); bf16 GEMM 8192^3 %.0f TFLOP/s\n"
-                "matmul %s; prefill attention %s; decode graphs %s; KV cache %s; prefill in chunks of %lld tokens\n",
+                "matmul %s; prefill attention %s; SSD scan %s; decode graphs %s; KV cache %s; prefill in chunks of %lld tokens\n",
                 prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, bw, gemm,
                 matmul.c_str(),
-                tf32 ? "tf32 tensor cores" : "f32", graphs ? "on" : "off", kv_bf16 ? "bf16" : "f32",
+                tf32 ? "tf32 tensor cores" : "f32", ssd_tf32 ? "tf32" : "f32", graphs ? "on" : "off", kv_bf16 ? "bf16" : "f32",
                 static_cast<long long>(chunk));
     std::ofstream js;
     if (!json_path.empty()) js.open(json_path);
@@ -320,6 +321,7 @@ int main(int argc, char** argv) {
       j["gemm_TFLOPs"] = gemm;
       j["matmul"] = matmul;
       j["attention"] = tf32 ? "tf32" : "f32";
+      j["ssd"] = ssd_tf32 ? "tf32" : "f32";
       j["graphs"] = graphs;
       j["logits"] = top1 ? "top1" : draw ? "draw" : "all";
       j["kv_cache"] = kv_bf16 ? "bf16" : "f32";
@@ -336,6 +338,7 @@ int main(int argc, char** argv) {
       k->set_matmul_split(split);
       k->set_matmul_f16_rows(f16_rows);
       k->set_attention_tf32(tf32);
+      k->set_scan_tf32(ssd_tf32);
       k->set_decode_graphs(graphs);
       k->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
       Model model = Model::from_store(c, TensorStore::open_files({file}), *k);
@@ -496,13 +499,13 @@ int main(int argc, char** argv) {
         const double pct = 100.0 * flops / best / (gemm * 1e12);
         const CudaMemoryStats m = k->memory_stats();
         const double used = device_used() / 1e9;
-        std::printf("%-8s %5d %8lld %12.1f %10.1f %9.1f%% %10.2f  (KV %.2f GB, peak activations %.2f GB)\n", "prefill", 1,
-                    static_cast<long long>(T), T / best, best * 1e3, pct, used,
-                    double(T) * kv_bytes_per_token(c, *k) / 1e9, m.peak_live_bytes / 1e9);
+        std::printf("%-8s %5d %8lld %12.1f %10.1f %9.1f%% %10.2f  (KV %.2f GB, peak activations %.2f GB, fp16 weight copies %.2f GB)\n",
+                    "prefill", 1, static_cast<long long>(T), T / best, best * 1e3, pct, used,
+                    double(T) * kv_bytes_per_token(c, *k) / 1e9, m.peak_live_bytes / 1e9, m.f16_copy_bytes / 1e9);
         emit({{"model", s.name}, {"kind", "prefill"}, {"tokens", T}, {"chunk", chunk}, {"tokens_per_s", T / best},
               {"ms", best * 1e3}, {"model_TFLOP", flops / 1e12}, {"pct_of_gemm_rate", pct}, {"gpu_used_GB", used},
               {"weights_GB", m.weight_bytes / 1e9}, {"kv_GB", double(T) * kv_bytes_per_token(c, *k) / 1e9},
-              {"peak_live_GB", m.peak_live_bytes / 1e9}});
+              {"peak_live_GB", m.peak_live_bytes / 1e9}, {"f16_copies_GB", m.f16_copy_bytes / 1e9}});
         k->trim();
       }
       // ---- decode: B sequences of `ctx` tokens each (KV cache filled with random values, no
@@ -513,6 +516,7 @@ int main(int argc, char** argv) {
           const uint64_t need = uint64_t(B) * uint64_t(ctx + steps + 8) * kv_bytes_per_token(c, *k);
           size_t fr = 0, tot = 0;
           cudaMemGetInfo(&fr, &tot);
+          fr += k->memory_stats().f16_copy_bytes;  // the fp16 weight copies give way to the caches
           if (need + (size_t(4) << 30) > fr) {
             std::printf("decode   %5lld %8lld   skipped: KV caches %.1f GB > free %.1f GB - 4\n",
                         static_cast<long long>(B), static_cast<long long>(ctx), need / 1e9, fr / 1e9);

@@ -138,6 +138,58 @@ TEST_F(CudaMatmulTest, MatmulF16ReusesConvertedActivationsOnlyWhileUnchanged) {
   EXPECT_EQ(host(*gpu, y1_half.data(), y1_half.size()), half);
 }
 
+// The weights' fp16 copies (set_f16_weight_copies): made by the first fp16 matmul of a matrix,
+// used by the next, for a view inside an upload too, with results bit for bit those of the
+// per-call conversion; dropped when turned off, and for good once an allocation has failed.
+TEST_F(CudaMatmulTest, MatmulF16WeightCopiesGiveTheSameResultsAndGiveWay) {
+  F16RowsReset reset{gpu.get()};
+  struct CopiesReset {
+    CudaKernels* g;
+    ~CopiesReset() { g->set_f16_weight_copies(true); }
+  } copies_reset{gpu.get()};
+  gpu->set_matmul_f16_rows(256);
+  const int64_t T = 300, K = 160, N = 72, view_row = 5, NV = 40;
+  std::vector<uint16_t> hw;
+  const WeightView w = bind_random_bf16(N, K, 0.07f, hw);
+  WeightView view = w;
+  view.data = static_cast<const uint16_t*>(w.data) + view_row * K;
+  view.rows = NV;
+  const std::vector<float> x = randn(static_cast<size_t>(T * K), 2.0f);
+  Buffer xg(*gpu, x.size()), y(*gpu, size_t(T * N)), yv(*gpu, size_t(T * NV));
+  gpu->from_host(xg.data(), x.data(), x.size());
+  const auto run = [&] {
+    gpu->matmul(xg.data(), K, T, w, nullptr, y.data());
+    gpu->zero(yv.data(), 1);  // an op between: x is converted again (not what this test is about)
+    gpu->matmul(xg.data(), K, T, view, nullptr, yv.data());
+    return std::pair{host(*gpu, y.data(), y.size()), host(*gpu, yv.data(), yv.size())};
+  };
+  gpu->set_f16_weight_copies(false);
+  const auto converted = run();
+  EXPECT_EQ(gpu->memory_stats().f16_copy_bytes, 0u);
+  gpu->set_f16_weight_copies(true);
+  const auto first = run();  // makes w's copy
+  const size_t bytes = gpu->memory_stats().f16_copy_bytes;
+  EXPECT_GE(bytes, static_cast<size_t>(N * K * 2)) << "no fp16 copy was made";
+  const auto second = run();  // uses it
+  EXPECT_EQ(gpu->memory_stats().f16_copy_bytes, bytes);
+  EXPECT_EQ(first, converted);
+  EXPECT_EQ(second, converted);
+  // The view's rows are those of the whole matrix's.
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < NV; ++n)
+      ASSERT_EQ(second.second[size_t(t * NV + n)], second.first[size_t(t * N + n + view_row)]) << t << " " << n;
+  gpu->set_f16_weight_copies(false);
+  EXPECT_EQ(gpu->memory_stats().f16_copy_bytes, 0u);
+  gpu->set_f16_weight_copies(true);
+  EXPECT_EQ(run(), converted);
+  EXPECT_GT(gpu->memory_stats().f16_copy_bytes, 0u);
+  // An allocation the device cannot hold: the copies are freed first, then the error comes.
+  EXPECT_THROW(gpu->alloc(size_t(1) << 42), Error);
+  EXPECT_EQ(gpu->memory_stats().f16_copy_bytes, 0u);
+  EXPECT_EQ(run(), converted);
+  EXPECT_EQ(gpu->memory_stats().f16_copy_bytes, 0u) << "copies made again after an allocation failed";
+}
+
 // The decode GEMV job (cuda_ops.h) against float64, with enough rows for the streaming kernel
 // (and few, for the split-K one): parts with their own scales and mup vector, the scale's output,
 // the residual and the gated epilogues, K not a multiple of 256, 1 to 8 rows of x.

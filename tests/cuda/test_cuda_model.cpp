@@ -174,27 +174,36 @@ TEST_P(CudaModelTest, PrefillMatmulsInF16MatchTransformers) {
 }
 
 // The prompt's scan as the chunked SSD (long prompts take it; here chunks of 4 tokens, windows
-// of 2 chunks, so that the fixtures' short prompts do): the fixture's logits, and the recurrence's.
+// of 2 chunks, so that the fixtures' short prompts do), its products in float32 and in TF32 (the
+// default): the fixture's logits, and the recurrence's.
 TEST_P(CudaModelTest, PromptScanAsChunkedSsdMatchesTransformers) {
   struct Reset {
-    ~Reset() { cuda::set_scan_ssd(cuda::kScanSsdAuto, 0, 0); }
-  } reset;
+    CudaKernels* g;
+    ~Reset() {
+      cuda::set_scan_ssd(cuda::kScanSsdAuto, 0, 0);
+      g->set_scan_tf32(true);
+    }
+  } reset{static_cast<CudaKernels*>(gpu.get())};
   const Fixture f = load_fixture(GetParam());
   const Model model = Model::load(f.dir, *gpu);
-  cuda::set_scan_ssd(-1, 0, 0);
-  SequenceState a = model.new_state();
-  const std::vector<float> rec = model.forward(a, f.prompt_ids, true);
-  cuda::set_scan_ssd(0, 2, 4);
-  SequenceState b = model.new_state();
-  const std::vector<float> ssd = model.forward(b, f.prompt_ids, true);
-  const double diff = relative_max_diff(ssd, rec);
-  std::printf("%s: SSD vs recurrence %.2e, vs transformers %.2e\n", f.name.c_str(), diff,
-              relative_max_diff(ssd, f.logits));
-  EXPECT_LE(diff, 1e-3) << f.name;
-  EXPECT_LE(relative_max_diff(ssd, f.logits), kTol) << f.name;
-  // The state it leaves: the next token decodes as after the recurrence.
-  const int32_t next = f.prompt_ids.front();
-  EXPECT_LE(relative_max_diff(model.forward(b, {&next, 1}, true), model.forward(a, {&next, 1}, true)), 1e-3) << f.name;
+  for (const bool tf32 : {false, true}) {
+    reset.g->set_scan_tf32(tf32);
+    const double tol = tf32 ? 5e-3 : 1e-3;
+    cuda::set_scan_ssd(-1, 0, 0);
+    SequenceState a = model.new_state();
+    const std::vector<float> rec = model.forward(a, f.prompt_ids, true);
+    cuda::set_scan_ssd(0, 2, 4);
+    SequenceState b = model.new_state();
+    const std::vector<float> ssd = model.forward(b, f.prompt_ids, true);
+    const double diff = relative_max_diff(ssd, rec);
+    std::printf("%s: SSD (%s) vs recurrence %.2e, vs transformers %.2e\n", f.name.c_str(), tf32 ? "TF32" : "float32",
+                diff, relative_max_diff(ssd, f.logits));
+    EXPECT_LE(diff, tol) << f.name;
+    EXPECT_LE(relative_max_diff(ssd, f.logits), kTol) << f.name;
+    // The state it leaves: the next token decodes as after the recurrence.
+    const int32_t next = f.prompt_ids.front();
+    EXPECT_LE(relative_max_diff(model.forward(b, {&next, 1}, true), model.forward(a, {&next, 1}, true)), tol) << f.name;
+  }
 }
 
 // Penalties and logprobs of a draw computed on the GPU (forward_top with lower and logprobs):

@@ -4,7 +4,8 @@
 // Why fp16 and not bf16: an activation rounded to fp16 keeps 11 bits (bf16 keeps 8), and a bf16
 // weight is exact in fp16 once it is scaled into fp16's range. Both operands are scaled by powers
 // of two, so the scaling itself is exact:
-//   W: its largest |w| is brought into [2^14, 2^15) (the shift is computed once, at upload);
+//   W: its largest |w| is brought into [2^14, 2^15) (the shift is computed once, at upload; the
+//      backend keeps the fp16 copy where memory allows, else converts it for each call);
 //   x: the same for the largest |x| of the call, found on the device (no host round trip);
 //   y: alpha = 2^-(shift_x + shift_w), read by cuBLAS from device memory.
 // A value more than 2^29 times smaller than its tensor's largest falls into fp16's subnormals and
@@ -139,14 +140,17 @@ int f16_shift_of_bf16(const uint16_t* w, size_t n, uint32_t* scratch, cudaStream
   return shift_for(bits);
 }
 
-void gemm_f16(cublasHandle_t blas, const uint16_t* w, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
-              int64_t T, float* y, const F16Scratch& sc, bool x16_ready, cudaStream_t s) {
-  const size_t nw = static_cast<size_t>(N * K);
-  const bool vec = reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(sc.w16) % 16 == 0;
-  const size_t n8 = vec ? nw / 8 : 0;
-  launch(bf16_to_f16_scaled_kernel, rows_grid(1, static_cast<int64_t>(n8 > 0 ? n8 : nw)), kRowThreads, 0, s, w, nw, n8,
-         w_shift, reinterpret_cast<__half*>(sc.w16));
+void bf16_to_f16_scaled(const uint16_t* w, size_t n, int shift, uint16_t* out, cudaStream_t s) {
+  if (n == 0) return;
+  const bool vec = reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  const size_t n8 = vec ? n / 8 : 0;
+  launch(bf16_to_f16_scaled_kernel, rows_grid(1, static_cast<int64_t>(n8 > 0 ? n8 : n)), kRowThreads, 0, s, w, n, n8,
+         shift, reinterpret_cast<__half*>(out));
   check_launch("bf16_to_f16_scaled");
+}
+
+void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
+              int64_t T, float* y, const F16Scratch& sc, bool x16_ready, cudaStream_t s) {
   auto* bits = reinterpret_cast<uint32_t*>(sc.consts);
   if (!x16_ready) {
     check(cudaMemsetAsync(sc.consts, 0, 3 * sizeof(float), s), "f16 gemm (memset)");
@@ -168,7 +172,7 @@ void gemm_f16(cublasHandle_t blas, const uint16_t* w, int64_t N, int64_t K, int 
   check_blas(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_DEVICE), "cublasSetPointerMode");
   const cublasStatus_t st =
       cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T), static_cast<int>(K),
-                   sc.consts + 1, sc.w16, CUDA_R_16F, static_cast<int>(K), sc.x16, CUDA_R_16F, static_cast<int>(K),
+                   sc.consts + 1, w16, CUDA_R_16F, static_cast<int>(K), sc.x16, CUDA_R_16F, static_cast<int>(K),
                    sc.consts + 2, y, CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   check_blas(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
   check_blas(st, "cublasGemmEx (f16)");

@@ -31,7 +31,11 @@ namespace fh1 {
 namespace cuda {
 
 void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw Error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
+  if (e == cudaSuccess) return;
+  // Clear the runtime's last error (an allocation that failed, say), so that the next launch's
+  // check does not report it again; a sticky error (a faulted kernel) stays and shows anyway.
+  cudaGetLastError();
+  throw Error(std::string("CUDA: ") + what + ": " + cudaGetErrorString(e));
 }
 
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
@@ -105,6 +109,8 @@ class CudaKernelsImpl final : public CudaKernels {
     if (const char* g = std::getenv("FH1_CUDA_FUSE")) step_->set_fuse(std::string(g) != "0");  // 0: ops one by one
     if (const char* a = std::getenv("FH1_CUDA_ATTN")) tf32_attn_ = std::string(a) != "f32";
     if (const char* a = std::getenv("FH1_CUDA_KV")) kv_bf16_ = std::string(a) != "f32";
+    if (const char* a = std::getenv("FH1_CUDA_SSD_TF32")) tf32_scan_ = std::string(a) != "0";
+    if (const char* a = std::getenv("FH1_CUDA_F16_COPIES")) f16_copies_ = std::string(a) != "0";
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
   }
 
@@ -125,7 +131,10 @@ class CudaKernelsImpl final : public CudaKernels {
       cudaFree(l.att);
       cudaFree(l.w16);
     }
-    for (auto& [p, w] : weights_) cudaFree(p);
+    for (auto& [p, w] : weights_) {
+      cudaFree(p);
+      cudaFree(w.f16);
+    }
     for (auto& [p, sz] : live_) cudaFree(p);
     for (auto& [sz, v] : cache_)
       for (void* p : v) cudaFree(p);
@@ -149,7 +158,11 @@ class CudaKernelsImpl final : public CudaKernels {
       if (cudaMalloc(&p, bytes) != cudaSuccess) {
         cudaGetLastError();
         trim();
-        check(cudaMalloc(&p, bytes), ("cudaMalloc of " + std::to_string(bytes) + " bytes").c_str());
+        if (cudaMalloc(&p, bytes) != cudaSuccess) {  // the weights' fp16 copies give way
+          cudaGetLastError();
+          drop_f16_copies(true);
+          check(cudaMalloc(&p, bytes), ("cudaMalloc of " + std::to_string(bytes) + " bytes").c_str());
+        }
       }
     }
     live_[p] = bytes;
@@ -221,15 +234,20 @@ class CudaKernelsImpl final : public CudaKernels {
       // Prefill: one fp16 GEMM (activations to 11 bits, weights exact) instead of hi + lo. The
       // weights' fp16 copy costs a pass over them: even at 256 rows it is paid back (H200: 7B 512
       // tokens 35.9 -> 32.0 ms, 768 tokens 50.8 -> 41.9 ms).
-      const cuda::F16Scratch sc{grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights"),
-                                bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
       const int shift = weight_f16_shift(w);
       // The same activations into several matrices (q, k, v; gate, up): converted once, when no
       // op has run since the last fp16 matmul read them (and it did not write over them).
       const X16Key key{x, ldx, T, K};
       const bool ready = x16_last_ == key && x16_seq_ == op_seq_;
+      // The weights in fp16: the kept copy (made now, by the first matmul that needs it, when
+      // memory allows), else converted into scratch for this call.
+      const F16Copy copy = f16_copy(w, shift);
+      uint16_t* w16 = copy.w16 ? copy.w16 : grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights");
+      const cuda::F16Scratch sc{bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
       op("matmul f16", [=, this] {
-        cuda::gemm_f16(blas_, static_cast<const uint16_t*>(w.data), N, K, shift, x, ldx, T, y, sc, ready, stream_);
+        if (copy.fill) cuda::bf16_to_f16_scaled(copy.fill_src, copy.fill_n, shift, copy.fill_dst, stream_);
+        else if (!copy.w16) cuda::bf16_to_f16_scaled(static_cast<const uint16_t*>(w.data), static_cast<size_t>(N * K), shift, w16, stream_);
+        cuda::gemm_f16(blas_, w16, N, K, shift, x, ldx, T, y, sc, ready, stream_);
         if (bias) cuda::add_bias(y, T, N, bias, stream_);
       }, w.data, N, K, x, ldx, T, bias, y);
       const auto at = [](const float* p) { return reinterpret_cast<uintptr_t>(p); };
@@ -401,10 +419,11 @@ class CudaKernelsImpl final : public CudaKernels {
     // buffer safely, and the pointer is part of a recorded step's signature).
     const size_t scratch_floats = cuda::ssm_scan_scratch_floats(T, pp);
     float* scratch = scratch_floats ? attention_scratch(scratch_floats) : nullptr;
+    const bool tf32 = tf32_scan_;
     op("ssm_scan", [=, this] {
-      cuda::ssm_scan(x, B, C, ld_xbc, dt_raw, ld_dt, T, pp, state, y, scratch, scratch_floats, blas_, stream_);
+      cuda::ssm_scan(x, B, C, ld_xbc, dt_raw, ld_dt, T, pp, state, y, scratch, scratch_floats, tf32, blas_, stream_);
     }, x, B, C, ld_xbc, dt_raw, ld_dt, T, pp.heads, pp.head_dim, pp.groups, pp.d_state, pp.chunk_size, pp.A, pp.D,
-       pp.dt_bias, pp.dt_min, pp.dt_max, state, y, scratch, scratch_floats);
+       pp.dt_bias, pp.dt_min, pp.dt_max, state, y, scratch, scratch_floats, tf32);
   }
 
   // ---- decode steps: every sequence's row in one launch ----
@@ -551,6 +570,15 @@ class CudaKernelsImpl final : public CudaKernels {
   int64_t matmul_f16_rows() const override { return f16_rows_; }
   bool matmul_split() const override { return split_; }
   void set_attention_tf32(bool on) override { tf32_attn_ = on; }
+  void set_scan_tf32(bool on) override { tf32_scan_ = on; }
+  void set_f16_weight_copies(bool on) override {
+    flush();
+    f16_copies_ = on;
+    f16_copies_closed_ = false;
+    if (!on) drop_f16_copies(false);
+  }
+  bool f16_weight_copies() const override { return f16_copies_; }
+  bool scan_tf32() const override { return tf32_scan_; }
   DType kv_cache_dtype() const override { return kv_bf16_ ? DType::BF16 : DType::F32; }
   // KV caches in bf16 (default: half the bytes a long-context decode step reads; keys and values
   // rounded to bf16 when written, every product and sum still float32) or float32
@@ -578,7 +606,7 @@ class CudaKernelsImpl final : public CudaKernels {
   }
 
   CudaMemoryStats memory_stats() const override {
-    return CudaMemoryStats{weight_bytes_, live_bytes_, peak_live_, cached_bytes_};
+    return CudaMemoryStats{weight_bytes_, live_bytes_, peak_live_, cached_bytes_, f16_copy_bytes_};
   }
   void reset_peak() override { peak_live_ = live_bytes_; }
 
@@ -604,6 +632,7 @@ class CudaKernelsImpl final : public CudaKernels {
 
   void randomize_weights(uint64_t seed) override {
     flush();
+    drop_f16_copies(false);  // made again from the new values
     uint64_t i = 0;
     for (auto& [p, w] : weights_) {
       const float amp = w.cols > 0 ? 1.0f / std::sqrt(static_cast<float>(w.cols)) : 1.0f;
@@ -623,6 +652,7 @@ class CudaKernelsImpl final : public CudaKernels {
     size_t n;
     int64_t cols;
     int f16_shift;  // BF16: the power of two that scales it into fp16's range (cuda_gemm_f16.cu)
+    uint16_t* f16 = nullptr;  // BF16: its fp16 copy (scaled by 2^f16_shift), when kept (f16_copy)
   };
 
   struct LaneScratch {
@@ -694,7 +724,11 @@ class CudaKernelsImpl final : public CudaKernels {
       step_->retire(p);
       p = nullptr;
       cap = std::max(n, cap * 2);
-      check(cudaMalloc(&p, cap * sizeof(T)), what);
+      if (cudaMalloc(&p, cap * sizeof(T)) != cudaSuccess) {  // the weights' fp16 copies give way
+        cudaGetLastError();
+        drop_f16_copies(true);
+        check(cudaMalloc(&p, cap * sizeof(T)), what);
+      }
     }
     return p;
   }
@@ -719,6 +753,62 @@ class CudaKernelsImpl final : public CudaKernels {
         return it->second.f16_shift;
     }
     return f16_shift(const_cast<void*>(W.data), static_cast<size_t>(W.rows * W.cols));
+  }
+
+  // The fp16 weights of a prefill matmul. Each bf16 matrix gets its fp16 copy (2 bytes a weight)
+  // at the first matmul that needs it, while at least max(2 GiB, 10 % of the device) stays free;
+  // the first refusal ends the copying. The copies give way to every other allocation (alloc,
+  // scratch): all are freed when one fails, and no more are made. Without a copy each call
+  // converts its matrix into scratch (7B: ~8 ms of a forward pass, 15 GB read and written).
+  struct F16Copy {
+    uint16_t* w16 = nullptr;  // the view's values in the kept copy (null: none)
+    const uint16_t* fill_src = nullptr;  // a new copy: the matmul fills it first, from here
+    uint16_t* fill_dst = nullptr;
+    size_t fill_n = 0;
+    bool fill = false;
+  };
+  F16Copy f16_copy(const WeightView& W, int shift) {
+    F16Copy c;
+    if (!f16_copies_) return c;
+    auto it = weights_.upper_bound(const_cast<void*>(W.data));
+    if (it == weights_.begin()) return c;
+    --it;
+    Uploaded& u = it->second;
+    const char* base = static_cast<const char*>(it->first);
+    const size_t off = static_cast<size_t>(static_cast<const char*>(W.data) - base) / 2;
+    if (u.dtype != DType::BF16 || u.f16_shift != shift || off + static_cast<size_t>(W.rows * W.cols) > u.n) return c;
+    if (u.f16 == nullptr) {
+      if (f16_copies_closed_) return c;
+      size_t free_b = 0, total_b = 0;
+      void* p = nullptr;
+      const size_t bytes = u.n * 2;
+      if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess ||
+          free_b < bytes + std::max<size_t>(size_t(2) << 30, total_b / 10) || cudaMalloc(&p, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        f16_copies_closed_ = true;
+        return c;
+      }
+      u.f16 = static_cast<uint16_t*>(p);
+      f16_copy_bytes_ += bytes;
+      c.fill = true;
+      c.fill_src = static_cast<const uint16_t*>(it->first);
+      c.fill_dst = u.f16;
+      c.fill_n = u.n;
+    }
+    c.w16 = u.f16 + off;
+    return c;
+  }
+  // Frees every fp16 copy (close: and makes no more). No recorded closure uses them (a recorded
+  // decode step never takes the fp16 GEMM): waiting for the stream is enough.
+  void drop_f16_copies(bool close) {
+    if (close) f16_copies_closed_ = true;
+    if (f16_copy_bytes_ == 0) return;
+    cudaStreamSynchronize(stream_);
+    for (auto& [p, w] : weights_) {
+      cudaFree(w.f16);
+      w.f16 = nullptr;
+    }
+    f16_copy_bytes_ = 0;
   }
 
   // y[T, N] = xb[T, K] @ W^T (+ beta * y), float32 accumulate and output.
@@ -768,8 +858,11 @@ class CudaKernelsImpl final : public CudaKernels {
   X16Key x16_last_;
   int64_t f16_rows_ = kF16Rows;
   float* f16_consts_ = nullptr;
+  bool f16_copies_ = true, f16_copies_closed_ = false;  // the weights' fp16 copies (f16_copy)
+  size_t f16_copy_bytes_ = 0;
   int64_t gemv_rows_ = 4;
   bool tf32_attn_ = true;
+  bool tf32_scan_ = true;  // the chunked SSD's products in TF32 (set_scan_tf32)
   bool kv_bf16_ = true;  // KV caches in bf16 (kv_cache_dtype)
   LaneScratch lane_[2];
   int32_t* top_dev_ = nullptr;  // top_k_rows and softmax_rows arguments and results on the device

@@ -34,6 +34,7 @@ struct CudaMemoryStats {
   size_t live_bytes = 0;     // buffers handed out by alloc() and not freed
   size_t peak_live_bytes = 0;
   size_t cached_bytes = 0;   // freed buffers kept for reuse
+  size_t f16_copy_bytes = 0; // the weights' fp16 copies (set_f16_weight_copies)
 };
 
 class CudaKernels : public Kernels {
@@ -46,10 +47,21 @@ class CudaKernels : public Kernels {
   // of two and rounded to 11 bits (cuda_gemm_f16.cu).
   virtual void set_matmul_f16_rows(int64_t rows) = 0;
   virtual int64_t matmul_f16_rows() const = 0;
+  // The fp16 GEMM's weights: an fp16 copy of each bf16 matrix, made at its first such matmul
+  // while memory allows (at least max(2 GiB, 10 %) of the device left free) and freed as soon as
+  // any other allocation needs the room (default; FH1_CUDA_F16_COPIES=0: none, each call converts
+  // its matrix). The results are the same either way.
+  virtual void set_f16_weight_copies(bool on) = 0;
+  virtual bool f16_weight_copies() const = 0;
   // Prefill attention on the tensor cores in TF32 (default; ~1e-3 of rms from float32), or in
   // float32 (FH1_CUDA_ATTN=f32).
   virtual void set_attention_tf32(bool on) = 0;
   virtual bool attention_tf32() const = 0;
+  // A long prompt's scan (the chunked SSD's batched products) on the tensor cores in TF32
+  // (default; inputs rounded to 10-bit mantissas, sums, state and the chunks' recurrence float32;
+  // ~1e-3 of rms), or in float32 (FH1_CUDA_SSD_TF32=0).
+  virtual void set_scan_tf32(bool on) = 0;
+  virtual bool scan_tf32() const = 0;
   // Decode steps recorded and replayed as CUDA graphs (default; FH1_CUDA_GRAPHS=0 turns it off).
   virtual void set_decode_graphs(bool on) = 0;
   virtual bool decode_graphs() const = 0;

@@ -50,17 +50,19 @@ void f32_to_bf16_split(const float* x, int64_t ldx, int64_t T, int64_t K, uint16
 void sum_halves(const float* y2, int64_t T, int64_t N, const float* bias, float* y, cudaStream_t s);
 // The prefill matmul as one fp16 GEMM (cuda_gemm_f16.cu): W bf16 [N, K] and x float32, both
 // scaled by powers of two into fp16 (W exactly, x to 11 bits); y[T, N] float32 = x W^T.
-// f16_shift_of_bf16 gives W's shift (synchronous; scratch: one device uint32).
+// f16_shift_of_bf16 gives W's shift (synchronous; scratch: one device uint32), and
+// bf16_to_f16_scaled W's fp16 copy: out[i] = fp16(w[i] * 2^shift), n halves.
 int f16_shift_of_bf16(const uint16_t* w, size_t n, uint32_t* scratch, cudaStream_t s);
+void bf16_to_f16_scaled(const uint16_t* w, size_t n, int shift, uint16_t* out, cudaStream_t s);
 struct F16Scratch {
-  uint16_t* w16;  // N x K halves
   uint16_t* x16;  // T x K halves
   float* consts;  // 3 floats of device memory: the max's bits, alpha, beta
 };
-// x16_ready: scratch.x16 and the max's bits already hold this x (the previous call's, when the
-// same activations feed several matrices); only alpha is computed again.
-void gemm_f16(cublasHandle_t blas, const uint16_t* w, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
-              int64_t T, float* y, const F16Scratch& scratch, bool x16_ready, cudaStream_t s);
+// w16: W's fp16 copy [N, K] (bf16_to_f16_scaled with w_shift). x16_ready: scratch.x16 and the
+// max's bits already hold this x (the previous call's, when the same activations feed several
+// matrices); only alpha is computed again.
+void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x,
+              int64_t ldx, int64_t T, float* y, const F16Scratch& scratch, bool x16_ready, cudaStream_t s);
 // y[T, N] = x[T, K] @ W^T (+ bias) for T <= kGemvRows, W bf16 [N, K], all else float32.
 constexpr int64_t kGemvRows = 8;
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,
@@ -131,11 +133,11 @@ void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, co
 // chunked SSD (batched GEMMs on `blas`, whose stream must be `s`), the rest as the recurrence,
 // which may itself run in chunks of tokens in parallel (cuda_ssm.cu says how). Both then need
 // `scratch` of ssm_scan_scratch_floats(T, p) floats (0: unused); it is free again when the
-// call's work is done.
+// call's work is done. tf32: the SSD's products in TF32 on the tensor cores, else in float32.
 size_t ssm_scan_scratch_floats(int64_t T, const SsmParams& p);
 void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
               int64_t T, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
-              cublasHandle_t blas, cudaStream_t s);
+              bool tf32, cublasHandle_t blas, cudaStream_t s);
 // Tests and tuning: the number of chunks of the recurrence (1: always one pass), 0 (default):
 // chosen from the device. FH1_CUDA_SCAN_CHUNKS in the environment sets it at start.
 void set_scan_chunks(int chunks);

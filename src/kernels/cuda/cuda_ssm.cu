@@ -215,11 +215,12 @@ __global__ void ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const 
 //                   state from zero, P x N, the layout of `state`)
 //   start states  = the recurrence over chunks (ssm_chunk_starts_kernel), E overwritten by them
 //   y[c, h]      += exp(cum_t) (C S_start^T)[t, p] + D x[t, p]
-// The four products are batched float32 cuBLAS GEMMs through pointer arrays, over (chunk, head)
-// for y = M X and over (chunk, group) for the others (CUBLAS_COMPUTE_32F: no TF32, so only the
-// order of the sums differs from the recurrence); the rest are element-wise kernels. The same
-// products as the recurrence's chain of warp reductions per token, but in GEMMs (one 7B layer at
-// 8K tokens: 1.31 ms against 5.43 on an H200). Tokens go through in windows of whole chunks
+// The four products are batched cuBLAS GEMMs of float32 matrices through pointer arrays, over
+// (chunk, head) for y = M X and over (chunk, group) for the others, in TF32 (tf32: inputs rounded to
+// 10-bit mantissas, float32 sums) or float32 (only the order of the sums differs from the
+// recurrence); the rest are element-wise kernels. The same products as the recurrence's chain of warp reductions
+// per token, but in GEMMs (one 7B layer at 8K tokens: 5.43 ms by the recurrence, 1.31 ms in
+// float32, 0.74 ms in TF32 on an H200). Tokens go through in windows of whole chunks
 // (scratch bounded by the window); the last T % Q tokens go to the recurrence.
 struct SsdShape {
   int Q = 0;       // tokens per chunk
@@ -485,7 +486,7 @@ struct SsdScratch {
 // The first Ts tokens (whole chunks) of a scan by the SSD, window by window, `state` carried.
 void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
               int64_t Ts, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
-              cublasHandle_t blas, cudaStream_t s) {
+              bool tf32, cublasHandle_t blas, cudaStream_t s) {
   const int Q = ssd_chunk_len(p);
   const int64_t chunks = Ts / Q, window = ssd_window(chunks, p);
   const SsdScratch sz(window, p);
@@ -502,10 +503,7 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
   float* M = CB + sz.cb;
   float* Xd = M + sz.m;
   float* E = Xd + sz.xd;
-  static const cublasComputeType_t compute = [] {
-    const char* e = std::getenv("FH1_CUDA_SSD_TF32");  // tuning only: TF32 products (~1e-3 of rms)
-    return e && std::string(e) == "1" ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  }();
+  const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   const float one = 1.0f, zero = 0.0f;
   const int64_t HP = int64_t(p.heads) * p.head_dim;
   constexpr int kThreads = 256;
@@ -662,11 +660,11 @@ void set_scan_chunks(int chunks) { forced_scan_chunks().store(std::max(0, chunks
 
 void ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
               int64_t T, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
-              cublasHandle_t blas, cudaStream_t s) {
+              bool tf32, cublasHandle_t blas, cudaStream_t s) {
   if (T == 0 || p.heads == 0 || p.head_dim == 0) return;
   if (p.groups <= 0 || p.heads % p.groups != 0) throw Error("CUDA ssm_scan: heads must be a multiple of groups");
   const int64_t Ts = ssd_tokens(T, p);
-  if (Ts > 0) ssd_scan(x, B, C, ld_xbc, dt_raw, ld_dt, Ts, p, state, y, scratch, scratch_floats, blas, s);
+  if (Ts > 0) ssd_scan(x, B, C, ld_xbc, dt_raw, ld_dt, Ts, p, state, y, scratch, scratch_floats, tf32, blas, s);
   if (Ts == T) return;
   const int64_t HP = int64_t(p.heads) * p.head_dim;
   with_entries_per_lane(p.d_state, [&](auto npl) {
