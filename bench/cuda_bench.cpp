@@ -273,14 +273,15 @@ int main(int argc, char** argv) {
   std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, decode_ctx = {1024, 16384}, batches = {1, 8, 64};
   int steps = 32;
   int64_t chunk = 32768, scan_tokens = 0, f16_rows = -1, matmul_rows = 0;
-  bool split = true, tf32 = true, ssd_tf32 = true, graphs = true, kv_bf16 = true, top1 = false, draw = false;
+  int ssd_tf32 = -1;  // -1: the backend's default (FH1_CUDA_SSD_TF32)
+  bool split = true, tf32 = true, graphs = true, kv_bf16 = true, top1 = false, draw = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--models") models = v;
     else if (a == "--matmul") split = v != "bf16";
     else if (a == "--f16-rows") f16_rows = std::stoll(v);  // fp16 GEMM from this many rows (0: never)
     else if (a == "--attention") tf32 = v != "f32";
-    else if (a == "--ssd") ssd_tf32 = v != "f32";  // the chunked SSD's products
+    else if (a == "--ssd") ssd_tf32 = v != "f32" ? 1 : 0;  // the chunked SSD's products
     else if (a == "--graphs") graphs = v != "0";
     else if (a == "--kv") kv_bf16 = v != "f32";
     else if (a == "--logits") {  // decode: every logit to the host, the best (greedy), or a draw
@@ -303,7 +304,11 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop{};
     ck(cudaGetDeviceProperties(&prop, 0), "props");
     const double bw = measure_copy_bw(), gemm = measure_gemm_rate();
-    if (f16_rows < 0) f16_rows = make_cuda_kernels(0)->matmul_f16_rows();
+    if (f16_rows < 0 || ssd_tf32 < 0) {
+      const auto k0 = make_cuda_kernels(0);
+      if (f16_rows < 0) f16_rows = k0->matmul_f16_rows();
+      if (ssd_tf32 < 0) ssd_tf32 = k0->scan_tf32() ? 1 : 0;
+    }
     const std::string matmul = !split ? "bf16 (activations rounded once)"
                                : f16_rows == 0 ? "bf16x2 (activations as hi + lo bf16)"
                                                : "bf16x2 (hi + lo), fp16 from " + std::to_string(f16_rows) + " rows";
@@ -311,7 +316,7 @@ int main(int argc, char** argv) {
                 "matmul %s; prefill attention %s; SSD scan %s; decode graphs %s; KV cache %s; prefill in chunks of %lld tokens\n",
                 prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, bw, gemm,
                 matmul.c_str(),
-                tf32 ? "tf32 tensor cores" : "f32", ssd_tf32 ? "tf32" : "f32", graphs ? "on" : "off", kv_bf16 ? "bf16" : "f32",
+                tf32 ? "tf32 tensor cores" : "f32", ssd_tf32 == 1 ? "tf32" : "f32", graphs ? "on" : "off", kv_bf16 ? "bf16" : "f32",
                 static_cast<long long>(chunk));
     std::ofstream js;
     if (!json_path.empty()) js.open(json_path);
@@ -321,7 +326,7 @@ int main(int argc, char** argv) {
       j["gemm_TFLOPs"] = gemm;
       j["matmul"] = matmul;
       j["attention"] = tf32 ? "tf32" : "f32";
-      j["ssd"] = ssd_tf32 ? "tf32" : "f32";
+      j["ssd"] = ssd_tf32 == 1 ? "tf32" : "f32";
       j["graphs"] = graphs;
       j["logits"] = top1 ? "top1" : draw ? "draw" : "all";
       j["kv_cache"] = kv_bf16 ? "bf16" : "f32";
@@ -338,7 +343,7 @@ int main(int argc, char** argv) {
       k->set_matmul_split(split);
       k->set_matmul_f16_rows(f16_rows);
       k->set_attention_tf32(tf32);
-      k->set_scan_tf32(ssd_tf32);
+      k->set_scan_tf32(ssd_tf32 == 1);
       k->set_decode_graphs(graphs);
       k->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
       Model model = Model::from_store(c, TensorStore::open_files({file}), *k);

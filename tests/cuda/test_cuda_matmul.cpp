@@ -138,6 +138,42 @@ TEST_F(CudaMatmulTest, MatmulF16ReusesConvertedActivationsOnlyWhileUnchanged) {
   EXPECT_EQ(host(*gpu, y1_half.data(), y1_half.size()), half);
 }
 
+// scale and silu_mul take their output's max for the fp16 matmul right after them: its result is
+// bit for bit the one computed with a pass of its own for the max (after any other op); a scale
+// of only part of the matrix gives no max (the rest, 300 times larger, would overflow fp16).
+TEST_F(CudaMatmulTest, MatmulF16TakesTheMaxFromTheOpBeforeOnlyForItsWholeInput) {
+  F16RowsReset reset{gpu.get()};
+  gpu->set_matmul_f16_rows(256);
+  const int64_t T = 400, K = 128, N = 48;
+  const size_t n = static_cast<size_t>(T * K);
+  std::vector<uint16_t> hw;
+  const WeightView w = bind_random_bf16(N, K, 0.1f, hw);
+  const std::vector<float> a = randn(n, 2.0f), b = randn(n, 1.0f), big = randn(n, 600.0f);
+  Buffer ag(*gpu, n), bg(*gpu, n), xg(*gpu, n), y(*gpu, size_t(T * N)), other(*gpu, 4);
+  gpu->from_host(ag.data(), a.data(), n);
+  gpu->from_host(bg.data(), b.data(), n);
+  const auto out = [&] { return host(*gpu, y.data(), y.size()); };
+  const auto fresh = [&] {  // an op in between: the matmul takes the max itself
+    gpu->zero(other.data(), other.size());
+    gpu->matmul(xg.data(), K, T, w, nullptr, y.data());
+    return out();
+  };
+  gpu->scale(ag.data(), n, 3.0f, xg.data());
+  gpu->matmul(xg.data(), K, T, w, nullptr, y.data());
+  const std::vector<float> after_scale = out();
+  EXPECT_EQ(after_scale, fresh());
+  gpu->silu_mul(ag.data(), bg.data(), 0.7f, n, xg.data());
+  gpu->matmul(xg.data(), K, T, w, nullptr, y.data());
+  const std::vector<float> after_silu = out();
+  EXPECT_EQ(after_silu, fresh());
+  gpu->from_host(xg.data(), big.data(), n);
+  gpu->scale(ag.data(), n / 2, 1.0f, xg.data());  // the first half only: its max is not x's
+  gpu->matmul(xg.data(), K, T, w, nullptr, y.data());
+  const std::vector<float> after_part = out();
+  for (float v : after_part) ASSERT_TRUE(std::isfinite(v));
+  EXPECT_EQ(after_part, fresh());
+}
+
 // The weights' fp16 copies (set_f16_weight_copies): made by the first fp16 matmul of a matrix,
 // used by the next, for a view inside an upload too, with results bit for bit those of the
 // per-call conversion; dropped when turned off, and for good once an allocation has failed.

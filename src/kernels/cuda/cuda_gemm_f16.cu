@@ -38,22 +38,8 @@ __host__ __device__ inline int shift_for(uint32_t bits) { return shift_for(bits,
 
 __device__ inline float pow2(int s) { return __uint_as_float(static_cast<uint32_t>(127 + s) << 23); }
 
-// Block-wide max, then one atomic per block into *out (the grids of the reductions are kept to
-// kReduceBlocks, so that few atomics meet at one address).
+// The reductions' grids are kept to kReduceBlocks blocks, so that few atomics meet at one address.
 constexpr unsigned kReduceBlocks = 1024;
-__device__ inline void block_max_into(uint32_t v, uint32_t* out) {
-  __shared__ uint32_t part[32];
-  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0u;
-    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
-    if (threadIdx.x == 0 && v != 0) atomicMax(out, v);
-  }
-}
-
-__device__ inline uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu; }
 
 // *out = max(*out, bits of the largest |x|) over a T x K block with row stride ldx (a rows
 // kernel, cuda_rows.cuh; V: 4 values at a time).
@@ -63,8 +49,7 @@ __global__ void absmax_f32_kernel(const float* x, int64_t ldx, int64_t T, int64_
   uint32_t m = 0;
   FH1_FOR_ROWS(t, T) FH1_FOR_UNITS(c, V ? K / 4 : K) {
     if constexpr (V) {
-      const float4 v = ld4(x + t * ldx, c);
-      m = max(m, max(max(abs_bits(v.x), abs_bits(v.y)), max(abs_bits(v.z), abs_bits(v.w))));
+      m = max(m, abs_bits(ld4(x + t * ldx, c)));
     } else {
       m = max(m, abs_bits(x[t * ldx + c]));
     }
@@ -150,17 +135,19 @@ void bf16_to_f16_scaled(const uint16_t* w, size_t n, int shift, uint16_t* out, c
 }
 
 void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
-              int64_t T, float* y, const F16Scratch& sc, bool x16_ready, cudaStream_t s) {
+              int64_t T, float* y, const F16Scratch& sc, bool x16_ready, bool max_ready, cudaStream_t s) {
   auto* bits = reinterpret_cast<uint32_t*>(sc.consts);
   if (!x16_ready) {
-    check(cudaMemsetAsync(sc.consts, 0, 3 * sizeof(float), s), "f16 gemm (memset)");
     const bool vec = rows_vec4(x, K, ldx) && reinterpret_cast<uintptr_t>(sc.x16) % 8 == 0;
     const int64_t units = vec ? K / 4 : K;
-    dim3 g = rows_grid(T, units);  // the reduction's grid: at most kReduceBlocks blocks
-    g.y = std::max(1u, std::min(g.y, kReduceBlocks / g.x));
-    if (vec) launch(absmax_f32_kernel<true>, g, kRowThreads, 0, s, x, ldx, T, K, bits);
-    else launch(absmax_f32_kernel<false>, g, kRowThreads, 0, s, x, ldx, T, K, bits);
-    check_launch("absmax_f32");
+    if (!max_ready) {
+      check(cudaMemsetAsync(sc.consts, 0, 3 * sizeof(float), s), "f16 gemm (memset)");
+      dim3 g = rows_grid(T, units);  // the reduction's grid: at most kReduceBlocks blocks
+      g.y = std::max(1u, std::min(g.y, kReduceBlocks / g.x));
+      if (vec) launch(absmax_f32_kernel<true>, g, kRowThreads, 0, s, x, ldx, T, K, bits);
+      else launch(absmax_f32_kernel<false>, g, kRowThreads, 0, s, x, ldx, T, K, bits);
+      check_launch("absmax_f32");
+    }
     auto* x16 = reinterpret_cast<__half*>(sc.x16);
     if (vec) launch(f32_to_f16_scaled_kernel<true>, rows_grid(T, units), kRowThreads, 0, s, x, ldx, T, K, bits, x16);
     else launch(f32_to_f16_scaled_kernel<false>, rows_grid(T, units), kRowThreads, 0, s, x, ldx, T, K, bits, x16);

@@ -86,6 +86,9 @@ class CudaKernelsImpl final : public CudaKernels {
     check(cudaMalloc(&lane_[0].blas_ws, kBlasWorkspace), "cuBLAS workspace");
     check_blas(cublasSetWorkspace(blas_, lane_[0].blas_ws, kBlasWorkspace), "cublasSetWorkspace");
     check(cudaMalloc(&f16_consts_, 4 * sizeof(float)), "fp16 matmul constants");
+    // (The shifts' reductions use the 4th constant: the first three may hold converted
+    // activations' max, alpha and beta that the next fp16 matmul reuses.)
+    weights_ = std::make_unique<cuda::DeviceWeights>(reinterpret_cast<uint32_t*>(f16_consts_ + 3));
     cudaDeviceProp prop{};
     check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
     if (const char* m = std::getenv("FH1_CUDA_MATMUL")) split_ = std::string(m) != "bf16";
@@ -110,7 +113,7 @@ class CudaKernelsImpl final : public CudaKernels {
     if (const char* a = std::getenv("FH1_CUDA_ATTN")) tf32_attn_ = std::string(a) != "f32";
     if (const char* a = std::getenv("FH1_CUDA_KV")) kv_bf16_ = std::string(a) != "f32";
     if (const char* a = std::getenv("FH1_CUDA_SSD_TF32")) tf32_scan_ = std::string(a) != "0";
-    if (const char* a = std::getenv("FH1_CUDA_F16_COPIES")) f16_copies_ = std::string(a) != "0";
+    if (const char* a = std::getenv("FH1_CUDA_F16_COPIES")) weights_->set_f16_copies(std::string(a) != "0");
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
   }
 
@@ -131,10 +134,7 @@ class CudaKernelsImpl final : public CudaKernels {
       cudaFree(l.att);
       cudaFree(l.w16);
     }
-    for (auto& [p, w] : weights_) {
-      cudaFree(p);
-      cudaFree(w.f16);
-    }
+    weights_.reset();
     for (auto& [p, sz] : live_) cudaFree(p);
     for (auto& [sz, v] : cache_)
       for (void* p : v) cudaFree(p);
@@ -160,7 +160,7 @@ class CudaKernelsImpl final : public CudaKernels {
         trim();
         if (cudaMalloc(&p, bytes) != cudaSuccess) {  // the weights' fp16 copies give way
           cudaGetLastError();
-          drop_f16_copies(true);
+          drop_f16_copies();
           check(cudaMalloc(&p, bytes), ("cudaMalloc of " + std::to_string(bytes) + " bytes").c_str());
         }
       }
@@ -203,16 +203,7 @@ class CudaKernelsImpl final : public CudaKernels {
 
   WeightView bind_weight(const TensorView& t) override {
     flush();
-    WeightView w;
-    w.rows = t.shape.empty() ? 1 : t.shape[0];
-    w.cols = w.rows == 0 ? 0 : t.numel() / w.rows;
-    const size_t n = static_cast<size_t>(t.numel());
-    const cuda::DeviceWeight d = cuda::upload_weight(t, w.rows, w.cols, stream_);
-    w.dtype = d.dtype;
-    w.data = d.data;
-    weights_[d.data] = {d.dtype, n, w.cols, d.dtype == DType::BF16 ? f16_shift(d.data, n) : 0};
-    weight_bytes_ += n * (d.dtype == DType::BF16 ? 2 : 4);
-    return w;
+    return weights_->bind(t, stream_);
   }
 
   // ---- dense ops ----
@@ -234,20 +225,23 @@ class CudaKernelsImpl final : public CudaKernels {
       // Prefill: one fp16 GEMM (activations to 11 bits, weights exact) instead of hi + lo. The
       // weights' fp16 copy costs a pass over them: even at 256 rows it is paid back (H200: 7B 512
       // tokens 35.9 -> 32.0 ms, 768 tokens 50.8 -> 41.9 ms).
-      const int shift = weight_f16_shift(w);
+      const int shift = weights_->f16_shift(w, stream_);
       // The same activations into several matrices (q, k, v; gate, up): converted once, when no
       // op has run since the last fp16 matmul read them (and it did not write over them).
       const X16Key key{x, ldx, T, K};
       const bool ready = x16_last_ == key && x16_seq_ == op_seq_;
+      // x's max already taken by the op that wrote it, just before (scale, silu_mul).
+      const bool max_ready = !ready && max_seq_ == op_seq_ && max_of_.p == x && ldx == K &&
+                             max_of_.n == static_cast<size_t>(T * K);
       // The weights in fp16: the kept copy (made now, by the first matmul that needs it, when
       // memory allows), else converted into scratch for this call.
-      const F16Copy copy = f16_copy(w, shift);
+      const cuda::DeviceWeights::F16Copy copy = weights_->f16_copy(w, shift);
       uint16_t* w16 = copy.w16 ? copy.w16 : grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights");
       const cuda::F16Scratch sc{bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
       op("matmul f16", [=, this] {
         if (copy.fill) cuda::bf16_to_f16_scaled(copy.fill_src, copy.fill_n, shift, copy.fill_dst, stream_);
         else if (!copy.w16) cuda::bf16_to_f16_scaled(static_cast<const uint16_t*>(w.data), static_cast<size_t>(N * K), shift, w16, stream_);
-        cuda::gemm_f16(blas_, w16, N, K, shift, x, ldx, T, y, sc, ready, stream_);
+        cuda::gemm_f16(blas_, w16, N, K, shift, x, ldx, T, y, sc, ready, max_ready, stream_);
         if (bias) cuda::add_bias(y, T, N, bias, stream_);
       }, w.data, N, K, x, ldx, T, bias, y);
       const auto at = [](const float* p) { return reinterpret_cast<uintptr_t>(p); };
@@ -317,7 +311,12 @@ class CudaKernelsImpl final : public CudaKernels {
   }
   void scale(const float* x, size_t n, float s, float* out) override {
     if (step_->scale(x, n, s, out)) return;
-    op("scale", [=, this] { cuda::scale(x, n, s, out, stream_); }, x, n, s, out);
+    uint32_t* mx = output_max_slot();
+    op("scale", [=, this] {
+      zero_max_slot(mx);
+      cuda::scale(x, n, s, out, stream_, mx);
+    }, x, n, s, out);
+    took_output_max(mx, out, n);
   }
   void mul_columns(float* x, int64_t T, int64_t d, const float* v) override {
     if (step_->mul_columns(x, T, d, v)) return;
@@ -333,7 +332,12 @@ class CudaKernelsImpl final : public CudaKernels {
   }
   void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out) override {
     if (step_->silu_mul(gate, up, gs, n, out)) return;
-    op("silu_mul", [=, this] { cuda::silu_mul(gate, up, gs, n, out, stream_); }, gate, up, gs, n, out);
+    uint32_t* mx = output_max_slot();
+    op("silu_mul", [=, this] {
+      zero_max_slot(mx);
+      cuda::silu_mul(gate, up, gs, n, out, stream_, mx);
+    }, gate, up, gs, n, out);
+    took_output_max(mx, out, n);
   }
   void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) override {
     if (step_->gate_silu(y, z, ldz, T, d)) return;
@@ -573,11 +577,10 @@ class CudaKernelsImpl final : public CudaKernels {
   void set_scan_tf32(bool on) override { tf32_scan_ = on; }
   void set_f16_weight_copies(bool on) override {
     flush();
-    f16_copies_ = on;
-    f16_copies_closed_ = false;
-    if (!on) drop_f16_copies(false);
+    cudaStreamSynchronize(stream_);
+    weights_->set_f16_copies(on);
   }
-  bool f16_weight_copies() const override { return f16_copies_; }
+  bool f16_weight_copies() const override { return weights_->f16_copies(); }
   bool scan_tf32() const override { return tf32_scan_; }
   DType kv_cache_dtype() const override { return kv_bf16_ ? DType::BF16 : DType::F32; }
   // KV caches in bf16 (default: half the bytes a long-context decode step reads; keys and values
@@ -606,7 +609,7 @@ class CudaKernelsImpl final : public CudaKernels {
   }
 
   CudaMemoryStats memory_stats() const override {
-    return CudaMemoryStats{weight_bytes_, live_bytes_, peak_live_, cached_bytes_, f16_copy_bytes_};
+    return CudaMemoryStats{weights_->bytes(), live_bytes_, peak_live_, cached_bytes_, weights_->f16_copy_bytes()};
   }
   void reset_peak() override { peak_live_ = live_bytes_; }
 
@@ -632,29 +635,11 @@ class CudaKernelsImpl final : public CudaKernels {
 
   void randomize_weights(uint64_t seed) override {
     flush();
-    drop_f16_copies(false);  // made again from the new values
-    uint64_t i = 0;
-    for (auto& [p, w] : weights_) {
-      const float amp = w.cols > 0 ? 1.0f / std::sqrt(static_cast<float>(w.cols)) : 1.0f;
-      const uint64_t s = seed * 0x9E3779B97F4A7C15ull + (++i);
-      if (w.dtype == DType::BF16) {
-        cuda::fill_random_bf16(static_cast<uint16_t*>(p), w.n, amp, s, stream_);
-        w.f16_shift = f16_shift(p, w.n);
-      } else
-        cuda::fill_random_f32(static_cast<float*>(p), w.n, amp, s, stream_);
-    }
+    weights_->randomize(seed, stream_);
     synchronize();
   }
 
  private:
-  struct Uploaded {
-    DType dtype;
-    size_t n;
-    int64_t cols;
-    int f16_shift;  // BF16: the power of two that scales it into fp16's range (cuda_gemm_f16.cu)
-    uint16_t* f16 = nullptr;  // BF16: its fp16 copy (scaled by 2^f16_shift), when kept (f16_copy)
-  };
-
   struct LaneScratch {
     void* blas_ws = nullptr;
     uint16_t* xb = nullptr;
@@ -726,7 +711,7 @@ class CudaKernelsImpl final : public CudaKernels {
       cap = std::max(n, cap * 2);
       if (cudaMalloc(&p, cap * sizeof(T)) != cudaSuccess) {  // the weights' fp16 copies give way
         cudaGetLastError();
-        drop_f16_copies(true);
+        drop_f16_copies();
         check(cudaMalloc(&p, cap * sizeof(T)), what);
       }
     }
@@ -736,79 +721,33 @@ class CudaKernelsImpl final : public CudaKernels {
   float* f32_scratch(size_t n) { return grown(scratch().y2, scratch().y2_cap, n, "f32 scratch"); }
   uint16_t* bf16_scratch(size_t n) { return grown(scratch().xb, scratch().xb_cap, n, "bf16 scratch"); }
 
-  // (Its reduction uses the 4th constant: the first three may hold converted activations' max,
-  // alpha and beta that the next fp16 matmul reuses.)
-  int f16_shift(void* p, size_t n) {
-    return cuda::f16_shift_of_bf16(static_cast<const uint16_t*>(p), n, reinterpret_cast<uint32_t*>(f16_consts_ + 3),
-                                   stream_);
+  // Element-wise ops that may feed an fp16 matmul (scale, silu_mul) take their output's largest
+  // |value| as they write it, into the fp16 GEMM's max slot, so that the matmul right after them
+  // needs no pass of its own over its input for it (7B 8K prefill: x_in twice and the MLP's
+  // 12288-wide product each layer). Only outside a recorded decode step (which has no fp16 GEMM).
+  // FH1_CUDA_OUTPUT_MAX=0: not taken (for measuring what it saves).
+  uint32_t* output_max_slot() {
+    static const bool on = [] {
+      const char* e = std::getenv("FH1_CUDA_OUTPUT_MAX");
+      return !(e && std::string(e) == "0");
+    }();
+    return step_->recording() || !on ? nullptr : reinterpret_cast<uint32_t*>(f16_consts_);
   }
-  // The fp16 shift of the uploaded weight that holds W (a view may start inside one); measured
-  // now for bf16 matrices that were not uploaded by bind_weight.
-  int weight_f16_shift(const WeightView& W) {
-    auto it = weights_.upper_bound(const_cast<void*>(W.data));
-    if (it != weights_.begin()) {
-      --it;
-      const char* base = static_cast<const char*>(it->first);
-      if (it->second.dtype == DType::BF16 && static_cast<const char*>(W.data) < base + it->second.n * 2)
-        return it->second.f16_shift;
-    }
-    return f16_shift(const_cast<void*>(W.data), static_cast<size_t>(W.rows * W.cols));
+  // Zeroes the max, alpha and beta (in stream order, inside the op's closure).
+  void zero_max_slot(uint32_t* mx) {
+    if (mx) check(cudaMemsetAsync(f16_consts_, 0, 3 * sizeof(float), stream_), "max slot (memset)");
+  }
+  void took_output_max(uint32_t* mx, const float* out, size_t n) {
+    if (!mx) return;
+    max_of_ = {out, n};
+    max_seq_ = op_seq_;
   }
 
-  // The fp16 weights of a prefill matmul. Each bf16 matrix gets its fp16 copy (2 bytes a weight)
-  // at the first matmul that needs it, while at least max(2 GiB, 10 % of the device) stays free;
-  // the first refusal ends the copying. The copies give way to every other allocation (alloc,
-  // scratch): all are freed when one fails, and no more are made. Without a copy each call
-  // converts its matrix into scratch (7B: ~8 ms of a forward pass, 15 GB read and written).
-  struct F16Copy {
-    uint16_t* w16 = nullptr;  // the view's values in the kept copy (null: none)
-    const uint16_t* fill_src = nullptr;  // a new copy: the matmul fills it first, from here
-    uint16_t* fill_dst = nullptr;
-    size_t fill_n = 0;
-    bool fill = false;
-  };
-  F16Copy f16_copy(const WeightView& W, int shift) {
-    F16Copy c;
-    if (!f16_copies_) return c;
-    auto it = weights_.upper_bound(const_cast<void*>(W.data));
-    if (it == weights_.begin()) return c;
-    --it;
-    Uploaded& u = it->second;
-    const char* base = static_cast<const char*>(it->first);
-    const size_t off = static_cast<size_t>(static_cast<const char*>(W.data) - base) / 2;
-    if (u.dtype != DType::BF16 || u.f16_shift != shift || off + static_cast<size_t>(W.rows * W.cols) > u.n) return c;
-    if (u.f16 == nullptr) {
-      if (f16_copies_closed_) return c;
-      size_t free_b = 0, total_b = 0;
-      void* p = nullptr;
-      const size_t bytes = u.n * 2;
-      if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess ||
-          free_b < bytes + std::max<size_t>(size_t(2) << 30, total_b / 10) || cudaMalloc(&p, bytes) != cudaSuccess) {
-        cudaGetLastError();
-        f16_copies_closed_ = true;
-        return c;
-      }
-      u.f16 = static_cast<uint16_t*>(p);
-      f16_copy_bytes_ += bytes;
-      c.fill = true;
-      c.fill_src = static_cast<const uint16_t*>(it->first);
-      c.fill_dst = u.f16;
-      c.fill_n = u.n;
-    }
-    c.w16 = u.f16 + off;
-    return c;
-  }
-  // Frees every fp16 copy (close: and makes no more). No recorded closure uses them (a recorded
-  // decode step never takes the fp16 GEMM): waiting for the stream is enough.
-  void drop_f16_copies(bool close) {
-    if (close) f16_copies_closed_ = true;
-    if (f16_copy_bytes_ == 0) return;
+  // Frees the weights' fp16 copies for good: an allocation needs the room. No recorded closure
+  // uses them (a recorded decode step never takes the fp16 GEMM): waiting for the stream is enough.
+  void drop_f16_copies() {
     cudaStreamSynchronize(stream_);
-    for (auto& [p, w] : weights_) {
-      cudaFree(w.f16);
-      w.f16 = nullptr;
-    }
-    f16_copy_bytes_ = 0;
+    weights_->drop_f16_copies(true);
   }
 
   // y[T, N] = xb[T, K] @ W^T (+ beta * y), float32 accumulate and output.
@@ -842,8 +781,8 @@ class CudaKernelsImpl final : public CudaKernels {
   cublasHandle_t blas_ = nullptr;
   std::unordered_map<void*, size_t> live_;
   std::map<size_t, std::vector<void*>> cache_;
-  std::map<void*, Uploaded> weights_;
-  size_t live_bytes_ = 0, peak_live_ = 0, cached_bytes_ = 0, weight_bytes_ = 0;
+  std::unique_ptr<cuda::DeviceWeights> weights_;
+  size_t live_bytes_ = 0, peak_live_ = 0, cached_bytes_ = 0;
   HostUpload ids_, pos_, freq_, rows_;
   std::vector<char> pack_;
   bool split_ = true;
@@ -854,12 +793,14 @@ class CudaKernelsImpl final : public CudaKernels {
     int64_t ldx = 0, T = 0, K = 0;
     bool operator==(const X16Key&) const = default;
   };
-  uint64_t op_seq_ = 0, x16_seq_ = ~uint64_t(0);
+  uint64_t op_seq_ = 0, x16_seq_ = ~uint64_t(0), max_seq_ = ~uint64_t(0);
+  struct {
+    const float* p = nullptr;
+    size_t n = 0;
+  } max_of_;  // the output whose max the fp16 GEMM's max slot holds (after op max_seq_)
   X16Key x16_last_;
   int64_t f16_rows_ = kF16Rows;
   float* f16_consts_ = nullptr;
-  bool f16_copies_ = true, f16_copies_closed_ = false;  // the weights' fp16 copies (f16_copy)
-  size_t f16_copy_bytes_ = 0;
   int64_t gemv_rows_ = 4;
   bool tf32_attn_ = true;
   bool tf32_scan_ = true;  // the chunked SSD's products in TF32 (set_scan_tf32)

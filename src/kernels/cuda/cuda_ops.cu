@@ -204,15 +204,24 @@ __global__ void residual_rmsnorm_kernel(float* h, const float* a, float sa, cons
   for (int64_t k = threadIdx.x; k < d; k += blockDim.x) o[k] = w[k] * (hr[k] * inv);
 }
 
-// Flat kernels over n values: one row of n / 4 float4s when V.
+// Flat kernels over n values: one row of n / 4 float4s when V. absmax (not null): the largest
+// |output|'s bits, atomicMax'd (block_max_into).
 template <bool V>
-__global__ void scale_kernel(const float* x, size_t n, float a, float* out) {
+__global__ void scale_kernel(const float* x, size_t n, float a, float* out, uint32_t* absmax) {
   FH1_PDL_ENTER();
   const auto f = [a](float v) { return v * a; };
+  uint32_t m = 0;
   FH1_FOR_UNITS(i, int64_t(V ? n / 4 : n)) {
-    if constexpr (V) st4(out, i, map4(ld4(x, i), f));
-    else out[i] = f(x[i]);
+    if constexpr (V) {
+      const float4 o = map4(ld4(x, i), f);
+      st4(out, i, o);
+      m = max(m, abs_bits(o));
+    } else {
+      out[i] = f(x[i]);
+      m = max(m, abs_bits(out[i]));
+    }
   }
+  if (absmax) block_max_into(m, absmax);
 }
 
 template <bool V>
@@ -240,13 +249,21 @@ __global__ void residual_add2_kernel(float* h, const float* a, float sa, const f
 }
 
 template <bool V>
-__global__ void silu_mul_kernel(const float* gate, const float* up, float gs, size_t n, float* out) {
+__global__ void silu_mul_kernel(const float* gate, const float* up, float gs, size_t n, float* out, uint32_t* absmax) {
   FH1_PDL_ENTER();
   const auto f = [gs](float g, float u) { return u * silu(g * gs); };
+  uint32_t m = 0;
   FH1_FOR_UNITS(i, int64_t(V ? n / 4 : n)) {
-    if constexpr (V) st4(out, i, map4(ld4(gate, i), ld4(up, i), f));
-    else out[i] = f(gate[i], up[i]);
+    if constexpr (V) {
+      const float4 o = map4(ld4(gate, i), ld4(up, i), f);
+      st4(out, i, o);
+      m = max(m, abs_bits(o));
+    } else {
+      out[i] = f(gate[i], up[i]);
+      m = max(m, abs_bits(out[i]));
+    }
   }
+  if (absmax) block_max_into(m, absmax);
 }
 
 template <bool V>
@@ -544,12 +561,12 @@ void residual_rmsnorm(float* h, const float* a, float sa, const float* b, float 
   check_launch("residual_rmsnorm");
 }
 
-void scale(const float* x, size_t n, float a, float* out, cudaStream_t s) {
+void scale(const float* x, size_t n, float a, float* out, cudaStream_t s, uint32_t* absmax) {
   if (n == 0) return;
   if (n % 4 == 0 && aligned16(x) && aligned16(out))
-    launch(scale_kernel<true>, rows_grid(1, int64_t(n / 4)), kRowThreads, 0, s, x, n, a, out);
+    launch(scale_kernel<true>, rows_grid(1, int64_t(n / 4)), kRowThreads, 0, s, x, n, a, out, absmax);
   else
-    launch(scale_kernel<false>, rows_grid(1, int64_t(n)), kRowThreads, 0, s, x, n, a, out);
+    launch(scale_kernel<false>, rows_grid(1, int64_t(n)), kRowThreads, 0, s, x, n, a, out, absmax);
   check_launch("scale");
 }
 
@@ -571,12 +588,12 @@ void residual_add2(float* h, const float* a, float sa, const float* b, float sb,
   check_launch("residual_add2");
 }
 
-void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out, cudaStream_t s) {
+void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out, cudaStream_t s, uint32_t* absmax) {
   if (n == 0) return;
   if (n % 4 == 0 && aligned16(gate) && aligned16(up) && aligned16(out))
-    launch(silu_mul_kernel<true>, rows_grid(1, int64_t(n / 4)), kRowThreads, 0, s, gate, up, gs, n, out);
+    launch(silu_mul_kernel<true>, rows_grid(1, int64_t(n / 4)), kRowThreads, 0, s, gate, up, gs, n, out, absmax);
   else
-    launch(silu_mul_kernel<false>, rows_grid(1, int64_t(n)), kRowThreads, 0, s, gate, up, gs, n, out);
+    launch(silu_mul_kernel<false>, rows_grid(1, int64_t(n)), kRowThreads, 0, s, gate, up, gs, n, out, absmax);
   check_launch("silu_mul");
 }
 

@@ -60,9 +60,11 @@ struct F16Scratch {
 };
 // w16: W's fp16 copy [N, K] (bf16_to_f16_scaled with w_shift). x16_ready: scratch.x16 and the
 // max's bits already hold this x (the previous call's, when the same activations feed several
-// matrices); only alpha is computed again.
+// matrices); only alpha is computed again. max_ready: the max's bits hold x's (the op that
+// wrote x took it, see scale), beta is zero; x is converted without a pass of its own for the max.
 void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x,
-              int64_t ldx, int64_t T, float* y, const F16Scratch& scratch, bool x16_ready, cudaStream_t s);
+              int64_t ldx, int64_t T, float* y, const F16Scratch& scratch, bool x16_ready, bool max_ready,
+              cudaStream_t s);
 // y[T, N] = x[T, K] @ W^T (+ bias) for T <= kGemvRows, W bf16 [N, K], all else float32.
 constexpr int64_t kGemvRows = 8;
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,
@@ -111,13 +113,16 @@ void add_bias(float* y, int64_t T, int64_t N, const float* bias, cudaStream_t s)
 void embed(const int32_t* ids, int64_t T, DType dt, const void* table, int64_t d, float scale, float* out,
            cudaStream_t s);
 void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out, cudaStream_t s);
-void scale(const float* x, size_t n, float a, float* out, cudaStream_t s);
+// absmax (scale, silu_mul, gate_silu; null: none): atomicMax of the bits of every |output| into
+// *absmax (the fp16 GEMM's max, cuda_gemm_f16.cu, taken as the values are written).
+void scale(const float* x, size_t n, float a, float* out, cudaStream_t s, uint32_t* absmax = nullptr);
 void mul_columns(float* x, int64_t T, int64_t d, const float* v, cudaStream_t s);
 void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n, cudaStream_t s);
 // residual_add2 over T rows of d, then rmsnorm of h into out, in one launch (the same values).
 void residual_rmsnorm(float* h, const float* a, float sa, const float* b, float sb, int64_t T, int64_t d,
                       const float* w, float eps, float* out, cudaStream_t s);
-void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out, cudaStream_t s);
+void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out, cudaStream_t s,
+              uint32_t* absmax = nullptr);
 void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, cudaStream_t s);
 void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w,
                    float eps, bool norm_before_gate, cudaStream_t s);

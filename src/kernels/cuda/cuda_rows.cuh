@@ -47,5 +47,24 @@ __device__ __forceinline__ float4 map4(float4 a, float4 b, float4 c, F f) {
 __device__ __forceinline__ float4 ld4(const float* p, int64_t i) { return reinterpret_cast<const float4*>(p)[i]; }
 __device__ __forceinline__ void st4(float* p, int64_t i, float4 v) { reinterpret_cast<float4*>(p)[i] = v; }
 
+// The bits of |v| as a float: ordered as the magnitudes are (NaN above infinity).
+__device__ __forceinline__ uint32_t abs_bits(float v) { return __float_as_uint(v) & 0x7fffffffu; }
+__device__ __forceinline__ uint32_t abs_bits(float4 v) {
+  return max(max(abs_bits(v.x), abs_bits(v.y)), max(abs_bits(v.z), abs_bits(v.w)));
+}
+
+// Block-wide max of v, then one atomicMax per block into *out (all threads of the block call it).
+__device__ inline void block_max_into(uint32_t v, uint32_t* out) {
+  __shared__ uint32_t part[32];
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0u;
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (threadIdx.x == 0 && v != 0) atomicMax(out, v);
+  }
+}
+
 }  // namespace
 }  // namespace fh1::cuda

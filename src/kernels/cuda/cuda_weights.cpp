@@ -1,6 +1,7 @@
 #include "kernels/cuda/cuda_weights.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,101 @@ DeviceWeight upload_weight(const TensorView& t, int64_t rows, int64_t cols, cuda
     }
   }
   return w;
+}
+
+DeviceWeights::~DeviceWeights() {
+  for (auto& [p, w] : all_) {
+    cudaFree(p);
+    cudaFree(w.f16);
+  }
+}
+
+WeightView DeviceWeights::bind(const TensorView& t, cudaStream_t s) {
+  WeightView w;
+  w.rows = t.shape.empty() ? 1 : t.shape[0];
+  w.cols = w.rows == 0 ? 0 : t.numel() / w.rows;
+  const size_t n = static_cast<size_t>(t.numel());
+  const DeviceWeight d = upload_weight(t, w.rows, w.cols, s);
+  w.dtype = d.dtype;
+  w.data = d.data;
+  const int shift = d.dtype == DType::BF16 ? f16_shift_of_bf16(static_cast<const uint16_t*>(d.data), n, shift_scratch_, s) : 0;
+  all_[d.data] = {d.dtype, n, w.cols, shift};
+  bytes_ += n * (d.dtype == DType::BF16 ? 2 : 4);
+  return w;
+}
+
+void DeviceWeights::randomize(uint64_t seed, cudaStream_t s) {
+  check(cudaStreamSynchronize(s), "randomize weights");
+  drop_f16_copies(false);  // made again from the new values
+  uint64_t i = 0;
+  for (auto& [p, w] : all_) {
+    const float amp = w.cols > 0 ? 1.0f / std::sqrt(static_cast<float>(w.cols)) : 1.0f;
+    const uint64_t seed_i = seed * 0x9E3779B97F4A7C15ull + (++i);
+    if (w.dtype == DType::BF16) {
+      fill_random_bf16(static_cast<uint16_t*>(p), w.n, amp, seed_i, s);
+      w.f16_shift = f16_shift_of_bf16(static_cast<const uint16_t*>(p), w.n, shift_scratch_, s);
+    } else {
+      fill_random_f32(static_cast<float*>(p), w.n, amp, seed_i, s);
+    }
+  }
+}
+
+std::pair<void* const, DeviceWeights::Uploaded>* DeviceWeights::holding(const WeightView& W) {
+  auto it = all_.upper_bound(const_cast<void*>(W.data));
+  if (it == all_.begin()) return nullptr;
+  --it;
+  const size_t bytes = it->second.n * (it->second.dtype == DType::BF16 ? 2 : 4);
+  return static_cast<const char*>(W.data) < static_cast<const char*>(it->first) + bytes ? &*it : nullptr;
+}
+
+int DeviceWeights::f16_shift(const WeightView& W, cudaStream_t s) {
+  if (const auto* u = holding(W); u && u->second.dtype == DType::BF16) return u->second.f16_shift;
+  return f16_shift_of_bf16(static_cast<const uint16_t*>(W.data), static_cast<size_t>(W.rows * W.cols), shift_scratch_, s);
+}
+
+DeviceWeights::F16Copy DeviceWeights::f16_copy(const WeightView& W, int shift) {
+  F16Copy c;
+  auto* held = holding(W);
+  if (!copies_on_ || held == nullptr) return c;
+  Uploaded& u = held->second;
+  const size_t off = static_cast<size_t>(static_cast<const char*>(W.data) - static_cast<const char*>(held->first)) / 2;
+  if (u.dtype != DType::BF16 || u.f16_shift != shift || off + static_cast<size_t>(W.rows * W.cols) > u.n) return c;
+  if (u.f16 == nullptr) {
+    if (copies_closed_) return c;
+    size_t free_b = 0, total_b = 0;
+    void* p = nullptr;
+    const size_t bytes = u.n * 2;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess ||
+        free_b < bytes + std::max<size_t>(size_t(2) << 30, total_b / 10) || cudaMalloc(&p, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      copies_closed_ = true;
+      return c;
+    }
+    u.f16 = static_cast<uint16_t*>(p);
+    copy_bytes_ += bytes;
+    c.fill = true;
+    c.fill_src = static_cast<const uint16_t*>(held->first);
+    c.fill_dst = u.f16;
+    c.fill_n = u.n;
+  }
+  c.w16 = u.f16 + off;
+  return c;
+}
+
+void DeviceWeights::drop_f16_copies(bool close) {
+  if (close) copies_closed_ = true;
+  if (copy_bytes_ == 0) return;
+  for (auto& [p, w] : all_) {
+    cudaFree(w.f16);
+    w.f16 = nullptr;
+  }
+  copy_bytes_ = 0;
+}
+
+void DeviceWeights::set_f16_copies(bool on) {
+  copies_on_ = on;
+  copies_closed_ = false;
+  if (!on) drop_f16_copies(false);
 }
 
 }  // namespace fh1::cuda
