@@ -304,10 +304,14 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop{};
     ck(cudaGetDeviceProperties(&prop, 0), "props");
     const double bw = measure_copy_bw(), gemm = measure_gemm_rate();
-    if (f16_rows < 0 || ssd_tf32 < 0) {
+    std::string attention;  // the prefill kernel the backend picks for these settings
+    {
       const auto k0 = make_cuda_kernels(0);
       if (f16_rows < 0) f16_rows = k0->matmul_f16_rows();
       if (ssd_tf32 < 0) ssd_tf32 = k0->scan_tf32() ? 1 : 0;
+      k0->set_attention_tf32(tf32);
+      k0->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
+      attention = k0->prefill_attention();
     }
     const std::string matmul = !split ? "bf16 (activations rounded once)"
                                : f16_rows == 0 ? "bf16x2 (activations as hi + lo bf16)"
@@ -316,7 +320,7 @@ int main(int argc, char** argv) {
                 "matmul %s; prefill attention %s; SSD scan %s; decode graphs %s; KV cache %s; prefill in chunks of %lld tokens\n",
                 prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, bw, gemm,
                 matmul.c_str(),
-                tf32 ? "tf32 tensor cores" : "f32", ssd_tf32 == 1 ? "tf32" : "f32", graphs ? "on" : "off", kv_bf16 ? "bf16" : "f32",
+                attention.c_str(), ssd_tf32 == 1 ? "tf32" : "f32", graphs ? "on" : "off", kv_bf16 ? "bf16" : "f32",
                 static_cast<long long>(chunk));
     std::ofstream js;
     if (!json_path.empty()) js.open(json_path);
@@ -325,7 +329,7 @@ int main(int argc, char** argv) {
       j["copy_GBps"] = bw;
       j["gemm_TFLOPs"] = gemm;
       j["matmul"] = matmul;
-      j["attention"] = tf32 ? "tf32" : "f32";
+      j["attention"] = attention;
       j["ssd"] = ssd_tf32 == 1 ? "tf32" : "f32";
       j["graphs"] = graphs;
       j["logits"] = top1 ? "top1" : draw ? "draw" : "all";

@@ -113,18 +113,22 @@ TEST_F(CudaOpTest, RopeAtLargePositions) {
 
 TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
   struct Case { int64_t T, n_past; int H, Hkv, hd; };
-  double worst[4] = {0, 0, 0, 0};  // float32 kernels, TF32 prefill, bf16 prefill, bf16 decode
-  for (const auto& [tf32, kv_bf16] : {std::pair{true, true}, {false, true}, {true, false}, {false, false}}) {
-    gpu->set_attention_tf32(tf32);
-    ASSERT_TRUE(gpu->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32));
-    ASSERT_EQ(gpu->kv_cache_dtype(), kv_bf16 ? DType::BF16 : DType::F32);
+  struct Mode { bool tf32, kv_bf16; int flash; };
+  // float32 kernels, TF32 prefill, fp16 prefill, split bf16 prefill, bf16 decode
+  double worst[5] = {0, 0, 0, 0, 0};
+  for (const Mode m : {Mode{true, true, 3}, {true, true, 2}, {false, true, 3}, {true, false, 3}, {false, false, 3}}) {
+    gpu->set_attention_tf32(m.tf32);
+    cuda::set_flash_precision(m.flash);
+    ASSERT_TRUE(gpu->set_kv_cache_dtype(m.kv_bf16 ? DType::BF16 : DType::F32));
+    ASSERT_EQ(gpu->kv_cache_dtype(), m.kv_bf16 ? DType::BF16 : DType::F32);
     for (Case c : {Case{1, 0, 4, 2, 16}, {1, 300, 6, 2, 64}, {3, 5, 5, 1, 24}, {8, 1000, 8, 2, 128},
                    {9, 0, 4, 4, 16}, {50, 7, 6, 2, 24}, {77, 130, 12, 2, 128}, {200, 0, 8, 2, 64},
                    {1, 4000, 12, 2, 128}, {40, 0, 2, 1, 256}, {1, 20000, 16, 2, 64}, {2, 700, 10, 1, 256},
                    {1, 40, 4, 2, 18}, {5, 90, 6, 3, 20}, {130, 70, 4, 2, 40}, {300, 1000, 12, 2, 128},
                    {65, 3, 3, 1, 200}, {513, 0, 4, 1, 128}, {100, 37, 6, 2, 64}, {70, 5, 2, 2, 32},
                    {129, 64, 3, 3, 96}, {64, 0, 2, 1, 8}, {2, 50, 8, 2, 64}, {4, 33, 4, 1, 64},
-                   {1, 70000, 12, 2, 128}, {1, 5, 20, 4, 128}}) {
+                   {1, 70000, 12, 2, 128}, {1, 5, 20, 4, 128}, {2100, 3000, 12, 2, 128}}) {
+      if (c.T * (c.n_past + c.T) > 4'000'000 && !m.tf32) continue;  // the float32 kernel: long enough
       const int64_t ldq = c.H * c.hd + 7, kvd = c.Hkv * c.hd, rows = c.n_past + c.T;
       auto q = both(randn(static_cast<size_t>(c.T * ldq)));
       auto kc = cache_both(randn(static_cast<size_t>(rows * kvd)));
@@ -135,25 +139,56 @@ TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
       gpu->attention(q.g.data(), ldq, c.T, kc.g.data(), vc.g.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.g.data());
       // Prefill (T > 8) on the tensor cores: TF32 (10-bit mantissas in the products) over float32
       // caches, up to ~9e-3 of the output's rms at long T (the rms shrinks as more keys are
-      // averaged); bf16 over bf16 caches whose head size is a multiple of 8, at most 128, with Q
-      // and the probabilities split in two bf16 parts (~5e-5). Every sum float32.
+      // averaged); over bf16 caches whose head size is a multiple of 8, at most 128, fp16 (Q and
+      // the probabilities to 11 bits, K and V exact: up to ~4e-3, half TF32's) or bf16 with Q and
+      // the probabilities split in two parts (~5e-5). Every sum float32.
       // Decode (T <= 8) over bf16 caches with up to 16 rows of query heads x queries per KV head:
       // tensor cores with the same split (~1e-4); else float32.
-      const bool tc = tf32 && c.T > 8;
-      const bool bf16_tc = tc && kv_bf16 && c.hd % 8 == 0 && c.hd <= 128;
-      const bool dec_mma = c.T <= 8 && kv_bf16 && c.hd % 8 == 0 && c.hd <= 128 && (c.H / c.Hkv) * c.T <= 16;
-      const double tol = bf16_tc || dec_mma ? 5e-4 : tc ? 1.5e-2 : 1e-4;
+      const bool tc = m.tf32 && c.T > 8;
+      const bool flash16 = tc && m.kv_bf16 && c.hd % 8 == 0 && c.hd <= 128;
+      const bool dec_mma = c.T <= 8 && m.kv_bf16 && c.hd % 8 == 0 && c.hd <= 128 && (c.H / c.Hkv) * c.T <= 16;
+      const int kind = dec_mma ? 4 : flash16 ? (m.flash == 3 ? 2 : 3) : tc ? 1 : 0;
+      const double tol = kind == 4 || kind == 3 ? 5e-4 : kind == 2 ? 8e-3 : kind == 1 ? 1.5e-2 : 1e-4;
       const double err = rel(out);
-      const int kind = dec_mma ? 3 : bf16_tc ? 2 : tc ? 1 : 0;
       worst[kind] = std::max(worst[kind], err);
       EXPECT_LE(err, tol) << "T=" << c.T << " n_past=" << c.n_past << " H=" << c.H << " Hkv=" << c.Hkv
-                               << " hd=" << c.hd << " tf32=" << tf32 << " kv_bf16=" << kv_bf16;
+                               << " hd=" << c.hd << " tf32=" << m.tf32 << " kv_bf16=" << m.kv_bf16
+                               << " flash=" << m.flash;
     }
   }
   gpu->set_attention_tf32(true);
+  cuda::set_flash_precision(3);
   ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
-  std::printf("attention max|diff|/rms: float32 kernels %.2e, TF32 prefill %.2e, bf16 prefill %.2e, bf16 decode %.2e\n",
-              worst[0], worst[1], worst[2], worst[3]);
+  std::printf("attention max|diff|/rms: float32 kernels %.2e, TF32 prefill %.2e, fp16 prefill %.2e, split bf16 "
+              "prefill %.2e, bf16 decode %.2e\n",
+              worst[0], worst[1], worst[2], worst[3], worst[4]);
+}
+
+// The fp16 prefill scales the caches and each query row by powers of two: values far outside
+// fp16's range (above 65504, below 6e-5) keep their bits; rows of Q of different sizes too.
+TEST_F(CudaOpTest, AttentionPrefillFp16KeepsValuesOutsideItsRange) {
+  ASSERT_EQ(cuda::flash_precision(), 3) << "fp16 operands are the default";
+  ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
+  EXPECT_EQ(gpu->prefill_attention(), "fp16 (scaled)");
+  struct Case { float q, k, v; };
+  for (const Case sc : {Case{1e-5f, 1e5f, 1e-6f}, {1e4f, 1e-4f, 3e6f}, {1.0f, 1.0f, 1e9f}, {3e-7f, 3e6f, 1e-9f}}) {
+    const int64_t T = 150, n_past = 90, rows = n_past + T;
+    const int H = 6, Hkv = 2, hd = 64;
+    const int64_t ldq = H * hd, kvd = Hkv * hd;
+    std::vector<float> qv = randn(static_cast<size_t>(T * ldq), sc.q);
+    for (int64_t t = 0; t < T; ++t)  // rows 1 .. 1e-3 times the case's size
+      for (int64_t j = 0; j < ldq; ++j) qv[static_cast<size_t>(t * ldq + j)] *= std::pow(10.0f, -float(t % 4));
+    auto q = both(qv);
+    auto kc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.k));
+    auto vc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.v));
+    auto out = poisoned(static_cast<size_t>(T * H * hd));
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    cpu->attention(q.c.data(), ldq, T, kc.c.data(), vc.c.data(), n_past, H, Hkv, hd, scale, out.c.data());
+    gpu->attention(q.g.data(), ldq, T, kc.g.data(), vc.g.data(), n_past, H, Hkv, hd, scale, out.g.data());
+    const double err = rel(out);
+    std::printf("fp16 prefill, q %.0e k %.0e v %.0e: max|diff|/rms %.2e\n", sc.q, sc.k, sc.v, err);
+    EXPECT_LE(err, 8e-3) << "q " << sc.q << " k " << sc.k << " v " << sc.v;
+  }
 }
 
 TEST_F(CudaOpTest, KvWriteAppendsRowsInEitherCacheType) {

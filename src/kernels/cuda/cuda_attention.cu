@@ -649,7 +649,8 @@ void attention_t(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* 
     else launch_split<8>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, scratch, s);
     return;
   }
-  attention_prefill(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tf32, out, s);
+  if constexpr (std::is_same_v<KV, bf16>) attention_prefill(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tf32, out, scratch, s);
+  else attention_prefill(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tf32, out, s);
 }
 
 }  // namespace
@@ -677,8 +678,12 @@ void attention_rows(const float* q, int64_t ldq, int64_t n, const void* const* k
                      n_pasts, max_past, bucket, H, Hkv, hd, scale, out, scratch, s);
 }
 
-size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket) {
-  if (T > kMaxDecodeT) return 0;
+size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket, bool kv_bf16,
+                                bool tensor_cores) {
+  if (T > kMaxDecodeT) {  // the caches' fp16 form for the fp16 flash kernel
+    const bool f16 = kv_bf16 && tensor_cores && flash_precision() == 3;
+    return f16 ? (attention_prefill_scratch_bytes(T, n_past, Hkv, hd) + sizeof(float) - 1) / sizeof(float) : 0;
+  }
   // Enough for either decode kernel.
   const int64_t ns1 = split_plan(T, n_past, H).nsplit;
   const int64_t ns2 = split_count(n_past + T, gqa_units(T, H, Hkv, hd), bucket);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -17,8 +18,10 @@ using bf16 = __nv_bfloat16;
 // else TF32), or the float32 SIMT kernel.
 void attention_prefill(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past, int H,
                        int Hkv, int hd, float scale, bool tensor_cores, float* out, cudaStream_t s);
+// `scratch`: attention_prefill_scratch_bytes() bytes (the fp16 form of the caches), or null.
 void attention_prefill(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past, int H,
-                       int Hkv, int hd, float scale, bool tensor_cores, float* out, cudaStream_t s);
+                       int Hkv, int hd, float scale, bool tensor_cores, float* out, void* scratch, cudaStream_t s);
+size_t attention_prefill_scratch_bytes(int64_t T, int64_t n_past, int Hkv, int hd);
 
 namespace {
 
@@ -44,9 +47,21 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
+__device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_f16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -150,6 +165,21 @@ __device__ __forceinline__ void probs_bf16(const float (&s0)[4], const float (&s
     pl[2] = lo(pa[2], p10, p11);
     pl[3] = lo(pa[3], p12, p13);
   }
+}
+
+// The same for the fp16 MMA (no lo part): exp2(s - mx) in fp16.
+__device__ __forceinline__ void probs_f16(const float (&s0)[4], const float (&s1)[4], const float (&mx)[2],
+                                          float (&lrow)[2], uint32_t (&pa)[4]) {
+  const float p00 = exp2f(s0[0] - mx[0]), p01 = exp2f(s0[1] - mx[0]);
+  const float p02 = exp2f(s0[2] - mx[1]), p03 = exp2f(s0[3] - mx[1]);
+  const float p10 = exp2f(s1[0] - mx[0]), p11 = exp2f(s1[1] - mx[0]);
+  const float p12 = exp2f(s1[2] - mx[1]), p13 = exp2f(s1[3] - mx[1]);
+  lrow[0] += p00 + p01 + p10 + p11;
+  lrow[1] += p02 + p03 + p12 + p13;
+  pa[0] = pack_f16x2(p00, p01);
+  pa[1] = pack_f16x2(p02, p03);
+  pa[2] = pack_f16x2(p10, p11);
+  pa[3] = pack_f16x2(p12, p13);
 }
 
 // The end of a flash kernel's warp: the rows' sums over the 4 lanes that share them, and the

@@ -1,6 +1,7 @@
 // Causal attention of many queries (prefill) on the GPU; cuda_attention.cu dispatches here.
 //  - bf16 KV caches (head size a multiple of 8, at most 128): FlashAttention-2's layout on the
-//    tensor cores in bf16 (below).
+//    tensor cores in 16 bits (below): by default fp16 over an fp16 copy of the caches, each
+//    tensor and query row scaled by a power of two; bf16 with split operands on request.
 //  - otherwise (float32 caches, larger heads): a flash-attention kernel on the tensor cores in
 //    TF32 (mma.sync m16n8k8; Q, K, V and the probabilities rounded to TF32's 10-bit mantissa,
 //    every sum in float32). One block of 4 warps per (64-query tile, head); each warp owns 16
@@ -8,12 +9,14 @@
 //  - exact mode (set_attention_tf32(false) / FH1_CUDA_ATTN=f32): float32 SIMT, one block per
 //    (32-query tile, head); 4 lanes share a query.
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_attention_common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_rows.cuh"
 #include "util/error.h"
 
 namespace fh1::cuda {
@@ -222,45 +225,66 @@ __global__ void __launch_bounds__(128)
   store_rows(o, lrow, out, int64_t(H) * hd, h, hd, t_lo, t_hi, T, c4);
 }
 
-// ---- prefill: flash attention on the tensor cores in bf16 (bf16 KV caches) ----
-// FlashAttention-2's layout with mma.sync m16n8k16: 4 warps of 16 queries each; the block's Q
-// (scaled) waits in shared memory; K and V tiles of BK keys are copied from the bf16 cache into
-// shared memory with cp.async, the next tile while the current one is used. S's accumulator
-// fragments are P's A fragments as they are (no shuffles); V's B fragments come from
-// ldmatrix.trans. Every sum float32; the scores in log2 units (exp2).
-// K and V are bf16 already, so the products are exact when Q and P are: PREC 2 (default) splits
-// both into two bf16 parts (hi + lo, ~16 bits kept) and runs two MMAs where plain bf16 runs one;
-// more precise than TF32 (1e-3 of rms at most on the tests, against up to 3e-2 for plain bf16 at
-// long T). PREC 1 splits Q only, PREC 0 rounds both to bf16 once (FH1_CUDA_FLASH_PREC, tuning).
-template <int HDP, int BK, int PREC>  // head dim padded to HDP (hd % 8 == 0, hd <= HDP); keys per tile
-__global__ void __launch_bounds__(128)
-    attn_flash_bf16_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const bf16* __restrict__ kc,
-                           const bf16* __restrict__ vc, int64_t n_past, int H, int Hkv, int hd, float scale,
-                           float* __restrict__ out) {
+// The power of two that brings m, a largest |value|, into [2^14, 2^15): m * 2^-shift. 0 for 0,
+// inf and NaN; within [-63, 63] (a tensor whose largest |value| lies outside 2^-48 .. 2^78 keeps
+// fewer bits, or overflows fp16 at 2^78 and more).
+__device__ __forceinline__ int f16_shift(float m) {
+  if (!(m > 0.0f) || !(m <= FLT_MAX)) return 0;
+  int e;
+  frexpf(m, &e);  // m = f 2^e, f in [0.5, 1)
+  return max(-63, min(63, e - 15));
+}
+__device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }  // |e| <= 126
+
+// ---- prefill: flash attention on the tensor cores in 16-bit (bf16 KV caches) ----
+// FlashAttention-2's layout with mma.sync m16n8k16: W warps of 16 queries each; the block's Q
+// (scaled) waits in shared memory; K and V tiles of BK keys are copied into shared memory with
+// cp.async, the next tile while the current one is used. S's accumulator fragments are P's A
+// fragments as they are (no shuffles); V's B fragments come from ldmatrix.trans. Every sum
+// float32; the scores in log2 units (exp2). The operands, by PREC:
+//  3 (default): fp16. The caches are copied to fp16 first (kv_to_f16_kernel), each scaled by the
+//    power of two that brings its largest |value| into [2^14, 2^15): a bf16 value is then exact
+//    in fp16 unless it lies more than 2^29 below that largest one. Each query row is scaled
+//    likewise (11 bits kept where bf16 keeps 8), and the probabilities times 2^15 (exp2 of
+//    s - max + 15: 11 bits down to 2^-29 of the row's largest). One MMA per product; the powers of
+//    two come out of the scores and the output exactly. Up to ~4e-3 of rms on the tests.
+//  2: bf16, Q and P split into two bf16 parts (hi + lo, ~16 bits kept) over the exact bf16 K and
+//    V: two MMAs where one would do; 5e-5 of rms, up to 2x slower.
+//  1 splits Q only, 0 rounds both to bf16 once (up to 3e-2 at long T). set_flash_precision().
+// W warps of 16 queries a block, at least MINB blocks an SM (registers capped to fit).
+template <int HDP, int BK, int PREC, int W, int MINB>  // head dim padded to HDP (hd % 8 == 0, hd <= HDP); keys per tile
+__global__ void __launch_bounds__(32 * W, MINB)
+    attn_flash16_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const uint16_t* __restrict__ kc,
+                        const uint16_t* __restrict__ vc, const uint32_t* __restrict__ kv_max, int64_t n_past, int H,
+                        int Hkv, int hd, float scale, float* __restrict__ out) {
   FH1_PDL_ENTER();
-  constexpr int LD = HDP + 8;  // bf16 per shared row: 16-byte aligned, conflict-free fragment reads
+  constexpr bool F16 = PREC == 3;
+  constexpr int QB = 16 * W;  // queries per block
+  constexpr int LD = HDP + 8;  // 16-bit values per shared row: 16-byte aligned, conflict-free fragment reads
   constexpr int CH = HDP / 8;  // 16-byte chunks per row
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  constexpr int QPARTS = PREC >= 1 ? 2 : 1;
-  bf16* Qs = reinterpret_cast<bf16*>(smem_raw);  // [QPARTS][kFlashQ][LD]: hi (and lo)
-  bf16* Ks = Qs + QPARTS * kFlashQ * LD;  // [2][BK][LD]
-  bf16* Vs = Ks + 2 * BK * LD;   // [2][BK][LD]
+  constexpr int QPARTS = PREC == 1 || PREC == 2 ? 2 : 1;
+  uint16_t* Qs = reinterpret_cast<uint16_t*>(smem_raw);  // [QPARTS][QB][LD]: hi (and lo)
+  uint16_t* Ks = Qs + QPARTS * QB * LD;  // [2][BK][LD]
+  uint16_t* Vs = Ks + 2 * BK * LD;   // [2][BK][LD]
   const int qt = gridDim.x - 1 - blockIdx.x;  // the longest rows first
   const int h = blockIdx.y, kvh = h / (H / Hkv);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, c4 = lane & 3;
-  const int64_t q0 = int64_t(qt) * kFlashQ;
+  const int64_t q0 = int64_t(qt) * QB;
   const int64_t ldkv = int64_t(Hkv) * hd;
   const float qscale = scale * 1.4426950408889634f;
-  const int64_t last_t = min(T, q0 + kFlashQ) - 1;
+  const int64_t last_t = min(T, q0 + QB) - 1;
   const int64_t n_keys = n_past + last_t + 1;
   const int64_t n_tiles = (n_keys + BK - 1) / BK;
-  const bf16* kb = kc + int64_t(kvh) * hd;
-  const bf16* vb = vc + int64_t(kvh) * hd;
+  const uint16_t* kb = kc + int64_t(kvh) * hd;
+  const uint16_t* vb = vc + int64_t(kvh) * hd;
+  const int64_t wq = q0 + warp * 16;  // this warp's first query
+  const int64_t t_lo = wq + gq, t_hi = wq + gq + 8;
 
   auto load_tile = [&](int64_t tile, int buf) {
     const int64_t k0 = tile * BK;
-    bf16* ks = Ks + buf * BK * LD;
-    bf16* vs = Vs + buf * BK * LD;
+    uint16_t* ks = Ks + buf * BK * LD;
+    uint16_t* vs = Vs + buf * BK * LD;
     for (int e = threadIdx.x; e < BK * CH; e += blockDim.x) {
       const int r = e / CH, d = (e - r * CH) * 8;
       const int64_t key = k0 + r;
@@ -273,31 +297,67 @@ __global__ void __launch_bounds__(128)
   load_tile(0, 0);
   cp_async_commit();
 
-  for (int e = threadIdx.x; e < kFlashQ * (HDP / 2); e += blockDim.x) {
-    const int r = e / (HDP / 2), d = 2 * (e - r * (HDP / 2));
-    const int64_t t = q0 + r;
-    const float* qr = q + t * ldq + int64_t(h) * hd;
-    const bool ok = t < T && d < hd;  // hd is even
-    const float v0 = ok ? qr[d] * qscale : 0.0f, v1 = ok ? qr[d + 1] * qscale : 0.0f;
-    const uint32_t hi = pack_bf16x2(v0, v1);
-    *reinterpret_cast<uint32_t*>(Qs + r * LD + d) = hi;
-    if constexpr (PREC >= 1)
-      *reinterpret_cast<uint32_t*>(Qs + kFlashQ * LD + r * LD + d) =
-          pack_bf16x2(v0 - __uint_as_float(hi << 16), v1 - __uint_as_float(hi & 0xffff0000u));
+  // fp16: the factors that undo the scaling: scores of row t_lo / t_hi times s_mul[0] / [1],
+  // the output times 2^(shift of V) (o and l both carry the probabilities' 2^15).
+  float s_mul[2] = {1.0f, 1.0f}, o_mul = 1.0f;
+  if constexpr (F16) {
+    // Each warp stages its own 16 rows, each scaled by its power of two.
+    const int sk = f16_shift(__uint_as_float(kv_max[0])), sv = f16_shift(__uint_as_float(kv_max[1]));
+    o_mul = pow2(sv);
+    constexpr int QP = (HDP / 2 + 31) / 32;  // pairs of values per lane and row
+    for (int r = 0; r < 16; ++r) {
+      const int64_t t = wq + r;
+      const float* qr = q + t * ldq + int64_t(h) * hd;
+      float2 v[QP];
+      float m = 0.0f;
+#pragma unroll
+      for (int i = 0; i < QP; ++i) {
+        const int d = 2 * (lane + 32 * i);
+        const bool ok = t < T && d < hd;  // hd is even
+        v[i] = ok ? make_float2(qr[d] * qscale, qr[d + 1] * qscale) : make_float2(0.0f, 0.0f);
+        m = fmaxf(m, fmaxf(fabsf(v[i].x), fabsf(v[i].y)));
+      }
+      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      const int sq = f16_shift(m);
+      const float mul = pow2(-sq);
+#pragma unroll
+      for (int i = 0; i < QP; ++i) {
+        const int d = 2 * (lane + 32 * i);
+        if (d < HDP)
+          *reinterpret_cast<uint32_t*>(Qs + (warp * 16 + r) * LD + d) = pack_f16x2(v[i].x * mul, v[i].y * mul);
+      }
+      if (r == gq) s_mul[0] = pow2(sq + sk);
+      if (r == gq + 8) s_mul[1] = pow2(sq + sk);
+    }
+  } else {
+    for (int e = threadIdx.x; e < QB * (HDP / 2); e += blockDim.x) {
+      const int r = e / (HDP / 2), d = 2 * (e - r * (HDP / 2));
+      const int64_t t = q0 + r;
+      const float* qr = q + t * ldq + int64_t(h) * hd;
+      const bool ok = t < T && d < hd;  // hd is even
+      const float v0 = ok ? qr[d] * qscale : 0.0f, v1 = ok ? qr[d + 1] * qscale : 0.0f;
+      const uint32_t hi = pack_bf16x2(v0, v1);
+      *reinterpret_cast<uint32_t*>(Qs + r * LD + d) = hi;
+      if constexpr (QPARTS == 2)
+        *reinterpret_cast<uint32_t*>(Qs + QB * LD + r * LD + d) =
+            pack_bf16x2(v0 - __uint_as_float(hi << 16), v1 - __uint_as_float(hi & 0xffff0000u));
+    }
   }
   __syncthreads();
   // This warp's A fragments of Q (part 0: hi, 1: lo) for head dims kk * 16 .. + 15, by ldmatrix:
   // lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of (queries +0, dims +0), (+8, +0), (+0, +8),
   // (+8, +8).
-  const bf16* qrow = Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
-  auto q_frag = [&](int part, int kk, uint32_t (&a)[4]) { ldmatrix_x4(a, qrow + part * kFlashQ * LD + kk * 16); };
+  const uint16_t* qrow = Qs + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+  auto q_frag = [&](int part, int kk, uint32_t (&a)[4]) { ldmatrix_x4(a, qrow + part * QB * LD + kk * 16); };
+  auto mma = [](float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if constexpr (F16) mma_f16(c, a, b0, b1);
+    else mma_bf16(c, a, b0, b1);
+  };
 
   float o[HDP / 8][4];
 #pragma unroll
   for (int i = 0; i < HDP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
-  const int64_t wq = q0 + warp * 16;  // this warp's first query
-  const int64_t t_lo = wq + gq, t_hi = wq + gq + 8;
 
   for (int64_t tile = 0; tile < n_tiles; ++tile) {
     const int buf = static_cast<int>(tile & 1);
@@ -311,15 +371,15 @@ __global__ void __launch_bounds__(128)
     __syncthreads();
     const int64_t k0 = tile * BK;
     if (k0 <= n_past + wq + 15) {  // else every key of this tile is in this warp's future
-      const bf16* ks = Ks + buf * BK * LD;
-      const bf16* vs = Vs + buf * BK * LD;
+      const uint16_t* ks = Ks + buf * BK * LD;
+      const uint16_t* vs = Vs + buf * BK * LD;
       float s[BK / 8][4];
 #pragma unroll
       for (int nt = 0; nt < BK / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
       // K's B fragments by ldmatrix, two key tiles of 8 at a time, each used for both parts of Q:
       // lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of (keys +0, dims +0), (keys +0, dims
       // +8), (keys +8, dims +0), (keys +8, dims +8).
-      const bf16* krow = ks + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
+      const uint16_t* krow = ks + ((lane & 7) + (lane >> 4) * 8) * LD + ((lane >> 3) & 1) * 8;
 #pragma unroll
       for (int kk = 0; kk < HDP / 16; ++kk) {
         uint32_t qa[QPARTS][4];
@@ -331,9 +391,18 @@ __global__ void __launch_bounds__(128)
           ldmatrix_x4(kf, krow + nt * 8 * LD + kk * 16);
 #pragma unroll
           for (int part = 0; part < QPARTS; ++part) {
-            mma_bf16(s[nt], qa[part], kf[0], kf[1]);
-            mma_bf16(s[nt + 1], qa[part], kf[2], kf[3]);
+            mma(s[nt], qa[part], kf[0], kf[1]);
+            mma(s[nt + 1], qa[part], kf[2], kf[3]);
           }
+        }
+      }
+      if constexpr (F16) {
+#pragma unroll
+        for (int nt = 0; nt < BK / 8; ++nt) {
+          s[nt][0] *= s_mul[0];
+          s[nt][1] *= s_mul[0];
+          s[nt][2] *= s_mul[1];
+          s[nt][3] *= s_mul[1];
         }
       }
       if (k0 + BK - 1 > n_past + wq) {  // the tile reaches past some query of this warp: mask
@@ -341,31 +410,72 @@ __global__ void __launch_bounds__(128)
       }
       float mx[2];
       online_softmax_step(s, mrow, lrow, o, mx);
+      if constexpr (F16) {  // the probabilities times 2^15
+        mx[0] -= 15.0f;
+        mx[1] -= 15.0f;
+      }
 #pragma unroll
       for (int kk = 0; kk < BK / 16; ++kk) {  // 16 keys: the S tiles 2 kk and 2 kk + 1
         uint32_t pa[4], pl[4];
-        probs_bf16<PREC >= 2>(s[2 * kk], s[2 * kk + 1], mx, lrow, pa, pl);
+        if constexpr (F16) probs_f16(s[2 * kk], s[2 * kk + 1], mx, lrow, pa);
+        else probs_bf16<PREC >= 2>(s[2 * kk], s[2 * kk + 1], mx, lrow, pa, pl);
         // ldmatrix.trans: lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of the 8x8 blocks
         // (keys +0, dims +0), (keys +8, dims +0), (keys +0, dims +8), (keys +8, dims +8).
-        const bf16* vrow = vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+        const uint16_t* vrow = vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
 #pragma unroll
         for (int dt = 0; dt < HDP / 16; ++dt) {
           uint32_t vf[4];
           ldmatrix_x4_trans(vf, vrow + dt * 16);
-          mma_bf16(o[2 * dt], pa, vf[0], vf[1]);
-          mma_bf16(o[2 * dt + 1], pa, vf[2], vf[3]);
-          if constexpr (PREC >= 2) {
-            mma_bf16(o[2 * dt], pl, vf[0], vf[1]);
-            mma_bf16(o[2 * dt + 1], pl, vf[2], vf[3]);
+          mma(o[2 * dt], pa, vf[0], vf[1]);
+          mma(o[2 * dt + 1], pa, vf[2], vf[3]);
+          if constexpr (PREC == 2) {
+            mma(o[2 * dt], pl, vf[0], vf[1]);
+            mma(o[2 * dt + 1], pl, vf[2], vf[3]);
           }
         }
       }
     }
     __syncthreads();  // the buffer just read is the next load's target
   }
+  if constexpr (F16) {  // out = o / l * 2^(shift of V), exactly: l divided by that power of two
+    lrow[0] /= o_mul;
+    lrow[1] /= o_mul;
+  }
   store_rows(o, lrow, out, int64_t(H) * hd, h, hd, t_lo, t_hi, T, c4);
 }
 
+// The largest |value| of the first n values of the bf16 caches k and v (n % 8 == 0, 16-byte
+// aligned) as float bits into kv_max[0] / [1] (zeroed before).
+__global__ void kv_absmax_kernel(const uint4* __restrict__ k, const uint4* __restrict__ v, int64_t n8,
+                                 uint32_t* __restrict__ kv_max) {
+  FH1_PDL_ENTER();
+  uint32_t mk = 0, mv = 0;  // two bf16 |values| each (per-halfword maxima)
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
+    const uint4 a = k[i], b = v[i];
+    mk = __vmaxu2(mk, __vmaxu2(__vmaxu2(a.x & 0x7fff7fffu, a.y & 0x7fff7fffu), __vmaxu2(a.z & 0x7fff7fffu, a.w & 0x7fff7fffu)));
+    mv = __vmaxu2(mv, __vmaxu2(__vmaxu2(b.x & 0x7fff7fffu, b.y & 0x7fff7fffu), __vmaxu2(b.z & 0x7fff7fffu, b.w & 0x7fff7fffu)));
+  }
+  // A bf16's bits, shifted up 16, are its float's (a NaN stays above every number).
+  block_max_into(max(mk << 16, mk & 0xffff0000u), kv_max);
+  __syncthreads();  // block_max_into's shared slots are read until here
+  block_max_into(max(mv << 16, mv & 0xffff0000u), kv_max + 1);
+}
+
+// The caches in fp16, each times 2^-shift of its largest |value| (kv_max).
+__global__ void kv_to_f16_kernel(const uint4* __restrict__ k, const uint4* __restrict__ v, int64_t n8,
+                                 const uint32_t* __restrict__ kv_max, uint4* __restrict__ k16, uint4* __restrict__ v16) {
+  FH1_PDL_ENTER();
+  const float kmul = pow2(-f16_shift(__uint_as_float(kv_max[0])));
+  const float vmul = pow2(-f16_shift(__uint_as_float(kv_max[1])));
+  auto conv = [](uint32_t x, float mul) {
+    return pack_f16x2(__uint_as_float(x << 16) * mul, __uint_as_float(x & 0xffff0000u) * mul);
+  };
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n8; i += int64_t(gridDim.x) * blockDim.x) {
+    const uint4 a = k[i], b = v[i];
+    k16[i] = make_uint4(conv(a.x, kmul), conv(a.y, kmul), conv(a.z, kmul), conv(a.w, kmul));
+    v16[i] = make_uint4(conv(b.x, vmul), conv(b.y, vmul), conv(b.z, vmul), conv(b.w, vmul));
+  }
+}
 
 template <int MPL, typename KV>
 void launch_tile(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past, int H,
@@ -400,32 +510,75 @@ void launch_flash(const float* q, int64_t ldq, int64_t T, const KV* k, const KV*
   check_launch("attention (flash tf32)");
 }
 
-template <int HDP, int BK, int PREC>
-void launch_flash_bf16_prec(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past,
-                            int H, int Hkv, int hd, float scale, float* out, cudaStream_t s) {
-  const size_t smem = size_t((PREC >= 1 ? 2 : 1) * kFlashQ + 4 * BK) * (HDP + 8) * sizeof(bf16);
+template <int HDP, int BK, int PREC, int W = 4, int MINB = 1>
+void launch_flash16_prec(const float* q, int64_t ldq, int64_t T, const uint16_t* k, const uint16_t* v,
+                         const uint32_t* kv_max, int64_t n_past, int H, int Hkv, int hd, float scale, float* out,
+                         cudaStream_t s) {
+  constexpr int QB = 16 * W;
+  const size_t smem = size_t((PREC == 1 || PREC == 2 ? 2 : 1) * QB + 4 * BK) * (HDP + 8) * sizeof(uint16_t);
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
-    check(cudaFuncSetAttribute(attn_flash_bf16_kernel<HDP, BK, PREC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem)),
-          "attention (flash bf16) smem");
+    check(cudaFuncSetAttribute(attn_flash16_kernel<HDP, BK, PREC, W, MINB>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+          "attention (flash 16-bit) smem");
     attr_set = true;
   }
-  const dim3 grid(static_cast<unsigned>((T + kFlashQ - 1) / kFlashQ), static_cast<unsigned>(H));
-  launch(attn_flash_bf16_kernel<HDP, BK, PREC>, grid, 128, smem, s, q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out);
-  check_launch("attention (flash bf16)");
+  const dim3 grid(static_cast<unsigned>((T + QB - 1) / QB), static_cast<unsigned>(H));
+  launch(attn_flash16_kernel<HDP, BK, PREC, W, MINB>, grid, 32 * W, smem, s, q, ldq, T, k, v, kv_max, n_past, H, Hkv,
+         hd, scale, out);
+  check_launch("attention (flash 16-bit)");
+}
+
+std::atomic<int>& flash_precision_setting() {
+  static std::atomic<int> p{[] {
+    const char* e = std::getenv("FH1_CUDA_FLASH_PREC");
+    return e ? std::clamp(std::atoi(e), 0, 3) : 3;
+  }()};
+  return p;
+}
+
+// The caches' first n_keys rows in fp16 (see attn_flash16_kernel) in scratch:
+// [kv_max: 16 bytes][K: n_keys x ldkv][V: n_keys x ldkv].
+void caches_to_f16(const bf16* k, const bf16* v, int64_t n_keys, int64_t ldkv, void* scratch, cudaStream_t s) {
+  auto* kv_max = static_cast<uint32_t*>(scratch);
+  auto* k16 = reinterpret_cast<uint4*>(static_cast<unsigned char*>(scratch) + 16);
+  const int64_t n8 = n_keys * ldkv / 8;
+  auto* v16 = k16 + n8;
+  check(cudaMemsetAsync(kv_max, 0, 2 * sizeof(uint32_t), s), "attention: fp16 caches' maxima");
+  const unsigned blocks = static_cast<unsigned>(std::clamp<int64_t>((n8 + 255) / 256, 1, 1024));
+  launch(kv_absmax_kernel, dim3(blocks), dim3(256), 0, s, reinterpret_cast<const uint4*>(k),
+         reinterpret_cast<const uint4*>(v), n8, kv_max);
+  check_launch("attention: the caches' maxima");
+  launch(kv_to_f16_kernel, dim3(blocks), dim3(256), 0, s, reinterpret_cast<const uint4*>(k),
+         reinterpret_cast<const uint4*>(v), n8, static_cast<const uint32_t*>(kv_max), k16, v16);
+  check_launch("attention: the caches in fp16");
 }
 
 template <int HDP, int BK>
-void launch_flash_bf16(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past, int H,
-                       int Hkv, int hd, float scale, float* out, cudaStream_t s) {
-  static const int prec = [] {
-    const char* e = std::getenv("FH1_CUDA_FLASH_PREC");
-    return e ? std::clamp(std::atoi(e), 0, 2) : 2;
+void launch_flash16(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past, int H,
+                    int Hkv, int hd, float scale, float* out, void* scratch, cudaStream_t s) {
+  const int prec = scratch ? flash_precision_setting().load() : std::min(flash_precision_setting().load(), 2);
+  auto k16 = reinterpret_cast<const uint16_t*>(k), v16 = reinterpret_cast<const uint16_t*>(v);
+  const uint32_t* kv_max = nullptr;
+  if (prec == 3) {
+    const int64_t ldkv = int64_t(Hkv) * hd;
+    caches_to_f16(k, v, n_past + T, ldkv, scratch, s);
+    kv_max = static_cast<const uint32_t*>(scratch);
+    k16 = reinterpret_cast<const uint16_t*>(static_cast<unsigned char*>(scratch) + 16);
+    v16 = k16 + (n_past + T) * ldkv;
+  }
+  // fp16: 8 warps (128 queries) a block, registers capped so that 2 blocks share an SM, each K
+  // and V tile thus serving twice the queries (7B prefill at 32K 7 % faster than 4 warps on an
+  // H200). FH1_CUDA_FLASH_WARPS=4: 4 warps (tuning).
+  static const int warps = [] {
+    const char* e = std::getenv("FH1_CUDA_FLASH_WARPS");
+    return e && std::atoi(e) == 4 ? 4 : 8;
   }();
-  if (prec == 2) launch_flash_bf16_prec<HDP, BK, 2>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
-  else if (prec == 1) launch_flash_bf16_prec<HDP, BK, 1>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
-  else launch_flash_bf16_prec<HDP, BK, 0>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+  if (prec == 3 && warps == 8) launch_flash16_prec<HDP, BK, 3, 8, 2>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, s);
+  else if (prec == 3) launch_flash16_prec<HDP, BK, 3, 4, 1>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, s);
+  else if (prec == 2) launch_flash16_prec<HDP, BK, 2>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, s);
+  else if (prec == 1) launch_flash16_prec<HDP, BK, 1>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, s);
+  else launch_flash16_prec<HDP, BK, 0>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, s);
 }
 
 // The bf16 flash kernel reads whole 16-byte chunks of cache rows.
@@ -435,14 +588,16 @@ bool flash_bf16_ok(int hd, int Hkv, const void* k, const void* v) {
 }
 template <typename KV>
 void attention_prefill_t(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v, int64_t n_past, int H,
-                         int Hkv, int hd, float scale, bool tf32, float* out, cudaStream_t s) {
+                         int Hkv, int hd, float scale, bool tf32, float* out, void* scratch, cudaStream_t s) {
   if constexpr (std::is_same_v<KV, bf16>) {
-    if (tf32 && flash_bf16_ok(hd, Hkv, k, v)) {  // tensor cores, in bf16 since the caches are
-      if (hd <= 32) launch_flash_bf16<32, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
-      else if (hd <= 64) launch_flash_bf16<64, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
-      else launch_flash_bf16<128, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, s);
+    if (tf32 && flash_bf16_ok(hd, Hkv, k, v)) {  // tensor cores, in 16 bits since the caches are
+      if (hd <= 32) launch_flash16<32, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, scratch, s);
+      else if (hd <= 64) launch_flash16<64, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, scratch, s);
+      else launch_flash16<128, 64>(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, out, scratch, s);
       return;
     }
+  } else {
+    (void)scratch;
   }
   if (tf32) {
     // Keys per tile: 64 up to hd 64; 32 above (less shared memory, 3 blocks per SM: 7B prefill
@@ -470,12 +625,19 @@ void attention_prefill_t(const float* q, int64_t ldq, int64_t T, const KV* k, co
 
 void attention_prefill(const float* q, int64_t ldq, int64_t T, const float* k, const float* v, int64_t n_past, int H,
                        int Hkv, int hd, float scale, bool tensor_cores, float* out, cudaStream_t s) {
-  attention_prefill_t(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tensor_cores, out, s);
+  attention_prefill_t(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tensor_cores, out, nullptr, s);
 }
 
 void attention_prefill(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past, int H,
-                       int Hkv, int hd, float scale, bool tensor_cores, float* out, cudaStream_t s) {
-  attention_prefill_t(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tensor_cores, out, s);
+                       int Hkv, int hd, float scale, bool tensor_cores, float* out, void* scratch, cudaStream_t s) {
+  attention_prefill_t(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tensor_cores, out, scratch, s);
 }
+
+size_t attention_prefill_scratch_bytes(int64_t T, int64_t n_past, int Hkv, int hd) {
+  return 16 + size_t(2) * static_cast<size_t>((n_past + T) * Hkv * hd) * sizeof(uint16_t);
+}
+
+void set_flash_precision(int prec) { flash_precision_setting().store(std::clamp(prec, 0, 3)); }
+int flash_precision() { return flash_precision_setting().load(); }
 
 }  // namespace fh1::cuda

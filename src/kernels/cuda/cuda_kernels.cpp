@@ -376,8 +376,8 @@ class CudaKernelsImpl final : public CudaKernels {
     // power-of-two bucket, so one graph serves every length of the bucket.
     const bool kv16 = kv_bf16_;
     const bool dev_len = step_->recording() && cuda::attention_decode_device_len(T, hd, k_cache, v_cache, Hkv, kv16);
-    float* scratch = attention_scratch(cuda::attention_scratch_floats(T, n_past, H, Hkv, hd, dev_len));
     const bool tf32 = tf32_attn_;
+    float* scratch = attention_scratch(cuda::attention_scratch_floats(T, n_past, H, Hkv, hd, dev_len, kv16, tf32));
     if (dev_len) {
       int64_t bucket = 64;
       while (bucket < n_past + T) bucket *= 2;
@@ -593,6 +593,12 @@ class CudaKernelsImpl final : public CudaKernels {
     return true;
   }
   bool attention_tf32() const override { return tf32_attn_; }
+  std::string prefill_attention() const override {
+    if (!tf32_attn_) return "f32";
+    if (!kv_bf16_) return "tf32";
+    static const char* const by_precision[] = {"bf16", "bf16 (Q split)", "bf16 (Q and P split)", "fp16 (scaled)"};
+    return by_precision[cuda::flash_precision()];
+  }
   void set_decode_graphs(bool on) override {
     flush();
     step_->set_graphs(on);

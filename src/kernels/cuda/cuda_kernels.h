@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "kernels/kernels.h"
 
@@ -53,10 +54,13 @@ class CudaKernels : public Kernels {
   // its matrix). The results are the same either way.
   virtual void set_f16_weight_copies(bool on) = 0;
   virtual bool f16_weight_copies() const = 0;
-  // Prefill attention on the tensor cores in TF32 (default; ~1e-3 of rms from float32), or in
-  // float32 (FH1_CUDA_ATTN=f32).
+  // Prefill attention on the tensor cores (default: over bf16 caches in fp16, Q and K/V scaled by
+  // powers of two, ~4e-3 of rms from float32; over float32 caches in TF32, ~1e-2), or in float32
+  // (FH1_CUDA_ATTN=f32).
   virtual void set_attention_tf32(bool on) = 0;
   virtual bool attention_tf32() const = 0;
+  // The prefill attention kernel these settings pick ("fp16 (scaled)", "tf32", "f32", ...).
+  virtual std::string prefill_attention() const = 0;
   // A long prompt's scan (the chunked SSD's batched products) on the tensor cores in TF32
   // (default; inputs rounded to 10-bit mantissas, sums, state and the chunks' recurrence float32;
   // ~1e-3 of rms), or in float32 (FH1_CUDA_SSD_TF32=0).

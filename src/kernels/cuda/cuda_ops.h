@@ -153,12 +153,19 @@ void set_scan_chunks(int chunks);
 constexpr int64_t kScanSsdAuto = -2;
 void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len);
 
-// Attention. `scratch` must hold attention_scratch_floats(...) floats (same T, n_past, bucket).
+// Attention. `scratch` must hold attention_scratch_floats(...) floats (same arguments).
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from
 // device memory at run time and n_past only picks the plan; with `bucket` the plan depends on
 // n_past only through the next power of two. tf32: prefill on the tensor cores (else float32).
 // The caches hold bf16 values when kv_bf16, else float32 (every KV op below likewise).
-size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket);
+size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket, bool kv_bf16,
+                                bool tensor_cores);
+// The operands of the prefill's flash attention over bf16 caches: 3 (the default) fp16 (the
+// caches copied to fp16 with a power-of-two scale, each query row likewise: up to ~4e-3 of rms), 2 bf16
+// with Q and the probabilities split in two parts (~5e-5, up to 2x slower), 1 Q split only,
+// 0 plain bf16 (up to 3e-2). FH1_CUDA_FLASH_PREC=N sets the start value.
+void set_flash_precision(int prec);
+int flash_precision();
 bool attention_decode_device_len(int64_t T, int hd, const void* k, const void* v, int Hkv, bool kv_bf16);
 void attention(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,
                const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, bool kv_bf16,
