@@ -167,21 +167,6 @@ __device__ __forceinline__ void probs_bf16(const float (&s0)[4], const float (&s
   }
 }
 
-// The same for the fp16 MMA (no lo part): exp2(s - mx) in fp16.
-__device__ __forceinline__ void probs_f16(const float (&s0)[4], const float (&s1)[4], const float (&mx)[2],
-                                          float (&lrow)[2], uint32_t (&pa)[4]) {
-  const float p00 = exp2f(s0[0] - mx[0]), p01 = exp2f(s0[1] - mx[0]);
-  const float p02 = exp2f(s0[2] - mx[1]), p03 = exp2f(s0[3] - mx[1]);
-  const float p10 = exp2f(s1[0] - mx[0]), p11 = exp2f(s1[1] - mx[0]);
-  const float p12 = exp2f(s1[2] - mx[1]), p13 = exp2f(s1[3] - mx[1]);
-  lrow[0] += p00 + p01 + p10 + p11;
-  lrow[1] += p02 + p03 + p12 + p13;
-  pa[0] = pack_f16x2(p00, p01);
-  pa[1] = pack_f16x2(p02, p03);
-  pa[2] = pack_f16x2(p10, p11);
-  pa[3] = pack_f16x2(p12, p13);
-}
-
 // The end of a flash kernel's warp: the rows' sums over the 4 lanes that share them, and the
 // rows t_lo and t_hi (when < T) of the output head h divided by them.
 template <int NO>

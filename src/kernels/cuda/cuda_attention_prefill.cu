@@ -236,6 +236,67 @@ __device__ __forceinline__ int f16_shift(float m) {
 }
 __device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }  // |e| <= 126
 
+// exp2 without the subnormal handling of exp2f (one MUFU.EX2): a result below 2^-126 is 0.
+__device__ __forceinline__ float ex2_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// The fp16 kernel's online-softmax step on raw scores: the rows' true log2 scores are s * mul
+// (powers of two, so the products are exact), the running maxima stay raw, and off gets what
+// exp2 of the probabilities adds to s * mul: 15 - max * mul (the probabilities times 2^15).
+// o is rescaled only when a row's maximum moved (multiplying by 1 changes nothing). Against
+// scaling the scores first, exp2f and rescaling every tile: 7B prefill 1.4 % faster at 8K, 3.3 %
+// at 128K (H200, one call).
+template <int NT, int NO>
+__device__ __forceinline__ void online_softmax_step_scaled(const float (&s)[NT][4], const float (&mul)[2],
+                                                           float (&mrow)[2], float (&lrow)[2], float (&o)[NO][4],
+                                                           float (&off)[2]) {
+  float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+    mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+  }
+  float corr[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+    const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
+    const float d = (mrow[r] - mu) * mul[r];
+    corr[r] = ex2_ftz(d);
+    mrow[r] = mx[r];
+    off[r] = fmaf(-mu, mul[r], 15.0f);
+    lrow[r] *= corr[r];
+  }
+  if (!__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) return;
+#pragma unroll
+  for (int i = 0; i < NO; ++i) {
+    o[i][0] *= corr[0];
+    o[i][1] *= corr[0];
+    o[i][2] *= corr[1];
+    o[i][3] *= corr[1];
+  }
+}
+
+// The probabilities of 16 keys for the fp16 MMA: exp2(s * mul + off) (see above).
+__device__ __forceinline__ void probs_f16_scaled(const float (&s0)[4], const float (&s1)[4], const float (&mul)[2],
+                                                 const float (&off)[2], float (&lrow)[2], uint32_t (&pa)[4]) {
+  auto e = [](float x, float m, float c) { return ex2_ftz(fmaf(x, m, c)); };
+  const float p00 = e(s0[0], mul[0], off[0]), p01 = e(s0[1], mul[0], off[0]);
+  const float p02 = e(s0[2], mul[1], off[1]), p03 = e(s0[3], mul[1], off[1]);
+  const float p10 = e(s1[0], mul[0], off[0]), p11 = e(s1[1], mul[0], off[0]);
+  const float p12 = e(s1[2], mul[1], off[1]), p13 = e(s1[3], mul[1], off[1]);
+  lrow[0] += p00 + p01 + p10 + p11;
+  lrow[1] += p02 + p03 + p12 + p13;
+  pa[0] = pack_f16x2(p00, p01);
+  pa[1] = pack_f16x2(p02, p03);
+  pa[2] = pack_f16x2(p10, p11);
+  pa[3] = pack_f16x2(p12, p13);
+}
+
 // ---- prefill: flash attention on the tensor cores in 16-bit (bf16 KV caches) ----
 // FlashAttention-2's layout with mma.sync m16n8k16: W warps of 16 queries each; the block's Q
 // (scaled) waits in shared memory; K and V tiles of BK keys are copied into shared memory with
@@ -396,28 +457,16 @@ __global__ void __launch_bounds__(32 * W, MINB)
           }
         }
       }
-      if constexpr (F16) {
-#pragma unroll
-        for (int nt = 0; nt < BK / 8; ++nt) {
-          s[nt][0] *= s_mul[0];
-          s[nt][1] *= s_mul[0];
-          s[nt][2] *= s_mul[1];
-          s[nt][3] *= s_mul[1];
-        }
-      }
       if (k0 + BK - 1 > n_past + wq) {  // the tile reaches past some query of this warp: mask
         mask_keys_after(s, k0, c4, n_past + t_lo, n_past + t_hi);
       }
-      float mx[2];
-      online_softmax_step(s, mrow, lrow, o, mx);
-      if constexpr (F16) {  // the probabilities times 2^15
-        mx[0] -= 15.0f;
-        mx[1] -= 15.0f;
-      }
+      float mx[2];  // fp16: the offsets of online_softmax_step_scaled
+      if constexpr (F16) online_softmax_step_scaled(s, s_mul, mrow, lrow, o, mx);
+      else online_softmax_step(s, mrow, lrow, o, mx);
 #pragma unroll
       for (int kk = 0; kk < BK / 16; ++kk) {  // 16 keys: the S tiles 2 kk and 2 kk + 1
         uint32_t pa[4], pl[4];
-        if constexpr (F16) probs_f16(s[2 * kk], s[2 * kk + 1], mx, lrow, pa);
+        if constexpr (F16) probs_f16_scaled(s[2 * kk], s[2 * kk + 1], s_mul, mx, lrow, pa);
         else probs_bf16<PREC >= 2>(s[2 * kk], s[2 * kk + 1], mx, lrow, pa, pl);
         // ldmatrix.trans: lanes 0-7 / 8-15 / 16-23 / 24-31 address the rows of the 8x8 blocks
         // (keys +0, dims +0), (keys +8, dims +0), (keys +0, dims +8), (keys +8, dims +8).
