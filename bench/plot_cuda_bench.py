@@ -44,7 +44,7 @@ def main() -> None:
             xs = [t for t, _ in pts]
             ax_p.plot(xs, [j["tokens_per_s"] for _, j in pts], "o-", color=color, label=m)
             for t, j in pts:
-                ax_p.annotate(f'{j["pct_of_gemm_rate"]:.0f}%', (t, j["tokens_per_s"]), fontsize=7,
+                ax_p.annotate(f'{j["pct_of_gemm_rate"]:.1f}%', (t, j["tokens_per_s"]), fontsize=7,
                               textcoords="offset points", xytext=(0, 5), ha="center", color=color)
         for b in sorted({bb for mm, bb, _ in decode if mm == m}):
             pts = sorted((c, j) for (mm, bb, c), j in decode.items() if mm == m and bb == b)
