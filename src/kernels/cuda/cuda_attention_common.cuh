@@ -107,30 +107,27 @@ __device__ __forceinline__ void mask_keys_after(float (&s)[NT][4], int64_t k0, i
   }
 }
 
-// One online-softmax step over such a tile (scores already in log2 units): the two rows' running
-// maxima (mrow) and sums (lrow) and the output accumulator o rescaled to the new maxima; mx gets
-// the maxima to subtract before exp2 (0 for a row with no key yet, so -inf scores give 0, not NaN).
-template <int NT, int NO>
-__device__ __forceinline__ void online_softmax_step(const float (&s)[NT][4], float (&mrow)[2], float (&lrow)[2],
-                                                    float (&o)[NO][4], float (&mx)[2]) {
-  mx[0] = mrow[0];
-  mx[1] = mrow[1];
+// The two rows' maxima over a tile of scores and the running maxima m, across the 4 lanes that
+// share the rows.
+template <int NT>
+__device__ __forceinline__ void tile_row_max(const float (&s)[NT][4], const float (&m)[2], float (&mx)[2]) {
+  mx[0] = m[0];
+  mx[1] = m[1];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
     mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
   }
-  float corr[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
     mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-    const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
-    corr[r] = exp2f(mrow[r] - mu);
-    mrow[r] = mx[r];
-    mx[r] = mu;
-    lrow[r] *= corr[r];
   }
+}
+
+// The output accumulator's two rows times corr[0] / corr[1].
+template <int NO>
+__device__ __forceinline__ void rescale_rows(float (&o)[NO][4], const float (&corr)[2]) {
 #pragma unroll
   for (int i = 0; i < NO; ++i) {
     o[i][0] *= corr[0];
@@ -138,6 +135,25 @@ __device__ __forceinline__ void online_softmax_step(const float (&s)[NT][4], flo
     o[i][2] *= corr[1];
     o[i][3] *= corr[1];
   }
+}
+
+// One online-softmax step over such a tile (scores already in log2 units): the two rows' running
+// maxima (mrow) and sums (lrow) and the output accumulator o rescaled to the new maxima; mx gets
+// the maxima to subtract before exp2 (0 for a row with no key yet, so -inf scores give 0, not NaN).
+template <int NT, int NO>
+__device__ __forceinline__ void online_softmax_step(const float (&s)[NT][4], float (&mrow)[2], float (&lrow)[2],
+                                                    float (&o)[NO][4], float (&mx)[2]) {
+  tile_row_max(s, mrow, mx);
+  float corr[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
+    corr[r] = exp2f(mrow[r] - mu);
+    mrow[r] = mx[r];
+    mx[r] = mu;
+    lrow[r] *= corr[r];
+  }
+  rescale_rows(o, corr);
 }
 
 // The probabilities of 16 keys (the score tiles s0, s1 of one k16 step) as the A operand of a

@@ -253,17 +253,11 @@ template <int NT, int NO>
 __device__ __forceinline__ void online_softmax_step_scaled(const float (&s)[NT][4], const float (&mul)[2],
                                                            float (&mrow)[2], float (&lrow)[2], float (&o)[NO][4],
                                                            float (&off)[2]) {
-  float mx[2] = {mrow[0], mrow[1]};
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-    mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-  }
+  float mx[2];
+  tile_row_max(s, mrow, mx);
   float corr[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
     const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
     const float d = (mrow[r] - mu) * mul[r];
     corr[r] = ex2_ftz(d);
@@ -272,13 +266,7 @@ __device__ __forceinline__ void online_softmax_step_scaled(const float (&s)[NT][
     lrow[r] *= corr[r];
   }
   if (!__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) return;
-#pragma unroll
-  for (int i = 0; i < NO; ++i) {
-    o[i][0] *= corr[0];
-    o[i][1] *= corr[0];
-    o[i][2] *= corr[1];
-    o[i][3] *= corr[1];
-  }
+  rescale_rows(o, corr);
 }
 
 // The probabilities of 16 keys for the fp16 MMA: exp2(s * mul + off) (see above).
