@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_attention_common.cuh"
+#include "kernels/cuda/cuda_f16_scale.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_rows.cuh"
 #include "util/error.h"
@@ -225,17 +226,6 @@ __global__ void __launch_bounds__(128)
   store_rows(o, lrow, out, int64_t(H) * hd, h, hd, t_lo, t_hi, T, c4);
 }
 
-// The power of two that brings m, a largest |value|, into [2^14, 2^15): m * 2^-shift. 0 for 0,
-// inf and NaN; within [-63, 63] (a tensor whose largest |value| lies outside 2^-48 .. 2^78 keeps
-// fewer bits, or overflows fp16 at 2^78 and more).
-__device__ __forceinline__ int f16_shift(float m) {
-  if (!(m > 0.0f) || !(m <= FLT_MAX)) return 0;
-  int e;
-  frexpf(m, &e);  // m = f 2^e, f in [0.5, 1)
-  return max(-63, min(63, e - 15));
-}
-__device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }  // |e| <= 126
-
 // exp2 without the subnormal handling of exp2f (one MUFU.EX2): a result below 2^-126 is 0.
 __device__ __forceinline__ float ex2_ftz(float x) {
   float y;
@@ -351,7 +341,7 @@ __global__ void __launch_bounds__(32 * W, MINB)
   float s_mul[2] = {1.0f, 1.0f}, o_mul = 1.0f;
   if constexpr (F16) {
     // Each warp stages its own 16 rows, each scaled by its power of two.
-    const int sk = f16_shift(__uint_as_float(kv_max[0])), sv = f16_shift(__uint_as_float(kv_max[1]));
+    const int sk = -shift_for(kv_max[0]), sv = -shift_for(kv_max[1]);  // the scales taken out
     o_mul = pow2(sv);
     constexpr int QP = (HDP / 2 + 31) / 32;  // pairs of values per lane and row
     for (int r = 0; r < 16; ++r) {
@@ -367,7 +357,7 @@ __global__ void __launch_bounds__(32 * W, MINB)
         m = fmaxf(m, fmaxf(fabsf(v[i].x), fabsf(v[i].y)));
       }
       for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      const int sq = f16_shift(m);
+      const int sq = -shift_for(__float_as_uint(m));
       const float mul = pow2(-sq);
 #pragma unroll
       for (int i = 0; i < QP; ++i) {
@@ -502,8 +492,8 @@ __global__ void kv_absmax_kernel(const uint4* __restrict__ k, const uint4* __res
 __global__ void kv_to_f16_kernel(const uint4* __restrict__ k, const uint4* __restrict__ v, int64_t n8,
                                  const uint32_t* __restrict__ kv_max, uint4* __restrict__ k16, uint4* __restrict__ v16) {
   FH1_PDL_ENTER();
-  const float kmul = pow2(-f16_shift(__uint_as_float(kv_max[0])));
-  const float vmul = pow2(-f16_shift(__uint_as_float(kv_max[1])));
+  const float kmul = pow2(shift_for(kv_max[0]));
+  const float vmul = pow2(shift_for(kv_max[1]));
   auto conv = [](uint32_t x, float mul) {
     return pack_f16x2(__uint_as_float(x << 16) * mul, __uint_as_float(x & 0xffff0000u) * mul);
   };

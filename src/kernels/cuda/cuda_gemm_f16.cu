@@ -17,26 +17,12 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/cuda_f16_scale.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_rows.cuh"
 
 namespace fh1::cuda {
 namespace {
-
-constexpr int kTopExponent = 14;  // the largest |value| is scaled into [2^14, 2^15): fp16's max is 65504
-constexpr int kMaxShift = 63;  // |shift| <= 63 for W and x: 2^shift and alpha = 2^-(sx + sw) are normal floats
-
-// The shift for a tensor whose largest |value| has float32 bits `bits` (0 when all are zero),
-// within [lo, hi]. Inf or NaN: no scaling (they propagate as they would in float32).
-__host__ __device__ inline int shift_for(uint32_t bits, int lo, int hi) {
-  if (bits == 0 || bits >= 0x7f800000u) return 0;
-  const int e = static_cast<int>(bits >> 23) - 127;  // floor(log2 |max|); subnormals count as -127
-  const int s = kTopExponent - e;
-  return s < lo ? lo : (s > hi ? hi : s);
-}
-__host__ __device__ inline int shift_for(uint32_t bits) { return shift_for(bits, -kMaxShift, kMaxShift); }
-
-__device__ inline float pow2(int s) { return __uint_as_float(static_cast<uint32_t>(127 + s) << 23); }
 
 // The reductions' grids are kept to kReduceBlocks blocks, so that few atomics meet at one address.
 constexpr unsigned kReduceBlocks = 1024;

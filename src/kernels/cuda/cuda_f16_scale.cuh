@@ -1,0 +1,30 @@
+// Internal to the CUDA backend: the power of two that brings a tensor into fp16's range, shared
+// by the fp16 prefill GEMM (cuda_gemm_f16.cu) and the fp16 flash attention
+// (cuda_attention_prefill.cu). Scaling by a power of two is exact, so a bf16 value is exact in
+// fp16 once scaled, unless it lies more than 2^29 below its tensor's largest.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace fh1::cuda {
+namespace {
+
+constexpr int kTopExponent = 14;  // the largest |value| is scaled into [2^14, 2^15): fp16's max is 65504
+constexpr int kMaxShift = 63;  // |shift| <= 63: 2^shift and 2^-(s1 + s2) are normal floats
+
+// The shift (x * 2^shift) for a tensor whose largest |value| has float32 bits `bits` (0 when all
+// are zero), within [lo, hi]. Inf or NaN: no scaling (they propagate as they would in float32).
+__host__ __device__ inline int shift_for(uint32_t bits, int lo, int hi) {
+  if (bits == 0 || bits >= 0x7f800000u) return 0;
+  const int e = static_cast<int>(bits >> 23) - 127;  // floor(log2 |max|); subnormals count as -127
+  const int s = kTopExponent - e;
+  return s < lo ? lo : (s > hi ? hi : s);
+}
+__host__ __device__ inline int shift_for(uint32_t bits) { return shift_for(bits, -kMaxShift, kMaxShift); }
+
+__device__ inline float pow2(int s) { return __uint_as_float(static_cast<uint32_t>(127 + s) << 23); }  // |s| <= 126
+
+}  // namespace
+}  // namespace fh1::cuda
