@@ -5,7 +5,8 @@
 # time of each variant and its ratio to the first.
 #   scripts/gpu_ab.sh "FH1_CUDA_GEMV_U=8" "FH1_CUDA_GEMV_U=4" -- --models 7b --prefill 0 --decode-ctx 1024 --batches 1
 #   AB_REPS=3 scripts/gpu_ab.sh "" "FH1_CUDA_FUSE=0" -- --models 0.5b --prefill 0   ("": the defaults)
-# BUILD (default build-cuda) holds cuda-bench.
+# BUILD (default build-cuda) holds cuda-bench. A variant's word BENCH=path runs that binary instead
+# (a build before a change against the build after it: "BENCH=build-cuda/cuda-bench.base" "").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build-cuda}
@@ -25,8 +26,10 @@ trap 'rm -f "$out"' EXIT
 for rep in $(seq "${AB_REPS:-2}"); do
   for i in "${!variants[@]}"; do
     v=${variants[$i]}
+    bench="$BUILD/cuda-bench"
+    for w in $v; do [[ $w == BENCH=* ]] && bench=${w#BENCH=}; done
     # shellcheck disable=SC2086  # a variant is a list of NAME=VALUE words
-    env $v "$BUILD/cuda-bench" "$@" 2>&1 | awk '/^== /{m=$2} /^(prefill|decode) +[0-9]/{print m, $0}' | sed "s|^|$i\t|" | tee -a "$out"
+    env $v "$bench" "$@" 2>&1 | awk '/^== /{m=$2} /^(prefill|decode) +[0-9]/{print m, $0}' | sed "s|^|$i\t|" | tee -a "$out"
   done
 done
 echo "== best of ${AB_REPS:-2} per variant (ms; ratio to variant 0)"
