@@ -165,10 +165,12 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
   const int64_t qd = c.q_dim(), kvd = c.kv_dim(), ff = c.intermediate_size;
   const float eps = static_cast<float>(c.rms_norm_eps);
 
-  Buffer h(k, T * d), u(k, T * d), x_in(k, T * d);
-  Buffer zxbcdt(k, T * in_dim), xbc(k, T * conv_dim), y(k, T * ds), mixer_out(k, T * d);
-  Buffer q(k, T * qd), kk(k, T * kvd), vv(k, T * kvd), att(k, T * qd), att_out(k, T * d);
-  Buffer gate(k, T * ff), up(k, T * ff);
+  // Activations: every op writes all T rows of its output before anything reads them.
+  const Buffer::Uninit uninit;
+  Buffer h(k, T * d, uninit), u(k, T * d, uninit), x_in(k, T * d, uninit);
+  Buffer zxbcdt(k, T * in_dim, uninit), xbc(k, T * conv_dim, uninit), y(k, T * ds, uninit), mixer_out(k, T * d, uninit);
+  Buffer q(k, T * qd, uninit), kk(k, T * kvd, uninit), vv(k, T * kvd, uninit), att(k, T * qd, uninit), att_out(k, T * d, uninit);
+  Buffer gate(k, T * ff, uninit), up(k, T * ff, uninit);
 
   SsmParams ssm;
   ssm.heads = c.mamba_n_heads;
@@ -291,7 +293,7 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
   for (const Span& s : spans) s.state->advance(s.T);
 
   // Final norm and lm_head only on the rows whose logits are wanted.
-  Buffer picked(k, logit_rows * d);
+  Buffer picked(k, logit_rows * d, uninit);
   int64_t r = 0;
   for (size_t i = 0; i < spans.size(); ++i) {
     const Span& s = spans[i];
@@ -300,7 +302,7 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
     r += n;
   }
   k.rmsnorm(picked.data(), logit_rows, d, final_norm_.data(), eps, picked.data());
-  Buffer logits(k, logit_rows * V);
+  Buffer logits(k, logit_rows * V, uninit);
   k.matmul(picked.data(), d, logit_rows, lm_head_, nullptr, logits.data());
   k.scale(logits.data(), static_cast<size_t>(logit_rows * V), static_cast<float>(c.lm_head_multiplier), logits.data());
   if (decode_step) {

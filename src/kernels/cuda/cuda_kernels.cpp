@@ -147,6 +147,11 @@ class CudaKernelsImpl final : public CudaKernels {
 
   // ---- memory ----
   float* alloc(size_t n) override {
+    float* p = alloc_uninit(n);
+    op("alloc", [=, this] { check(cudaMemsetAsync(p, 0, n * sizeof(float), stream_), "cudaMemsetAsync"); }, p, n);
+    return p;
+  }
+  float* alloc_uninit(size_t n) override {
     const size_t bytes = size_class(std::max<size_t>(n, 1) * sizeof(float));
     void* p = nullptr;
     auto it = cache_.find(bytes);
@@ -168,7 +173,6 @@ class CudaKernelsImpl final : public CudaKernels {
     live_[p] = bytes;
     live_bytes_ += bytes;
     peak_live_ = std::max(peak_live_, live_bytes_);
-    op("alloc", [=, this] { check(cudaMemsetAsync(p, 0, n * sizeof(float), stream_), "cudaMemsetAsync"); }, p, n);
     return static_cast<float*>(p);
   }
 
