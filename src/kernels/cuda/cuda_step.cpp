@@ -2,6 +2,7 @@
 #include "kernels/cuda/cuda_step.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -42,10 +43,53 @@ DecodeStep::~DecodeStep() {
   for (auto& g : graphs_) cudaGraphExecDestroy(g.exec);
   for (void* p : retired_) cudaFree(p);
   cudaFree(dyn_dev_);
+  if (times_.on && times_.steps > 0) {
+    const double n = static_cast<double>(times_.steps);
+    std::fprintf(stderr,
+                 "decode steps: %lld; per step: host recording %.1f us, upload + lookup + launch %.1f us, launch to "
+                 "next begin %.1f us; GPU from the upload to the graph's end %.1f us\n",
+                 static_cast<long long>(times_.steps), 1e6 * times_.record_s / n, 1e6 * times_.launch_s / n,
+                 1e6 * times_.between_s / std::max(1.0, n - 1), 1e3 * times_.gpu_ms / n);
+  }
+  for (cudaEvent_t e : times_.ev)
+    if (e) cudaEventDestroy(e);
+}
+
+void DecodeStep::time_step_begin() {
+  using clock = std::chrono::steady_clock;
+  if (times_.steps == 0 && !times_.on) {
+    const char* e = std::getenv("FH1_CUDA_STEP_TIMES");
+    times_.on = e && std::string(e) == "1";
+    if (times_.on) {
+      check(cudaEventCreate(&times_.ev[0]), "step events");
+      check(cudaEventCreate(&times_.ev[1]), "step events");
+    }
+  }
+  if (!times_.on) return;
+  times_.begin = clock::now();
+  if (times_.steps > 0) times_.between_s += std::chrono::duration<double>(times_.begin - times_.launched).count();
+  if (times_.ev_pending) {  // the last step's GPU time: its events are done by now or soon
+    float ms = 0.0f;
+    check(cudaEventSynchronize(times_.ev[1]), "step events");
+    check(cudaEventElapsedTime(&ms, times_.ev[0], times_.ev[1]), "step events");
+    times_.gpu_ms += ms;
+    times_.ev_pending = false;
+  }
+}
+
+void DecodeStep::time_step_launched() {
+  if (!times_.on) return;
+  times_.launched = std::chrono::steady_clock::now();
+  times_.record_s += std::chrono::duration<double>(times_.end_called - times_.begin).count();
+  times_.launch_s += std::chrono::duration<double>(times_.launched - times_.end_called).count();
+  check(cudaEventRecord(times_.ev[1], stream_), "step events");
+  times_.ev_pending = true;
+  ++times_.steps;
 }
 
 void DecodeStep::begin() {
   if (!graphs_on_) return;
+  time_step_begin();
   recording_ = true;
   rec_dirty_ = false;
   branch_ = Branch::None;
@@ -60,6 +104,10 @@ void DecodeStep::end() {
   flush_pending();
   close_branches();
   recording_ = false;
+  if (times_.on) {
+    times_.end_called = std::chrono::steady_clock::now();
+    check(cudaEventRecord(times_.ev[0], stream_), "step events");
+  }
   std::vector<std::function<void()>> tape;
   tape.swap(tape_);
   std::vector<uint64_t> sig;
@@ -90,6 +138,7 @@ void DecodeStep::end() {
     if (g.sig == sig) {
       g.used = ++graph_clock_;
       check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
+      time_step_launched();
       return;
     }
   }

@@ -24,6 +24,7 @@
 #include <cuda_runtime.h>
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -186,6 +187,8 @@ class DecodeStep {
   static constexpr size_t kMaxGraphs = 24;
 
   void emit_scale();
+  void time_step_begin();
+  void time_step_launched();
   void free_retired();
   void use_lane(int lane);
   bool rope_takes_kv(const float* src, int64_t n, int64_t width, bool kv16) const;
@@ -223,6 +226,17 @@ class DecodeStep {
   PendingScan ps_{};
   PendingScale psc_;
   PendingResidual pres_{};
+  // FH1_CUDA_STEP_TIMES=1: the host's time per step (recording; upload, lookup and launch; from one
+  // step's launch to the next step's begin) and the GPU's (events around the launch), printed
+  // when the step is destroyed.
+  struct StepTimes {
+    bool on = false;
+    int64_t steps = 0;
+    double record_s = 0, launch_s = 0, between_s = 0, gpu_ms = 0;
+    std::chrono::steady_clock::time_point begin, end_called, launched;
+    cudaEvent_t ev[2] = {nullptr, nullptr};
+    bool ev_pending = false;
+  } times_;
 };
 
 }  // namespace fh1::cuda
