@@ -103,9 +103,10 @@ void write_trace() {
     std::string name = r.name;
     for (char& c : name)
       if (c == ',' || c == '"') c = ';';
-    std::fprintf(f, "%s,%llu,%llu,%u,%u,%u,%d,%d,%d,%d,%d,%d,%u,\"%s\"\n", r.kind, static_cast<unsigned long long>(r.start),
-                 static_cast<unsigned long long>(r.end), r.stream, r.graph, r.correlation, r.grid[0], r.grid[1],
-                 r.grid[2], r.block[0], r.block[1], r.block[2], r.registers, name.c_str());
+    std::fprintf(f, "%s,%llu,%llu,%u,%u,%u,%d,%d,%d,%d,%d,%d,%u,\"%s\"\n", r.kind,
+                 static_cast<unsigned long long>(r.start), static_cast<unsigned long long>(r.end), r.stream, r.graph,
+                 r.correlation, r.grid[0], r.grid[1], r.grid[2], r.block[0], r.block[1], r.block[2], r.registers,
+                 name.c_str());
   }
   std::fclose(f);
   std::fprintf(stderr, "cupti_trace: %zu kernels written to %s\n", g_records.size(),

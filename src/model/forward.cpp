@@ -169,7 +169,8 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
   const Buffer::Uninit uninit;
   Buffer h(k, T * d, uninit), u(k, T * d, uninit), x_in(k, T * d, uninit);
   Buffer zxbcdt(k, T * in_dim, uninit), xbc(k, T * conv_dim, uninit), y(k, T * ds, uninit), mixer_out(k, T * d, uninit);
-  Buffer q(k, T * qd, uninit), kk(k, T * kvd, uninit), vv(k, T * kvd, uninit), att(k, T * qd, uninit), att_out(k, T * d, uninit);
+  Buffer q(k, T * qd, uninit), kk(k, T * kvd, uninit), vv(k, T * kvd, uninit);
+  Buffer att(k, T * qd, uninit), att_out(k, T * d, uninit);
   Buffer gate(k, T * ff, uninit), up(k, T * ff, uninit);
 
   SsmParams ssm;
