@@ -108,10 +108,16 @@ void DecodeStep::end() {
     times_.end_called = std::chrono::steady_clock::now();
     check(cudaEventRecord(times_.ev[0], stream_), "step events");
   }
-  std::vector<std::function<void()>> tape;
-  tape.swap(tape_);
+  ran_.swap(tape_);  // tape_ starts the next step empty, with ran_'s blocks
+  struct Cleared {
+    ClosureTape& t;
+    ~Cleared() { t.clear(); }
+  } cleared{ran_};
+  ClosureTape& tape = ran_;
   std::vector<uint64_t> sig;
   sig.swap(sig_);
+  sig_.swap(spare_sig_);  // empty, with the capacity of an earlier step's signature
+  sig_.clear();
   bool direct = rec_dirty_;
   rec_dirty_ = false;
   if (dyn_host_.size() > dyn_cap_) {
@@ -126,7 +132,7 @@ void DecodeStep::end() {
   sig.push_back(word(dyn_dev_));
   if (direct) {
     try {
-      for (auto& f : tape) f();
+      tape.run();
     } catch (...) {
       use_lane(0);
       throw;
@@ -139,13 +145,14 @@ void DecodeStep::end() {
       g.used = ++graph_clock_;
       check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
       time_step_launched();
+      spare_sig_.swap(sig);  // its memory serves a later step
       return;
     }
   }
   cudaGraph_t graph = nullptr;
   check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
   try {
-    for (auto& f : tape) f();
+    tape.run();
   } catch (...) {
     use_lane(0);
     cudaStreamEndCapture(stream_, &graph);
