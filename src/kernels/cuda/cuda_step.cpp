@@ -49,26 +49,28 @@ DecodeStep::~DecodeStep() {
                  "decode steps: %lld; per step: host recording %.1f us, upload + lookup + launch %.1f us, launch to "
                  "next begin %.1f us; GPU from the upload to the graph's end %.1f us\n",
                  static_cast<long long>(times_.steps), 1e6 * times_.record_s / n, 1e6 * times_.launch_s / n,
-                 1e6 * times_.between_s / std::max(1.0, n - 1), 1e3 * times_.gpu_ms / n);
+                 1e6 * times_.between_s / std::max<double>(1.0, static_cast<double>(times_.betweens)),
+                 1e3 * times_.gpu_ms / n);
   }
   for (cudaEvent_t e : times_.ev)
     if (e) cudaEventDestroy(e);
 }
 
 void DecodeStep::time_step_begin() {
-  using clock = std::chrono::steady_clock;
-  if (times_.steps == 0 && !times_.on) {
+  static const bool on = [] {
     const char* e = std::getenv("FH1_CUDA_STEP_TIMES");
-    times_.on = e && std::string(e) == "1";
-    if (times_.on) {
-      check(cudaEventCreate(&times_.ev[0]), "step events");
-      check(cudaEventCreate(&times_.ev[1]), "step events");
-    }
+    return e && std::string(e) == "1";
+  }();
+  if (!on) return;
+  if (!times_.on) {
+    check(cudaEventCreate(&times_.ev[0]), "step events");
+    check(cudaEventCreate(&times_.ev[1]), "step events");
+    times_.on = true;
   }
-  if (!times_.on) return;
-  times_.begin = clock::now();
-  if (times_.steps > 0) times_.between_s += std::chrono::duration<double>(times_.begin - times_.launched).count();
+  times_.begin = std::chrono::steady_clock::now();
   if (times_.ev_pending) {  // the last step's GPU time: its events are done by now or soon
+    times_.between_s += std::chrono::duration<double>(times_.begin - times_.launched).count();
+    ++times_.betweens;
     float ms = 0.0f;
     check(cudaEventSynchronize(times_.ev[1]), "step events");
     check(cudaEventElapsedTime(&ms, times_.ev[0], times_.ev[1]), "step events");

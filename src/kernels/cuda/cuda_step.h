@@ -31,6 +31,7 @@
 #include <memory>
 #include <new>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/cuda_ops.h"
@@ -293,11 +294,11 @@ class DecodeStep {
   // when the step is destroyed.
   struct StepTimes {
     bool on = false;
-    int64_t steps = 0;
+    int64_t steps = 0, betweens = 0;
     double record_s = 0, launch_s = 0, between_s = 0, gpu_ms = 0;
     std::chrono::steady_clock::time_point begin, end_called, launched;
     cudaEvent_t ev[2] = {nullptr, nullptr};
-    bool ev_pending = false;
+    bool ev_pending = false;  // the last step was replayed: its events and launch time count
   } times_;
 };
 
