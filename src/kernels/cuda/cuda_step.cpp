@@ -46,11 +46,10 @@ DecodeStep::~DecodeStep() {
   if (times_.on && times_.steps > 0) {
     const double n = static_cast<double>(times_.steps);
     std::fprintf(stderr,
-                 "decode steps: %lld; per step: host recording %.1f us, upload + lookup + launch %.1f us, launch to "
-                 "next begin %.1f us; GPU from the upload to the graph's end %.1f us\n",
+                 "decode steps: %lld; per step: host recording %.1f us, upload + lookup + launch %.1f us; GPU "
+                 "from the upload to the graph's end %.1f us\n",
                  static_cast<long long>(times_.steps), 1e6 * times_.record_s / n, 1e6 * times_.launch_s / n,
-                 1e6 * times_.between_s / std::max<double>(1.0, static_cast<double>(times_.betweens)),
-                 1e3 * times_.gpu_ms / n);
+                 1e3 * times_.gpu_ms / std::max<double>(1.0, static_cast<double>(times_.gpu_steps)));
   }
   for (cudaEvent_t e : times_.ev)
     if (e) cudaEventDestroy(e);
@@ -68,22 +67,21 @@ void DecodeStep::time_step_begin() {
     times_.on = true;
   }
   times_.begin = std::chrono::steady_clock::now();
-  if (times_.ev_pending) {  // the last step's GPU time: its events are done by now or soon
-    times_.between_s += std::chrono::duration<double>(times_.begin - times_.launched).count();
-    ++times_.betweens;
+  if (times_.ev_pending) {  // the last replayed step's GPU time: its events are done by now or soon
     float ms = 0.0f;
     check(cudaEventSynchronize(times_.ev[1]), "step events");
     check(cudaEventElapsedTime(&ms, times_.ev[0], times_.ev[1]), "step events");
     times_.gpu_ms += ms;
+    ++times_.gpu_steps;
     times_.ev_pending = false;
   }
 }
 
 void DecodeStep::time_step_launched() {
   if (!times_.on) return;
-  times_.launched = std::chrono::steady_clock::now();
+  const auto launched = std::chrono::steady_clock::now();
   times_.record_s += std::chrono::duration<double>(times_.end_called - times_.begin).count();
-  times_.launch_s += std::chrono::duration<double>(times_.launched - times_.end_called).count();
+  times_.launch_s += std::chrono::duration<double>(launched - times_.end_called).count();
   check(cudaEventRecord(times_.ev[1], stream_), "step events");
   times_.ev_pending = true;
   ++times_.steps;

@@ -289,16 +289,16 @@ class DecodeStep {
   PendingScan ps_{};
   PendingScale psc_;
   PendingResidual pres_{};
-  // FH1_CUDA_STEP_TIMES=1: the host's time per step (recording; upload, lookup and launch; from one
-  // step's launch to the next step's begin) and the GPU's (events around the launch), printed
-  // when the step is destroyed.
+  // FH1_CUDA_STEP_TIMES=1: the host's time per replayed step (recording; upload, lookup and
+  // launch) and the GPU's (events around the launch, read at the next begin), printed when the
+  // step is destroyed.
   struct StepTimes {
     bool on = false;
-    int64_t steps = 0, betweens = 0;
-    double record_s = 0, launch_s = 0, between_s = 0, gpu_ms = 0;
-    std::chrono::steady_clock::time_point begin, end_called, launched;
+    int64_t steps = 0, gpu_steps = 0;
+    double record_s = 0, launch_s = 0, gpu_ms = 0;
+    std::chrono::steady_clock::time_point begin, end_called;
     cudaEvent_t ev[2] = {nullptr, nullptr};
-    bool ev_pending = false;  // the last step was replayed: its events and launch time count
+    bool ev_pending = false;  // the last step was replayed: its events count
   } times_;
 };
 
