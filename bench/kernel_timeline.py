@@ -44,6 +44,7 @@ def main():
     rows = load(a.csv)
     graphs = defaultdict(lambda: defaultdict(list))  # graph id -> correlation -> kernels
     others = sorted((r for r in rows if r["kind"] != "kernel"), key=lambda r: r["start"])
+    loose = sorted((r for r in rows if r["kind"] == "kernel" and not r["graph"]), key=lambda r: r["start"])
     for r in rows:
         if r["graph"] and r["kind"] == "kernel":
             graphs[r["graph"]][r["correlation"]].append(r)
@@ -77,12 +78,25 @@ def main():
             gaps.append((max(k["end"] for k in x), min(k["start"] for k in y)))
         print(f"  between launches: {statistics.median([(b - e) / 1e3 for e, b in gaps]):.1f} us (median) "
               f"from the last kernel's end to the next launch's first kernel")
-        if others:
+        between = [r for r in loose if any(e <= r["start"] and r["end"] <= b for e, b in gaps)]
+        if between:  # kernels launched outside the graph between two of its launches (sampling)
+            per = defaultdict(list)
+            for r in between:
+                per[short(r["name"])].append((r["end"] - r["start"]) / 1e3)
+            for name, ds in sorted(per.items()):
+                print(f"  between launches, outside the graph: {name} x{len(ds) / max(1, len(gaps)):.1f} a gap, "
+                      f"{statistics.median(ds):.2f} us (median)")
+        if others or between:
             e, b = gaps[len(gaps) // 2]
-            print("  one gap, host calls and copies (us from the last kernel's end):")
-            for r in others:
+            print("  one gap, host calls, copies and kernels (us from the last kernel's end):")
+            for r in sorted(others + between, key=lambda r: r["start"]):
                 if r["end"] >= e - 20000 and r["start"] <= b:
-                    what = r["name"] if r["kind"] == "api" else f'memcpy {r["gx"]} B kind {r["gy"]}'
+                    if r["kind"] == "api":
+                        what = r["name"]
+                    elif r["kind"] == "kernel":
+                        what = "kernel " + short(r["name"])
+                    else:
+                        what = f'memcpy {r["gx"]} B kind {r["gy"]}'
                     print(f'    {(r["start"] - e) / 1e3:9.2f} {(r["end"] - e) / 1e3:9.2f}  {what}')
         if a.timeline:
             ks = steps[len(steps) // 2]

@@ -304,10 +304,11 @@ TEST_F(CudaOpTest, RopeWithKvWritesEqualsOpsOneByOne) {
 // The k best of each row selected on the device equal the reference backend's (the rows sorted
 // on the host): the same ids in the same order, best first and the lower id first on ties, over
 // rows with many equal values, negative values and infinities; k above the device's limit falls
-// back to the host.
+// back to the host. The argmax (k = 1) splits a row over blocks: rows of one block and of many,
+// and a case repeated (its counters must be back at zero).
 TEST_F(CudaOpTest, TopKRowsEqualTheReference) {
   std::normal_distribution<float> normal(0.0f, 3.0f);
-  for (auto [rows, n] : {std::pair{1, 1000}, {3, 65537}, {2, 130049}, {5, 300}}) {
+  for (auto [rows, n] : {std::pair{1, 1000}, {3, 65537}, {2, 130049}, {5, 300}, {70, 4099}, {3, 65537}}) {
     std::vector<float> v(static_cast<size_t>(rows * n));
     for (float& x : v) x = std::round(normal(rng) * 8.0f) / 8.0f;  // many ties
     v[7] = INFINITY;

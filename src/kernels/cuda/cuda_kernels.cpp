@@ -126,6 +126,8 @@ class CudaKernelsImpl final : public CudaKernels {
     }
     step_.reset();
     cudaFree(top_dev_);
+    cudaFree(top_partials_);
+    cudaFree(top_counters_);
     cudaFree(f16_consts_);
     for (LaneScratch& l : lane_) {
       cudaFree(l.blas_ws);
@@ -522,7 +524,21 @@ class CudaKernelsImpl final : public CudaKernels {
     const size_t count = static_cast<size_t>(rows) * static_cast<size_t>(k);
     int32_t* dev_ids = grown(top_dev_, top_cap_, 2 * count, "top_k_rows buffer");
     auto* dev_vals = reinterpret_cast<float*>(dev_ids + count);
-    cuda::top_k_rows(x, rows, n, k, dev_ids, dev_vals, stream_);
+    cuda::TopKScratch scratch;
+    if (k == 1) {
+      scratch.partials = reinterpret_cast<unsigned long long*>(
+          grown(top_partials_, top_partials_cap_, static_cast<size_t>(cuda::top_k_partials(rows, n, k)), "argmax"));
+      if (static_cast<size_t>(rows) > top_counters_cap_) {  // zeroed once: the argmax leaves them at zero
+        check(cudaStreamSynchronize(stream_), "argmax counters");
+        cudaFree(top_counters_);
+        top_counters_ = nullptr;
+        top_counters_cap_ = std::max(static_cast<size_t>(rows), 2 * top_counters_cap_);
+        check(cudaMalloc(&top_counters_, top_counters_cap_ * sizeof(unsigned)), "argmax counters");
+        check(cudaMemset(top_counters_, 0, top_counters_cap_ * sizeof(unsigned)), "argmax counters");
+      }
+      scratch.counters = top_counters_;
+    }
+    cuda::top_k_rows(x, rows, n, k, dev_ids, dev_vals, scratch, stream_);
     check(cudaMemcpyAsync(ids, dev_ids, count * 4, cudaMemcpyDeviceToHost, stream_), "top_k_rows (ids)");
     check(cudaMemcpyAsync(values, dev_vals, count * 4, cudaMemcpyDeviceToHost, stream_), "top_k_rows (values)");
     check(cudaStreamSynchronize(stream_), "top_k_rows (synchronize)");
@@ -818,6 +834,10 @@ class CudaKernelsImpl final : public CudaKernels {
   LaneScratch lane_[2];
   int32_t* top_dev_ = nullptr;  // top_k_rows and softmax_rows arguments and results on the device
   size_t top_cap_ = 0;
+  uint64_t* top_partials_ = nullptr;  // the argmax's per-block results and per-row counters
+  size_t top_partials_cap_ = 0;
+  unsigned* top_counters_ = nullptr;
+  size_t top_counters_cap_ = 0;
   std::unique_ptr<cuda::DecodeStep> step_;
   bool profile_ = false;  // FH1_CUDA_PROFILE=1
   cuda::OpProfile prof_;

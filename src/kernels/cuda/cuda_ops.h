@@ -220,9 +220,17 @@ void ssm_scan_rows_gated(const float* x, const float* B, const float* C, int64_t
                          int64_t ldz, float* y, cudaStream_t s);
 
 // The k best of each of `rows` rows of n floats: ids and values (rows x k, device memory), best
-// first, the lower index first on ties; 1 <= k <= min(n, kTopKMax).
+// first, the lower index first on ties; 1 <= k <= min(n, kTopKMax). k = 1 needs scratch: at least
+// top_k_partials(rows, n, k) partials, and one counter per row, zero before the first call (each
+// call leaves them at zero).
 constexpr int kTopKMax = 256;
-void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, cudaStream_t s);
+struct TopKScratch {
+  unsigned long long* partials = nullptr;
+  unsigned* counters = nullptr;
+};
+int64_t top_k_partials(int64_t rows, int64_t n, int k);
+void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, TopKScratch scratch,
+                cudaStream_t s);
 // Kernels::lower_entries with every array in device memory.
 void lower_entries(float* x, int64_t count, const int64_t* index, const float* amount, float* original,
                    cudaStream_t s);

@@ -25,43 +25,73 @@ __device__ __forceinline__ bool before(uint32_t ka, int32_t ia, uint32_t kb, int
   return ka > kb || (ka == kb && ia < ib);
 }
 
-// k = 1: the first largest value of each row (as torch.argmax); one block per row.
-__global__ void __launch_bounds__(kThreadsTop) argmax_rows_kernel(const float* x, int64_t n, int32_t* ids, float* vals) {
-  FH1_PDL_ENTER();
-  const float* row = x + int64_t(blockIdx.x) * n;
-  uint32_t bk = 0;
-  int32_t bi = INT32_MAX;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const uint32_t k = order_key(row[i]);
-    if (before(k, static_cast<int32_t>(i), bk, bi)) {
-      bk = k;
-      bi = static_cast<int32_t>(i);
-    }
-  }
+// k = 1: the first largest value of each row (as torch.argmax). A row is split over gridDim.x
+// blocks of kArgmaxPerBlock values (one block could not keep enough loads in flight: a 7B row of
+// 130K logits took it ~30 us); each block's best goes to part[] as one 64-bit key (value's order
+// key above, ~index below: the larger value, then the lower index, is the larger key), and the
+// block that finishes last (a per-row counter, left at zero again) reduces them.
+constexpr int kThreadsArgmax = 256, kArgmaxLoads = 8, kArgmaxPerBlock = kThreadsArgmax * kArgmaxLoads;
+
+__device__ __forceinline__ unsigned long long argmax_key(uint32_t key, int32_t i) {
+  return (static_cast<unsigned long long>(key) << 32) | static_cast<uint32_t>(~static_cast<uint32_t>(i));
+}
+
+__device__ __forceinline__ unsigned long long block_max(unsigned long long v, unsigned long long* shared) {
   for (int o = 16; o > 0; o >>= 1) {
-    const uint32_t ok = __shfl_xor_sync(0xffffffffu, bk, o);
-    const int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (before(ok, oi, bk, bi)) {
-      bk = ok;
-      bi = oi;
-    }
+    const unsigned long long w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = w > v ? w : v;
   }
-  __shared__ uint32_t wk[kThreadsTop / 32];
-  __shared__ int32_t wi[kThreadsTop / 32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    wk[warp] = bk;
-    wi[warp] = bi;
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = shared[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) v = shared[w] > v ? shared[w] : v;
+  return v;
+}
+
+__global__ void __launch_bounds__(kThreadsArgmax)
+    argmax_rows_kernel(const float* x, int64_t n, int32_t* ids, float* vals, unsigned long long* part,
+                       unsigned* count) {
+  FH1_PDL_ENTER();
+  __shared__ unsigned long long wbest[kThreadsArgmax / 32];
+  __shared__ bool last;
+  const int64_t r = blockIdx.y;
+  const float* row = x + r * n;
+  const int64_t base = int64_t(blockIdx.x) * kArgmaxPerBlock + threadIdx.x;
+  float v[kArgmaxLoads];
+#pragma unroll
+  for (int j = 0; j < kArgmaxLoads; ++j) {  // all loads in flight before the first compare
+    const int64_t i = base + j * kThreadsArgmax;
+    v[j] = i < n ? row[i] : 0.0f;
+  }
+  unsigned long long best = 0;  // below every real key (the key of index i has ~i, never all ones)
+#pragma unroll
+  for (int j = 0; j < kArgmaxLoads; ++j) {
+    const int64_t i = base + j * kThreadsArgmax;
+    const unsigned long long k = argmax_key(order_key(v[j]), static_cast<int32_t>(i));
+    if (i < n && k > best) best = k;
+  }
+  best = block_max(best, wbest);
+  if (threadIdx.x == 0) {
+    part[r * gridDim.x + blockIdx.x] = best;
+    __threadfence();
+    last = atomicAdd(&count[r], 1u) == gridDim.x - 1;
   }
   __syncthreads();
+  if (!last) return;
+  __threadfence();
+  best = 0;
+  for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) {
+    const unsigned long long k = __ldcg(&part[r * gridDim.x + b]);
+    best = k > best ? k : best;
+  }
+  __syncthreads();  // wbest is reused
+  best = block_max(best, wbest);
   if (threadIdx.x == 0) {
-    for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w)
-      if (before(wk[w], wi[w], bk, bi)) {
-        bk = wk[w];
-        bi = wi[w];
-      }
-    ids[blockIdx.x] = bi;
-    vals[blockIdx.x] = row[bi];
+    const int32_t i = static_cast<int32_t>(~static_cast<uint32_t>(best));
+    ids[r] = i;
+    vals[r] = row[i];
+    count[r] = 0;
   }
 }
 
@@ -274,13 +304,26 @@ __global__ void lower_entries_kernel(float* x, int64_t count, const int64_t* ind
 
 }  // namespace
 
-void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, cudaStream_t s) {
+int64_t top_k_partials(int64_t rows, int64_t n, int k) {
+  return k == 1 ? rows * ((n + kArgmaxPerBlock - 1) / kArgmaxPerBlock) : 0;
+}
+
+void top_k_rows(const float* x, int64_t rows, int64_t n, int k, int32_t* ids, float* vals, TopKScratch scratch,
+                cudaStream_t s) {
   if (rows == 0) return;
   if (k < 1 || k > kTopKMax || k > n || n > INT32_MAX)
     throw Error("CUDA top_k_rows: k = " + std::to_string(k) + " for rows of " + std::to_string(n) +
                 " (1 <= k <= min(n, " + std::to_string(kTopKMax) + "))");
-  if (k == 1) launch(argmax_rows_kernel, static_cast<unsigned>(rows), kThreadsTop, 0, s, x, n, ids, vals);
-  else launch(top_k_rows_kernel, static_cast<unsigned>(rows), kThreadsTop, 0, s, x, n, k, ids, vals);
+  if (k == 1) {
+    const unsigned blocks = static_cast<unsigned>((n + kArgmaxPerBlock - 1) / kArgmaxPerBlock);
+    for (int64_t r0 = 0; r0 < rows; r0 += 65535) {  // rows on the grid's y (at most 65535)
+      const auto nr = static_cast<unsigned>(std::min<int64_t>(rows - r0, 65535));
+      launch(argmax_rows_kernel, dim3(blocks, nr), kThreadsArgmax, 0, s, x + r0 * n, n, ids + r0, vals + r0,
+             scratch.partials + r0 * blocks, scratch.counters + r0);
+    }
+  } else {
+    launch(top_k_rows_kernel, static_cast<unsigned>(rows), kThreadsTop, 0, s, x, n, k, ids, vals);
+  }
   check_launch("top_k_rows");
 }
 
