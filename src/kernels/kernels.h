@@ -194,6 +194,21 @@ class Kernels {
   // op is called. Any other call (to_host, synchronize, ...) in between ends the recording early.
   virtual void begin_decode_step() {}
   virtual void end_decode_step() {}
+  // Recording ahead (a backend that records decode steps): after hold_next_decode_step() returns
+  // a ticket (not 0), the step recorded next is held at end_decode_step() instead of run, its
+  // embed() given placeholder ids; launch_held_step(ticket, ...) gives it its ids (as many as
+  // embed() had) and runs it, and returns false when that step is no longer held (a later
+  // recording, a scratch buffer freed or a setting changed dropped it: the caller runs the step
+  // itself). drop_held_step(ticket) forgets it. The model records step n+1 while the device still
+  // runs step n. Defaults: nothing is ever held.
+  virtual uint64_t hold_next_decode_step() { return 0; }
+  virtual bool launch_held_step(uint64_t ticket, const int32_t* ids, int64_t T) {
+    (void)ticket;
+    (void)ids;
+    (void)T;
+    return false;
+  }
+  virtual void drop_held_step(uint64_t ticket) { (void)ticket; }
 
   // The k largest values of each of `rows` rows of n floats at x (backend memory) into host arrays
   // ids and values (rows x k, row-major), best first, the lower index first on ties; 1 <= k <= n.

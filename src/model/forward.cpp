@@ -12,17 +12,54 @@
 #include "util/error.h"
 
 namespace fh1 {
-namespace {
-
-// The rows of one batch item in the batch's token matrix.
-struct Span {
-  int64_t row = 0;  // first row
-  int64_t T = 0;    // tokens
-  SequenceState* state = nullptr;
-  int64_t n_past = 0;
+// One forward call's batch laid out as consecutive rows of tokens.
+struct Model::Layout {
+  struct Span {  // the rows of one batch item
+    int64_t row = 0;  // first row
+    int64_t T = 0;    // tokens
+    SequenceState* state = nullptr;
+    int64_t n_past = 0;
+  };
+  std::vector<Span> spans;
+  std::vector<int32_t> ids;
+  std::vector<int64_t> positions;
+  std::vector<uint8_t> all_logits;  // per item
+  int64_t logit_rows = 0;
+  bool decode_step = false;  // one token per sequence
 };
 
-}  // namespace
+// A decode step recorded ahead of its tokens (Kernels::hold_next_decode_step): what it was
+// recorded for (the sequences, their lengths and every layer's state memory), and the
+// activations and logits its recorded ops use, kept until it runs or is dropped.
+struct Model::Lookahead {
+  uint64_t ticket = 0;  // the backend's, for the step it holds
+  std::vector<SequenceState*> states;
+  std::vector<int64_t> n_past;
+  std::vector<uint8_t> all_logits;
+  std::vector<const float*> memory;
+  std::vector<Buffer> activations;
+  Buffer logits;
+};
+
+// Every layer's KV caches, conv and SSM states of the laid-out sequences: a recorded step holds
+// these addresses.
+std::vector<const float*> Model::state_memory(const Layout& lay) const {
+  const int layers = config_.num_hidden_layers;
+  std::vector<const float*> m;
+  m.reserve(lay.spans.size() * static_cast<size_t>(layers) * 4);
+  for (const auto& s : lay.spans)
+    for (int l = 0; l < layers; ++l)
+      for (const float* p : {s.state->k_cache(l), s.state->v_cache(l), s.state->conv_state(l), s.state->ssm_state(l)})
+        m.push_back(p);
+  return m;
+}
+
+Model::Model() = default;
+Model::~Model() {
+  if (ahead_ && kernels_) kernels_->drop_held_step(ahead_->ticket);
+}
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
 
 std::vector<float> Model::forward(SequenceState& state, std::span<const int32_t> tokens, bool all_logits) const {
   const BatchItem item{&state, tokens, all_logits};
@@ -134,31 +171,109 @@ std::vector<float> Model::TopLogits::row(int64_t i) const {
 
 Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out) const {
   *rows_out = 0;
-  const ModelConfig& c = config_;
-  Kernels& k = *kernels_;
-  const int64_t d = c.hidden_size, V = c.vocab_size;
+  Layout lay;
+  lay_out(batch, &lay);
+  if (lay.ids.empty()) return Buffer();
+  std::unique_ptr<Lookahead> ahead = std::move(ahead_);  // run now or dropped
+  Buffer logits;
+  if (ahead && lay.decode_step && matches(*ahead, lay) &&
+      kernels_->launch_held_step(ahead->ticket, lay.ids.data(), static_cast<int64_t>(lay.ids.size()))) {
+    logits = std::move(ahead->logits);
+  } else {
+    if (ahead) kernels_->drop_held_step(ahead->ticket);
+    ahead.reset();  // its memory back before this step takes its own
+    logits = run_layers(lay, nullptr);
+  }
+  ahead.reset();  // the step's activations: reused in stream order by the next
+  for (const auto& s : lay.spans) s.state->advance(s.T);
+  *rows_out = lay.logit_rows;
+  if (lay.decode_step && lookahead_) record_ahead(lay);
+  return logits;
+}
 
-  // Lay the items out as consecutive rows; check the inputs before touching any state.
-  std::vector<Span> spans;
-  std::vector<int32_t> ids;
-  std::vector<int64_t> positions;
+bool Model::matches(const Lookahead& a, const Layout& lay) const {
+  if (a.states.size() != lay.spans.size() || a.all_logits != lay.all_logits) return false;
+  for (size_t i = 0; i < lay.spans.size(); ++i)
+    if (a.states[i] != lay.spans[i].state || a.n_past[i] != lay.spans[i].n_past) return false;
+  return a.memory == state_memory(lay);
+}
+
+// After a decode step has been launched: the next one of the same sequences recorded while the
+// device runs this one (placeholder tokens, held by the backend until the next call gives them).
+// Not when a sequence would need a larger KV cache (the growth is left to a step that runs).
+void Model::record_ahead(const Layout& done) const {
+  for (const auto& s : done.spans)
+    if (s.state->n_past() + 1 > s.state->capacity()) return;
+  const uint64_t ticket = kernels_->hold_next_decode_step();
+  if (ticket == 0) return;
+  try {
+    const std::vector<int32_t> placeholder(done.spans.size(), 0);
+    std::vector<BatchItem> next(done.spans.size());
+    for (size_t i = 0; i < next.size(); ++i)
+      next[i] = BatchItem{done.spans[i].state, std::span<const int32_t>(&placeholder[i], 1), done.all_logits[i] != 0};
+    Layout lay;
+    lay_out(next, &lay);
+    auto ahead = std::make_unique<Lookahead>();
+    ahead->ticket = ticket;
+    ahead->logits = run_layers(lay, &ahead->activations);
+    for (const auto& s : lay.spans) {
+      ahead->states.push_back(s.state);
+      ahead->n_past.push_back(s.n_past);
+    }
+    ahead->all_logits = lay.all_logits;
+    ahead->memory = state_memory(lay);
+    ahead_ = std::move(ahead);
+  } catch (const std::exception&) {
+    kernels_->drop_held_step(ticket);  // the next step records itself (and reports what fails)
+  }
+}
+
+void Model::set_lookahead(bool on) {
+  lookahead_ = on;
+  if (!on && ahead_) {
+    kernels_->drop_held_step(ahead_->ticket);
+    ahead_.reset();
+  }
+}
+
+// Lays the items out as consecutive rows; checks the inputs before touching any state, then
+// makes room in each sequence's KV cache.
+void Model::lay_out(std::span<const BatchItem> batch, Layout* out) const {
+  const ModelConfig& c = config_;
+  Layout& lay = *out;
   std::set<const SequenceState*> seen;
-  int64_t logit_rows = 0;
   for (const BatchItem& it : batch) {
     if (it.state == nullptr || it.tokens.empty()) throw Error("forward: every batch item needs a state and at least one token");
     if (!seen.insert(it.state).second) throw Error("forward: the same sequence appears twice in one batch");
     for (int32_t id : it.tokens)
       if (id < 0 || id >= c.vocab_size)
         throw Error("token id " + std::to_string(id) + " is outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
-    Span s{static_cast<int64_t>(ids.size()), static_cast<int64_t>(it.tokens.size()), it.state, it.state->n_past()};
-    for (int64_t t = 0; t < s.T; ++t) positions.push_back(s.n_past + t);
-    ids.insert(ids.end(), it.tokens.begin(), it.tokens.end());
-    logit_rows += it.all_logits ? s.T : 1;
-    it.state->reserve(s.n_past + s.T);
-    spans.push_back(s);
+    Layout::Span s{static_cast<int64_t>(lay.ids.size()), static_cast<int64_t>(it.tokens.size()), it.state,
+                   it.state->n_past()};
+    for (int64_t t = 0; t < s.T; ++t) lay.positions.push_back(s.n_past + t);
+    lay.ids.insert(lay.ids.end(), it.tokens.begin(), it.tokens.end());
+    lay.logit_rows += it.all_logits ? s.T : 1;
+    lay.all_logits.push_back(it.all_logits ? 1 : 0);
+    lay.spans.push_back(s);
   }
-  const int64_t T = static_cast<int64_t>(ids.size());
-  if (T == 0) return Buffer();
+  lay.decode_step = !lay.spans.empty();
+  for (const auto& s : lay.spans) {
+    s.state->reserve(s.n_past + s.T);
+    lay.decode_step = lay.decode_step && s.T == 1;
+  }
+}
+
+// The layers, the final norm and lm_head over the laid-out rows; returns the logits (left in the
+// backend's memory). States are not advanced. keep: a held decode step's activations go there
+// (its ops are recorded, not run, when this returns).
+Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
+  const ModelConfig& c = config_;
+  Kernels& k = *kernels_;
+  const int64_t d = c.hidden_size, V = c.vocab_size;
+  const std::vector<Layout::Span>& spans = lay.spans;
+  const int64_t T = static_cast<int64_t>(lay.ids.size()), logit_rows = lay.logit_rows;
+  const bool decode_step = lay.decode_step;
+  const std::vector<int64_t>& positions = lay.positions;
 
   const int64_t ds = c.mamba_d_ssm, GN = static_cast<int64_t>(c.mamba_n_groups) * c.mamba_d_state;
   const int64_t in_dim = c.in_proj_dim(), conv_dim = c.conv_dim();
@@ -184,8 +299,6 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
 
   // A decode step (one new token per sequence) may be recorded and replayed by the backend as a
   // unit (kernels.h); the ops are the same either way.
-  bool decode_step = true;
-  for (const Span& s : spans) decode_step = decode_step && s.T == 1;
   struct DecodeStepScope {  // ends the step also when an op throws
     Kernels* k = nullptr;
     ~DecodeStepScope() {
@@ -203,7 +316,7 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
   std::vector<int64_t> n_pasts(spans.size());
   for (size_t i = 0; i < spans.size(); ++i) n_pasts[i] = spans[i].n_past;
 
-  k.embed(ids.data(), T, embed_tokens_, static_cast<float>(c.embedding_multiplier), h.data());
+  k.embed(lay.ids.data(), T, embed_tokens_, static_cast<float>(c.embedding_multiplier), h.data());
 
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = layers_[static_cast<size_t>(l)];
@@ -236,7 +349,7 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
       k.attention_rows(q.data(), qd, T, k_caches.data(), v_caches.data(), n_pasts.data(), c.num_attention_heads,
                        c.num_key_value_heads, c.head_dim, 1.0f / std::sqrt(static_cast<float>(c.head_dim)), att.data());
     }
-    for (const Span& s : spans) {
+    for (const Layout::Span& s : spans) {
       if (decode_step) break;
       float* kc = s.state->k_cache(l);
       float* vc = s.state->v_cache(l);
@@ -262,7 +375,7 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
       k.ssm_scan_rows(xbc.data(), xbc.data() + ds, xbc.data() + ds + GN, conv_dim, zxbcdt.data() + ds + conv_dim, in_dim,
                       T, ssm, ssm_states.data(), y.data());
     }
-    for (const Span& s : spans) {
+    for (const Layout::Span& s : spans) {
       if (decode_step) break;
       const float* zr = zxbcdt.data() + s.row * in_dim;  // [z | xBC | dt]
       float* xr = xbc.data() + s.row * conv_dim;           // [x | B | C] after conv + SiLU
@@ -291,14 +404,13 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
     k.matmul(gate.data(), ff, T, L.down_proj, L.down_bias.data(), mixer_out.data());
     k.residual_add(h.data(), mixer_out.data(), static_cast<float>(c.mlp_multipliers[1]), static_cast<size_t>(T * d));
   }
-  for (const Span& s : spans) s.state->advance(s.T);
 
   // Final norm and lm_head only on the rows whose logits are wanted.
   Buffer picked(k, logit_rows * d, uninit);
   int64_t r = 0;
   for (size_t i = 0; i < spans.size(); ++i) {
-    const Span& s = spans[i];
-    const int64_t n = batch[i].all_logits ? s.T : 1;
+    const Layout::Span& s = spans[i];
+    const int64_t n = lay.all_logits[i] ? s.T : 1;
     k.copy(picked.data() + r * d, h.data() + (s.row + s.T - n) * d, static_cast<size_t>(n * d));
     r += n;
   }
@@ -310,7 +422,10 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
     step_scope.k = nullptr;
     k.end_decode_step();
   }
-  *rows_out = logit_rows;
+  if (keep) {
+    for (Buffer* b : {&h, &u, &x_in, &zxbcdt, &xbc, &y, &mixer_out, &q, &kk, &vv, &att, &att_out, &gate, &up, &picked})
+      keep->push_back(std::move(*b));
+  }
   return logits;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -41,6 +42,10 @@ struct BatchItem {
 
 class Model {
  public:
+  ~Model();
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+
   // Loads config.json and the safetensors weights of a Hugging Face directory; checks every
   // tensor's presence, dtype and shape. Throws fh1::Error.
   static Model load(const std::filesystem::path& dir, Kernels& kernels);
@@ -111,10 +116,24 @@ class Model {
   };
   TopLogits forward_top(std::span<const BatchItem> batch, const TopRequest& request) const;
 
+  // Recording ahead (on by default; a backend that records decode steps, kernels.h): after a
+  // decode step has been launched, the next step of the same sequences is recorded while the
+  // device runs this one, and the next call with those sequences at those lengths (one token
+  // each) only gives it its tokens. Anything else drops it; the results are the same either way.
+  // A model's forward calls, like its backend's, come from one thread at a time.
+  void set_lookahead(bool on);
+
  private:
-  Model() = default;
+  struct Layout;
+  struct Lookahead;
+  Model();
   // forward() up to the logits, left in the backend's memory: *rows rows of vocab_size.
   Buffer forward_device(std::span<const BatchItem> batch, int64_t* rows) const;
+  void lay_out(std::span<const BatchItem> batch, Layout* out) const;
+  Buffer run_layers(const Layout& lay, std::vector<Buffer>* keep) const;
+  void record_ahead(const Layout& done) const;
+  bool matches(const Lookahead& ahead, const Layout& lay) const;
+  std::vector<const float*> state_memory(const Layout& lay) const;
   void bind();
 
   ModelConfig config_;
@@ -125,6 +144,8 @@ class Model {
   Buffer mup_vector_;            // per-column multipliers of in_proj's output
   std::vector<float> inv_freq_;  // RoPE, host
   std::vector<LayerWeights> layers_;
+  bool lookahead_ = true;
+  mutable std::unique_ptr<Lookahead> ahead_;  // a decode step recorded ahead, or null
 };
 
 }  // namespace fh1

@@ -319,6 +319,81 @@ TEST_P(CudaModelTest, DecodeGraphsEqualDirectLaunches) {
   }
 }
 
+// Decode steps recorded ahead of their tokens (the next step recorded while the GPU runs this
+// one) give what steps recorded when called give, and are dropped, never run stale, when what
+// they were recorded for changes: a prompt of another sequence (which may grow the scratch
+// buffers), a batch of other sequences, a KV cache moved by reserve(), a cache grown to make
+// room, the lookahead turned off.
+TEST_P(CudaModelTest, DecodeStepsRecordedAheadEqualStepsRecordedWhenCalled) {
+  const Fixture f = load_fixture(GetParam());
+  auto* cg = static_cast<CudaKernels*>(gpu.get());
+  const Model model = Model::load(f.dir, *gpu);
+  const std::span<const int32_t> ids(f.prompt_ids);
+  ASSERT_GE(ids.size(), 20u);
+  size_t held = 0;
+  auto run = [&](bool ahead) {
+    cg->set_decode_lookahead(ahead);
+    const size_t held0 = cg->held_steps_launched();
+    SequenceState a0 = model.new_state(4), b = model.new_state(4), other = model.new_state();
+    model.forward(a0, ids.subspan(0, 7));
+    SequenceState a = a0.clone();  // capacity 7: the first step grows it (to 263)
+    model.forward(b, ids.subspan(3, 12));
+    std::vector<float> out;
+    int32_t ta = ids[1], tb = ids[2];
+    for (int s = 0; s < 300; ++s) {  // a's cache is full again after step 255
+      const BatchItem both[] = {{&a, std::span<const int32_t>(&ta, 1), false}, {&b, std::span<const int32_t>(&tb, 1), false}};
+      std::span<const BatchItem> batch(both);
+      if (s >= 30) batch = batch.subspan(0, 1);  // a from step 30 on: another batch
+      if (s == 12) model.forward(other, ids);     // a prompt in between
+      if (s == 18) b.reserve(b.capacity() + 300);  // b's caches move, its length does not
+      const Model::TopLogits top = model.forward_top(batch, 3);
+      out.insert(out.end(), top.values.begin(), top.values.end());
+      ta = top.ids[0];
+      if (batch.size() > 1) tb = top.ids[3];
+      out.push_back(static_cast<float>(ta));
+      out.push_back(static_cast<float>(tb));
+      if (s < 40) {
+        const auto row = top.row(0);  // every logit of a, not only the best
+        out.insert(out.end(), row.begin(), row.end());
+      }
+    }
+    held = cg->held_steps_launched() - held0;
+    return out;
+  };
+  const auto called = run(false);
+  EXPECT_EQ(held, 0u);
+  const auto ahead = run(true);
+  // Most steps run held: all but the first, the one after each change and the one after a full
+  // cache (not recorded ahead: the growth is left to a step that runs).
+  EXPECT_GE(held, 290u) << f.name;
+  EXPECT_LE(held, 295u) << f.name;
+  ASSERT_EQ(called.size(), ahead.size());
+  EXPECT_LE(relative_max_diff(ahead, called), 1e-6) << f.name;
+
+  // Two models on one backend, their steps interleaved: each launches only the step it held.
+  const Model other_model = Model::load(f.dir, *gpu);
+  auto interleaved = [&](bool on) {
+    cg->set_decode_lookahead(on);
+    SequenceState a = model.new_state(), b = other_model.new_state();
+    model.forward(a, ids.subspan(0, 9));
+    other_model.forward(b, ids.subspan(2, 5));
+    std::vector<float> out;
+    int32_t ta = ids[0], tb = ids[1];
+    for (int s = 0; s < 12; ++s) {
+      const auto la = model.forward(a, std::span<const int32_t>(&ta, 1));
+      const auto lb = other_model.forward(b, std::span<const int32_t>(&tb, 1));
+      ta = static_cast<int32_t>(std::max_element(la.begin(), la.end()) - la.begin());
+      tb = static_cast<int32_t>(std::max_element(lb.begin(), lb.end()) - lb.begin());
+      out.insert(out.end(), la.begin(), la.end());
+      out.insert(out.end(), lb.begin(), lb.end());
+    }
+    return out;
+  };
+  const auto one_by_one = interleaved(false);
+  EXPECT_LE(relative_max_diff(interleaved(true), one_by_one), 1e-6) << f.name;
+  cg->set_decode_lookahead(true);
+}
+
 INSTANTIATE_TEST_SUITE_P(AllFixtures, CudaModelTest, ::testing::ValuesIn(fixture_names()),
                          [](const auto& info) { return info.param; });
 

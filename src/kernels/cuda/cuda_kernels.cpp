@@ -110,6 +110,7 @@ class CudaKernelsImpl final : public CudaKernels {
     if (const char* g = std::getenv("FH1_CUDA_GRAPHS")) step_->set_graphs(std::string(g) != "0");
     if (const char* g = std::getenv("FH1_CUDA_PROFILE")) profile_ = std::string(g) == "1";
     if (const char* g = std::getenv("FH1_CUDA_FUSE")) step_->set_fuse(std::string(g) != "0");  // 0: ops one by one
+    if (const char* g = std::getenv("FH1_CUDA_LOOKAHEAD")) lookahead_ = std::string(g) != "0";
     if (const char* a = std::getenv("FH1_CUDA_ATTN")) tf32_attn_ = std::string(a) != "f32";
     if (const char* a = std::getenv("FH1_CUDA_KV")) kv_bf16_ = std::string(a) != "f32";
     if (const char* a = std::getenv("FH1_CUDA_SSD_TF32")) tf32_scan_ = std::string(a) != "0";
@@ -158,8 +159,13 @@ class CudaKernelsImpl final : public CudaKernels {
     void* p = nullptr;
     auto it = cache_.find(bytes);
     if (it != cache_.end() && !it->second.empty()) {
-      p = it->second.back();
-      it->second.pop_back();
+      // The lowest address of the size, whatever the order buffers came back in: a decode step's
+      // activations get the same addresses step after step, so its graph is replayed.
+      auto& v = it->second;
+      const auto low = std::min_element(v.begin(), v.end());
+      p = *low;
+      *low = v.back();
+      v.pop_back();
       cached_bytes_ -= bytes;
     } else {
       if (cudaMalloc(&p, bytes) != cudaSuccess) {
@@ -580,6 +586,15 @@ class CudaKernelsImpl final : public CudaKernels {
     step_->begin();
   }
   void end_decode_step() override { flush(); }
+  uint64_t hold_next_decode_step() override {
+    if (!step_->graphs() || !lookahead_) return 0;
+    return step_->hold_next();
+  }
+  bool launch_held_step(uint64_t ticket, const int32_t* ids, int64_t T) override {
+    flush();
+    return step_->launch_held(ticket, ids, T);
+  }
+  void drop_held_step(uint64_t ticket) override { step_->drop_ticket(ticket); }
   void branch_begin() override {
     if (!step_->recording() || !step_->branches()) return;
     if (!lane_[1].blas_ws) check(cudaMalloc(&lane_[1].blas_ws, kBlasWorkspace), "cuBLAS workspace (branch)");
@@ -621,14 +636,21 @@ class CudaKernelsImpl final : public CudaKernels {
   }
   void set_decode_graphs(bool on) override {
     flush();
+    step_->drop_held();
     step_->set_graphs(on);
   }
   bool decode_graphs() const override { return step_->graphs(); }
   void set_decode_branches(bool on) override {
     flush();
+    step_->drop_held();
     step_->set_branches(on);
   }
   size_t graphs_captured() const override { return step_->graphs_captured(); }
+  void set_decode_lookahead(bool on) override {
+    if (!on) step_->drop_held();
+    lookahead_ = on;
+  }
+  size_t held_steps_launched() const override { return step_->held_launched(); }
   void synchronize() override {
     flush();
     check(cudaStreamSynchronize(stream_), "synchronize");
@@ -840,6 +862,7 @@ class CudaKernelsImpl final : public CudaKernels {
   size_t top_counters_cap_ = 0;
   std::unique_ptr<cuda::DecodeStep> step_;
   bool profile_ = false;  // FH1_CUDA_PROFILE=1
+  bool lookahead_ = true;  // FH1_CUDA_LOOKAHEAD=0: no decode step held
   cuda::OpProfile prof_;
 };
 

@@ -70,6 +70,11 @@ class CudaKernels : public Kernels {
   virtual void set_decode_graphs(bool on) = 0;
   virtual bool decode_graphs() const = 0;
   virtual size_t graphs_captured() const = 0;  // graphs captured so far (a new one per batch shape and length bucket)
+  // Decode steps recorded ahead of their tokens (Kernels::hold_next_decode_step: the model records
+  // step n+1 while the GPU runs step n; default; FH1_CUDA_LOOKAHEAD=0 turns it off), and how many
+  // held steps were launched so far.
+  virtual void set_decode_lookahead(bool on) = 0;
+  virtual size_t held_steps_launched() const = 0;
   // A recorded decode step runs the attention as a branch beside the Mamba-2 mixer (the model's
   // branch_begin/end/join hints; default; FH1_CUDA_BRANCHES=0 turns it off).
   virtual void set_decode_branches(bool on) = 0;

@@ -11,6 +11,16 @@
 namespace fh1::cuda {
 namespace {
 
+double us_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+  return v[v.size() / 2];
+}
+
 bool overlap(const void* a, size_t na, const void* b, size_t nb) {
   const auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
   return pa < pb + nb * sizeof(float) && pb < pa + na * sizeof(float);
@@ -43,13 +53,12 @@ DecodeStep::~DecodeStep() {
   for (auto& g : graphs_) cudaGraphExecDestroy(g.exec);
   for (void* p : retired_) cudaFree(p);
   cudaFree(dyn_dev_);
-  if (times_.on && times_.steps > 0) {
-    const double n = static_cast<double>(times_.steps);
+  if (times_.on && !times_.launch_us.empty()) {
     std::fprintf(stderr,
-                 "decode steps: %lld; per step: host recording %.1f us, upload + lookup + launch %.1f us; GPU "
-                 "from the upload to the graph's end %.1f us\n",
-                 static_cast<long long>(times_.steps), 1e6 * times_.record_s / n, 1e6 * times_.launch_s / n,
-                 1e3 * times_.gpu_ms / std::max<double>(1.0, static_cast<double>(times_.gpu_steps)));
+                 "decode steps (medians): host recording %.1f us (%zu steps), upload + launch %.1f us (%zu graph "
+                 "launches), launch to launch %.1f us, GPU from the upload to the graph's end %.1f us\n",
+                 median(times_.record_us), times_.record_us.size(), median(times_.launch_us), times_.launch_us.size(),
+                 median(times_.period_us), median(times_.gpu_us));
   }
   for (cudaEvent_t e : times_.ev)
     if (e) cudaEventDestroy(e);
@@ -67,28 +76,37 @@ void DecodeStep::time_step_begin() {
     times_.on = true;
   }
   times_.begin = std::chrono::steady_clock::now();
-  if (times_.ev_pending) {  // the last replayed step's GPU time: its events are done by now or soon
+}
+
+// Before a launch: the last launched step's GPU time (its events are done by now or soon: the
+// host has read its results), then this one's start.
+void DecodeStep::time_launch_begin() {
+  if (!times_.on) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (times_.ev_pending) {
+    times_.period_us.push_back(std::chrono::duration<double, std::micro>(now - times_.launch_begin).count());
     float ms = 0.0f;
     check(cudaEventSynchronize(times_.ev[1]), "step events");
     check(cudaEventElapsedTime(&ms, times_.ev[0], times_.ev[1]), "step events");
-    times_.gpu_ms += ms;
-    ++times_.gpu_steps;
+    times_.gpu_us.push_back(1e3 * ms);
     times_.ev_pending = false;
   }
+  times_.launch_begin = now;
+  check(cudaEventRecord(times_.ev[0], stream_), "step events");
 }
 
 void DecodeStep::time_step_launched() {
   if (!times_.on) return;
-  const auto launched = std::chrono::steady_clock::now();
-  times_.record_s += std::chrono::duration<double>(times_.end_called - times_.begin).count();
-  times_.launch_s += std::chrono::duration<double>(launched - times_.end_called).count();
+  times_.launch_us.push_back(us_since(times_.launch_begin));
   check(cudaEventRecord(times_.ev[1], stream_), "step events");
   times_.ev_pending = true;
-  ++times_.steps;
 }
 
 void DecodeStep::begin() {
   if (!graphs_on_) return;
+  const bool hold = hold_;
+  drop_held();  // a new step replaces one held and not launched
+  hold_ = hold;
   time_step_begin();
   recording_ = true;
   rec_dirty_ = false;
@@ -97,6 +115,9 @@ void DecodeStep::begin() {
   psc_.on = false;
   dyn_host_.clear();
   dyn_last_.fill(SIZE_MAX);
+  tokens_at_ = SIZE_MAX;
+  tokens_bytes_ = 0;
+  signed_ = false;
 }
 
 void DecodeStep::end() {
@@ -104,55 +125,75 @@ void DecodeStep::end() {
   flush_pending();
   close_branches();
   recording_ = false;
-  if (times_.on) {
-    times_.end_called = std::chrono::steady_clock::now();
-    check(cudaEventRecord(times_.ev[0], stream_), "step events");
-  }
-  ran_.swap(tape_);  // tape_ starts the next step empty, with ran_'s blocks
-  struct Cleared {
-    ClosureTape& t;
-    ~Cleared() { t.clear(); }
-  } cleared{ran_};
-  ClosureTape& tape = ran_;
-  std::vector<uint64_t> sig;
-  sig.swap(sig_);
-  sig_.swap(spare_sig_);  // empty, with the capacity of an earlier step's signature
-  sig_.clear();
-  bool direct = rec_dirty_;
-  rec_dirty_ = false;
-  if (dyn_host_.size() > dyn_cap_) {
-    check(cudaStreamSynchronize(stream_), "step array");
-    cudaFree(dyn_dev_);
-    dyn_dev_ = nullptr;
-    dyn_cap_ = std::max<size_t>(dyn_host_.size() * 2, 64 << 10);
-    check(cudaMalloc(&dyn_dev_, dyn_cap_), "step array");
-  }
-  if (!dyn_host_.empty())  // pageable: staged before the call returns
-    check(cudaMemcpyAsync(dyn_dev_, dyn_host_.data(), dyn_host_.size(), cudaMemcpyHostToDevice, stream_), "step array");
-  sig.push_back(word(dyn_dev_));
-  if (direct) {
-    try {
-      tape.run();
-    } catch (...) {
-      use_lane(0);
-      throw;
-    }
-    free_retired();
+  if (times_.on) times_.record_us.push_back(us_since(times_.begin));
+  if (!hold_) {
+    launch_recorded(lookup_or_capture());
     return;
   }
+  hold_ = false;
+  held_ = true;
+  held_exec_ = lookup();  // a miss is captured at launch: a held step may never run
+}
+
+bool DecodeStep::launch_held(uint64_t ticket, const int32_t* ids, int64_t n) {
+  if (!held_ || ticket != ticket_) return false;
+  const size_t bytes = static_cast<size_t>(n) * sizeof(int32_t);
+  if (tokens_at_ == SIZE_MAX || bytes != tokens_bytes_) {
+    drop_held();
+    throw Error("decode step: a held step recorded " + std::to_string(tokens_bytes_ / 4) + " tokens, given " +
+                std::to_string(n));
+  }
+  std::memcpy(dyn_host_.data() + tokens_at_, ids, bytes);
+  held_ = false;
+  ++held_launched_;
+  launch_recorded(held_exec_ ? held_exec_ : lookup_or_capture());
+  return true;
+}
+
+void DecodeStep::drop_held() {
+  hold_ = false;
+  if (!held_) return;
+  held_ = false;
+  held_exec_ = nullptr;
+  signed_ = false;
+  tape_.clear();
+  sig_.clear();
+  dyn_host_.clear();
+  rec_dirty_ = false;
+  free_retired();
+}
+
+// Ends the recorded step's signature with the step array's address (every graph reads it).
+void DecodeStep::sign() {
+  if (signed_) return;
+  sig_.push_back(word(dyn_dev_grown()));
+  signed_ = true;
+}
+
+// A graph captured before with the recorded step's signature, or null (none; or the step must
+// run directly: its recording retired memory that earlier closures use).
+cudaGraphExec_t DecodeStep::lookup() {
+  sign();
+  if (rec_dirty_) return nullptr;
   for (auto& g : graphs_) {
-    if (g.sig == sig) {
+    if (g.sig == sig_) {
       g.used = ++graph_clock_;
-      check(cudaGraphLaunch(g.exec, stream_), "cudaGraphLaunch");
-      time_step_launched();
-      spare_sig_.swap(sig);  // its memory serves a later step
-      return;
+      spare_sig_.swap(sig_);  // its memory serves a later step
+      sig_.clear();
+      return g.exec;
     }
   }
+  return nullptr;
+}
+
+// lookup(), else the recorded closures captured into a new graph (null: the step runs directly).
+cudaGraphExec_t DecodeStep::lookup_or_capture() {
+  if (cudaGraphExec_t e = lookup()) return e;
+  if (rec_dirty_) return nullptr;
   cudaGraph_t graph = nullptr;
   check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
   try {
-    tape.run();
+    tape_.run();
   } catch (...) {
     use_lane(0);
     cudaStreamEndCapture(stream_, &graph);
@@ -171,9 +212,55 @@ void DecodeStep::end() {
     cudaGraphExecDestroy(lru->exec);
     graphs_.erase(lru);
   }
+  std::vector<uint64_t> sig;
+  sig.swap(sig_);
+  sig_.swap(spare_sig_);
+  sig_.clear();
   graphs_.push_back(Graph{std::move(sig), exec, ++graph_clock_});
   ++graphs_captured_;
+  return exec;
+}
+
+// The device array of per-step values, grown to hold this step's (its address is in the
+// signature: every graph reads it).
+char* DecodeStep::dyn_dev_grown() {
+  if (dyn_host_.size() > dyn_cap_) {
+    check(cudaStreamSynchronize(stream_), "step array");
+    cudaFree(dyn_dev_);
+    dyn_dev_ = nullptr;
+    dyn_cap_ = std::max<size_t>(dyn_host_.size() * 2, 64 << 10);
+    check(cudaMalloc(&dyn_dev_, dyn_cap_), "step array");
+  }
+  return dyn_dev_;
+}
+
+// Uploads the step's values and launches its graph (exec null: runs its closures directly).
+void DecodeStep::launch_recorded(cudaGraphExec_t exec) {
+  struct Cleared {  // the tape is empty for the next step whatever happens
+    DecodeStep& d;
+    ~Cleared() {
+      d.tape_.clear();
+      d.sig_.clear();
+      d.signed_ = false;
+      d.held_exec_ = nullptr;
+    }
+  } cleared{*this};
+  time_launch_begin();
+  if (!dyn_host_.empty())  // pageable: staged before the call returns
+    check(cudaMemcpyAsync(dyn_dev_grown(), dyn_host_.data(), dyn_host_.size(), cudaMemcpyHostToDevice, stream_),
+          "step array");
+  if (exec == nullptr) {
+    try {
+      tape_.run();
+    } catch (...) {
+      use_lane(0);
+      throw;
+    }
+    free_retired();
+    return;
+  }
   check(cudaGraphLaunch(exec, stream_), "cudaGraphLaunch");
+  time_step_launched();
 }
 
 size_t DecodeStep::put(const void* src, size_t bytes, int kind) {
@@ -188,6 +275,10 @@ size_t DecodeStep::put(const void* src, size_t bytes, int kind) {
     dyn_last_[static_cast<size_t>(kind)] = at;
     dyn_bytes_[static_cast<size_t>(kind)] = bytes;
   }
+  if (kind == 0) {  // the token ids: a held step's are written at launch
+    tokens_at_ = at;
+    tokens_bytes_ = bytes;
+  }
   return at;
 }
 
@@ -197,6 +288,7 @@ void DecodeStep::retire(void* p) {
     retired_.push_back(p);
     rec_dirty_ = true;
   } else {
+    drop_held();  // its closures may use p
     check(cudaStreamSynchronize(stream_), "scratch");
     cudaFree(p);
   }

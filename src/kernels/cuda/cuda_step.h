@@ -121,10 +121,32 @@ class DecodeStep {
   cudaStream_t stream() const { return cur_; }
   size_t graphs_captured() const { return graphs_captured_; }
 
-  // Starts recording (when graphs are on); a recording in progress must have ended.
+  // Starts recording (when graphs are on); a recording in progress must have ended. A step held
+  // and not launched is dropped.
   void begin();
-  // Ends a recording: replays the step's graph, captures a new one, or runs the closures.
+  // Ends a recording: replays the step's graph, captures a new one, or runs the closures; or,
+  // after hold_next(), holds the step (its graph looked up; a new one is captured at launch) until
+  // launch_held().
   void end();
+  // The step recorded next is held at end() instead of launched: the host records a decode step
+  // while the GPU still runs the one before, and launches it once its tokens are known.
+  // Returns the held step's ticket (0: graphs are off, nothing will be held).
+  uint64_t hold_next() {
+    hold_ = graphs_on_;
+    return hold_ ? ++ticket_ : 0;
+  }
+  bool held() const { return held_; }
+  uint64_t held_ticket() const { return held_ ? ticket_ : 0; }
+  size_t held_launched() const { return held_launched_; }
+  // Writes the held step's n token ids (what its embed was given are placeholders) and launches
+  // it; false when the step of that ticket is not held (dropped since, or another one held).
+  bool launch_held(uint64_t ticket, const int32_t* ids, int64_t n);
+  // Forgets a held step (its closures and retired memory), and a hold_next() not yet used.
+  void drop_held();
+  // drop_held() if `ticket` is the last hold_next()'s.
+  void drop_ticket(uint64_t ticket) {
+    if (ticket != 0 && ticket == ticket_) drop_held();
+  }
 
   // Keeps f with its signature: the op's tag and its arguments. Pending fusion is not flushed.
   template <class F, class... A>
@@ -246,10 +268,16 @@ class DecodeStep {
     cudaGraphExec_t exec = nullptr;
     uint64_t used = 0;
   };
-  static constexpr size_t kMaxGraphs = 24;
+  static constexpr size_t kMaxGraphs = 48;  // a shape takes two when recorded ahead (logits)
 
   void emit_scale();
+  void sign();
+  cudaGraphExec_t lookup();
+  cudaGraphExec_t lookup_or_capture();
+  char* dyn_dev_grown();
+  void launch_recorded(cudaGraphExec_t exec);
   void time_step_begin();
+  void time_launch_begin();
   void time_step_launched();
   void free_retired();
   void use_lane(int lane);
@@ -269,8 +297,15 @@ class DecodeStep {
   bool branches_ = true;
   bool recording_ = false;
   bool rec_dirty_ = false;
+  bool hold_ = false;                     // hold the step recorded now at end()
+  bool held_ = false;                     // a recorded step waits for launch_held()
+  cudaGraphExec_t held_exec_ = nullptr;   // its graph (null: captured at launch, or run directly)
+  bool signed_ = false;                   // the step array's address ends the signature
+  size_t held_launched_ = 0;
+  uint64_t ticket_ = 0;  // the last hold_next()'s
+  size_t tokens_at_ = SIZE_MAX, tokens_bytes_ = 0;  // the token ids in the step array
   std::vector<uint64_t> sig_;
-  ClosureTape tape_, ran_;  // the step being recorded; the one end() runs (kept for its blocks)
+  ClosureTape tape_;  // the step being recorded (or held)
   std::vector<uint64_t> spare_sig_;  // a signature's memory, back from a replayed step
   std::vector<char> dyn_host_;
   std::array<size_t, 3> dyn_last_{SIZE_MAX, SIZE_MAX, SIZE_MAX};
@@ -289,16 +324,16 @@ class DecodeStep {
   PendingScan ps_{};
   PendingScale psc_;
   PendingResidual pres_{};
-  // FH1_CUDA_STEP_TIMES=1: the host's time per replayed step (recording; upload, lookup and
-  // launch) and the GPU's (events around the launch, read at the next begin), printed when the
-  // step is destroyed.
+  // FH1_CUDA_STEP_TIMES=1: per recorded step the host's recording time, per graph launch the
+  // host's upload and launch time, the time from one launch to the next, and the GPU's time
+  // (events around the launch, read at the next launch); medians printed when the step is
+  // destroyed.
   struct StepTimes {
     bool on = false;
-    int64_t steps = 0, gpu_steps = 0;
-    double record_s = 0, launch_s = 0, gpu_ms = 0;
-    std::chrono::steady_clock::time_point begin, end_called;
+    std::vector<double> record_us, launch_us, period_us, gpu_us;
+    std::chrono::steady_clock::time_point begin, launch_begin;
     cudaEvent_t ev[2] = {nullptr, nullptr};
-    bool ev_pending = false;  // the last step was replayed: its events count
+    bool ev_pending = false;  // the last launch was a graph's: its events count
   } times_;
 };
 
