@@ -15,12 +15,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include "io/safetensors.h"
+#include "kernels/cuda/cuda_allocator.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_profile.h"
 #include "kernels/cuda/cuda_step.h"
@@ -51,16 +50,6 @@ namespace {
 
 using cuda::check;
 using cuda::check_blas;
-
-// Rounds an allocation up to a size class, so freed buffers are found again: 512 B steps up to
-// 1 MiB, then steps of an eighth of the power of two below.
-size_t size_class(size_t bytes) {
-  if (bytes <= (1u << 20)) return std::max<size_t>(512, (bytes + 511) / 512 * 512);
-  size_t p = 1;
-  while (p * 2 <= bytes) p *= 2;
-  const size_t step = p / 8;
-  return (bytes + step - 1) / step * step;
-}
 
 // A device copy of a small host array (ids, positions, inverse frequencies), re-uploaded only
 // when its content changes: rope runs twice per layer on the same positions.
@@ -138,9 +127,7 @@ class CudaKernelsImpl final : public CudaKernels {
       cudaFree(l.w16);
     }
     weights_.reset();
-    for (auto& [p, sz] : live_) cudaFree(p);
-    for (auto& [sz, v] : cache_)
-      for (void* p : v) cudaFree(p);
+    mem_.reset();
     for (auto* u : {&ids_, &pos_, &freq_, &rows_}) cudaFree(u->dev);
     cublasDestroy(blas_);
     cudaStreamDestroy(stream_);
@@ -155,44 +142,21 @@ class CudaKernelsImpl final : public CudaKernels {
     return p;
   }
   float* alloc_uninit(size_t n) override {
-    const size_t bytes = size_class(std::max<size_t>(n, 1) * sizeof(float));
-    void* p = nullptr;
-    auto it = cache_.find(bytes);
-    if (it != cache_.end() && !it->second.empty()) {
-      // The lowest address of the size, whatever the order buffers came back in: a decode step's
-      // activations get the same addresses step after step, so its graph is replayed.
-      auto& v = it->second;
-      const auto low = std::min_element(v.begin(), v.end());
-      p = *low;
-      *low = v.back();
-      v.pop_back();
-      cached_bytes_ -= bytes;
-    } else {
-      if (cudaMalloc(&p, bytes) != cudaSuccess) {
-        cudaGetLastError();
-        trim();
-        if (cudaMalloc(&p, bytes) != cudaSuccess) {  // the weights' fp16 copies give way
-          cudaGetLastError();
-          drop_f16_copies();
-          check(cudaMalloc(&p, bytes), ("cudaMalloc of " + std::to_string(bytes) + " bytes").c_str());
-        }
-      }
+    const size_t bytes = std::max<size_t>(n, 1) * sizeof(float);
+    void* p = mem_->alloc(bytes);
+    if (p == nullptr) {  // the cache back to the driver, then the weights' fp16 copies give way
+      trim();
+      p = mem_->alloc(bytes);
     }
-    live_[p] = bytes;
-    live_bytes_ += bytes;
-    peak_live_ = std::max(peak_live_, live_bytes_);
+    if (p == nullptr) {
+      drop_f16_copies();
+      p = mem_->alloc(bytes);
+    }
+    if (p == nullptr) throw Error("CUDA: out of device memory for " + std::to_string(bytes) + " bytes");
     return static_cast<float*>(p);
   }
 
-  void free(float* p) override {
-    if (p == nullptr) return;
-    auto it = live_.find(p);
-    if (it == live_.end()) return;
-    cache_[it->second].push_back(p);  // reuse is ordered after earlier work: one stream
-    live_bytes_ -= it->second;
-    cached_bytes_ += it->second;
-    live_.erase(it);
-  }
+  void free(float* p) override { mem_->free(p); }  // reuse is ordered after earlier work: one stream
 
   void to_host(float* dst, const float* src, size_t n) override {
     flush();
@@ -657,17 +621,15 @@ class CudaKernelsImpl final : public CudaKernels {
   }
 
   CudaMemoryStats memory_stats() const override {
-    return CudaMemoryStats{weights_->bytes(), live_bytes_, peak_live_, cached_bytes_, weights_->f16_copy_bytes()};
+    return CudaMemoryStats{weights_->bytes(), mem_->live_bytes(), mem_->peak_live_bytes(), mem_->cached_bytes(),
+                           weights_->f16_copy_bytes()};
   }
-  void reset_peak() override { peak_live_ = live_bytes_; }
+  void reset_peak() override { mem_->reset_peak(); }
 
   void trim() override {
     flush();
     cudaStreamSynchronize(stream_);
-    for (auto& [sz, v] : cache_)
-      for (void* p : v) cudaFree(p);
-    cache_.clear();
-    cached_bytes_ = 0;
+    mem_->trim();
   }
 
   void fill_random(float* p, size_t n, float amplitude, uint64_t seed) override {
@@ -827,10 +789,8 @@ class CudaKernelsImpl final : public CudaKernels {
   std::string name_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
-  std::unordered_map<void*, size_t> live_;
-  std::map<size_t, std::vector<void*>> cache_;
+  std::unique_ptr<cuda::CachingAllocator> mem_ = std::make_unique<cuda::CachingAllocator>();
   std::unique_ptr<cuda::DeviceWeights> weights_;
-  size_t live_bytes_ = 0, peak_live_ = 0, cached_bytes_ = 0;
   HostUpload ids_, pos_, freq_, rows_;
   std::vector<char> pack_;
   bool split_ = true;
