@@ -187,7 +187,7 @@ Buffer Model::forward_device(std::span<const BatchItem> batch, int64_t* rows_out
   ahead.reset();  // the step's activations: reused in stream order by the next
   for (const auto& s : lay.spans) s.state->advance(s.T);
   *rows_out = lay.logit_rows;
-  if (lay.decode_step && lookahead_) record_ahead(lay);
+  if (lay.decode_step) record_ahead(lay);
   return logits;
 }
 
@@ -225,14 +225,6 @@ void Model::record_ahead(const Layout& done) const {
     ahead_ = std::move(ahead);
   } catch (const std::exception&) {
     kernels_->drop_held_step(ticket);  // the next step records itself (and reports what fails)
-  }
-}
-
-void Model::set_lookahead(bool on) {
-  lookahead_ = on;
-  if (!on && ahead_) {
-    kernels_->drop_held_step(ahead_->ticket);
-    ahead_.reset();
   }
 }
 

@@ -116,12 +116,12 @@ class Model {
   };
   TopLogits forward_top(std::span<const BatchItem> batch, const TopRequest& request) const;
 
-  // Recording ahead (on by default; a backend that records decode steps, kernels.h): after a
-  // decode step has been launched, the next step of the same sequences is recorded while the
-  // device runs this one, and the next call with those sequences at those lengths (one token
-  // each) only gives it its tokens. Anything else drops it; the results are the same either way.
-  // A model's forward calls, like its backend's, come from one thread at a time.
-  void set_lookahead(bool on);
+  // Recording ahead (a backend that records decode steps, kernels.h; the CUDA backend's
+  // set_decode_lookahead turns it off): after a decode step has been launched, the next step of
+  // the same sequences is recorded while the device runs this one, and the next call with those
+  // sequences at those lengths (one token each) only gives it its tokens. Anything else drops
+  // it; the results are the same either way. A model's forward calls, like its backend's, come
+  // from one thread at a time.
 
  private:
   struct Layout;
@@ -144,7 +144,6 @@ class Model {
   Buffer mup_vector_;            // per-column multipliers of in_proj's output
   std::vector<float> inv_freq_;  // RoPE, host
   std::vector<LayerWeights> layers_;
-  bool lookahead_ = true;
   mutable std::unique_ptr<Lookahead> ahead_;  // a decode step recorded ahead, or null
 };
 

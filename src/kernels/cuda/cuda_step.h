@@ -135,8 +135,6 @@ class DecodeStep {
     hold_ = graphs_on_;
     return hold_ ? ++ticket_ : 0;
   }
-  bool held() const { return held_; }
-  uint64_t held_ticket() const { return held_ ? ticket_ : 0; }
   size_t held_launched() const { return held_launched_; }
   // Writes the held step's n token ids (what its embed was given are placeholders) and launches
   // it; false when the step of that ticket is not held (dropped since, or another one held).
