@@ -492,12 +492,12 @@ class CudaKernelsImpl final : public CudaKernels {
     flush();
     if (rows == 0) return;
     const size_t count = static_cast<size_t>(rows) * static_cast<size_t>(k);
-    int32_t* dev_ids = grown(top_dev_, top_cap_, 2 * count, "top_k_rows buffer");
+    int32_t* dev_ids = grown_here(top_dev_, top_cap_, 2 * count, "top_k_rows buffer");
     auto* dev_vals = reinterpret_cast<float*>(dev_ids + count);
     cuda::TopKScratch scratch;
     if (k == 1) {
       scratch.partials = reinterpret_cast<unsigned long long*>(
-          grown(top_partials_, top_partials_cap_, static_cast<size_t>(cuda::top_k_partials(rows, n, k)), "argmax"));
+          grown_here(top_partials_, top_partials_cap_, static_cast<size_t>(cuda::top_k_partials(rows, n, k)), "argmax"));
       if (static_cast<size_t>(rows) > top_counters_cap_) {  // zeroed once: the argmax leaves them at zero
         check(cudaStreamSynchronize(stream_), "argmax counters");
         cudaFree(top_counters_);
@@ -519,7 +519,7 @@ class CudaKernelsImpl final : public CudaKernels {
     if (count <= 0) return;
     // One buffer: index (int64), amount and original (float), count each.
     const size_t n = static_cast<size_t>(count);
-    char* dev = reinterpret_cast<char*>(grown(top_dev_, top_cap_, n * 4, "lower_entries buffer"));
+    char* dev = reinterpret_cast<char*>(grown_here(top_dev_, top_cap_, n * 4, "lower_entries buffer"));
     auto* dev_amount = reinterpret_cast<float*>(dev + n * 8);
     check(cudaMemcpyAsync(dev, index, n * 8, cudaMemcpyHostToDevice, stream_), "lower_entries (index)");
     check(cudaMemcpyAsync(dev_amount, amount, n * 4, cudaMemcpyHostToDevice, stream_), "lower_entries (amount)");
@@ -534,7 +534,7 @@ class CudaKernelsImpl final : public CudaKernels {
     if (rows == 0) return;
     // One buffer: inv_t, u, sums (doubles), drawn (int32), rows each.
     const size_t r = static_cast<size_t>(rows), bytes = r * (3 * sizeof(double) + sizeof(int32_t));
-    auto* dev = reinterpret_cast<double*>(grown(top_dev_, top_cap_, (bytes + 3) / 4, "softmax_rows buffer"));
+    auto* dev = reinterpret_cast<double*>(grown_here(top_dev_, top_cap_, (bytes + 3) / 4, "softmax_rows buffer"));
     check(cudaMemcpyAsync(dev, inv_t, r * sizeof(double), cudaMemcpyHostToDevice, stream_), "softmax_rows (inv_t)");
     check(cudaMemcpyAsync(dev + r, u, r * sizeof(double), cudaMemcpyHostToDevice, stream_), "softmax_rows (u)");
     auto* dev_drawn = reinterpret_cast<int32_t*>(dev + 3 * r);
@@ -724,6 +724,22 @@ class CudaKernelsImpl final : public CudaKernels {
         drop_f16_copies();
         check(cudaMalloc(&p, cap * sizeof(T)), what);
       }
+    }
+    return p;
+  }
+  // The same for a buffer that only the calling op uses, after the step (never a recorded
+  // step's closure): freed once the stream is idle instead of retired, which would drop a step
+  // recorded ahead (the sampling ops' buffers, grown at a new batch size).
+  template <class T>
+  T* grown_here(T*& p, size_t& cap, size_t n, const char* what) {
+    if (n > cap) {
+      check(cudaStreamSynchronize(stream_), what);
+      cudaFree(p);
+      p = nullptr;
+      size_t none = 0;
+      T* q = grown(p, none, std::max(n, cap * 2), what);  // p is null: nothing retired
+      cap = none;
+      return q;
     }
     return p;
   }
