@@ -121,17 +121,44 @@ __global__ void kv_write_rows_kernel(KvRowsParts kp, int64_t width) {
 }
 
 // One thread per (row i, channel c): out from the K-1 state rows and the new input, then the
-// state shifted by one row (reads precede writes).
+// state shifted by one row (reads precede writes). The weights and the state rows (the previous
+// step's, not the kernel before's output) are read before the wait when K <= kConvHeld; only
+// the new input after it.
+constexpr int kConvHeld = 8;
+
 __global__ void conv_rows_kernel(const float* in, int64_t ld_in, int64_t C, int K, const float* w, const float* bias,
                                  float* const* states, float* out) {
-  FH1_PDL_ENTER();
   const int64_t i = blockIdx.y;
   const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= C) return;
   const int S = K - 1;
-  float* st = states[i];
+  const bool held = K <= kConvHeld && c < C;
+  float wv[kConvHeld], sv[kConvHeld];
+  float acc = 0.0f;
+  float* st = nullptr;
+  if (held) {
+    st = states[i];
+    acc = bias ? bias[c] : 0.0f;
+#pragma unroll
+    for (int k = 0; k < kConvHeld; ++k) {
+      wv[k] = k < K ? w[c * K + k] : 0.0f;
+      sv[k] = k < S ? st[int64_t(k) * C + c] : 0.0f;
+    }
+  }
+  FH1_PDL_ENTER();
+  if (c >= C) return;
   const float xin = in[i * ld_in + c];
-  float acc = bias ? bias[c] : 0.0f;
+  if (held) {
+#pragma unroll
+    for (int k = 0; k < kConvHeld; ++k)
+      if (k < K) acc += wv[k] * (k < S ? sv[k] : xin);
+    out[i * C + c] = silu(acc);
+#pragma unroll
+    for (int k = 0; k < kConvHeld; ++k)
+      if (k < S) st[int64_t(k) * C + c] = k + 1 < S ? sv[k + 1] : xin;
+    return;
+  }
+  st = states[i];
+  acc = bias ? bias[c] : 0.0f;
   for (int k = 0; k < K; ++k) acc += w[c * K + k] * (k < S ? st[int64_t(k) * C + c] : xin);
   out[i * C + c] = silu(acc);
   for (int k = 0; k < S; ++k) st[int64_t(k) * C + c] = k + 1 < S ? st[int64_t(k + 1) * C + c] : xin;
@@ -173,15 +200,48 @@ struct ReadF32 {
 };
 
 // One block per row.
+// The norms read their row's weights before the wait (they do not depend on the kernel before)
+// and keep each thread's elements in registers from the sum to the scaling: one round trip to
+// memory after the wait instead of two (a norm sits between two GEMVs twice a layer in a decode
+// step). Rows longer than kNormHeld elements a thread read twice, as before. The sums are the
+// same either way: each thread's elements in order, then block_sum.
+constexpr int kNormHeld = 12;
+
 __global__ void rmsnorm_kernel(const float* x, int64_t d, const float* w, float eps, float* out) {
+  const bool held = d <= int64_t(blockDim.x) * kNormHeld;
+  float wv[kNormHeld], v[kNormHeld];
+  if (held)
+#pragma unroll
+    for (int j = 0; j < kNormHeld; ++j) {
+      const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+      wv[j] = k < d ? w[k] : 0.0f;
+    }
   FH1_PDL_ENTER();
   const float* xr = x + blockIdx.x * d;
   float* o = out + blockIdx.x * d;
   float ss = 0.0f;
-  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) ss += xr[k] * xr[k];
+  if (held) {
+#pragma unroll
+    for (int j = 0; j < kNormHeld; ++j) {
+      const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+      v[j] = k < d ? xr[k] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kNormHeld; ++j) ss += v[j] * v[j];
+  } else {
+    for (int64_t k = threadIdx.x; k < d; k += blockDim.x) ss += xr[k] * xr[k];
+  }
   ss = block_sum(ss);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
+  if (held) {
+#pragma unroll
+    for (int j = 0; j < kNormHeld; ++j) {
+      const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+      if (k < d) o[k] = wv[j] * (v[j] * inv);
+    }
+  } else {
+    for (int64_t k = threadIdx.x; k < d; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
+  }
 }
 
 // h += a * sa (+ b * sb), then the RMSNorm of the new h: residual_add2_kernel and rmsnorm_kernel
@@ -189,19 +249,50 @@ __global__ void rmsnorm_kernel(const float* x, int64_t d, const float* w, float 
 // rmsnorm_kernel's), so the values are those of the two ops one by one.
 __global__ void residual_rmsnorm_kernel(float* h, const float* a, float sa, const float* b, float sb, int64_t d,
                                         const float* w, float eps, float* out) {
+  const bool held = d <= int64_t(blockDim.x) * kNormHeld;
+  float wv[kNormHeld], v[kNormHeld];
+  if (held)
+#pragma unroll
+    for (int j = 0; j < kNormHeld; ++j) {
+      const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+      wv[j] = k < d ? w[k] : 0.0f;
+    }
   FH1_PDL_ENTER();
   const int64_t row = int64_t(blockIdx.x) * d;
   float* hr = h + row;
   float ss = 0.0f;
-  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
-    const float v = hr[k] + (b ? a[row + k] * sa + b[row + k] * sb : a[row + k] * sa);
-    hr[k] = v;
-    ss += v * v;
+  if (held) {
+#pragma unroll
+    for (int j = 0; j < kNormHeld; ++j) {
+      const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+      if (k < d) {
+        v[j] = hr[k] + (b ? a[row + k] * sa + b[row + k] * sb : a[row + k] * sa);
+        hr[k] = v[j];
+      } else {
+        v[j] = 0.0f;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kNormHeld; ++j) ss += v[j] * v[j];
+  } else {
+    for (int64_t k = threadIdx.x; k < d; k += blockDim.x) {
+      const float u = hr[k] + (b ? a[row + k] * sa + b[row + k] * sb : a[row + k] * sa);
+      hr[k] = u;
+      ss += u * u;
+    }
   }
   ss = block_sum(ss);
   const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
   float* o = out + row;
-  for (int64_t k = threadIdx.x; k < d; k += blockDim.x) o[k] = w[k] * (hr[k] * inv);
+  if (held) {
+#pragma unroll
+    for (int j = 0; j < kNormHeld; ++j) {
+      const int64_t k = threadIdx.x + int64_t(j) * blockDim.x;
+      if (k < d) o[k] = wv[j] * (v[j] * inv);
+    }
+  } else {
+    for (int64_t k = threadIdx.x; k < d; k += blockDim.x) o[k] = w[k] * (hr[k] * inv);
+  }
 }
 
 // Flat kernels over n values: one row of n / 4 float4s when V. absmax (not null): the largest
@@ -333,10 +424,23 @@ __global__ void rope_kernel(float* x, int64_t ld, int64_t T, int heads, int hd, 
 template <typename KV>
 __global__ void rope_kv_kernel(RopeParts rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq,
                                KvRowsParts kp, int kv_nparts, int64_t width) {
-  FH1_PDL_ENTER();
   const int half = hd / 2;
   const int64_t n0 = T * rp.part[0].heads * half;
   const int64_t n = n0 + (rp.nparts > 1 ? T * rp.part[1].heads * half : 0);
+  // The thread's first angle (positions and frequencies: the step's arrays, not the kernel
+  // before's output) before the wait: at a decode step that is its only one.
+  const int64_t e_first = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  float c_first = 1.0f, s_first = 0.0f;
+  if (e_first < n) {
+    const int64_t i = e_first >= n0 ? e_first - n0 : e_first;
+    const int64_t t = (i / half) / rp.part[e_first >= n0 ? 1 : 0].heads;
+    const float angle = static_cast<float>(pos[t]) * inv_freq[i % half];
+    double sd, cd;
+    sincos(static_cast<double>(angle), &sd, &cd);
+    c_first = static_cast<float>(cd);
+    s_first = static_cast<float>(sd);
+  }
+  FH1_PDL_ENTER();
   int64_t ncopy = 0;
   for (int p = 0; p < kv_nparts; ++p) ncopy += kp.part[p].from_rope < 0 ? T * width : 0;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n + ncopy;
@@ -360,10 +464,14 @@ __global__ void rope_kv_kernel(RopeParts rp, int64_t T, int hd, const int64_t* p
     const int64_t th = i / half;
     const int h = static_cast<int>(th % P.heads);
     const int64_t t = th / P.heads;
-    const float angle = static_cast<float>(pos[t]) * inv_freq[j];
-    double sd, cd;
-    sincos(static_cast<double>(angle), &sd, &cd);
-    const float c = static_cast<float>(cd), sn = static_cast<float>(sd);
+    float c = c_first, sn = s_first;
+    if (e != e_first) {
+      const float angle = static_cast<float>(pos[t]) * inv_freq[j];
+      double sd, cd;
+      sincos(static_cast<double>(angle), &sd, &cd);
+      c = static_cast<float>(cd);
+      sn = static_cast<float>(sd);
+    }
     float* v = P.x + t * P.ld + int64_t(h) * hd;
     float a = v[j], b = v[j + half];
     if (P.scaled) {
