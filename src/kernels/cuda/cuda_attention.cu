@@ -123,6 +123,18 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
   const int h = blockIdx.x;
   const int64_t t = blockIdx.y;
   const int64_t base = (t * H + h) * nsplit;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int d = blockIdx.z * 32 + lane;
+  // The first kPre partials of the lane issued with the maxima, before the weights are known:
+  // at nsplit <= 8 * kPre (up to 2K keys at the 7B shape) the one round trip after the wait.
+  constexpr int kPre = 8;
+  const float* pd = pacc + base * hd + d;
+  float pre[kPre];
+#pragma unroll
+  for (int u = 0; u < kPre; ++u) {
+    const int s = warp + u * kMergeWarps;
+    pre[u] = d < hd && s < nsplit ? pd[int64_t(s) * hd] : 0.0f;
+  }
   float M = -FLT_MAX;
   for (int s = threadIdx.x; s < nsplit; s += blockDim.x) M = fmaxf(M, ml[2 * (base + s)]);
   M = block_reduce(M, true, red);
@@ -133,12 +145,12 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
     L += ml[2 * (base + s) + 1] * e;
   }
   L = block_reduce(L, false, red);  // its barriers also publish wsplit
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int d = blockIdx.z * 32 + lane;
   float acc = 0.0f;
   if (d < hd) {
-    const float* pd = pacc + base * hd + d;
-    int s = warp;
+#pragma unroll
+    for (int u = 0; u < kPre; ++u)
+      if (warp + u * kMergeWarps < nsplit) acc += pre[u] * wsplit[warp + u * kMergeWarps];
+    int s = warp + kPre * kMergeWarps;
     for (; s + 7 * kMergeWarps < nsplit; s += 8 * kMergeWarps) {
       float v[8];
 #pragma unroll
@@ -335,26 +347,11 @@ __global__ void __launch_bounds__(32)
   const int G = H / Hkv;
   const int lane = threadIdx.x, gq = lane >> 2, c4 = lane & 3;
   const float qscale = scale * 1.4426950408889634f;
-  FH1_PDL_ENTER();
   const int64_t Tq = rows ? 1 : T;
   const int nrows = static_cast<int>(G * Tq);
-  // The query rows first, every load in flight at once (one float4 a row per lane at HDP 128):
-  // loaded one pair at a time, each load waited for before the next, they were two thirds of
-  // the kernel's time at short contexts (ncu, 7B at 1K keys).
-  constexpr int QC = HDP / 4;   // float4 chunks of a row
-  constexpr int RPP = 32 / QC;  // rows a pass of the warp covers
-  constexpr int NQ = 16 / RPP;  // passes: loads per lane
-  const bool qvec = ldq % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0;
-  float4 qv[NQ];
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int r = i * RPP + lane / QC, d = (lane % QC) * 4;
-    qv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (r < nrows && d < hd) {  // hd % 8 == 0: the chunk is whole
-      const float* qr = q + (rows ? z : r / G) * ldq + int64_t(kvh * G + r % G) * hd + d;
-      qv[i] = qvec ? *reinterpret_cast<const float4*>(qr) : make_float4(qr[0], qr[1], qr[2], qr[3]);
-    }
-  }
+  // The range and its first tile of keys before the wait when that tile holds only the earlier
+  // steps' keys (the kernel before writes the new ones, and the query rows): its loads then
+  // overlap that kernel's end. The caches' pointers and lengths are the step's arrays.
   if (rows) {
     kc = kcs[z];
     vc = vcs[z];
@@ -378,8 +375,33 @@ __global__ void __launch_bounds__(32)
       cp_async16(&Vs[buf][r * LD + d], vb + off, ok);
     }
   };
-  if (k_begin < k_end) load_tile(k_begin, 0);
-  cp_async_commit();
+  const bool early = k_begin < k_end && min(k_begin + kDecBK, k_end) <= n_past;
+  if (early) {
+    load_tile(k_begin, 0);
+    cp_async_commit();
+  }
+  FH1_PDL_ENTER();
+  // The query rows first, every load in flight at once (one float4 a row per lane at HDP 128):
+  // loaded one pair at a time, each load waited for before the next, they were two thirds of
+  // the kernel's time at short contexts (ncu, 7B at 1K keys).
+  constexpr int QC = HDP / 4;   // float4 chunks of a row
+  constexpr int RPP = 32 / QC;  // rows a pass of the warp covers
+  constexpr int NQ = 16 / RPP;  // passes: loads per lane
+  const bool qvec = ldq % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0;
+  float4 qv[NQ];
+#pragma unroll
+  for (int i = 0; i < NQ; ++i) {
+    const int r = i * RPP + lane / QC, d = (lane % QC) * 4;
+    qv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (r < nrows && d < hd) {  // hd % 8 == 0: the chunk is whole
+      const float* qr = q + (rows ? z : r / G) * ldq + int64_t(kvh * G + r % G) * hd + d;
+      qv[i] = qvec ? *reinterpret_cast<const float4*>(qr) : make_float4(qr[0], qr[1], qr[2], qr[3]);
+    }
+  }
+  if (!early) {
+    if (k_begin < k_end) load_tile(k_begin, 0);
+    cp_async_commit();
+  }
 
 #pragma unroll
   for (int i = 0; i < NQ; ++i) {
@@ -487,14 +509,14 @@ struct SplitPlan {
 
 // The number of key ranges for `n_keys` keys (rounded up to a power of two when `bucket`, so that
 // one plan serves every length of the bucket); `units` blocks per range.
-int split_count_for(int64_t n_keys, int64_t units, bool bucket, int64_t want_blocks) {
+int split_count_for(int64_t n_keys, int64_t units, bool bucket, int64_t want_blocks, int64_t keys = 64) {
   int64_t n = n_keys;
   if (bucket) {
     n = 64;
     while (n < n_keys) n *= 2;
   }
   const int64_t cap = std::max<int64_t>(1, want_blocks / std::max<int64_t>(1, units));
-  return static_cast<int>(std::max<int64_t>(1, std::min((n + 63) / 64, cap)));
+  return static_cast<int>(std::max<int64_t>(1, std::min((n + keys - 1) / keys, cap)));
 }
 
 int split_count(int64_t n_keys, int64_t units, bool bucket) {
@@ -523,7 +545,12 @@ int mma_split_count(int64_t n_keys, int64_t units, bool bucket) {
     const char* e = std::getenv("FH1_CUDA_DEC_MMA_RANGE");
     return e ? std::max<int64_t>(64, std::atoll(e)) : int64_t(1600);
   }();
-  const int one_wave = split_count_for(n_keys, units, bucket, want_blocks);
+  // FH1_CUDA_DEC_MMA_KEYS (tuning only): the shortest range aimed for, in keys of the bucket.
+  static const int64_t keys = [] {
+    const char* e = std::getenv("FH1_CUDA_DEC_MMA_KEYS");
+    return e ? std::max<int64_t>(16, std::atoll(e)) : int64_t(32);
+  }();
+  const int one_wave = split_count_for(n_keys, units, bucket, want_blocks, keys);
   int64_t n = n_keys;
   if (bucket) {
     n = 64;
