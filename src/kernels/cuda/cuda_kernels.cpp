@@ -96,6 +96,8 @@ class CudaKernelsImpl final : public CudaKernels {
       check_blas(cublasSetWorkspace(blas_, lane_[lane].blas_ws, kBlasWorkspace), "cublasSetWorkspace");
     });
     if (const char* g = std::getenv("FH1_CUDA_BRANCHES")) step_->set_branches(std::string(g) != "0");
+    if (const char* g = std::getenv("FH1_CUDA_BRANCH_PRIORITY")) step_->set_branch_priority(std::string(g) != "0");
+    if (const char* g = std::getenv("FH1_CUDA_PLAIN_GEMVS")) step_->set_plain_gemvs(std::atoi(g));
     if (const char* g = std::getenv("FH1_CUDA_GRAPHS")) step_->set_graphs(std::string(g) != "0");
     if (const char* g = std::getenv("FH1_CUDA_PROFILE")) profile_ = std::string(g) == "1";
     if (const char* g = std::getenv("FH1_CUDA_FUSE")) step_->set_fuse(std::string(g) != "0");  // 0: ops one by one

@@ -567,6 +567,18 @@ bool pdl_enabled() {
   return on;
 }
 
+namespace {
+thread_local int pdl_off_depth = 0;
+}  // namespace
+
+PdlOff::PdlOff(bool on) : on_(on) {
+  if (on_) ++pdl_off_depth;
+}
+PdlOff::~PdlOff() {
+  if (on_) --pdl_off_depth;
+}
+bool pdl_now() { return pdl_off_depth == 0 && pdl_enabled(); }
+
 void f32_to_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out, cudaStream_t s) {
   auto* o = reinterpret_cast<__nv_bfloat16*>(out);
   if (rows_vec4(x, K, ldx) && reinterpret_cast<uintptr_t>(out) % 8 == 0)

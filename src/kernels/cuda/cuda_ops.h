@@ -27,6 +27,20 @@ void check_blas(cublasStatus_t s, const char* what);
 // chain of ~30 small kernels per layer). FH1_CUDA_PDL=0 launches plainly.
 #define FH1_PDL_ENTER() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
 bool pdl_enabled();
+// Launches in its scope (on this thread) go without the PDL attribute when `on`: for a kernel
+// that would only sit on the SMs waiting for the one before, holding the slots that another
+// chain's kernels need.
+class PdlOff {
+ public:
+  explicit PdlOff(bool on);
+  ~PdlOff();
+  PdlOff(const PdlOff&) = delete;
+  PdlOff& operator=(const PdlOff&) = delete;
+
+ private:
+  bool on_;
+};
+bool pdl_now();  // pdl_enabled() and no PdlOff in force
 
 template <typename... KArgs, typename... Args>
 void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
@@ -39,7 +53,7 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaSt
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  cfg.numAttrs = pdl_now() ? 1 : 0;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx");
 }
 

@@ -44,9 +44,10 @@ bool job_touches(const GemvJob& j, const void* p, size_t n) {
 }  // namespace
 
 DecodeStep::~DecodeStep() {
-  if (side_) {
-    cudaStreamSynchronize(side_);
-    cudaStreamDestroy(side_);
+  for (cudaStream_t s : {side_, side_first_}) {
+    if (!s) continue;
+    cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
   }
   if (fork_) cudaEventDestroy(fork_);
   if (join_) cudaEventDestroy(join_);
@@ -111,6 +112,7 @@ void DecodeStep::begin() {
   recording_ = true;
   rec_dirty_ = false;
   branch_ = Branch::None;
+  step_rows_ = 0;
   pk_ = PK::None;
   psc_.on = false;
   dyn_host_.clear();
@@ -203,7 +205,8 @@ cudaGraphExec_t DecodeStep::lookup_or_capture() {
   }
   check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
   cudaGraphExec_t exec = nullptr;
-  const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+  // Node priorities: the kernels captured on the branch's high-priority stream keep it.
+  const cudaError_t e = cudaGraphInstantiate(&exec, graph, cudaGraphInstantiateFlagUseNodePriority);
   cudaGraphDestroy(graph);
   check(e, "cudaGraphInstantiate");
   if (graphs_.size() >= kMaxGraphs) {
@@ -304,7 +307,7 @@ void DecodeStep::free_retired() {
 // ---- branches ----
 
 void DecodeStep::use_lane(int lane) {
-  cur_ = lane ? side_ : stream_;
+  cur_ = lane ? branch_stream_ : stream_;
   if (on_lane_) on_lane_(lane, cur_);
 }
 
@@ -314,15 +317,28 @@ void DecodeStep::branch_begin() {
   flush_pending();
   if (!side_) {
     check(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking), "cudaStreamCreate (branch)");
+    int least = 0, greatest = 0;
+    check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "stream priorities");
+    check(cudaStreamCreateWithPriority(&side_first_, cudaStreamNonBlocking, greatest), "cudaStreamCreate (branch)");
     check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), "cudaEventCreate (branch)");
     check(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming), "cudaEventCreate (branch)");
   }
+  // In a one-row step the branch (the attention's chain) and the ops beside it (the Mamba-2
+  // chain) are latency-bound chains of small kernels of about equal length: the branch's
+  // kernels first, whenever both have blocks waiting, shortened 7B steps (docs/cuda.md). With
+  // more rows the chain beside is the longer one and the priority lengthened the step.
+  const bool first = branch_priority_ && step_rows_ == 1;
+  cudaStream_t side = first ? side_first_ : side_;
   branch_ = Branch::Side;
-  record("branch begin", [this] {
-    check(cudaEventRecord(fork_, stream_), "branch fork");
-    check(cudaStreamWaitEvent(side_, fork_, 0), "branch fork");
-    use_lane(1);
-  });
+  record(
+      "branch begin",
+      [this, side] {
+        branch_stream_ = side;
+        check(cudaEventRecord(fork_, stream_), "branch fork");
+        check(cudaStreamWaitEvent(side, fork_, 0), "branch fork");
+        use_lane(1);
+      },
+      first);
 }
 
 void DecodeStep::branch_end() {
@@ -330,7 +346,7 @@ void DecodeStep::branch_end() {
   flush_pending();
   branch_ = Branch::Beside;
   record("branch end", [this] {
-    check(cudaEventRecord(join_, side_), "branch end");
+    check(cudaEventRecord(join_, branch_stream_), "branch end");
     use_lane(0);
   });
 }
@@ -448,6 +464,7 @@ bool DecodeStep::gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int
 }
 
 void DecodeStep::gemv(const float* x, int64_t ldx, int64_t T, const WeightView& w, const float* bias, float* y) {
+  if (step_rows_ == 0) step_rows_ = T;
   const size_t ny = static_cast<size_t>(T * w.rows);
   // The scale just before, into exactly this x: the GEMV reads the scale's input instead and
   // writes its output on the side (the same values, so every later reader sees them).
@@ -605,8 +622,15 @@ void DecodeStep::flush_pending(bool keep_scale) {
     }
     case PK::Gemv: {
       const GemvJob j = pg_;
-      record("gemv job", [=, this] { gemv_job(j, cur_); }, j.nparts, j.K, j.x, j.ldx, j.T, j.xs_out, j.x_out,
-             j.epi, j.h, j.other, j.y_first, j.sa, j.sb, j.gs, j.out);
+      // In a one-row step the attention's chain is the longer: the Mamba-2 out_proj beside it
+      // launched ahead (PDL) held two thirds of the SMs' registers while it waited for the scan,
+      // and the attention kernel could not start. With more rows the Mamba-2 chain is the longer.
+      const int where = (branch_ == Branch::Beside ? 1 : branch_ == Branch::Side ? 2 : 0) * (step_rows_ == 1 ? 1 : 4);
+      const bool plain = (plain_gemvs_ & where) != 0;
+      record("gemv job", [=, this] {
+        PdlOff off(plain);
+        gemv_job(j, cur_);
+      }, j.nparts, j.K, j.x, j.ldx, j.T, j.xs_out, j.x_out, j.epi, j.h, j.other, j.y_first, j.sa, j.sb, j.gs, j.out, plain);
       for (const GemvPart& p : j.part)
         for (uint64_t wd : {word(p.W), word(p.bias), word(p.y), word(p.N), word(p.xs), word(p.v)}) sig_.push_back(wd);
       return;

@@ -115,6 +115,11 @@ class DecodeStep {
   void set_fuse(bool on) { fuse_ = on; }
   void set_branches(bool on) { branches_ = on; }
   bool branches() const { return branches_; }
+  // A one-row step's branch runs on a stream of the greatest priority (see branch_begin()).
+  void set_branch_priority(bool on) { branch_priority_ = on; }
+  // Which GEMVs of a branched step launch without PDL: 1: beside the branch, one-row steps; 2: in
+  // the branch, one-row steps; 4 and 8: the same with more rows.
+  void set_plain_gemvs(int mask) { plain_gemvs_ = mask; }
   // The stream (0: the step's, 1: the branch's) that the op recorded now will run on.
   int lane() const { return recording_ && branch_ == Branch::Side ? 1 : 0; }
   // The stream the closures being run launch on.
@@ -286,13 +291,18 @@ class DecodeStep {
 
   cudaStream_t stream_;
   cudaStream_t cur_;
-  cudaStream_t side_ = nullptr;
+  cudaStream_t side_ = nullptr;        // the branch's stream
+  cudaStream_t side_first_ = nullptr;  // the same at the greatest priority (one-row steps)
+  cudaStream_t branch_stream_ = nullptr;  // the branch's, while the recorded ops run
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
   std::function<void(int, cudaStream_t)> on_lane_;
   Branch branch_ = Branch::None;
   bool graphs_on_ = true;
   bool fuse_ = true;
   bool branches_ = true;
+  bool branch_priority_ = true;
+  int plain_gemvs_ = 1;
+  int64_t step_rows_ = 0;  // the rows of the step's first GEMV (0: none recorded yet)
   bool recording_ = false;
   bool rec_dirty_ = false;
   bool hold_ = false;                     // hold the step recorded now at end()
