@@ -549,12 +549,22 @@ int split_count(int64_t n_keys, int64_t units, bool bucket) {
 // (cuda_step.h, branches), whose kernels take some of the slots: a range that then waits for a
 // second wave should be short (H200, 0.5B shape, batch 8 at 128K: 10.3 ms a step with 3200-key
 // ranges, 9.4 with 1600; batch 1 and shorter contexts keep one wave, which was faster there).
-int mma_split_count(int64_t n_keys, int64_t units, bool bucket) {
-  static const int64_t want_blocks = [] {
-    int dev = 0, sms = 132;
-    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+//
+// One sequence with a bucket of at most 64K keys aims at 3 blocks per SM instead: there the keys
+// are few, and shorter waves of longer ranges leave more of the SMs to the Mamba-2 chain beside
+// and fewer ranges to merge (H200, 7B batch 1: 16K 5.278 -> 5.153 ms, 32K 5.532 -> 5.424, 4K
+// within 0.5 %; 0.5B and 1.5B-Deep at 16K within 0.7 %; past the rule's end, 3 per SM was 0.4 %
+// slower at 64K and 6 % at 128K).
+int mma_split_count(int64_t n_keys, int64_t units, bool bucket, bool one_sequence) {
+  static const int64_t sms = [] {
+    int dev = 0, n = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return int64_t(n);
+  }();
+  // FH1_CUDA_DEC_MMA_BLOCKS (tuning only): the blocks to aim for, at every length.
+  static const int64_t forced_blocks = [] {
     const char* e = std::getenv("FH1_CUDA_DEC_MMA_BLOCKS");
-    return e ? std::max<int64_t>(16, std::atoll(e)) : int64_t(sms) * 5;
+    return e ? std::max<int64_t>(16, std::atoll(e)) : int64_t(0);
   }();
   static const int64_t max_range = [] {
     const char* e = std::getenv("FH1_CUDA_DEC_MMA_RANGE");
@@ -565,12 +575,13 @@ int mma_split_count(int64_t n_keys, int64_t units, bool bucket) {
     const char* e = std::getenv("FH1_CUDA_DEC_MMA_KEYS");
     return e ? std::max<int64_t>(16, std::atoll(e)) : int64_t(32);
   }();
-  const int one_wave = split_count_for(n_keys, units, bucket, want_blocks, keys);
   int64_t n = n_keys;
   if (bucket) {
     n = 64;
     while (n < n_keys) n *= 2;
   }
+  const int64_t want_blocks = forced_blocks ? forced_blocks : sms * (one_sequence && n <= (int64_t(1) << 16) ? 3 : 5);
+  const int one_wave = split_count_for(n_keys, units, bucket, want_blocks, keys);
   return static_cast<int>(std::max<int64_t>(one_wave, (n + max_range - 1) / max_range));
 }
 
@@ -643,7 +654,7 @@ void launch_decode_mma(const float* q, int64_t ldq, int64_t T, const bf16* k, co
                        const int64_t* n_pasts, int64_t zcount, int64_t n_keys, bool bucket, int H, int Hkv, int hd,
                        float scale, float* out, float* scratch, cudaStream_t s) {
   const bool rows = kcs != nullptr;
-  const int nsplit = mma_split_count(n_keys, zcount * Hkv, bucket);
+  const int nsplit = mma_split_count(n_keys, zcount * Hkv, bucket, zcount == 1);
   const int64_t qrows = rows ? zcount : T;  // query rows of the partial results
   float* ml = scratch;
   float* pacc = scratch + 2 * qrows * H * nsplit;
@@ -718,7 +729,7 @@ bool attention_rows_ok(int hd, int Hkv) { return hd % 4 == 0 && hd <= 256 && (in
 size_t attention_rows_scratch_floats(int64_t n, int64_t max_past, int H, int Hkv, int hd, bool bucket) {
   // Enough for either decode kernel.
   const int64_t ns = std::max(split_count(max_past + 1, gqa_units(n, H, Hkv, hd), bucket),
-                              mma_split_count(max_past + 1, n * Hkv, bucket));
+                              mma_split_count(max_past + 1, n * Hkv, bucket, n == 1));
   return static_cast<size_t>(n * H * ns) * static_cast<size_t>(2 + hd);
 }
 
@@ -745,7 +756,7 @@ size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int h
   // Enough for either decode kernel.
   const int64_t ns1 = split_plan(T, n_past, H).nsplit;
   const int64_t ns2 = split_count(n_past + T, gqa_units(T, H, Hkv, hd), bucket);
-  const int64_t ns3 = mma_split_count(n_past + T, Hkv, bucket);
+  const int64_t ns3 = mma_split_count(n_past + T, Hkv, bucket, true);
   return static_cast<size_t>(T * H * std::max({ns1, ns2, ns3})) * static_cast<size_t>(2 + hd);
 }
 
