@@ -18,7 +18,9 @@
 // Branches (kernels.h: branch_begin/end/join): the branch's ops are captured on a second stream
 // that forks from the step's stream and joins it again, so the graph runs them beside the ops
 // recorded between branch_end() and branch_join(). lane() says which stream an op being recorded
-// will run on, so that the backend gives each its own scratch memory.
+// will run on, so that the backend gives each its own scratch memory. In a one-row step the
+// branch's stream has the greatest priority and the GEMVs beside the branch launch without PDL
+// (their blocks would wait on the SMs and keep the branch's kernels out; docs/cuda.md).
 #pragma once
 
 #include <cuda_runtime.h>
