@@ -51,7 +51,12 @@ HWY_INLINE float F16(const uint8_t* p) {
 // 8 int32 lanes, each the sum of 4 products u8 x s8 (u < 128 or s small: no saturation here).
 HWY_INLINE __m256i DotU8S8(__m256i u, __m256i s) {
 #if HWY_TARGET <= HWY_AVX3_DL
-  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+  // vpdpbusd in its EVEX form (AVX512-VNNI + VL), written out: Highway 1.0's AVX3_DL target also
+  // enables AVX-VNNI, so the intrinsic compiled to the VEX form, an illegal instruction on CPUs
+  // with AVX-512 VNNI but no AVX-VNNI (AMD Zen 4), which the target's runtime check admits.
+  __m256i acc = _mm256_setzero_si256();
+  asm("%{evex%} vpdpbusd %[s], %[u], %[acc]" : [acc] "+v"(acc) : [u] "v"(u), [s] "v"(s));
+  return acc;
 #else
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 #endif
