@@ -522,14 +522,19 @@ struct SplitPlan {
   int64_t chunk;
 };
 
-// The number of key ranges for `n_keys` keys (rounded up to a power of two when `bucket`, so that
-// one plan serves every length of the bucket); `units` blocks per range.
+// The keys a plan is made for: `n_keys`, or with `bucket` its power-of-two bucket (at least 64),
+// so that one plan serves every length of the bucket.
+int64_t bucket_keys(int64_t n_keys, bool bucket) {
+  if (!bucket) return n_keys;
+  int64_t n = 64;
+  while (n < n_keys) n *= 2;
+  return n;
+}
+
+// The number of key ranges for `n_keys` keys (of their bucket when `bucket`); `units` blocks per
+// range.
 int split_count_for(int64_t n_keys, int64_t units, bool bucket, int64_t want_blocks, int64_t keys = 64) {
-  int64_t n = n_keys;
-  if (bucket) {
-    n = 64;
-    while (n < n_keys) n *= 2;
-  }
+  const int64_t n = bucket_keys(n_keys, bucket);
   const int64_t cap = std::max<int64_t>(1, want_blocks / std::max<int64_t>(1, units));
   return static_cast<int>(std::max<int64_t>(1, std::min((n + keys - 1) / keys, cap)));
 }
@@ -575,11 +580,7 @@ int mma_split_count(int64_t n_keys, int64_t units, bool bucket, bool one_sequenc
     const char* e = std::getenv("FH1_CUDA_DEC_MMA_KEYS");
     return e ? std::max<int64_t>(16, std::atoll(e)) : int64_t(32);
   }();
-  int64_t n = n_keys;
-  if (bucket) {
-    n = 64;
-    while (n < n_keys) n *= 2;
-  }
+  const int64_t n = bucket_keys(n_keys, bucket);
   const int64_t want_blocks = forced_blocks ? forced_blocks : sms * (one_sequence && n <= (int64_t(1) << 16) ? 3 : 5);
   const int one_wave = split_count_for(n_keys, units, bucket, want_blocks, keys);
   return static_cast<int>(std::max<int64_t>(one_wave, (n + max_range - 1) / max_range));
