@@ -113,12 +113,17 @@ TEST_F(CudaOpTest, RopeAtLargePositions) {
 
 TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
   struct Case { int64_t T, n_past; int H, Hkv, hd; };
-  struct Mode { bool tf32, kv_bf16; int flash; };
-  // float32 kernels, TF32 prefill, fp16 prefill, split bf16 prefill, bf16 decode
-  double worst[5] = {0, 0, 0, 0, 0};
-  for (const Mode m : {Mode{true, true, 3}, {true, true, 2}, {false, true, 3}, {true, false, 3}, {false, false, 3}}) {
+  const int wgmma_default = cuda::flash_wgmma();
+  struct Mode { bool tf32, kv_bf16; int flash, wgmma = -1; };  // -1: the default block shape
+  // float32 kernels, TF32 prefill, fp16 prefill, split bf16 prefill, bf16 decode, fp16 prefill on wgmma
+  double worst[6] = {0, 0, 0, 0, 0, 0};
+  // The fp16 prefill on Hopper's wgmma where the GPU has it (its other block shapes: the next
+  // test), and on mma.sync.
+  for (const Mode m : {Mode{true, true, 3}, {true, true, 3, 0}, {true, true, 2}, {false, true, 3}, {true, false, 3},
+                       {false, false, 3}}) {
     gpu->set_attention_tf32(m.tf32);
     cuda::set_flash_precision(m.flash);
+    cuda::set_flash_wgmma(m.wgmma < 0 ? wgmma_default : m.wgmma);
     ASSERT_TRUE(gpu->set_kv_cache_dtype(m.kv_bf16 ? DType::BF16 : DType::F32));
     ASSERT_EQ(gpu->kv_cache_dtype(), m.kv_bf16 ? DType::BF16 : DType::F32);
     for (Case c : {Case{1, 0, 4, 2, 16}, {1, 300, 6, 2, 64}, {3, 5, 5, 1, 24}, {8, 1000, 8, 2, 128},
@@ -150,18 +155,60 @@ TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
       const int kind = dec_mma ? 4 : flash16 ? (m.flash == 3 ? 2 : 3) : tc ? 1 : 0;
       const double tol = kind == 4 || kind == 3 ? 5e-4 : kind == 2 ? 8e-3 : kind == 1 ? 1.5e-2 : 1e-4;
       const double err = rel(out);
-      worst[kind] = std::max(worst[kind], err);
+      const int slot = kind == 2 && c.hd > 32 && cuda::flash_wgmma() > 0 ? 5 : kind;
+      worst[slot] = std::max(worst[slot], err);
       EXPECT_LE(err, tol) << "T=" << c.T << " n_past=" << c.n_past << " H=" << c.H << " Hkv=" << c.Hkv
                                << " hd=" << c.hd << " tf32=" << m.tf32 << " kv_bf16=" << m.kv_bf16
-                               << " flash=" << m.flash;
+                               << " flash=" << m.flash << " wgmma=" << cuda::flash_wgmma();
     }
   }
   gpu->set_attention_tf32(true);
   cuda::set_flash_precision(3);
+  cuda::set_flash_wgmma(wgmma_default);
   ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
-  std::printf("attention max|diff|/rms: float32 kernels %.2e, TF32 prefill %.2e, fp16 prefill %.2e, split bf16 "
-              "prefill %.2e, bf16 decode %.2e\n",
-              worst[0], worst[1], worst[2], worst[3], worst[4]);
+  std::printf("attention max|diff|/rms: float32 kernels %.2e, TF32 prefill %.2e, fp16 prefill %.2e (on wgmma "
+              "%.2e), split bf16 prefill %.2e, bf16 decode %.2e\n",
+              worst[0], worst[1], worst[2], worst[5], worst[3], worst[4]);
+}
+
+// Each block shape of the fp16 prefill on wgmma (FH1_CUDA_FLASH_WGMMA=N) against one float32
+// reference per case: rows and keys that end mid-tile, chunks with earlier keys, head sizes
+// padded to 64 or 128, query heads that share a KV head in pairs or not.
+TEST_F(CudaOpTest, AttentionPrefillWgmmaBlockShapes) {
+  if (!cuda::flash_wgmma_available()) GTEST_SKIP() << "this GPU or build has no sm_90a wgmma";
+  ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
+  const int wgmma_default = cuda::flash_wgmma();
+  struct Case { int64_t T, n_past; int H, Hkv, hd; };
+  constexpr int kVariants = 11;
+  double worst[kVariants + 1] = {};
+  for (Case c : {Case{77, 130, 12, 2, 128}, {200, 0, 8, 2, 64}, {130, 70, 4, 2, 40}, {300, 1000, 12, 2, 128},
+                 {513, 0, 4, 1, 128}, {100, 37, 6, 2, 64}, {129, 64, 3, 3, 96}, {700, 0, 6, 2, 128},
+                 {1000, 17, 8, 1, 128}, {2100, 3000, 12, 2, 128}}) {
+    const int64_t ldq = c.H * c.hd + 7, kvd = c.Hkv * c.hd, rows = c.n_past + c.T;
+    auto q = both(randn(static_cast<size_t>(c.T * ldq)));
+    auto kc = cache_both(randn(static_cast<size_t>(rows * kvd)));
+    auto vc = cache_both(randn(static_cast<size_t>(rows * kvd)));
+    const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
+    std::vector<float> ref(static_cast<size_t>(c.T * c.H * c.hd));
+    {
+      auto out = poisoned(ref.size());
+      cpu->attention(q.c.data(), ldq, c.T, kc.c.data(), vc.c.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.c.data());
+      ref = host(*cpu, out.c.data(), ref.size());
+    }
+    for (int variant = 0; variant <= kVariants; ++variant) {
+      cuda::set_flash_wgmma(variant);
+      auto out = poisoned(ref.size());
+      gpu->attention(q.g.data(), ldq, c.T, kc.g.data(), vc.g.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.g.data());
+      const double err = rel(host(*gpu, out.g.data(), ref.size()), ref);
+      worst[variant] = std::max(worst[variant], err);
+      EXPECT_LE(err, 8e-3) << "variant " << variant << " T=" << c.T << " n_past=" << c.n_past << " H=" << c.H
+                           << " Hkv=" << c.Hkv << " hd=" << c.hd;
+    }
+  }
+  cuda::set_flash_wgmma(wgmma_default);
+  std::printf("fp16 prefill max|diff|/rms by block shape (0: mma.sync):");
+  for (int variant = 0; variant <= kVariants; ++variant) std::printf(" %d: %.2e", variant, worst[variant]);
+  std::printf("\n");
 }
 
 // The fp16 prefill scales the caches and each query row by powers of two: values far outside
@@ -169,26 +216,44 @@ TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
 TEST_F(CudaOpTest, AttentionPrefillFp16KeepsValuesOutsideItsRange) {
   ASSERT_EQ(cuda::flash_precision(), 3) << "fp16 operands are the default";
   ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
-  EXPECT_EQ(gpu->prefill_attention(), "fp16 (scaled)");
-  struct Case { float q, k, v; };
-  for (const Case sc : {Case{1e-5f, 1e5f, 1e-6f}, {1e4f, 1e-4f, 3e6f}, {1.0f, 1.0f, 1e9f}, {3e-7f, 3e6f, 1e-9f}}) {
-    const int64_t T = 150, n_past = 90, rows = n_past + T;
-    const int H = 6, Hkv = 2, hd = 64;
-    const int64_t ldq = H * hd, kvd = Hkv * hd;
-    std::vector<float> qv = randn(static_cast<size_t>(T * ldq), sc.q);
-    for (int64_t t = 0; t < T; ++t)  // rows 1 .. 1e-3 times the case's size
-      for (int64_t j = 0; j < ldq; ++j) qv[static_cast<size_t>(t * ldq + j)] *= std::pow(10.0f, -float(t % 4));
-    auto q = both(qv);
-    auto kc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.k));
-    auto vc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.v));
-    auto out = poisoned(static_cast<size_t>(T * H * hd));
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    cpu->attention(q.c.data(), ldq, T, kc.c.data(), vc.c.data(), n_past, H, Hkv, hd, scale, out.c.data());
-    gpu->attention(q.g.data(), ldq, T, kc.g.data(), vc.g.data(), n_past, H, Hkv, hd, scale, out.g.data());
-    const double err = rel(out);
-    std::printf("fp16 prefill, q %.0e k %.0e v %.0e: max|diff|/rms %.2e\n", sc.q, sc.k, sc.v, err);
-    EXPECT_LE(err, 8e-3) << "q " << sc.q << " k " << sc.k << " v " << sc.v;
+  const int wgmma_default = cuda::flash_wgmma();
+  for (const int wgmma : {wgmma_default, 0}) {
+    cuda::set_flash_wgmma(wgmma);
+    EXPECT_EQ(gpu->prefill_attention(), cuda::flash_wgmma() ? "fp16 (scaled, wgmma)" : "fp16 (scaled)");
+    struct Case { float q, k, v; };
+    for (const Case sc : {Case{1e-5f, 1e5f, 1e-6f}, {1e4f, 1e-4f, 3e6f}, {1.0f, 1.0f, 1e9f}, {3e-7f, 3e6f, 1e-9f}}) {
+      const int64_t T = 150, n_past = 90, rows = n_past + T;
+      const int H = 6, Hkv = 2, hd = 64;
+      const int64_t ldq = H * hd, kvd = Hkv * hd;
+      std::vector<float> qv = randn(static_cast<size_t>(T * ldq), sc.q);
+      for (int64_t t = 0; t < T; ++t)  // rows 1 .. 1e-3 times the case's size
+        for (int64_t j = 0; j < ldq; ++j) qv[static_cast<size_t>(t * ldq + j)] *= std::pow(10.0f, -float(t % 4));
+      auto q = both(qv);
+      auto kc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.k));
+      auto vc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.v));
+      auto out = poisoned(static_cast<size_t>(T * H * hd));
+      const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+      cpu->attention(q.c.data(), ldq, T, kc.c.data(), vc.c.data(), n_past, H, Hkv, hd, scale, out.c.data());
+      gpu->attention(q.g.data(), ldq, T, kc.g.data(), vc.g.data(), n_past, H, Hkv, hd, scale, out.g.data());
+      const double err = rel(out);
+      std::printf("fp16 prefill (%s), q %.0e k %.0e v %.0e: max|diff|/rms %.2e\n",
+                  cuda::flash_wgmma() ? "wgmma" : "mma.sync", sc.q, sc.k, sc.v, err);
+      EXPECT_LE(err, 8e-3) << "q " << sc.q << " k " << sc.k << " v " << sc.v << " wgmma " << cuda::flash_wgmma();
+    }
   }
+  cuda::set_flash_wgmma(wgmma_default);
+}
+
+// On a Hopper GPU (compute capability 9.0) this build has the sm_90a code of the wgmma prefill,
+// and takes it by default.
+TEST_F(CudaOpTest, PrefillAttentionOnWgmmaWhereTheGpuHasIt) {
+  int dev = 0;
+  cudaDeviceProp prop{};
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaGetDeviceProperties(&prop, dev), cudaSuccess);
+  const bool hopper = prop.major == 9 && prop.minor == 0;
+  EXPECT_EQ(cuda::flash_wgmma_available(), hopper) << prop.name;
+  EXPECT_EQ(cuda::flash_wgmma() > 0, hopper);
 }
 
 TEST_F(CudaOpTest, KvWriteAppendsRowsInEitherCacheType) {

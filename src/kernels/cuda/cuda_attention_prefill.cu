@@ -226,55 +226,6 @@ __global__ void __launch_bounds__(128)
   store_rows(o, lrow, out, int64_t(H) * hd, h, hd, t_lo, t_hi, T, c4);
 }
 
-// exp2 without the subnormal handling of exp2f (one MUFU.EX2): a result below 2^-126 is 0.
-__device__ __forceinline__ float ex2_ftz(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// The fp16 kernel's online-softmax step on raw scores: the rows' true log2 scores are s * mul
-// (powers of two, so the products are exact), the running maxima stay raw, and off gets what
-// exp2 of the probabilities adds to s * mul: 15 - max * mul (the probabilities times 2^15).
-// o is rescaled only when a row's maximum moved (multiplying by 1 changes nothing). Against
-// scaling the scores first, exp2f and rescaling every tile: 7B prefill 1.4 % faster at 8K, 3.3 %
-// at 128K (H200, one call).
-template <int NT, int NO>
-__device__ __forceinline__ void online_softmax_step_scaled(const float (&s)[NT][4], const float (&mul)[2],
-                                                           float (&mrow)[2], float (&lrow)[2], float (&o)[NO][4],
-                                                           float (&off)[2]) {
-  float mx[2];
-  tile_row_max(s, mrow, mx);
-  float corr[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float mu = mx[r] == -INFINITY ? 0.0f : mx[r];
-    const float d = (mrow[r] - mu) * mul[r];
-    corr[r] = ex2_ftz(d);
-    mrow[r] = mx[r];
-    off[r] = fmaf(-mu, mul[r], 15.0f);
-    lrow[r] *= corr[r];
-  }
-  if (!__any_sync(0xffffffffu, corr[0] != 1.0f || corr[1] != 1.0f)) return;
-  rescale_rows(o, corr);
-}
-
-// The probabilities of 16 keys for the fp16 MMA: exp2(s * mul + off) (see above).
-__device__ __forceinline__ void probs_f16_scaled(const float (&s0)[4], const float (&s1)[4], const float (&mul)[2],
-                                                 const float (&off)[2], float (&lrow)[2], uint32_t (&pa)[4]) {
-  auto e = [](float x, float m, float c) { return ex2_ftz(fmaf(x, m, c)); };
-  const float p00 = e(s0[0], mul[0], off[0]), p01 = e(s0[1], mul[0], off[0]);
-  const float p02 = e(s0[2], mul[1], off[1]), p03 = e(s0[3], mul[1], off[1]);
-  const float p10 = e(s1[0], mul[0], off[0]), p11 = e(s1[1], mul[0], off[0]);
-  const float p12 = e(s1[2], mul[1], off[1]), p13 = e(s1[3], mul[1], off[1]);
-  lrow[0] += p00 + p01 + p10 + p11;
-  lrow[1] += p02 + p03 + p12 + p13;
-  pa[0] = pack_f16x2(p00, p01);
-  pa[1] = pack_f16x2(p02, p03);
-  pa[2] = pack_f16x2(p10, p11);
-  pa[3] = pack_f16x2(p12, p13);
-}
-
 // ---- prefill: flash attention on the tensor cores in 16-bit (bf16 KV caches) ----
 // FlashAttention-2's layout with mma.sync m16n8k16: W warps of 16 queries each; the block's Q
 // (scaled) waits in shared memory; K and V tiles of BK keys are copied into shared memory with
@@ -343,31 +294,9 @@ __global__ void __launch_bounds__(32 * W, MINB)
     // Each warp stages its own 16 rows, each scaled by its power of two.
     const int sk = -shift_for(kv_max[0]), sv = -shift_for(kv_max[1]);  // the scales taken out
     o_mul = pow2(sv);
-    constexpr int QP = (HDP / 2 + 31) / 32;  // pairs of values per lane and row
-    for (int r = 0; r < 16; ++r) {
-      const int64_t t = wq + r;
-      const float* qr = q + t * ldq + int64_t(h) * hd;
-      float2 v[QP];
-      float m = 0.0f;
-#pragma unroll
-      for (int i = 0; i < QP; ++i) {
-        const int d = 2 * (lane + 32 * i);
-        const bool ok = t < T && d < hd;  // hd is even
-        v[i] = ok ? make_float2(qr[d] * qscale, qr[d + 1] * qscale) : make_float2(0.0f, 0.0f);
-        m = fmaxf(m, fmaxf(fabsf(v[i].x), fabsf(v[i].y)));
-      }
-      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-      const int sq = -shift_for(__float_as_uint(m));
-      const float mul = pow2(-sq);
-#pragma unroll
-      for (int i = 0; i < QP; ++i) {
-        const int d = 2 * (lane + 32 * i);
-        if (d < HDP)
-          *reinterpret_cast<uint32_t*>(Qs + (warp * 16 + r) * LD + d) = pack_f16x2(v[i].x * mul, v[i].y * mul);
-      }
-      if (r == gq) s_mul[0] = pow2(sq + sk);
-      if (r == gq + 8) s_mul[1] = pow2(sq + sk);
-    }
+    stage_q_rows_f16<HDP>(q, ldq, wq, T, h, hd, qscale, sk, lane, gq, s_mul, [&](int r, int d, uint32_t v) {
+      *reinterpret_cast<uint32_t*>(Qs + (warp * 16 + r) * LD + d) = v;
+    });
   } else {
     for (int e = threadIdx.x; e < QB * (HDP / 2); e += blockDim.x) {
       const int r = e / (HDP / 2), d = 2 * (e - r * (HDP / 2));
@@ -593,6 +522,7 @@ void launch_flash16(const float* q, int64_t ldq, int64_t T, const bf16* k, const
     kv_max = static_cast<const uint32_t*>(scratch);
     k16 = reinterpret_cast<const uint16_t*>(static_cast<unsigned char*>(scratch) + 16);
     v16 = k16 + (n_past + T) * ldkv;
+    if (attention_prefill_wgmma(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, s)) return;
   }
   // fp16: 8 warps (128 queries) a block, registers capped so that 2 blocks share an SM, each K
   // and V tile thus serving twice the queries (7B prefill at 32K 7 % faster than 4 warps on an

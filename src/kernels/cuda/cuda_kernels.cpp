@@ -598,7 +598,9 @@ class CudaKernelsImpl final : public CudaKernels {
     if (!tf32_attn_) return "f32";
     if (!kv_bf16_) return "tf32";
     static const char* const by_precision[] = {"bf16", "bf16 (Q split)", "bf16 (Q and P split)", "fp16 (scaled)"};
-    return by_precision[cuda::flash_precision()];
+    const int prec = cuda::flash_precision();
+    if (prec == 3 && cuda::flash_wgmma() > 0) return "fp16 (scaled, wgmma)";
+    return by_precision[prec];
   }
   void set_decode_graphs(bool on) override {
     flush();

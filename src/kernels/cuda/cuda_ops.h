@@ -180,6 +180,13 @@ size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int h
 // 0 plain bf16 (up to 3e-2). FH1_CUDA_FLASH_PREC=N sets the start value.
 void set_flash_precision(int prec);
 int flash_precision();
+// The fp16 prefill attention on Hopper's warpgroup MMA (wgmma; cuda_attention_wgmma.cu) where
+// the GPU is compute capability 9.0 and the build has sm_90a code: 0 off (the mma.sync kernel),
+// 1..11 its block shapes (the default 5: tiles by the copy engine, 3 warpgroups of 64 queries;
+// the others for tuning, listed there). FH1_CUDA_FLASH_WGMMA=N sets the start value.
+void set_flash_wgmma(int variant);
+int flash_wgmma();
+bool flash_wgmma_available();
 bool attention_decode_device_len(int64_t T, int hd, const void* k, const void* v, int Hkv, bool kv_bf16);
 void attention(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,
                const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, bool kv_bf16,
