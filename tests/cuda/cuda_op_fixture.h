@@ -91,6 +91,7 @@ struct CudaOpFixture : ::testing::Test {
     int64_t T;
     int H, P, G, N, cs;
     float dt_min, dt_max;
+    int pad = 3;  // ld_xbc = H P + 2 G N + pad: 3 makes every row start off 16 bytes
   };
   struct ScanInputs {
     ScanShape c;
@@ -102,7 +103,7 @@ struct CudaOpFixture : ::testing::Test {
     const int64_t ds = int64_t(c.H) * c.P, GN = int64_t(c.G) * c.N;
     std::vector<float> A(static_cast<size_t>(c.H));
     for (auto& a : A) a = -std::exp(std::uniform_real_distribution<float>(-2.0f, 1.0f)(rng));
-    ScanInputs s{c, ds, GN, ds + 2 * GN + 3, c.H + 2, both(randn(static_cast<size_t>(c.T * (ds + 2 * GN + 3)))),
+    ScanInputs s{c, ds, GN, ds + 2 * GN + c.pad, c.H + 2, both(randn(static_cast<size_t>(c.T * (ds + 2 * GN + c.pad)))),
                  both(randn(static_cast<size_t>(c.T * (c.H + 2)))), both(A), both(randn(static_cast<size_t>(c.H))),
                  both(randn(static_cast<size_t>(c.H))), randn(static_cast<size_t>(ds * c.N), 0.5f), {}, {}};
     auto st = both(s.state0);

@@ -18,6 +18,7 @@
 // All float32; the state is read once and written once per call.
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -464,21 +465,24 @@ int64_t ssd_window(int64_t chunks, const SsmParams& p) {
   return std::max<int64_t>(1, std::min({w, chunks, int64_t(65535) / Q, int64_t(65535) / std::max(1, p.heads)}));
 }
 
-// Scratch of one window of nc chunks, in floats, each part rounded up to an even count (the running
-// sums are doubles and the pointer arrays 8-byte pointers). ssd_scan() lays it out in this order.
+// Scratch of one window of nc chunks, in floats, each part rounded up to 32 floats, so that every
+// part starts 128-byte aligned (the running sums are doubles, the pointer arrays 8-byte pointers,
+// and the GEMMs' tensor-core kernels read their matrices 16 bytes at a time: with an odd number
+// of heads, parts rounded only to an even count put CB 8 bytes off and TF32 failed with a
+// misaligned address). ssd_scan() lays it out in this order.
 struct SsdScratch {
   size_t cum, ptr, dtv, decay, cb, m, xd, e;
   SsdScratch(int64_t nc, const SsmParams& p) {
-    const auto even = [](size_t n) { return (n + 1) / 2 * 2; };
+    const auto part = [](size_t n) { return (n + 31) / 32 * 32; };
     const size_t Q = size_t(ssd_chunk_len(p)), nb = size_t(nc) * p.heads, ncg = size_t(nc) * p.groups;
-    cum = 2 * nb * Q;
-    ptr = 2 * (3 * nb + 9 * ncg);
-    dtv = even(nb * Q);
-    decay = even(nb);
-    cb = even(ncg * Q * Q);
-    m = even(nb * Q * Q);
-    xd = even(size_t(nc) * Q * size_t(p.heads) * p.head_dim);
-    e = even(nb * size_t(p.head_dim) * p.d_state);
+    cum = part(2 * nb * Q);
+    ptr = part(2 * (3 * nb + 9 * ncg));
+    dtv = part(nb * Q);
+    decay = part(nb);
+    cb = part(ncg * Q * Q);
+    m = part(nb * Q * Q);
+    xd = part(size_t(nc) * Q * size_t(p.heads) * p.head_dim);
+    e = part(nb * size_t(p.head_dim) * p.d_state);
   }
   size_t total() const { return cum + ptr + dtv + decay + cb + m + xd + e; }
 };
@@ -503,7 +507,14 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
   float* M = CB + sz.cb;
   float* Xd = M + sz.m;
   float* E = Xd + sz.xd;
-  const cublasComputeType_t compute = tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  // cuBLAS cannot see the pointers in the arrays, and its TF32 kernels assume 16-byte aligned
+  // matrices (a misaligned one is a device fault, not an error code): TF32 only where every
+  // matrix of every chunk starts on 16 bytes (the caller's x, B, C and y and their strides, the
+  // heads' and groups' column offsets, the scratch parts of Q x Q), else float32.
+  const auto on16 = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  const bool aligned = on16(x) && on16(B) && on16(C) && on16(y) && on16(scratch) && ld_xbc % 4 == 0 &&
+                       p.head_dim % 4 == 0 && p.d_state % 4 == 0 && Q % 4 == 0;
+  const cublasComputeType_t compute = tf32 && aligned ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
   const float one = 1.0f, zero = 0.0f;
   const int64_t HP = int64_t(p.heads) * p.head_dim;
   constexpr int kThreads = 256;
