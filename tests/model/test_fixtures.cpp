@@ -64,7 +64,7 @@ TEST_P(FixtureTest, ChunkedPrefillEqualsOneShotEqualsTokenByToken) {
 }
 
 // KV caches in bf16 (opt-in on the CPU): within 2e-2 of the reference (the CUDA tolerance; the
-// rounding of K and V is the whole difference), the same in pieces as in one call (the cache grows
+// rounding of K and V is the whole difference), close in pieces to one call (the cache grows
 // and is copied as bf16), and a snapshot continues as the original does.
 TEST_P(FixtureTest, Bf16KvCacheStaysCloseAndCopiesExactly) {
   const Fixture f = load_fixture(GetParam());
@@ -82,7 +82,11 @@ TEST_P(FixtureTest, Bf16KvCacheStaysCloseAndCopiesExactly) {
   const auto rest = std::span<const int32_t>(f.prompt_ids).subspan(half);
   const auto tail = model.forward(s, rest, true);
   got.insert(got.end(), tail.begin(), tail.end());
-  EXPECT_LE(relative_max_diff(got, ref), 2e-5) << f.name << " in two pieces";
+  // Pieces move the scan's chunk boundaries, so K and V differ from one call's by float rounding,
+  // and a value that lies at a bf16 rounding boundary then rounds the other way: one bf16 step
+  // (2^-8) in a few values. On release_head_dim_128 (150 tokens x 2 KV heads x 128) that is
+  // 5.7e-5 split mid-chunk and 0 split on a chunk boundary; every value rounded costs 3.7e-3.
+  EXPECT_LE(relative_max_diff(got, ref), 2e-4) << f.name << " in two pieces";
   EXPECT_EQ(model.forward(snap, rest, true), tail) << f.name << ": the snapshot continues differently";
 }
 

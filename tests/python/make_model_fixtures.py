@@ -194,6 +194,34 @@ CASES = [
               "(plain JSON numbers; the clamp is active at both ends), mamba_rms_norm false, n_groups 2 "
               "(5 heads/group), MQA 5q/1kv, hidden 80, chunk 8 with L=22 (2 chunks + 6), rope_theta 1e11 top-level.",
     ),
+    dict(
+        name="release_head_dim_128",
+        seed=6006,
+        storage="bf16",
+        L=150,
+        greedy_prompt_len=70,
+        cfg=dict(
+            vocab_size=256, hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+            num_attention_heads=6, num_key_value_heads=2, head_dim=128,
+            rms_norm_eps=1e-5, rope_theta=1e11,
+            mamba_d_ssm=192, mamba_n_heads=3, mamba_d_head=64, mamba_n_groups=1,
+            mamba_d_state=32, mamba_chunk_size=32, mamba_expand=2,
+            mamba_conv_bias=True, mamba_proj_bias=False, projectors_bias=False,
+            attention_bias=False, mlp_bias=False,
+            mamba_rms_norm=False, mamba_norm_before_gate=False,
+            tie_word_embeddings=False,
+            embedding_multiplier=1.2, lm_head_multiplier=0.8, key_multiplier=0.9,
+            attention_in_multiplier=1.1, attention_out_multiplier=0.75,
+            ssm_in_multiplier=0.9, ssm_out_multiplier=1.3,
+            mlp_multipliers=[1.1, 0.7], ssm_multipliers=[0.8, 1.4, 1.1, 0.6, 1.25],
+        ),
+        edit=dict(),
+        about="the release models' attention head size 128 (7B..34B) with GQA 6q/2kv (3 heads a group) and "
+              "heads x head_dim 768 > hidden 96, as the release shapes have; a 150-token prompt and a 70-token "
+              "greedy prompt, so that GPU prompts take the tensor-core flash attention over several 64-key tiles "
+              "ending mid-tile; mamba heads of 64, d_state 32, chunk 32 (4 chunks + 22), rope_theta 1e11 in "
+              "rope_parameters as transformers 5 writes it, bf16.",
+    ),
 ]
 
 
