@@ -349,8 +349,9 @@ std::atomic<int>& wgmma_setting() {
 
 // The block shapes (FH1_CUDA_FLASH_WGMMA / set_flash_wgmma), each (warpgroups, heads a block,
 // blocks an SM), 64-key tiles: by cp.async 1 (4, 2, 1), 2 (2, 1, 2), 3 (2, 2, 2); by the copy
-// engine (4 stages, one more warp) 4 (2, 1, 1), 5 (3, 1, 1), 6 (3, 3, 1), 7 (2, 2, 1), and with
-// the next tile's S in flight during the softmax 8 (2, 1, 1), 9 (2, 2, 1). Several
+// engine (4 stages, one more warp) 4 (2, 1, 1), 5 (3, 1, 1), 6 (3, 3, 1), 7 (2, 2, 1), with
+// the next tile's S in flight during the softmax 8 (2, 1, 1), 9 (2, 2, 1), with 5 stages 10
+// (3, 1, 1), with tiles of 128 keys in 3 stages 11 (2, 1, 1) (docs/cuda.md: their times). Several
 // heads a block only where the query heads of a KV head come in such groups (else the shape
 // with one head); the copy engine only where the head size is 64 or 128 (else 1).
 template <int HDP>
