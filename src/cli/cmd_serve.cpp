@@ -22,7 +22,7 @@ Runner add_serve_command(CLI::App& app) {
     ModelOptions model;
     std::string host = "127.0.0.1", name;
     int port = 8080, parallel = 4, queue = 64, read_timeout = 30, write_timeout = 30, http_threads = 0;
-    int64_t ctx = 0, step_tokens = 256;
+    int64_t ctx = 0, step_tokens = 0;
     double cache_mb = 256, max_body_mb = 8;
     bool quiet = false;
   };
@@ -39,8 +39,9 @@ Runner add_serve_command(CLI::App& app) {
       ->check(CLI::Range(0, 100000))->capture_default_str();
   cmd->add_option("--ctx", opt->ctx, "context length per sequence (default: max_position_embeddings)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--step-tokens", opt->step_tokens, "prompt tokens fed per batched step (prefill chunk)")
-      ->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--step-tokens", opt->step_tokens,
+                  "prompt tokens fed per batched step (prefill chunk; default: 256 on the CPU, 2048 on CUDA)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--cache-mb", opt->cache_mb, "memory for saved conversation states (0: no cache)")
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   cmd->add_option("--max-body-mb", opt->max_body_mb, "largest request body (larger: 413)")
@@ -96,9 +97,12 @@ Runner add_serve_command(CLI::App& app) {
       std::fprintf(stderr, "signal %d: shutting down\n", sig);
       http.stop();
     });
-    std::fprintf(stderr, "serving '%s' on http://%s:%d (parallel %d, queue %d, context %lld, cache %.0f MB)\n",
+    std::fprintf(stderr,
+                 "serving '%s' on http://%s:%d (parallel %d, queue %d, context %lld, %lld prompt tokens a step, "
+                 "cache %.0f MB)\n",
                  served.name.c_str(), opt->host.c_str(), http.port(), opt->parallel, opt->queue,
-                 static_cast<long long>(served.context_length), opt->cache_mb);
+                 static_cast<long long>(served.context_length), static_cast<long long>(scheduler.step_tokens()),
+                 opt->cache_mb);
     std::printf("listening on http://%s:%d\n", opt->host.c_str(), http.port());
     std::fflush(stdout);
     const bool ok = http.run();

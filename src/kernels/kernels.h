@@ -144,6 +144,9 @@ class Kernels {
                         int64_t ld_dt, int64_t T, const SsmParams& p, float* state, float* y) = 0;
 
   // ---- optional (defaults suit every CPU backend) ----
+  // The prompt tokens one forward call should take where the caller has no reason to choose:
+  // enough rows to keep the backend's matrix units busy, few enough to bound the activations.
+  virtual int64_t preferred_prompt_chunk() const { return 512; }
   // The element type of the KV caches that kv_write* write and attention* read: F32 (default)
   // or BF16. The caches are still passed as float* (memory from alloc()); a cache of R rows of
   // `width` values takes kv_cache_floats(R * width) floats. Nothing else reads or writes them

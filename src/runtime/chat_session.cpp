@@ -41,7 +41,7 @@ int64_t ChatSession::sync(const std::vector<int32_t>& ids, std::vector<float>& l
   }
   const int64_t reused = static_cast<int64_t>(history_.size());
   const std::span<const int32_t> rest = std::span<const int32_t>(ids).subspan(history_.size());
-  last_logits = prefill(model_, state_, rest, options_.prefill_chunk);
+  last_logits = prefill(model_, state_, rest, prompt_chunk(model_, options_));
   history_ = ids;
   return reused;
 }

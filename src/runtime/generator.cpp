@@ -18,6 +18,10 @@ std::vector<float> prefill(const Model& model, SequenceState& state, std::span<c
   return logits;
 }
 
+int64_t prompt_chunk(const Model& model, const GenerateOptions& opt) {
+  return opt.prefill_chunk > 0 ? opt.prefill_chunk : model.kernels().preferred_prompt_chunk();
+}
+
 int64_t context_limit(const Model& model, const GenerateOptions& opt) {
   return opt.context_length > 0 ? opt.context_length : model.config().max_position_embeddings;
 }
@@ -31,7 +35,7 @@ GenerateResult generate(const Model& model, SequenceState& state, std::span<cons
   if (opt.max_new_tokens < 0) throw Error("the number of tokens to generate must be >= 0");
   Sampler check(opt.sampling);  // bad sampling parameters fail before any work
   const auto t0 = std::chrono::steady_clock::now();
-  std::vector<float> logits = prefill(model, state, prompt, opt.prefill_chunk);
+  std::vector<float> logits = prefill(model, state, prompt, prompt_chunk(model, opt));
   const double prefill_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   GenerateResult r = continue_generation(model, state, std::move(logits), opt, on_token);
   r.prefill_seconds = prefill_s;

@@ -19,7 +19,7 @@ struct GenerateOptions {
   std::vector<int32_t> eos_ids;   // stop when one is generated (it is kept in the output)
   bool ignore_eos = false;
   int64_t context_length = 0;     // 0: the model's max_position_embeddings
-  int64_t prefill_chunk = 512;    // prompt tokens per forward call
+  int64_t prefill_chunk = 0;      // prompt tokens per forward call (0: the backend's preferred_prompt_chunk())
 };
 
 struct GenerateResult {
@@ -37,6 +37,9 @@ GenerateResult generate(const Model& model, SequenceState& state, std::span<cons
 GenerateResult continue_generation(const Model& model, SequenceState& state, std::vector<float> logits,
                                    const GenerateOptions& options,
                                    const std::function<bool(int32_t)>& on_token = nullptr);
+
+// The prompt tokens a forward call takes: options.prefill_chunk, or the backend's choice.
+int64_t prompt_chunk(const Model& model, const GenerateOptions& options);
 
 // The context limit in force: options.context_length, or the model's max_position_embeddings.
 int64_t context_limit(const Model& model, const GenerateOptions& options);

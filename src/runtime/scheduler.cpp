@@ -100,6 +100,10 @@ struct Scheduler::Slot {
   const std::vector<int32_t>& prompt() const { return request->params().prompt; }
 };
 
+int64_t default_step_tokens(const Kernels& kernels) {
+  return std::clamp<int64_t>(kernels.preferred_prompt_chunk() / 4, 256, 2048);
+}
+
 Scheduler::Scheduler(const Model& model, SchedulerOptions options)
     : model_(model),
       options_(options),
@@ -107,7 +111,7 @@ Scheduler::Scheduler(const Model& model, SchedulerOptions options)
                                                  : model.config().max_position_embeddings) {
   options_.parallel = std::max(1, options_.parallel);
   options_.queue = std::max(0, options_.queue);
-  options_.step_tokens = std::max<int64_t>(1, options_.step_tokens);
+  if (options_.step_tokens <= 0) options_.step_tokens = default_step_tokens(model.kernels());
   if (options_.cache_bytes > 0) cache_ = std::make_unique<StateCache>(options_.cache_bytes);
   stats_.parallel = options_.parallel;
   stats_.queue_limit = options_.queue;

@@ -101,6 +101,22 @@ TEST(StateCache, LongestProperPrefixAndLru) {
   EXPECT_GE(cache.stats().evictions, 1u);
 }
 
+// Unset, the prompt chunk of a generation and a server step's budget are the backend's: on the
+// CPU 512 and 256 tokens (CUDA: 8192 and 2048); set, they are as given.
+TEST(Scheduler, PromptChunksDefaultToTheBackends) {
+  Loaded l;
+  EXPECT_EQ(l.kernels->preferred_prompt_chunk(), 512);
+  GenerateOptions g;
+  EXPECT_EQ(prompt_chunk(l.model, g), 512);
+  g.prefill_chunk = 3;
+  EXPECT_EQ(prompt_chunk(l.model, g), 3);
+  EXPECT_EQ(default_step_tokens(*l.kernels), 256);
+  SchedulerOptions o;
+  EXPECT_EQ(Scheduler(l.model, o).step_tokens(), 256);
+  o.step_tokens = 7;
+  EXPECT_EQ(Scheduler(l.model, o).step_tokens(), 7);
+}
+
 TEST(Scheduler, BatchedRequestsMatchEachAlone) {
   Loaded l;
   SchedulerOptions o;
