@@ -13,7 +13,7 @@ struct SamplingOptions {
   int top_k = 0;
   uint64_t seed = 0;
   bool ignore_eos = false;
-  int64_t ctx = 0;
+  int64_t ctx = 0, prompt_chunk = 0;
 
   void add_to(CLI::App& cmd, int default_n) {
     n = default_n;
@@ -25,6 +25,9 @@ struct SamplingOptions {
     cmd.add_option("--seed", seed, "random seed for sampling");
     cmd.add_option("--ctx", ctx, "context length limit (default: max_position_embeddings)")->check(CLI::PositiveNumber);
     cmd.add_flag("--ignore-eos", ignore_eos, "do not stop at end-of-sequence tokens");
+    cmd.add_option("--prompt-chunk", prompt_chunk,
+                   "prompt tokens per forward call (default: 512 on the CPU, 8192 on CUDA; fewer: less memory)")
+        ->check(CLI::PositiveNumber);
   }
 
   GenerateOptions to_generate_options() const {
@@ -33,6 +36,7 @@ struct SamplingOptions {
     g.sampling = {temperature, top_k, top_p, min_p, seed};
     g.ignore_eos = ignore_eos;
     g.context_length = ctx;
+    g.prefill_chunk = prompt_chunk;
     return g;
   }
 };

@@ -43,6 +43,9 @@ n=$(echo "$ref_ids" | tr ',' '\n' | wc -l)
 expect_ok "generate --json" "$BIN" generate -m "$M" --ids "$ref_prompt" -n "$n" --ignore-eos --json
 got=$(tail -n 1 "$TMP/out" | grep -o '"ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
 if [[ "$got" == "$ref_ids" ]]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: greedy ids $got != $ref_ids"; fi
+expect_ok "generate --prompt-chunk 2" "$BIN" generate -m "$M" --ids "$ref_prompt" -n "$n" --ignore-eos --json --prompt-chunk 2
+got=$(tail -n 1 "$TMP/out" | grep -o '"ids":\[[^]]*\]' | sed 's/.*\[//; s/\]//')
+if [[ "$got" == "$ref_ids" ]]; then pass=$((pass + 1)); else fail=$((fail + 1)); echo "FAIL: greedy ids in 2-token calls $got != $ref_ids"; fi
 
 expect_ok "info" "$BIN" info -m "$M" --ctx 1000
 grep -q "parameters" "$TMP/out" && pass=$((pass + 1)) || { fail=$((fail + 1)); echo "FAIL: info output"; }
@@ -65,6 +68,7 @@ expect_fail "id outside the vocabulary" "outside the vocabulary" "$BIN" generate
 expect_fail "empty ids" "no token ids" "$BIN" logits -m "$M" --ids "" --out "$TMP/x.npy"
 expect_fail "prompt longer than the context" "context length" "$BIN" generate -m "$M" --ids 1,2,3,4,5 --ctx 3
 expect_fail "unknown option" "" "$BIN" generate -m "$M" --ids 1 --bogus
+expect_fail "zero prompt chunk" "prompt-chunk" "$BIN" generate -m "$M" --ids 1 --prompt-chunk 0
 expect_ok "bf16 KV cache on the CPU" "$BIN" generate -m "$M" --ids 1,2 -n 2 --kv-cache bf16
 expect_fail "unknown KV cache type" "kv-cache" "$BIN" generate -m "$M" --ids 1,2 --kv-cache f8
 expect_ok "f32 KV cache on the CPU" "$BIN" generate -m "$M" --ids 1,2 -n 2 --kv-cache f32
