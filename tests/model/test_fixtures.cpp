@@ -88,6 +88,16 @@ TEST_P(FixtureTest, Bf16KvCacheStaysCloseAndCopiesExactly) {
   // 5.7e-5 split mid-chunk and 0 split on a chunk boundary; every value rounded costs 3.7e-3.
   EXPECT_LE(relative_max_diff(got, ref), 2e-4) << f.name << " in two pieces";
   EXPECT_EQ(model.forward(snap, rest, true), tail) << f.name << ": the snapshot continues differently";
+  // Split on a chunk boundary, the scan's chunks are those of one call: as close as float32 caches.
+  const size_t chunk = static_cast<size_t>(model.config().mamba_chunk_size);
+  const size_t aligned = f.prompt_ids.size() / 2 / chunk * chunk;
+  if (aligned > 0) {
+    SequenceState a = model.new_state(4);
+    std::vector<float> split = model.forward(a, std::span<const int32_t>(f.prompt_ids).subspan(0, aligned), true);
+    const auto second = model.forward(a, std::span<const int32_t>(f.prompt_ids).subspan(aligned), true);
+    split.insert(split.end(), second.begin(), second.end());
+    EXPECT_LE(relative_max_diff(split, ref), 2e-5) << f.name << " in two pieces at token " << aligned;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFixtures, FixtureTest, ::testing::ValuesIn(fixture_names()),
