@@ -263,7 +263,7 @@ size_t device_used() {
 
 // Bytes of KV cache per token of one sequence (K and V of every layer, in the backend's KV type).
 uint64_t kv_bytes_per_token(const ModelConfig& c, const Kernels& k) {
-  return uint64_t(c.kv_dim()) * 2 * dtype_size(k.kv_cache_dtype()) * c.num_hidden_layers;
+  return uint64_t(k.kv_cache_floats(1, c.kv_dim())) * sizeof(float) * 2 * c.num_hidden_layers;
 }
 
 }  // namespace
@@ -274,7 +274,8 @@ int main(int argc, char** argv) {
   int steps = 32;
   int64_t chunk = 32768, scan_tokens = 0, f16_rows = -1, matmul_rows = 0;
   int ssd_tf32 = -1;  // -1: the backend's default (FH1_CUDA_SSD_TF32)
-  bool split = true, tf32 = true, graphs = true, kv_bf16 = true, top1 = false, draw = false;
+  bool split = true, tf32 = true, graphs = true, top1 = false, draw = false;
+  std::string kv_name = "bf16";  // --kv: bf16, f32 or q8
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--models") models = v;
@@ -283,7 +284,7 @@ int main(int argc, char** argv) {
     else if (a == "--attention") tf32 = v != "f32";
     else if (a == "--ssd") ssd_tf32 = v != "f32" ? 1 : 0;  // the chunked SSD's products
     else if (a == "--graphs") graphs = v != "0";
-    else if (a == "--kv") kv_bf16 = v != "f32";
+    else if (a == "--kv") kv_name = v;
     else if (a == "--logits") {  // decode: every logit to the host, the best (greedy), or a draw
       top1 = v == "top1";
       draw = v == "draw";
@@ -300,6 +301,8 @@ int main(int argc, char** argv) {
     else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 2; }
   }
   try {
+    const DType kv_type = kv_name == "f32" ? DType::F32 : kv_name == "q8" ? DType::I8 : DType::BF16;
+    if (kv_name != "f32" && kv_name != "q8" && kv_name != "bf16") throw Error("--kv: expected bf16, f32 or q8");
     if (cuda_device_count() == 0) throw Error("no CUDA device");
     cudaDeviceProp prop{};
     ck(cudaGetDeviceProperties(&prop, 0), "props");
@@ -310,7 +313,7 @@ int main(int argc, char** argv) {
       if (f16_rows < 0) f16_rows = k0->matmul_f16_rows();
       if (ssd_tf32 < 0) ssd_tf32 = k0->scan_tf32() ? 1 : 0;
       k0->set_attention_tf32(tf32);
-      k0->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
+      k0->set_kv_cache_dtype(kv_type);
       attention = k0->prefill_attention();
     }
     const std::string matmul = !split ? "bf16 (activations rounded once)"
@@ -320,7 +323,7 @@ int main(int argc, char** argv) {
                 "matmul %s; prefill attention %s; SSD scan %s; decode graphs %s; KV cache %s; prefill in chunks of %lld tokens\n",
                 prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, bw, gemm,
                 matmul.c_str(),
-                attention.c_str(), ssd_tf32 == 1 ? "tf32" : "f32", graphs ? "on" : "off", kv_bf16 ? "bf16" : "f32",
+                attention.c_str(), ssd_tf32 == 1 ? "tf32" : "f32", graphs ? "on" : "off", kv_name.c_str(),
                 static_cast<long long>(chunk));
     std::ofstream js;
     if (!json_path.empty()) js.open(json_path);
@@ -333,7 +336,7 @@ int main(int argc, char** argv) {
       j["ssd"] = ssd_tf32 == 1 ? "tf32" : "f32";
       j["graphs"] = graphs;
       j["logits"] = top1 ? "top1" : draw ? "draw" : "all";
-      j["kv_cache"] = kv_bf16 ? "bf16" : "f32";
+      j["kv_cache"] = kv_name;
       if (js) js << j.dump() << "\n" << std::flush;
     };
     for (const Shape& s : all_shapes()) {
@@ -349,7 +352,7 @@ int main(int argc, char** argv) {
       k->set_attention_tf32(tf32);
       k->set_scan_tf32(ssd_tf32 == 1);
       k->set_decode_graphs(graphs);
-      k->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32);
+      k->set_kv_cache_dtype(kv_type);
       Model model = Model::from_store(c, TensorStore::open_files({file}), *k);
       k->randomize_weights(42);
       fs::remove(file);
@@ -536,8 +539,8 @@ int main(int argc, char** argv) {
             states.push_back(model.new_state(ctx + steps + 8));
             SequenceState& st = states.back();
             for (int l = 0; l < c.num_hidden_layers; ++l) {
-              k->fill_random_kv(st.k_cache(l), static_cast<size_t>(ctx * c.kv_dim()), 1.0f, 11 + 977 * b + l);
-              k->fill_random_kv(st.v_cache(l), static_cast<size_t>(ctx * c.kv_dim()), 1.0f, 13 + 991 * b + l);
+              k->fill_random_kv(st.k_cache(l), ctx, c.kv_dim(), 1.0f, 11 + 977 * b + l);
+              k->fill_random_kv(st.v_cache(l), ctx, c.kv_dim(), 1.0f, 13 + 991 * b + l);
               k->fill_random(st.ssm_state(l), static_cast<size_t>(c.mamba_n_heads) * c.mamba_d_head * c.mamba_d_state,
                              0.1f, 17 + 7 * b + l);
             }

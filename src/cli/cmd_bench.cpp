@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/model_options.h"
 #include "kernels/cpu/memory_bandwidth.h"
 #include "kernels/cpu/simd_kernels.h"
 #include "model/model.h"
@@ -205,18 +206,25 @@ Decode run_decode(const Model& m, ThreadPool& pool, int64_t depth, double min_se
   const ModelConfig& c = m.config();
   SequenceState s = m.new_state(depth + max_steps + 2);
   const int64_t kvd = c.kv_dim();
-  const bool bf16 = m.kernels().kv_cache_dtype() == DType::BF16;  // else float32 (CPU backends)
+  const DType kv_type = m.kernels().kv_cache_dtype();  // F32, BF16 or I8 (CPU backends)
+  const size_t row_floats = m.kernels().kv_cache_floats(1, kvd);
   for (int l = 0; l < c.num_hidden_layers; ++l)
     for (float* cache : {s.k_cache(l), s.v_cache(l)})
       pool.parallel_for(static_cast<size_t>(depth), [&](size_t r0, size_t r1) {
         uint32_t x = static_cast<uint32_t>(r0 * 2654435761u + static_cast<uint32_t>(l) + 1);
-        for (size_t i = r0 * kvd; i < r1 * kvd; ++i) {  // xorshift32, uniform in [-1, 1)
-          x ^= x << 13;
-          x ^= x >> 17;
-          x ^= x << 5;
-          const float v = static_cast<float>(x >> 8) * (2.0f / 16777216.0f) - 1.0f;
-          if (bf16) reinterpret_cast<uint16_t*>(cache)[i] = f32_to_bf16(v);
-          else cache[i] = v;
+        std::vector<float> row(static_cast<size_t>(kvd));
+        for (size_t r = r0; r < r1; ++r) {
+          for (float& v : row) {  // xorshift32, uniform in [-1, 1)
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            v = static_cast<float>(x >> 8) * (2.0f / 16777216.0f) - 1.0f;
+          }
+          float* dst = cache + r * row_floats;
+          if (kv_type == DType::I8) kv_q8_quantize_row(row.data(), kvd, reinterpret_cast<uint8_t*>(dst));
+          else if (kv_type == DType::BF16)
+            for (int64_t i = 0; i < kvd; ++i) reinterpret_cast<uint16_t*>(cache)[r * kvd + i] = f32_to_bf16(row[i]);
+          else std::copy(row.begin(), row.end(), dst);
         }
       });
   s.advance(depth);
@@ -237,9 +245,9 @@ Decode run_decode(const Model& m, ThreadPool& pool, int64_t depth, double min_se
   r.seconds_per_token = step_seconds[step_seconds.size() / 2];
   r.tokens_per_s = 1.0 / r.seconds_per_token;
   const double mid_depth = static_cast<double>(depth) + 1.0 + static_cast<double>(r.steps) / 2.0;
-  r.bytes_per_token = static_cast<double>(decode_weight_bytes(m)) +
-                      static_cast<double>(c.state_bytes(static_cast<int64_t>(mid_depth),
-                                                        dtype_size(m.kernels().kv_cache_dtype())));
+  const double kv_bytes = 2.0 * c.num_hidden_layers * 4.0 *
+                         static_cast<double>(m.kernels().kv_cache_floats(static_cast<int64_t>(mid_depth), kvd));
+  r.bytes_per_token = static_cast<double>(decode_weight_bytes(m)) + static_cast<double>(c.state_bytes(0)) + kv_bytes;
   return r;
 }
 
@@ -272,8 +280,8 @@ Runner add_bench_command(CLI::App& app) {
   cmd->add_flag("--no-bandwidth", opt->no_bandwidth, "skip the memory bandwidth measurement");
   cmd->add_flag("--no-gemm", opt->no_gemm, "skip the GEMM rate measurement");
   cmd->add_flag("--reference", opt->reference, "use the reference (unoptimized) CPU kernels");
-  cmd->add_option("--kv-cache", opt->kv_cache, "KV cache type: f32 or bf16")
-      ->check(CLI::IsMember({"f32", "bf16"}))
+  cmd->add_option("--kv-cache", opt->kv_cache, "KV cache type: f32, bf16 or q8")
+      ->check(CLI::IsMember({"f32", "bf16", "q8"}))
       ->capture_default_str();
   cmd->add_flag("--json", opt->json, "print one JSON object");
   return [cmd, opt]() -> int {
@@ -301,7 +309,7 @@ Runner add_bench_command(CLI::App& app) {
     const auto depths = parse_id_list(opt->depths);
     ThreadPool pool(opt->threads);
     auto kernels = opt->reference ? make_reference_kernels(pool) : make_cpu_kernels(pool);
-    if (!kernels->set_kv_cache_dtype(opt->kv_cache == "bf16" ? DType::BF16 : DType::F32))
+    if (!kernels->set_kv_cache_dtype(kv_cache_dtype_from_name(opt->kv_cache)))
       throw Error("--kv-cache " + opt->kv_cache + ": the " + kernels->name() + " backend cannot keep that type");
     FILE* log = opt->json ? stderr : stdout;
 

@@ -11,11 +11,17 @@
 
 namespace fh1::cli {
 
+DType kv_cache_dtype_from_name(const std::string& name) {
+  if (name == "f32") return DType::F32;
+  if (name == "bf16") return DType::BF16;
+  if (name == "q8") return DType::I8;
+  throw Error("--kv-cache: expected auto, f32, bf16 or q8, found " + name);
+}
+
 std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& pool, const std::string& kv_cache) {
-  if (kv_cache != "auto" && kv_cache != "f32" && kv_cache != "bf16")
-    throw Error("--kv-cache: expected auto, f32 or bf16, found " + kv_cache);
+  const DType kv_type = kv_cache == "auto" ? DType::UNKNOWN : kv_cache_dtype_from_name(kv_cache);
   const auto with_kv = [&](std::unique_ptr<Kernels> k) {
-    if (kv_cache != "auto" && !k->set_kv_cache_dtype(kv_cache == "bf16" ? DType::BF16 : DType::F32))
+    if (kv_type != DType::UNKNOWN && !k->set_kv_cache_dtype(kv_type))
       throw Error("--kv-cache " + kv_cache + ": the " + k->name() + " backend cannot keep its KV cache in that type");
     return k;
   };

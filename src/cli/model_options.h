@@ -24,13 +24,16 @@ struct ModelOptions {
     cmd.add_option("-t,--threads", threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
     cmd.add_option("--device", device, "cpu, or cuda[:N] in a build with -DFALCON_H1_CUDA=ON")->capture_default_str();
     cmd.add_option("--kv-cache", kv_cache,
-                   "KV cache type: auto (the backend's default: f32 on the CPU, bf16 on CUDA), f32 or bf16")
-        ->check(CLI::IsMember({"auto", "f32", "bf16"}))
+                   "KV cache type: auto (the backend's default: f32 on the CPU, bf16 on CUDA), f32, bf16, or "
+                   "q8 (8-bit values with a scale per 32: about half of bf16's bytes, not exact to the reference)")
+        ->check(CLI::IsMember({"auto", "f32", "bf16", "q8"}))
         ->capture_default_str();
   }
 };
 
-// The backend a --device names, its KV caches of the type kv_cache names (auto, f32, bf16);
+// A --kv-cache name (f32, bf16, q8) as the backend's KV cache type; throws fh1::Error for another.
+DType kv_cache_dtype_from_name(const std::string& name);
+// The backend a --device names, its KV caches of the type kv_cache names (auto, f32, bf16, q8);
 // throws fh1::Error for an unknown or unavailable one, or a KV type the backend cannot keep.
 std::unique_ptr<Kernels> make_kernels(const std::string& device, ThreadPool& pool, const std::string& kv_cache = "auto");
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "util/dtype.h"
+#include "quant/kv_q8.h"
 
 namespace fh1 {
 
@@ -147,16 +148,22 @@ class Kernels {
   // The prompt tokens one forward call should take where the caller has no reason to choose:
   // enough rows to keep the backend's matrix units busy, few enough to bound the activations.
   virtual int64_t preferred_prompt_chunk() const { return 512; }
-  // The element type of the KV caches that kv_write* write and attention* read: F32 (default)
-  // or BF16. The caches are still passed as float* (memory from alloc()); a cache of R rows of
-  // `width` values takes kv_cache_floats(R * width) floats. Nothing else reads or writes them
-  // except copy(), by whole floats.
+  // The element type of the KV caches that kv_write* write and attention* read: F32 (default),
+  // BF16, or I8 (8-bit values with a float32 scale per block, quant/kv_q8.h). The caches are
+  // still passed as float* (memory from alloc()); a cache of R rows of `width` values takes
+  // kv_cache_floats(R, width) floats, and its first r rows are its first kv_cache_floats(r, width)
+  // floats. Nothing else reads or writes them except copy(), by whole floats.
   virtual DType kv_cache_dtype() const { return DType::F32; }
   // Chooses that type, before any SequenceState of this backend exists; false when the backend
-  // cannot keep it (every backend keeps F32; the default CPU backend and CUDA also BF16).
+  // cannot keep it (every backend keeps F32; the default CPU backend and CUDA also BF16 and I8).
   virtual bool set_kv_cache_dtype(DType t) { return t == DType::F32; }
-  size_t kv_cache_floats(size_t values) const {
-    return kv_cache_dtype() == DType::BF16 ? (values + 1) / 2 : values;
+  size_t kv_cache_floats(int64_t rows, int64_t width) const {
+    const auto values = static_cast<size_t>(rows * width);
+    switch (kv_cache_dtype()) {
+      case DType::BF16: return (values + 1) / 2;
+      case DType::I8: return static_cast<size_t>(rows * kv_q8_row_bytes(width) / 4);
+      default: return values;
+    }
   }
   // cache[row + i, :] = src[i, :] for i < rows, rows of `width` floats: appends K or V rows.
   virtual void kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) {

@@ -42,7 +42,7 @@ uint64_t SequenceState::memory_bytes() const {
 }
 
 size_t SequenceState::kv_floats(int64_t rows) const {
-  return kernels_->kv_cache_floats(static_cast<size_t>(rows * kv_dim_));
+  return kernels_->kv_cache_floats(rows, kv_dim_);
 }
 
 void SequenceState::reset() {

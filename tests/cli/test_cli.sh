@@ -72,6 +72,7 @@ expect_fail "zero prompt chunk" "prompt-chunk" "$BIN" generate -m "$M" --ids 1 -
 expect_ok "bf16 KV cache on the CPU" "$BIN" generate -m "$M" --ids 1,2 -n 2 --kv-cache bf16
 expect_fail "unknown KV cache type" "kv-cache" "$BIN" generate -m "$M" --ids 1,2 --kv-cache f8
 expect_ok "f32 KV cache on the CPU" "$BIN" generate -m "$M" --ids 1,2 -n 2 --kv-cache f32
+expect_ok "8-bit KV cache on the CPU" "$BIN" generate -m "$M" --ids 1,2,3,4,5 -n 3 --kv-cache q8 --prompt-chunk 2
 expect_fail "no subcommand" "" "$BIN"
 mkdir -p "$TMP/bad"
 echo '{"model_type": "llama"}' >"$TMP/bad/config.json"

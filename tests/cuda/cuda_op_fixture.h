@@ -71,15 +71,18 @@ struct CudaOpFixture : ::testing::Test {
   };
   // An output poisoned with NaN in both backends, so unwritten elements fail.
   Pair poisoned(size_t n) { return both(std::vector<float>(n, NAN)); }
-  // A KV cache of v.size() values in both backends: the reference holds v as float32; the GPU
-  // holds it in its kv_cache_dtype(), written by its own kv_write (bf16: the reference then holds
-  // v rounded to bf16, so both attend over the same values).
-  Pair cache_both(std::vector<float> v) {
-    Pair p{Buffer(*cpu, v.size()), Buffer(*gpu, gpu->kv_cache_floats(v.size())), v.size()};
+  // A KV cache of v.size() values (rows of `width`) in both backends: the reference holds v as
+  // float32; the GPU holds it in its kv_cache_dtype(), written by its own kv_write. The reference
+  // then holds what the GPU attends over: bf16: v rounded to bf16; 8 bits: the GPU's values
+  // (quant/kv_q8.h) rounded to bf16, as its kernels widen them.
+  Pair cache_both(std::vector<float> v, int64_t width) {
+    const int64_t rows = static_cast<int64_t>(v.size()) / width;
+    Pair p{Buffer(*cpu, v.size()), Buffer(*gpu, gpu->kv_cache_floats(rows, width)), v.size()};
     Buffer src(*gpu, v.size());
     gpu->from_host(src.data(), v.data(), v.size());
-    gpu->kv_write(p.g.data(), 0, src.data(), 1, static_cast<int64_t>(v.size()));
-    if (gpu->kv_cache_dtype() == DType::BF16)
+    gpu->kv_write(p.g.data(), 0, src.data(), rows, width);
+    if (gpu->kv_cache_dtype() == DType::I8) v = cache_host(p, width);
+    if (gpu->kv_cache_dtype() != DType::F32)
       for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
     cpu->from_host(p.c.data(), v.data(), v.size());
     return p;
@@ -127,13 +130,20 @@ struct CudaOpFixture : ::testing::Test {
                   st.g.data(), y.g.data());
     return {host(*gpu, y.g.data(), y.n), host(*gpu, st.g.data(), st.n)};
   }
-  // The GPU cache's values as float32.
-  std::vector<float> cache_host(const Pair& p) {
-    if (gpu->kv_cache_dtype() != DType::BF16) return host(*gpu, p.g.data(), p.n);
-    const std::vector<float> raw = host(*gpu, p.g.data(), gpu->kv_cache_floats(p.n));
+  // The GPU cache's values (rows of `width`) as float32.
+  std::vector<float> cache_host(const Pair& p, int64_t width) {
+    if (gpu->kv_cache_dtype() == DType::F32) return host(*gpu, p.g.data(), p.n);
+    const int64_t rows = static_cast<int64_t>(p.n) / width;
+    const std::vector<float> raw = host(*gpu, p.g.data(), gpu->kv_cache_floats(rows, width));
+    std::vector<float> v(p.n);
+    if (gpu->kv_cache_dtype() == DType::I8) {
+      const auto* bytes = reinterpret_cast<const uint8_t*>(raw.data());
+      for (int64_t r = 0; r < rows; ++r)
+        kv_q8_dequantize(bytes + r * kv_q8_row_bytes(width), width, 0, width, v.data() + r * width);
+      return v;
+    }
     std::vector<uint16_t> h(raw.size() * 2);
     std::memcpy(h.data(), raw.data(), raw.size() * sizeof(float));
-    std::vector<float> v(p.n);
     for (size_t i = 0; i < p.n; ++i) v[i] = bf16_to_f32(h[i]);
     return v;
   }

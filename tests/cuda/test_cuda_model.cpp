@@ -24,6 +24,7 @@ class CudaModelTest : public ::testing::TestWithParam<std::string> {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device visible: CUDA tests not run";
     gpu = make_cuda_kernels(0);
   }
+  void decode_graphs_equal_direct_launches(DType kv);
   std::unique_ptr<Kernels> gpu;
 };
 
@@ -75,6 +76,50 @@ TEST_P(CudaModelTest, LogitsMatchTransformersAndArgmaxAgrees) {
     }
   }
   EXPECT_GT(checked, 0) << f.name;
+}
+
+// 8-bit KV caches (opt-in, quant/kv_q8.h): within the CPU test's 5e-2 of the reference, the
+// teacher-forced argmax where the reference's margin exceeds twice the deviation, close to the
+// CPU backend's 8-bit caches, and the greedy tokens continue through the 8-bit decode kernel.
+TEST_P(CudaModelTest, Q8KvCacheStaysClose) {
+  constexpr double kQ8Tol = 5e-2;
+  const Fixture f = load_fixture(GetParam());
+  ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::I8));
+  Backend be;
+  ASSERT_TRUE(be.kernels->set_kv_cache_dtype(DType::I8));
+  const Model mg = Model::load(f.dir, *gpu), mc = Model::load(f.dir, *be.kernels);
+  SequenceState sg = mg.new_state(), sc = mc.new_state();
+  const std::vector<float> lg = mg.forward(sg, f.prompt_ids, true), lc = mc.forward(sc, f.prompt_ids, true);
+  const double rel = relative_max_diff(lg, f.logits);
+  std::printf("[ %s ] cuda, 8-bit KV: logits max|diff|/rms(ref) = %.3g, against the CPU's 8-bit KV %.3g\n",
+              f.name.c_str(), rel, relative_max_diff(lg, lc));
+  EXPECT_LE(rel, kQ8Tol) << f.name;
+  EXPECT_LE(relative_max_diff(lg, lc), kQ8Tol) << f.name;
+  const size_t V = static_cast<size_t>(mg.config().vocab_size);
+  const double delta = rel * rms(f.logits);
+  int checked = 0;
+  for (size_t t = 0; t < f.prompt_ids.size(); ++t) {
+    const float* r = f.logits.data() + t * V;
+    const float* g = lg.data() + t * V;
+    const size_t ra = static_cast<size_t>(std::max_element(r, r + V) - r);
+    float second = -INFINITY;
+    for (size_t i = 0; i < V; ++i)
+      if (i != ra) second = std::max(second, r[i]);
+    if (r[ra] - second > 2 * delta) {
+      ++checked;
+      EXPECT_EQ(static_cast<size_t>(std::max_element(g, g + V) - g), ra) << f.name << " position " << t;
+    }
+  }
+  EXPECT_GT(checked, 0) << f.name;
+  // Decode steps (graphs, the 8-bit decode kernel) against the CPU's 8-bit caches, teacher-forced.
+  const auto rest = std::span<const int32_t>(f.greedy_ids);
+  std::vector<float> dg, dc;
+  for (size_t i = 0; i < std::min<size_t>(rest.size(), 12); ++i) {
+    const auto a = mg.forward(sg, rest.subspan(i, 1)), b = mc.forward(sc, rest.subspan(i, 1));
+    dg.insert(dg.end(), a.begin(), a.end());
+    dc.insert(dc.end(), b.begin(), b.end());
+  }
+  EXPECT_LE(relative_max_diff(dg, dc), kQ8Tol) << f.name << ": decode steps";
 }
 
 TEST_P(CudaModelTest, CloseToCpuBackend) {
@@ -286,8 +331,14 @@ TEST_P(CudaModelTest, MixedBatchEqualsEachAlone) {
 // not, compute what the same ops launched one by one compute. Six sequences: the matmuls of more
 // than 4 rows go to cuBLAS, inside the branch too.
 TEST_P(CudaModelTest, DecodeGraphsEqualDirectLaunches) {
+  for (const DType kv : {DType::BF16, DType::I8}) decode_graphs_equal_direct_launches(kv);
+}
+
+void CudaModelTest::decode_graphs_equal_direct_launches(DType kv) {
   const Fixture f = load_fixture(GetParam());
   auto* cg = static_cast<CudaKernels*>(gpu.get());
+  ASSERT_TRUE(gpu->set_kv_cache_dtype(kv));
+  SCOPED_TRACE(std::string("KV cache ") + dtype_name(kv));
   const Model model = Model::load(f.dir, *gpu);
   const std::span<const int32_t> ids(f.prompt_ids);
   ASSERT_GE(ids.size(), 20u);

@@ -114,18 +114,20 @@ TEST_F(CudaOpTest, RopeAtLargePositions) {
 TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
   struct Case { int64_t T, n_past; int H, Hkv, hd; };
   const int wgmma_default = cuda::flash_wgmma();
-  struct Mode { bool tf32, kv_bf16; int flash, wgmma = -1; };  // -1: the default block shape
-  // float32 kernels, TF32 prefill, fp16 prefill, split bf16 prefill, bf16 decode, fp16 prefill on wgmma
-  double worst[6] = {0, 0, 0, 0, 0, 0};
+  struct Mode { bool tf32; DType kv; int flash, wgmma = -1; };  // -1: the default block shape
+  // float32 kernels, TF32 prefill, fp16 prefill, split bf16 prefill, bf16 decode, fp16 prefill on
+  // wgmma, 8-bit decode
+  double worst[7] = {0, 0, 0, 0, 0, 0, 0};
   // The fp16 prefill on Hopper's wgmma where the GPU has it (its other block shapes: the next
-  // test), and on mma.sync.
-  for (const Mode m : {Mode{true, true, 3}, {true, true, 3, 0}, {true, true, 2}, {false, true, 3}, {true, false, 3},
-                       {false, false, 3}}) {
+  // test), and on mma.sync. 8-bit caches: their decode kernel, else widened to bf16.
+  const DType B16 = DType::BF16, F32 = DType::F32, Q8 = DType::I8;
+  for (const Mode m : {Mode{true, B16, 3}, {true, B16, 3, 0}, {true, B16, 2}, {false, B16, 3}, {true, F32, 3},
+                       {false, F32, 3}, {true, Q8, 3}, {true, Q8, 3, 0}}) {
     gpu->set_attention_tf32(m.tf32);
     cuda::set_flash_precision(m.flash);
     cuda::set_flash_wgmma(m.wgmma < 0 ? wgmma_default : m.wgmma);
-    ASSERT_TRUE(gpu->set_kv_cache_dtype(m.kv_bf16 ? DType::BF16 : DType::F32));
-    ASSERT_EQ(gpu->kv_cache_dtype(), m.kv_bf16 ? DType::BF16 : DType::F32);
+    ASSERT_TRUE(gpu->set_kv_cache_dtype(m.kv));
+    ASSERT_EQ(gpu->kv_cache_dtype(), m.kv);
     for (Case c : {Case{1, 0, 4, 2, 16}, {1, 300, 6, 2, 64}, {3, 5, 5, 1, 24}, {8, 1000, 8, 2, 128},
                    {9, 0, 4, 4, 16}, {50, 7, 6, 2, 24}, {77, 130, 12, 2, 128}, {200, 0, 8, 2, 64},
                    {1, 4000, 12, 2, 128}, {40, 0, 2, 1, 256}, {1, 20000, 16, 2, 64}, {2, 700, 10, 1, 256},
@@ -136,8 +138,8 @@ TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
       if (c.T * (c.n_past + c.T) > 4'000'000 && !m.tf32) continue;  // the float32 kernel: long enough
       const int64_t ldq = c.H * c.hd + 7, kvd = c.Hkv * c.hd, rows = c.n_past + c.T;
       auto q = both(randn(static_cast<size_t>(c.T * ldq)));
-      auto kc = cache_both(randn(static_cast<size_t>(rows * kvd)));
-      auto vc = cache_both(randn(static_cast<size_t>(rows * kvd)));
+      auto kc = cache_both(randn(static_cast<size_t>(rows * kvd)), kvd);
+      auto vc = cache_both(randn(static_cast<size_t>(rows * kvd)), kvd);
       auto out = poisoned(static_cast<size_t>(c.T * c.H * c.hd));
       const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
       cpu->attention(q.c.data(), ldq, c.T, kc.c.data(), vc.c.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.c.data());
@@ -150,15 +152,17 @@ TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
       // Decode (T <= 8) over bf16 caches with up to 16 rows of query heads x queries per KV head:
       // tensor cores with the same split (~1e-4); else float32.
       const bool tc = m.tf32 && c.T > 8;
-      const bool flash16 = tc && m.kv_bf16 && c.hd % 8 == 0 && c.hd <= 128;
-      const bool dec_mma = c.T <= 8 && m.kv_bf16 && c.hd % 8 == 0 && c.hd <= 128 && (c.H / c.Hkv) * c.T <= 16;
+      // 8-bit caches: as bf16 caches of the values they hold (the reference's).
+      const bool kv16 = m.kv != F32;
+      const bool flash16 = tc && kv16 && c.hd % 8 == 0 && c.hd <= 128;
+      const bool dec_mma = c.T <= 8 && kv16 && c.hd % 8 == 0 && c.hd <= 128 && (c.H / c.Hkv) * c.T <= 16;
       const int kind = dec_mma ? 4 : flash16 ? (m.flash == 3 ? 2 : 3) : tc ? 1 : 0;
       const double tol = kind == 4 || kind == 3 ? 5e-4 : kind == 2 ? 8e-3 : kind == 1 ? 1.5e-2 : 1e-4;
       const double err = rel(out);
-      const int slot = kind == 2 && c.hd > 32 && cuda::flash_wgmma() > 0 ? 5 : kind;
+      const int slot = kind == 4 && m.kv == Q8 ? 6 : kind == 2 && c.hd > 32 && cuda::flash_wgmma() > 0 ? 5 : kind;
       worst[slot] = std::max(worst[slot], err);
       EXPECT_LE(err, tol) << "T=" << c.T << " n_past=" << c.n_past << " H=" << c.H << " Hkv=" << c.Hkv
-                               << " hd=" << c.hd << " tf32=" << m.tf32 << " kv_bf16=" << m.kv_bf16
+                               << " hd=" << c.hd << " tf32=" << m.tf32 << " kv=" << dtype_name(m.kv)
                                << " flash=" << m.flash << " wgmma=" << cuda::flash_wgmma();
     }
   }
@@ -167,8 +171,8 @@ TEST_F(CudaOpTest, AttentionPrefillDecodeGqaWithPast) {
   cuda::set_flash_wgmma(wgmma_default);
   ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
   std::printf("attention max|diff|/rms: float32 kernels %.2e, TF32 prefill %.2e, fp16 prefill %.2e (on wgmma "
-              "%.2e), split bf16 prefill %.2e, bf16 decode %.2e\n",
-              worst[0], worst[1], worst[2], worst[5], worst[3], worst[4]);
+              "%.2e), split bf16 prefill %.2e, bf16 decode %.2e, 8-bit decode %.2e\n",
+              worst[0], worst[1], worst[2], worst[5], worst[3], worst[4], worst[6]);
 }
 
 // Each block shape of the fp16 prefill on wgmma (FH1_CUDA_FLASH_WGMMA=N) against one float32
@@ -186,8 +190,8 @@ TEST_F(CudaOpTest, AttentionPrefillWgmmaBlockShapes) {
                  {1000, 17, 8, 1, 128}, {2100, 3000, 12, 2, 128}}) {
     const int64_t ldq = c.H * c.hd + 7, kvd = c.Hkv * c.hd, rows = c.n_past + c.T;
     auto q = both(randn(static_cast<size_t>(c.T * ldq)));
-    auto kc = cache_both(randn(static_cast<size_t>(rows * kvd)));
-    auto vc = cache_both(randn(static_cast<size_t>(rows * kvd)));
+    auto kc = cache_both(randn(static_cast<size_t>(rows * kvd)), kvd);
+    auto vc = cache_both(randn(static_cast<size_t>(rows * kvd)), kvd);
     const float scale = 1.0f / std::sqrt(static_cast<float>(c.hd));
     std::vector<float> ref(static_cast<size_t>(c.T * c.H * c.hd));
     {
@@ -229,8 +233,8 @@ TEST_F(CudaOpTest, AttentionPrefillFp16KeepsValuesOutsideItsRange) {
       for (int64_t t = 0; t < T; ++t)  // rows 1 .. 1e-3 times the case's size
         for (int64_t j = 0; j < ldq; ++j) qv[static_cast<size_t>(t * ldq + j)] *= std::pow(10.0f, -float(t % 4));
       auto q = both(qv);
-      auto kc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.k));
-      auto vc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.v));
+      auto kc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.k), kvd);
+      auto vc = cache_both(randn(static_cast<size_t>(rows * kvd), sc.v), kvd);
       auto out = poisoned(static_cast<size_t>(T * H * hd));
       const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
       cpu->attention(q.c.data(), ldq, T, kc.c.data(), vc.c.data(), n_past, H, Hkv, hd, scale, out.c.data());
@@ -258,21 +262,32 @@ TEST_F(CudaOpTest, PrefillAttentionOnWgmmaWhereTheGpuHasIt) {
 
 TEST_F(CudaOpTest, KvWriteAppendsRowsInEitherCacheType) {
   EXPECT_EQ(gpu->kv_cache_dtype(), DType::BF16) << "bf16 KV caches are the default";
-  for (const bool kv_bf16 : {true, false}) {
-    ASSERT_TRUE(gpu->set_kv_cache_dtype(kv_bf16 ? DType::BF16 : DType::F32));
-    for (auto [rows, width, at] : {std::tuple{1, 256, 7}, {5, 37, 0}, {3, 128, 300}, {2, 33, 3}}) {
+  for (const DType kv : {DType::BF16, DType::F32, DType::I8}) {
+    ASSERT_TRUE(gpu->set_kv_cache_dtype(kv));
+    for (auto [rows, width, at] : {std::tuple{1, 256, 7}, {5, 37, 0}, {3, 128, 300}, {2, 33, 3}, {4, 48, 5}}) {
       const size_t cap = static_cast<size_t>((at + rows + 4) * width);
-      auto cache = cache_both(randn(cap));
+      auto cache = cache_both(randn(cap), width);
+      std::vector<float> old = cache_host(cache, width);  // the values the GPU holds
       auto src = both(randn(static_cast<size_t>(rows * width)));
-      cpu->kv_write(cache.c.data(), at, src.c.data(), rows, width);
       gpu->kv_write(cache.g.data(), at, src.g.data(), rows, width);
-      std::vector<float> want = host(*cpu, cache.c.data(), cap);
-      if (kv_bf16)  // the new rows rounded to bf16 (the old ones already are)
-        for (float& x : want) x = bf16_to_f32(f32_to_bf16(x));
-      const std::vector<float> got = cache_host(cache);
+      // The new rows as the CPU rounds them: bf16, or quantized (quant/kv_q8.h) and read back.
+      std::vector<float> want = old;
+      const std::vector<float> sh = host(*gpu, src.g.data(), src.n);
+      std::vector<uint8_t> row(static_cast<size_t>(kv_q8_row_bytes(width)));
+      for (int64_t r = 0; r < rows; ++r) {
+        float* dst = want.data() + (at + r) * width;
+        const float* from = sh.data() + r * width;
+        if (kv == DType::I8) {
+          kv_q8_quantize_row(from, width, row.data());
+          kv_q8_dequantize(row.data(), width, 0, width, dst);
+        } else {
+          for (int64_t i = 0; i < width; ++i) dst[i] = kv == DType::BF16 ? bf16_to_f32(f32_to_bf16(from[i])) : from[i];
+        }
+      }
+      const std::vector<float> got = cache_host(cache, width);
       size_t bad = 0;
       for (size_t i = 0; i < cap; ++i) bad += !(got[i] == want[i]);
-      EXPECT_EQ(bad, 0u) << "rows=" << rows << " width=" << width << " kv_bf16=" << kv_bf16;
+      EXPECT_EQ(bad, 0u) << "rows=" << rows << " width=" << width << " kv=" << dtype_name(kv);
     }
   }
   ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
@@ -281,8 +296,9 @@ TEST_F(CudaOpTest, KvWriteAppendsRowsInEitherCacheType) {
 // The decode step's rope + KV-write launch (the key multiplier folded in, the rotated keys stored
 // as computed, the values copied) leaves q, k and both caches bit-identical to the ops one by one.
 TEST_F(CudaOpTest, RopeWithKvWritesEqualsOpsOneByOne) {
-  for (const bool kv16 : {true, false}) {
+  for (const cuda::KvType kv16 : {cuda::KvType::BF16, cuda::KvType::F32, cuda::KvType::Q8}) {
     for (auto [n, H, Hkv, hd] : {std::tuple{1, 12, 2, 128}, {3, 6, 2, 64}, {5, 4, 4, 24}}) {
+      if (kv16 == cuda::KvType::Q8 && !cuda::rope_kv_q8_ok(hd, int64_t(Hkv) * hd)) continue;
       const int64_t ldq = int64_t(H) * hd + 3, kvd = int64_t(Hkv) * hd, cap_rows = 40;
       const size_t cache_floats = static_cast<size_t>(cap_rows * kvd);  // float32 size: enough for bf16
       std::vector<int64_t> pos(static_cast<size_t>(n)), rows(static_cast<size_t>(n));
@@ -353,7 +369,7 @@ TEST_F(CudaOpTest, RopeWithKvWritesEqualsOpsOneByOne) {
         std::vector<uint32_t> hx(count), hy(count);
         ASSERT_EQ(cudaMemcpy(hx.data(), x.data(), count * 4, cudaMemcpyDeviceToHost), cudaSuccess);
         ASSERT_EQ(cudaMemcpy(hy.data(), y.data(), count * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-        EXPECT_EQ(hx, hy) << what << " n=" << n << " hd=" << hd << " kv16=" << kv16;
+        EXPECT_EQ(hx, hy) << what << " n=" << n << " hd=" << hd << " kv=" << int(kv16);
       };
       same(a.q, b.q, qh.size(), "q");
       same(a.k, b.k, kh.size(), "k");

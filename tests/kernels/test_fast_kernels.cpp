@@ -134,7 +134,7 @@ TEST_F(FastVsReference, AttentionOverBf16KvCaches) {
     const auto q = randn(static_cast<size_t>(T * ldq));
     auto kc = randn(n), vc = randn(n);
     // The fast backend's caches: written in two calls (a context, then the new rows).
-    std::vector<float> k16(fast->kv_cache_floats(n) + 1, NAN), v16(k16.size(), NAN);
+    std::vector<float> k16(fast->kv_cache_floats(rows, static_cast<int64_t>(Hkv) * hd) + 1, NAN), v16(k16.size(), NAN);
     const int64_t width = static_cast<int64_t>(Hkv) * hd;
     for (auto [src, dst] : {std::pair{&kc, &k16}, {&vc, &v16}}) {
       fast->kv_write(dst->data(), 0, src->data(), n_past, width);
@@ -144,6 +144,39 @@ TEST_F(FastVsReference, AttentionOverBf16KvCaches) {
     std::vector<float> a(static_cast<size_t>(T * H * hd)), b(a.size());
     const float scale = 1.0f / std::sqrt(float(hd));
     fast->attention(q.data(), ldq, T, k16.data(), v16.data(), n_past, H, Hkv, hd, scale, a.data());
+    ref->attention(q.data(), ldq, T, kc.data(), vc.data(), n_past, H, Hkv, hd, scale, b.data());
+    EXPECT_LE(rel_diff(a, b), 1e-5) << "H=" << H << " Hkv=" << Hkv << " hd=" << hd << " n_past=" << n_past << " T=" << T;
+  }
+  ASSERT_TRUE(fast->set_kv_cache_dtype(DType::F32));
+}
+
+// KV caches of 8 bits (opt-in, quant/kv_q8.h): written by the fast backend's kv_write, read back
+// dequantized; the reference attends over the same dequantized values in float32.
+TEST_F(FastVsReference, AttentionOverQ8KvCaches) {
+  ASSERT_TRUE(fast->set_kv_cache_dtype(DType::I8));
+  ASSERT_EQ(fast->kv_cache_dtype(), DType::I8);
+  EXPECT_FALSE(ref->set_kv_cache_dtype(DType::I8)) << "the reference keeps float32 only";
+  for (auto [H, Hkv, hd, n_past, T] : {std::tuple{8, 2, 64, 0, 70}, {6, 3, 9, 5, 4}, {4, 2, 64, 300, 1},
+                                       {2, 1, 64, 1500, 1}, {1, 1, 33, 2000, 3}, {3, 1, 128, 130, 40},
+                                       {12, 2, 128, 700, 1}, {5, 1, 7, 11, 17}}) {
+    const int rows = n_past + T, ldq = H * hd + 7;
+    const int64_t width = static_cast<int64_t>(Hkv) * hd;
+    const size_t n = static_cast<size_t>(rows * width);
+    const auto q = randn(static_cast<size_t>(T * ldq));
+    auto kc = randn(n), vc = randn(n);
+    std::vector<float> k8(fast->kv_cache_floats(rows, width) + 1, NAN), v8(k8.size(), NAN);
+    ASSERT_EQ(k8.size() - 1, static_cast<size_t>(rows * kv_q8_row_bytes(width) / 4));
+    for (auto [src, dst] : {std::pair{&kc, &k8}, {&vc, &v8}}) {
+      fast->kv_write(dst->data(), 0, src->data(), n_past, width);
+      fast->kv_write(dst->data(), n_past, src->data() + n_past * width, T, width);
+      EXPECT_TRUE(std::isnan(dst->back())) << "kv_write wrote past the cache";
+      for (int r = 0; r < rows; ++r)  // what the reference attends over
+        kv_q8_dequantize(reinterpret_cast<const uint8_t*>(dst->data()) + r * kv_q8_row_bytes(width), width, 0,
+                         width, src->data() + r * width);
+    }
+    std::vector<float> a(static_cast<size_t>(T * H * hd)), b(a.size());
+    const float scale = 1.0f / std::sqrt(float(hd));
+    fast->attention(q.data(), ldq, T, k8.data(), v8.data(), n_past, H, Hkv, hd, scale, a.data());
     ref->attention(q.data(), ldq, T, kc.data(), vc.data(), n_past, H, Hkv, hd, scale, b.data());
     EXPECT_LE(rel_diff(a, b), 1e-5) << "H=" << H << " Hkv=" << Hkv << " hd=" << hd << " n_past=" << n_past << " T=" << T;
   }

@@ -5,6 +5,7 @@
 // are inherited from the reference.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "kernels/cpu/reference_kernels.h"
@@ -123,15 +124,26 @@ class FastKernels final : public ReferenceKernels {
   void attention(const float* q, int64_t ldq, int64_t T, const float* k_cache, const float* v_cache, int64_t n_past,
                  int H, int Hkv, int hd, float scale, float* out) override;
 
-  // KV caches in float32 (default) or bf16 (half the memory and half the bytes a long-context
-  // decode step reads; the values are rounded when written and widened exactly when read).
+  // KV caches in float32 (default), bf16 (half the memory and half the bytes a long-context
+  // decode step reads; the values are rounded when written and widened exactly when read), or 8
+  // bits with block scales (quant/kv_q8.h; values dequantized to float32 when read).
   DType kv_cache_dtype() const override { return kv_dtype_; }
   bool set_kv_cache_dtype(DType t) override {
-    if (t != DType::F32 && t != DType::BF16) return false;
+    if (t != DType::F32 && t != DType::BF16 && t != DType::I8) return false;
     kv_dtype_ = t;
     return true;
   }
   void kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) override {
+    if (kv_dtype_ == DType::I8) {
+      const int64_t rb = kv_q8_row_bytes(width);
+      auto* dst = reinterpret_cast<uint8_t*>(cache) + row * rb;
+      const auto run = [&](size_t r0, size_t r1) {
+        for (size_t r = r0; r < r1; ++r) kv_q8_quantize_row(src + r * width, width, dst + r * rb);
+      };
+      if (rows * width < kParallelMin) run(0, static_cast<size_t>(rows));
+      else pool_.parallel_for(static_cast<size_t>(rows), run);
+      return;
+    }
     if (kv_dtype_ != DType::BF16) return Kernels::kv_write(cache, row, src, rows, width);
     uint16_t* dst = reinterpret_cast<uint16_t*>(cache) + row * width;
     elementwise(static_cast<size_t>(rows * width), [&](size_t i, size_t m) {
@@ -202,11 +214,12 @@ struct AttentionRows {
   int64_t visible_step;  // row r sees visible0 + r * visible_step keys
 };
 
-// K or V of one KV head in a cache of float32 (f) or bf16 (h) values: row j at j * ld.
+// K or V of one KV head in a cache of float32 (f), bf16 (h) or 8-bit (q8) values: row j at j * ld values.
 struct KvRows {
   const float* f = nullptr;
   const uint16_t* h = nullptr;
-  int64_t ld = 0;
+  const uint8_t* q8 = nullptr;  // 8-bit rows of `ld` values (row_bytes each), from value `first`
+  int64_t ld = 0, row_bytes = 0, first = 0;
   // Rows [kb, kb + nk) as float32: in place, or widened into buf ([nk, hd]); *ld_out their stride.
   const float* rows(int64_t kb, int64_t nk, int hd, std::vector<float>& buf, int64_t* ld_out) const {
     if (f != nullptr) {
@@ -214,18 +227,39 @@ struct KvRows {
       return f + kb * ld;
     }
     float* w = scratch(buf, static_cast<size_t>(nk * hd));
-    for (int64_t j = 0; j < nk; ++j) simd::widen_bf16(h + (kb + j) * ld, static_cast<size_t>(hd), w + j * hd);
+    if (q8 != nullptr) {
+      const int64_t B = kv_q8_block(ld), sat = kv_q8_scales_at(ld);
+      for (int64_t j = 0; j < nk; ++j) {  // block by block (kv_q8_dequantize's values, in SIMD)
+        const uint8_t* row = q8 + (kb + j) * row_bytes;
+        for (int64_t i = first; i < first + hd;) {
+          const int64_t end = std::min(first + hd, (i / B + 1) * B);
+          float d;
+          std::memcpy(&d, row + sat + 4 * (i / B), sizeof(float));
+          simd::widen_q8(reinterpret_cast<const int8_t*>(row) + i, static_cast<size_t>(end - i), d, w + j * hd + (i - first));
+          i = end;
+        }
+      }
+    } else {
+      for (int64_t j = 0; j < nk; ++j) simd::widen_bf16(h + (kb + j) * ld, static_cast<size_t>(hd), w + j * hd);
+    }
     *ld_out = hd;
     return w;
   }
 };
 
 // The cache's K or V of KV head g (hd values at g * hd of each row of ld values).
-KvRows kv_rows(const float* cache, bool bf16, int64_t ld, int g, int hd) {
+KvRows kv_rows(const float* cache, DType type, int64_t ld, int g, int hd) {
   KvRows r;
   r.ld = ld;
-  if (bf16) r.h = reinterpret_cast<const uint16_t*>(cache) + static_cast<int64_t>(g) * hd;
-  else r.f = cache + static_cast<int64_t>(g) * hd;
+  if (type == DType::I8) {
+    r.q8 = reinterpret_cast<const uint8_t*>(cache);
+    r.row_bytes = kv_q8_row_bytes(ld);
+    r.first = static_cast<int64_t>(g) * hd;
+  } else if (type == DType::BF16) {
+    r.h = reinterpret_cast<const uint16_t*>(cache) + static_cast<int64_t>(g) * hd;
+  } else {
+    r.f = cache + static_cast<int64_t>(g) * hd;
+  }
   return r;
 }
 
@@ -267,7 +301,7 @@ void FastKernels::attention(const float* q, int64_t ldq, int64_t T, const float*
                             int64_t n_past, int H, int Hkv, int hd, float scale, float* out) {
   const int rep = H / Hkv;
   const int64_t ldkv = static_cast<int64_t>(Hkv) * hd, ldo = static_cast<int64_t>(H) * hd;
-  const bool bf16 = kv_dtype_ == DType::BF16;
+  const DType kvt = kv_dtype_;
   const auto start = [&](int64_t rows, float** S, float** O, float** m, float** l) {
     *S = scratch(tl_a, static_cast<size_t>(kBq * kBk));
     *O = scratch(tl_b, static_cast<size_t>(kBq * hd));
@@ -291,7 +325,7 @@ void FastKernels::attention(const float* q, int64_t ldq, int64_t T, const float*
           const int64_t nk = std::min(kBk, n_keys - b * kBk);
           float* dst = kt.data() + i * hd * kBk;
           int64_t ld = 0;  // the block's keys as float32 rows, then transposed
-          const float* src = kv_rows(k_cache, bf16, ldkv, static_cast<int>(g), hd).rows(b * kBk, nk, hd, tl_kw, &ld);
+          const float* src = kv_rows(k_cache, kvt, ldkv, static_cast<int>(g), hd).rows(b * kBk, nk, hd, tl_kw, &ld);
           for (int64_t j = 0; j < nk; ++j)
             for (int d = 0; d < hd; ++d) dst[d * kBk + j] = src[j * ld + d];
         }
@@ -304,7 +338,7 @@ void FastKernels::attention(const float* q, int64_t ldq, int64_t T, const float*
       float *S, *O, *m, *l;
       start(bq, &S, &O, &m, &l);
       const AttentionRows a{q + i0 * ldq + static_cast<int64_t>(h) * hd, ldq, bq, n_past + i0 + 1, 1};
-      const KvRows kr = kv_rows(k_cache, bf16, ldkv, h / rep, hd), vr = kv_rows(v_cache, bf16, ldkv, h / rep, hd);
+      const KvRows kr = kv_rows(k_cache, kvt, ldkv, h / rep, hd), vr = kv_rows(v_cache, kvt, ldkv, h / rep, hd);
       for (int64_t kb = 0, end = n_past + i0 + bq; kb < end; kb += kBk)
         attend_keys(a, kr, kt.empty() ? nullptr : kt.data() + ((h / rep) * n_blocks + kb / kBk) * hd * kBk - kb, kBk,
                     vr, hd, scale, kb, std::min(kBk, end - kb), S, O, m, l);
@@ -330,7 +364,7 @@ void FastKernels::attention(const float* q, int64_t ldq, int64_t T, const float*
       for (int g = 0; g < Hkv; ++g) {
         const AttentionRows a{q + static_cast<int64_t>(g) * rep * hd, hd, rep, n_keys, 0};
         const int64_t r0 = static_cast<int64_t>(g) * rep;
-        attend_keys(a, kv_rows(k_cache, bf16, ldkv, g, hd), nullptr, 0, kv_rows(v_cache, bf16, ldkv, g, hd), hd, scale,
+        attend_keys(a, kv_rows(k_cache, kvt, ldkv, g, hd), nullptr, 0, kv_rows(v_cache, kvt, ldkv, g, hd), hd, scale,
                     kb, std::min(kBk, k1 - kb), S, O + r0 * hd, m + r0, l + r0);
       }
   });

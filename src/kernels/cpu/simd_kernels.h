@@ -77,5 +77,7 @@ void ssm_step_head(float* S, int P, int N, const float* x, const float* B, const
 double stream_sum(const float* p, size_t n);
 // dst = bf16 values widened to float32 (exact): KV caches kept in bf16.
 void widen_bf16(const uint16_t* src, size_t n, float* dst);
+// dst = q * scale for n int8 values: a block of an 8-bit KV cache row (quant/kv_q8.h).
+void widen_q8(const int8_t* q, size_t n, float scale, float* dst);
 
 }  // namespace fh1::simd

@@ -248,6 +248,20 @@ void WidenBf16(const uint16_t* src, size_t n, float* dst) {
   }
 }
 
+// dst[i] = float(q[i]) * scale: an 8-bit KV cache's block (exact products rounded once, as
+// quant/kv_q8.h's scalar code).
+void WidenQ8(const int8_t* q, size_t n, float scale, float* dst) {
+  const DF d;
+  const hn::RebindToSigned<DF> di32;
+  const hn::Rebind<int8_t, DF> di8;
+  const size_t L = Lanes();
+  const auto vs = hn::Set(d, scale);
+  size_t i = 0;
+  for (; i + L <= n; i += L)
+    hn::StoreU(hn::Mul(hn::ConvertTo(d, hn::PromoteTo(di32, hn::LoadU(di8, q + i))), vs), d, dst + i);
+  for (; i < n; ++i) dst[i] = static_cast<float>(q[i]) * scale;
+}
+
 double StreamSum(const float* p, size_t n) {
   const DF d;
   const size_t L = Lanes();
@@ -287,6 +301,7 @@ HWY_EXPORT(Conv1dSiluChannels);
 HWY_EXPORT(SsmStepHead);
 HWY_EXPORT(StreamSum);
 HWY_EXPORT(WidenBf16);
+HWY_EXPORT(WidenQ8);
 
 void rmsnorm_row(const float* x, int64_t d, const float* w, float eps, float* out) {
   HWY_DYNAMIC_DISPATCH(RmsnormRow)(x, d, w, eps, out);
@@ -319,6 +334,7 @@ void ssm_step_head(float* S, int P, int N, const float* x, const float* B, const
 }
 double stream_sum(const float* p, size_t n) { return HWY_DYNAMIC_DISPATCH(StreamSum)(p, n); }
 void widen_bf16(const uint16_t* src, size_t n, float* dst) { HWY_DYNAMIC_DISPATCH(WidenBf16)(src, n, dst); }
+void widen_q8(const int8_t* q, size_t n, float scale, float* dst) { HWY_DYNAMIC_DISPATCH(WidenQ8)(q, n, scale, dst); }
 
 }  // namespace fh1::simd
 #endif  // HWY_ONCE

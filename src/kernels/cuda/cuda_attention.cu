@@ -10,13 +10,17 @@
 // ranges can be fixed from a bucket of the context length and the length itself read from device
 // memory, so that a captured decode graph replays at any length within its bucket.
 // Every kernel reads the KV caches as KV = float or bf16 (the backend's kv_cache_dtype(); bf16
-// halves the bytes a long-context decode step reads) and converts to float32 on load.
+// halves the bytes a long-context decode step reads) and converts to float32 on load. 8-bit
+// caches (quant/kv_q8.h) have a form of the tensor-core decode kernel; anything else widens
+// their rows to bf16 in the scratch first (attention_q8).
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_attention_common.cuh"
+#include "kernels/cuda/cuda_attention_decode_mma.cuh"
+#include "kernels/cuda/cuda_kv.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "util/error.h"
 
@@ -332,191 +336,6 @@ __global__ void __launch_bounds__(kDecWarps * 32)
   }
 }
 
-// ---- decode on the tensor cores (bf16 KV caches): split-KV, one warp per (key range, kv head
-// [, sequence]) ----
-// The M = 16 rows of the MMAs are the query heads of one KV group times the queries (G x T <= 16,
-// row r = query r / G, head r % G), so each key is read once for its whole group, and the
-// softmax rescales once per tile of 32 keys instead of once per key. The warp streams its key
-// range through shared memory with cp.async (double-buffered), with the arithmetic of the bf16
-// flash kernel above (Q and P split in hi + lo bf16 parts, float32 sums). It writes the same
-// partial results as attn_decode_gqa_kernel (max and sum in natural-log units, unnormalized
-// accumulators), merged by attn_merge_kernel. At long contexts the per-key reductions across
-// lanes made that kernel latency-bound (15 % of the DRAM bandwidth at 128K on an H200).
-constexpr int kDecBK = 32;  // keys per tile
-
-template <int HDP>
-__global__ void __launch_bounds__(32)
-    attn_decode_mma_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const bf16* __restrict__ kc,
-                           const bf16* __restrict__ vc, int64_t n_past_host, const int64_t* __restrict__ n_past_dev,
-                           const bf16* const* __restrict__ kcs, const bf16* const* __restrict__ vcs,
-                           const int64_t* __restrict__ n_pasts, int H, int Hkv, int hd, float scale, int nsplit,
-                           float* __restrict__ ml, float* __restrict__ pacc) {
-  constexpr int LD = HDP + 8;
-  constexpr int CH = HDP / 8;
-  __shared__ __align__(16) bf16 Qs[2][16 * LD];
-  __shared__ __align__(16) bf16 Ks[2][kDecBK * LD];
-  __shared__ __align__(16) bf16 Vs[2][kDecBK * LD];
-  const int split = blockIdx.x, kvh = blockIdx.y;
-  const int64_t z = blockIdx.z;
-  const bool rows = kcs != nullptr;  // rows mode: sequence z, one query, its own caches
-  const int G = H / Hkv;
-  const int lane = threadIdx.x, gq = lane >> 2, c4 = lane & 3;
-  const float qscale = scale * 1.4426950408889634f;
-  const int64_t Tq = rows ? 1 : T;
-  const int nrows = static_cast<int>(G * Tq);
-  // The range and its first tile of keys before the wait when that tile holds only the earlier
-  // steps' keys (the kernel before writes the new ones, and the query rows): its loads then
-  // overlap that kernel's end. The caches' pointers and lengths are the step's arrays.
-  if (rows) {
-    kc = kcs[z];
-    vc = vcs[z];
-  }
-  const int64_t n_past = rows ? n_pasts[z] : (n_past_dev ? *n_past_dev : n_past_host);
-  const int64_t n_keys = n_past + Tq;
-  const int64_t chunk = (n_keys + nsplit - 1) / nsplit;
-  const int64_t k_begin = int64_t(split) * chunk;
-  const int64_t k_end = min(k_begin + chunk, n_keys);
-  const int64_t ldkv = int64_t(Hkv) * hd;
-  const bf16* kb = kc + int64_t(kvh) * hd;
-  const bf16* vb = vc + int64_t(kvh) * hd;
-
-  auto load_tile = [&](int64_t k0, int buf) {
-    for (int e = lane; e < kDecBK * CH; e += 32) {
-      const int r = e / CH, d = (e - r * CH) * 8;
-      const int64_t key = k0 + r;
-      const bool ok = key < k_end && d < hd;
-      const int64_t off = ok ? key * ldkv + d : 0;
-      cp_async16(&Ks[buf][r * LD + d], kb + off, ok);
-      cp_async16(&Vs[buf][r * LD + d], vb + off, ok);
-    }
-  };
-  const bool early = k_begin < k_end && min(k_begin + kDecBK, k_end) <= n_past;
-  if (early) {
-    load_tile(k_begin, 0);
-    cp_async_commit();
-  }
-  FH1_PDL_ENTER();
-  // The query rows first, every load in flight at once (one float4 a row per lane at HDP 128):
-  // loaded one pair at a time, each load waited for before the next, they were two thirds of
-  // the kernel's time at short contexts (ncu, 7B at 1K keys).
-  constexpr int QC = HDP / 4;   // float4 chunks of a row
-  constexpr int RPP = 32 / QC;  // rows a pass of the warp covers
-  constexpr int NQ = 16 / RPP;  // passes: loads per lane
-  const bool qvec = ldq % 4 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0;
-  float4 qv[NQ];
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int r = i * RPP + lane / QC, d = (lane % QC) * 4;
-    qv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (r < nrows && d < hd) {  // hd % 8 == 0: the chunk is whole
-      const float* qr = q + (rows ? z : r / G) * ldq + int64_t(kvh * G + r % G) * hd + d;
-      qv[i] = qvec ? *reinterpret_cast<const float4*>(qr) : make_float4(qr[0], qr[1], qr[2], qr[3]);
-    }
-  }
-  if (!early) {
-    if (k_begin < k_end) load_tile(k_begin, 0);
-    cp_async_commit();
-  }
-
-#pragma unroll
-  for (int i = 0; i < NQ; ++i) {
-    const int r = i * RPP + lane / QC, d = (lane % QC) * 4;
-    const float v[4] = {qv[i].x * qscale, qv[i].y * qscale, qv[i].z * qscale, qv[i].w * qscale};
-    const uint32_t hi0 = pack_bf16x2(v[0], v[1]), hi1 = pack_bf16x2(v[2], v[3]);
-    const uint32_t lo0 = pack_bf16x2(v[0] - __uint_as_float(hi0 << 16), v[1] - __uint_as_float(hi0 & 0xffff0000u));
-    const uint32_t lo1 = pack_bf16x2(v[2] - __uint_as_float(hi1 << 16), v[3] - __uint_as_float(hi1 & 0xffff0000u));
-    *reinterpret_cast<uint2*>(&Qs[0][r * LD + d]) = make_uint2(hi0, hi1);
-    *reinterpret_cast<uint2*>(&Qs[1][r * LD + d]) = make_uint2(lo0, lo1);
-  }
-  __syncwarp();
-  uint32_t qf[2][HDP / 16][4];
-#pragma unroll
-  for (int part = 0; part < 2; ++part)
-#pragma unroll
-    for (int kk = 0; kk < HDP / 16; ++kk) {
-      const bf16* qa = &Qs[part][gq * LD + 2 * c4 + kk * 16];
-      qf[part][kk][0] = *reinterpret_cast<const uint32_t*>(qa);
-      qf[part][kk][1] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD);
-      qf[part][kk][2] = *reinterpret_cast<const uint32_t*>(qa + 8);
-      qf[part][kk][3] = *reinterpret_cast<const uint32_t*>(qa + 8 * LD + 8);
-    }
-
-  float o[HDP / 8][4];
-#pragma unroll
-  for (int i = 0; i < HDP / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
-  const int64_t last_lo = n_past + gq / G, last_hi = n_past + (gq + 8) / G;  // last visible key per row
-  const int64_t vis_lo = min(last_lo, k_end - 1), vis_hi = min(last_hi, k_end - 1);  // ... in this range
-
-  int buf = 0;
-  for (int64_t k0 = k_begin; k0 < k_end; k0 += kDecBK, buf ^= 1) {
-    if (k0 + kDecBK < k_end) {
-      load_tile(k0 + kDecBK, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncwarp();
-    float s[kDecBK / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < kDecBK / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < HDP / 16; ++kk)
-#pragma unroll
-      for (int part = 0; part < 2; ++part)
-#pragma unroll
-        for (int nt = 0; nt < kDecBK / 8; ++nt) {
-          const bf16* kr = &Ks[buf][(nt * 8 + gq) * LD + kk * 16 + 2 * c4];
-          mma_bf16(s[nt], qf[part][kk], *reinterpret_cast<const uint32_t*>(kr),
-                   *reinterpret_cast<const uint32_t*>(kr + 8));
-        }
-    mask_keys_after(s, k0, c4, vis_lo, vis_hi);
-    float mx[2];
-    online_softmax_step(s, mrow, lrow, o, mx);
-#pragma unroll
-    for (int kk = 0; kk < kDecBK / 16; ++kk) {
-      uint32_t pa[4], pl[4];
-      probs_bf16<true>(s[2 * kk], s[2 * kk + 1], mx, lrow, pa, pl);
-      const bf16* vrow = &Vs[buf][(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8];
-#pragma unroll
-      for (int dt = 0; dt < HDP / 16; ++dt) {
-        uint32_t vf[4];
-        ldmatrix_x4_trans(vf, vrow + dt * 16);
-        mma_bf16(o[2 * dt], pa, vf[0], vf[1]);
-        mma_bf16(o[2 * dt + 1], pa, vf[2], vf[3]);
-        mma_bf16(o[2 * dt], pl, vf[0], vf[1]);
-        mma_bf16(o[2 * dt + 1], pl, vf[2], vf[3]);
-      }
-    }
-    __syncwarp();  // the buffer just read is the next load's target
-  }
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
-    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
-  }
-  constexpr float kLn2 = 0.6931471805599453f;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = gq + 8 * r;
-    if (row >= nrows) continue;
-    const int64_t qrow = rows ? z : row / G;
-    const int64_t idx = (qrow * H + kvh * G + row % G) * nsplit + split;
-    if (c4 == 0) {
-      ml[2 * idx] = mrow[r] == -INFINITY ? -FLT_MAX : mrow[r] * kLn2;
-      ml[2 * idx + 1] = lrow[r];
-    }
-    float* pr = pacc + idx * hd;
-#pragma unroll
-    for (int i = 0; i < HDP / 8; ++i) {
-      const int d = i * 8 + 2 * c4;
-      if (d < hd) pr[d] = o[i][2 * r];
-      if (d + 1 < hd) pr[d + 1] = o[i][2 * r + 1];
-    }
-  }
-}
-
 struct SplitPlan {
   int nsplit;
   int64_t chunk;
@@ -560,7 +379,9 @@ int split_count(int64_t n_keys, int64_t units, bool bucket) {
 // and fewer ranges to merge (H200, 7B batch 1: 16K 5.278 -> 5.153 ms, 32K 5.532 -> 5.424, 4K
 // within 0.5 %; 0.5B and 1.5B-Deep at 16K within 0.7 %; past the rule's end, 3 per SM was 0.4 %
 // slower at 64K and 6 % at 128K).
-int mma_split_count(int64_t n_keys, int64_t units, bool bucket, bool one_sequence) {
+constexpr int kQ8PerSm = 8;
+// per_sm: the blocks an SM holds (5 for the bf16 kernel; the 8-bit one's, kept as a bound, 8).
+int mma_split_count(int64_t n_keys, int64_t units, bool bucket, bool one_sequence, int per_sm = 5) {
   static const int64_t sms = [] {
     int dev = 0, n = 132;
     if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
@@ -581,7 +402,8 @@ int mma_split_count(int64_t n_keys, int64_t units, bool bucket, bool one_sequenc
     return e ? std::max<int64_t>(16, std::atoll(e)) : int64_t(32);
   }();
   const int64_t n = bucket_keys(n_keys, bucket);
-  const int64_t want_blocks = forced_blocks ? forced_blocks : sms * (one_sequence && n <= (int64_t(1) << 16) ? 3 : 5);
+  const int64_t want_blocks =
+      forced_blocks ? forced_blocks : sms * (one_sequence && n <= (int64_t(1) << 16) ? 3 : per_sm);
   const int one_wave = split_count_for(n_keys, units, bucket, want_blocks, keys);
   return static_cast<int>(std::max<int64_t>(one_wave, (n + max_range - 1) / max_range));
 }
@@ -649,28 +471,35 @@ void launch_gqa(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v
 
 // Decode on the tensor cores: one sequence of T queries (kcs == null), or `zcount` sequences of
 // one query each (kcs / vcs / n_pasts: device arrays); n_keys (host) picks the plan.
-template <int HDP>
-void launch_decode_mma(const float* q, int64_t ldq, int64_t T, const bf16* k, const bf16* v, int64_t n_past,
-                       const int64_t* n_past_dev, const bf16* const* kcs, const bf16* const* vcs,
+template <int HDP, bool Q8>
+void launch_decode_mma(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,
+                       const int64_t* n_past_dev, const void* const* kcs, const void* const* vcs,
                        const int64_t* n_pasts, int64_t zcount, int64_t n_keys, bool bucket, int H, int Hkv, int hd,
                        float scale, float* out, float* scratch, cudaStream_t s) {
   const bool rows = kcs != nullptr;
-  const int nsplit = mma_split_count(n_keys, zcount * Hkv, bucket, zcount == 1);
+  // FH1_CUDA_DEC_Q8_KEYS=32 (tuning only): the 8-bit form with tiles of 32 keys, 5 blocks an SM.
+  static const bool q8_wide = [] {
+    const char* e = std::getenv("FH1_CUDA_DEC_Q8_KEYS");
+    return e != nullptr && std::atoi(e) == 32;
+  }();
+  const int nsplit = mma_split_count(n_keys, zcount * Hkv, bucket, zcount == 1, Q8 && !q8_wide ? kQ8PerSm : 5);
   const int64_t qrows = rows ? zcount : T;  // query rows of the partial results
   float* ml = scratch;
   float* pacc = scratch + 2 * qrows * H * nsplit;
   const dim3 grid(static_cast<unsigned>(nsplit), static_cast<unsigned>(Hkv), static_cast<unsigned>(zcount));
-  launch(attn_decode_mma_kernel<HDP>, grid, 32, 0, s, q, ldq, rows ? int64_t(1) : T, k, v, n_past, n_past_dev, kcs,
+  auto kernel = Q8 ? (q8_wide ? attn_decode_mma_kernel<HDP, Q8, kDecBK> : attn_decode_mma_kernel<HDP, Q8, kDecQ8BK>)
+                   : attn_decode_mma_kernel<HDP, Q8, kDecBK>;
+  launch(kernel, grid, 32, 0, s, q, ldq, rows ? int64_t(1) : T, k, v, n_past, n_past_dev, kcs,
          vcs, n_pasts, H, Hkv, hd, scale, nsplit, ml, pacc);
   check_launch("attention (decode mma)");
   launch_merge(ml, pacc, H, qrows, hd, nsplit, out, s);
 }
 
-template <typename... A>
+template <bool Q8, typename... A>
 void decode_mma(int hd, A... a) {
-  if (hd <= 32) launch_decode_mma<32>(a...);
-  else if (hd <= 64) launch_decode_mma<64>(a...);
-  else launch_decode_mma<128>(a...);
+  if (hd <= 32) launch_decode_mma<32, Q8>(a...);
+  else if (hd <= 64) launch_decode_mma<64, Q8>(a...);
+  else launch_decode_mma<128, Q8>(a...);
 }
 
 template <typename KV>
@@ -679,9 +508,10 @@ void attention_rows_t(const float* q, int64_t ldq, int64_t n, const KV* const* k
                       float* out, float* scratch, cudaStream_t s) {
   if constexpr (std::is_same_v<KV, bf16>) {
     if (decode_mma_ok(1, H, Hkv, hd)) {
-      decode_mma(hd, q, ldq, int64_t(1), static_cast<const bf16*>(nullptr), static_cast<const bf16*>(nullptr),
-                 int64_t(0), static_cast<const int64_t*>(nullptr), kcs, vcs, n_pasts, n, max_past + 1, bucket, H, Hkv,
-                 hd, scale, out, scratch, s);
+      decode_mma<false>(hd, q, ldq, int64_t(1), static_cast<const void*>(nullptr), static_cast<const void*>(nullptr),
+                        int64_t(0), static_cast<const int64_t*>(nullptr), reinterpret_cast<const void* const*>(kcs),
+                        reinterpret_cast<const void* const*>(vcs), n_pasts, n, max_past + 1, bucket, H, Hkv, hd, scale,
+                        out, scratch, s);
       return;
     }
   }
@@ -701,8 +531,10 @@ void attention_t(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* 
     if constexpr (std::is_same_v<KV, bf16>) {
       if (decode_mma_ok(T, H, Hkv, hd) && reinterpret_cast<uintptr_t>(k) % 16 == 0 &&
           reinterpret_cast<uintptr_t>(v) % 16 == 0) {
-        decode_mma(hd, q, ldq, T, k, v, n_past, n_past_dev, none, none, static_cast<const int64_t*>(nullptr),
-                   int64_t(1), n_past + T, bucket, H, Hkv, hd, scale, out, scratch, s);
+        decode_mma<false>(hd, q, ldq, T, static_cast<const void*>(k), static_cast<const void*>(v), n_past, n_past_dev,
+                          static_cast<const void* const*>(nullptr), static_cast<const void* const*>(nullptr),
+                          static_cast<const int64_t*>(nullptr), int64_t(1), n_past + T, bucket, H, Hkv, hd, scale, out,
+                          scratch, s);
         return;
       }
     }
@@ -723,24 +555,90 @@ void attention_t(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* 
   else attention_prefill(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tf32, out, s);
 }
 
+// Rows [0, rows) of an 8-bit cache as bf16 rows of `width` (value times scale, rounded); with
+// rows_dev, rows = *rows_dev + rows_add (a recorded step's length).
+__global__ void kv_q8_to_bf16_kernel(const uint8_t* __restrict__ cache, int64_t rows, const int64_t* rows_dev,
+                                     int64_t rows_add, int64_t width, bf16* __restrict__ out) {
+  FH1_PDL_ENTER();
+  if (rows_dev) rows = *rows_dev + rows_add;
+  const int B = kv_q8_block_of(width);
+  const int64_t rb = kv_q8_row_bytes_of(width);
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < rows * width;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = e / width, c = e - r * width;
+    const uint8_t* row = cache + r * rb;
+    out[e] = __float2bfloat16_rn(static_cast<float>(reinterpret_cast<const int8_t*>(row)[c]) *
+                                 reinterpret_cast<const float*>(row + kv_q8_scales_at_of(width))[c / B]);
+  }
+}
+
+// The 8-bit form of the tensor-core decode kernel: its shapes, and whole 16-byte chunks of a
+// head's values in whole blocks of 16 or 32 (every Falcon-H1 size: head size 64 or 128).
+bool decode_q8_mma_ok(int64_t T, int H, int Hkv, int hd) {
+  if (Hkv <= 0 || H % Hkv != 0 || !decode_mma_ok(T, H, Hkv, hd) || hd % 16 != 0) return false;
+  const int qb = kv_q8_block_of(int64_t(Hkv) * hd);
+  return qb >= 16 && hd % qb == 0;
+}
+
+// Elements of one widened cache, rounded up to whole 16 bytes.
+int64_t widened_elems(int64_t n_keys, int64_t width) { return (n_keys * width + 7) / 8 * 8; }
+
+// 8-bit caches: the tensor-core decode kernel's Q8 form where it applies, else both caches
+// widened to bf16 at the start of the scratch and the bf16 path on them (after them in the scratch).
+void attention_q8(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,
+                  const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, float* out,
+                  float* scratch, cudaStream_t s) {
+  if (T <= kMaxDecodeT && decode_q8_mma_ok(T, H, Hkv, hd)) {
+    decode_mma<true>(hd, q, ldq, T, k, v, n_past, n_past_dev, static_cast<const void* const*>(nullptr),
+                     static_cast<const void* const*>(nullptr), static_cast<const int64_t*>(nullptr), int64_t(1),
+                     n_past + T, bucket, H, Hkv, hd, scale, out, scratch, s);
+    return;
+  }
+  // A device-side length (a recorded decode step): room for the whole bucket; the widening and
+  // the bf16 decode read the length at run time.
+  const int64_t n_keys = n_past + T, width = int64_t(Hkv) * hd;
+  const int64_t e = widened_elems(n_past_dev ? bucket_keys(n_keys, true) : n_keys, width);
+  bf16* kb = reinterpret_cast<bf16*>(scratch);
+  bf16* vb = kb + e;
+  for (auto [src, dst] : {std::pair{k, kb}, std::pair{v, vb}}) {
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((e + 255) / 256, 65535));
+    launch(kv_q8_to_bf16_kernel, blocks, 256, 0, s, static_cast<const uint8_t*>(src), n_keys, n_past_dev, T, width,
+           dst);
+    check_launch("attention (8-bit caches widened)");
+  }
+  // Launched plainly: the bf16 decode kernel reads its first tile before the PDL wait, which is
+  // safe for cache rows the kernel just before does not write, but here it writes all of V's.
+  PdlOff plain(true);
+  attention_t(q, ldq, T, static_cast<const bf16*>(kb), static_cast<const bf16*>(vb), n_past, n_past_dev, bucket, H,
+              Hkv, hd, scale, tf32, out, scratch + e, s);
+}
+
 }  // namespace
 
-bool attention_rows_ok(int hd, int Hkv) { return hd % 4 == 0 && hd <= 256 && (int64_t(Hkv) * hd) % 4 == 0; }
+bool attention_rows_ok(int H, int hd, int Hkv, KvType kv) {
+  if (hd % 4 != 0 || hd > 256 || (int64_t(Hkv) * hd) % 4 != 0) return false;
+  return kv != KvType::Q8 || decode_q8_mma_ok(1, H, Hkv, hd);
+}
 
 size_t attention_rows_scratch_floats(int64_t n, int64_t max_past, int H, int Hkv, int hd, bool bucket) {
   // Enough for either decode kernel.
   const int64_t ns = std::max(split_count(max_past + 1, gqa_units(n, H, Hkv, hd), bucket),
-                              mma_split_count(max_past + 1, n * Hkv, bucket, n == 1));
+                              mma_split_count(max_past + 1, n * Hkv, bucket, n == 1, kQ8PerSm));
   return static_cast<size_t>(n * H * ns) * static_cast<size_t>(2 + hd);
 }
 
 void attention_rows(const float* q, int64_t ldq, int64_t n, const void* const* kcs, const void* const* vcs,
                     const int64_t* n_pasts, int64_t max_past, bool bucket, int H, int Hkv, int hd, float scale,
-                    bool kv_bf16, float* out, float* scratch, cudaStream_t s) {
+                    KvType kv, float* out, float* scratch, cudaStream_t s) {
   if (n == 0 || H == 0) return;
   if (Hkv <= 0 || H % Hkv != 0) throw Error("CUDA attention: heads must be a multiple of kv heads");
-  if (!attention_rows_ok(hd, Hkv)) throw Error("CUDA attention_rows: head_dim must be a multiple of 4, at most 256");
-  if (kv_bf16)
+  if (!attention_rows_ok(H, hd, Hkv, kv))
+    throw Error("CUDA attention_rows: not for this head size, GQA group or KV cache type (attention_rows_ok)");
+  if (kv == KvType::Q8)
+    decode_mma<true>(hd, q, ldq, int64_t(1), static_cast<const void*>(nullptr), static_cast<const void*>(nullptr),
+                     int64_t(0), static_cast<const int64_t*>(nullptr), kcs, vcs, n_pasts, n, max_past + 1, bucket, H,
+                     Hkv, hd, scale, out, scratch, s);
+  else if (kv == KvType::BF16)
     attention_rows_t(q, ldq, n, reinterpret_cast<const bf16* const*>(kcs), reinterpret_cast<const bf16* const*>(vcs),
                      n_pasts, max_past, bucket, H, Hkv, hd, scale, out, scratch, s);
   else
@@ -748,30 +646,38 @@ void attention_rows(const float* q, int64_t ldq, int64_t n, const void* const* k
                      n_pasts, max_past, bucket, H, Hkv, hd, scale, out, scratch, s);
 }
 
-size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket, bool kv_bf16,
+size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket, KvType kv,
                                 bool tensor_cores) {
+  if (kv == KvType::Q8 && !(T <= kMaxDecodeT && decode_q8_mma_ok(T, H, Hkv, hd)))  // two bf16 caches first
+    return static_cast<size_t>(widened_elems(bucket ? bucket_keys(n_past + T, true) : n_past + T, int64_t(Hkv) * hd)) +
+           attention_scratch_floats(T, n_past, H, Hkv, hd, bucket, KvType::BF16, tensor_cores);
   if (T > kMaxDecodeT) {  // the caches' fp16 form for the fp16 flash kernel
-    const bool f16 = kv_bf16 && tensor_cores && flash_precision() == 3;
+    const bool f16 = kv == KvType::BF16 && tensor_cores && flash_precision() == 3;
     return f16 ? (attention_prefill_scratch_bytes(T, n_past, Hkv, hd) + sizeof(float) - 1) / sizeof(float) : 0;
   }
   // Enough for either decode kernel.
   const int64_t ns1 = split_plan(T, n_past, H).nsplit;
   const int64_t ns2 = split_count(n_past + T, gqa_units(T, H, Hkv, hd), bucket);
-  const int64_t ns3 = mma_split_count(n_past + T, Hkv, bucket, true);
+  const int64_t ns3 = mma_split_count(n_past + T, Hkv, bucket, true, kQ8PerSm);
   return static_cast<size_t>(T * H * std::max({ns1, ns2, ns3})) * static_cast<size_t>(2 + hd);
 }
 
-bool attention_decode_device_len(int64_t T, int hd, const void* k, const void* v, int Hkv, bool kv_bf16) {
-  return T <= kMaxDecodeT && (kv_bf16 ? gqa_decode_ok<bf16>(hd, k, v, Hkv) : gqa_decode_ok<float>(hd, k, v, Hkv));
+bool attention_decode_device_len(int64_t T, int H, int hd, const void* k, const void* v, int Hkv, KvType kv) {
+  if (T > kMaxDecodeT) return false;
+  if (kv == KvType::Q8)  // the 8-bit decode kernel, or the bf16 one on the caches widened
+    return decode_q8_mma_ok(T, H, Hkv, hd) || gqa_decode_ok<bf16>(hd, nullptr, nullptr, Hkv);
+  return kv == KvType::BF16 ? gqa_decode_ok<bf16>(hd, k, v, Hkv) : gqa_decode_ok<float>(hd, k, v, Hkv);
 }
 
 void attention(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,
-               const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, bool kv_bf16,
+               const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, KvType kv,
                float* out, float* scratch, cudaStream_t s) {
   if (T == 0 || H == 0) return;
   if (Hkv <= 0 || H % Hkv != 0) throw Error("CUDA attention: heads must be a multiple of kv heads");
   if (hd > 256) throw Error("CUDA attention: head_dim " + std::to_string(hd) + " > 256 is not supported");
-  if (kv_bf16)
+  if (kv == KvType::Q8)
+    attention_q8(q, ldq, T, k, v, n_past, n_past_dev, bucket, H, Hkv, hd, scale, tf32, out, scratch, s);
+  else if (kv == KvType::BF16)
     attention_t(q, ldq, T, static_cast<const bf16*>(k), static_cast<const bf16*>(v), n_past, n_past_dev, bucket, H,
                 Hkv, hd, scale, tf32, out, scratch, s);
   else

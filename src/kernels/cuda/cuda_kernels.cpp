@@ -103,7 +103,8 @@ class CudaKernelsImpl final : public CudaKernels {
     if (const char* g = std::getenv("FH1_CUDA_FUSE")) step_->set_fuse(std::string(g) != "0");  // 0: ops one by one
     if (const char* g = std::getenv("FH1_CUDA_LOOKAHEAD")) lookahead_ = std::string(g) != "0";
     if (const char* a = std::getenv("FH1_CUDA_ATTN")) tf32_attn_ = std::string(a) != "f32";
-    if (const char* a = std::getenv("FH1_CUDA_KV")) kv_bf16_ = std::string(a) != "f32";
+    if (const char* a = std::getenv("FH1_CUDA_KV"))
+      kv_ = std::string(a) == "f32" ? cuda::KvType::F32 : std::string(a) == "q8" ? cuda::KvType::Q8 : cuda::KvType::BF16;
     if (const char* a = std::getenv("FH1_CUDA_SSD_TF32")) tf32_scan_ = std::string(a) != "0";
     if (const char* a = std::getenv("FH1_CUDA_F16_COPIES")) weights_->set_f16_copies(std::string(a) != "0");
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
@@ -352,10 +353,10 @@ class CudaKernelsImpl final : public CudaKernels {
                  int H, int Hkv, int hd, float scale, float* out) override {
     // Recording a decode step: the length comes from the step's device array, the plan from its
     // power-of-two bucket, so one graph serves every length of the bucket.
-    const bool kv16 = kv_bf16_;
-    const bool dev_len = step_->recording() && cuda::attention_decode_device_len(T, hd, k_cache, v_cache, Hkv, kv16);
+    const cuda::KvType kv = kv_;
+    const bool dev_len = step_->recording() && cuda::attention_decode_device_len(T, H, hd, k_cache, v_cache, Hkv, kv);
     const bool tf32 = tf32_attn_;
-    float* scratch = attention_scratch(cuda::attention_scratch_floats(T, n_past, H, Hkv, hd, dev_len, kv16, tf32));
+    float* scratch = attention_scratch(cuda::attention_scratch_floats(T, n_past, H, Hkv, hd, dev_len, kv, tf32));
     if (dev_len) {
       int64_t bucket = 64;
       while (bucket < n_past + T) bucket *= 2;
@@ -363,28 +364,28 @@ class CudaKernelsImpl final : public CudaKernels {
       op("attention (step)", [=, this] {
         cuda::attention(q, ldq, T, k_cache, v_cache, n_past,
                         reinterpret_cast<const int64_t*>(step_->device_arrays() + off), true, H, Hkv, hd, scale, tf32,
-                        kv16, out, scratch, stream_);
-      }, q, ldq, T, k_cache, v_cache, bucket, off, H, Hkv, hd, scale, tf32, kv16, out, scratch);
+                        kv, out, scratch, stream_);
+      }, q, ldq, T, k_cache, v_cache, bucket, off, H, Hkv, hd, scale, tf32, kv, out, scratch);
       return;
     }
     op("attention", [=, this] {
-      cuda::attention(q, ldq, T, k_cache, v_cache, n_past, nullptr, false, H, Hkv, hd, scale, tf32, kv16, out,
+      cuda::attention(q, ldq, T, k_cache, v_cache, n_past, nullptr, false, H, Hkv, hd, scale, tf32, kv, out,
                       scratch, stream_);
-    }, q, ldq, T, k_cache, v_cache, n_past, H, Hkv, hd, scale, tf32, kv16, out, scratch);
+    }, q, ldq, T, k_cache, v_cache, n_past, H, Hkv, hd, scale, tf32, kv, out, scratch);
   }
 
   void kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) override {
     if (rows * width == 0) return;
-    const bool kv16 = kv_bf16_;
+    const cuda::KvType kv = kv_;
     if (step_->recording()) {
       const size_t off = step_->put(&row, sizeof(int64_t), -1);
       op("kv_write", [=, this] {
         cuda::kv_write(cache, row, reinterpret_cast<const int64_t*>(step_->device_arrays() + off), src, rows, width,
-                       kv16, stream_);
-      }, cache, off, src, rows, width, kv16);
+                       kv, stream_);
+      }, cache, off, src, rows, width, kv);
       return;
     }
-    op("kv_write", [=, this] { cuda::kv_write(cache, row, nullptr, src, rows, width, kv16, stream_); });
+    op("kv_write", [=, this] { cuda::kv_write(cache, row, nullptr, src, rows, width, kv, stream_); });
   }
 
   // ---- Mamba-2 ----
@@ -441,9 +442,9 @@ class CudaKernelsImpl final : public CudaKernels {
   void kv_write_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n,
                      int64_t width) override {
     if (n == 0) return;
-    const bool kv16 = kv_bf16_;
+    const cuda::KvType kv = kv_;
     if (step_->fusing()) {
-      step_->kv_rows(caches, n_past, src, n, width, kv16);
+      step_->kv_rows(caches, n_past, src, n, width, kv);
       return;
     }
     size_t off[2];
@@ -451,14 +452,14 @@ class CudaKernelsImpl final : public CudaKernels {
     op("kv_write_rows", [=, this] {
       const char* b = base ? base : step_->device_arrays();
       cuda::kv_write_rows(reinterpret_cast<void* const*>(b + off[0]), reinterpret_cast<const int64_t*>(b + off[1]),
-                          src, n, width, kv16, stream_);
-    }, off[0], off[1], src, n, width, kv16);
+                          src, n, width, kv, stream_);
+    }, off[0], off[1], src, n, width, kv);
   }
   void attention_rows(const float* q, int64_t ldq, int64_t n, const float* const* k_caches,
                       const float* const* v_caches, const int64_t* n_past, int H, int Hkv, int hd, float scale,
                       float* out) override {
     if (n == 0) return;
-    if (!cuda::attention_rows_ok(hd, Hkv)) {
+    if (!cuda::attention_rows_ok(H, hd, Hkv, kv_)) {
       Kernels::attention_rows(q, ldq, n, k_caches, v_caches, n_past, H, Hkv, hd, scale, out);
       return;
     }
@@ -468,7 +469,7 @@ class CudaKernelsImpl final : public CudaKernels {
     int64_t bucket = 64;
     while (bucket < max_past + 1) bucket *= 2;
     float* scratch = attention_scratch(cuda::attention_rows_scratch_floats(n, max_past, H, Hkv, hd, true));
-    const bool kv16 = kv_bf16_;
+    const cuda::KvType kv = kv_;
     size_t off[3];
     const char* base = arrays(
         {{k_caches, n * sizeof(float*)}, {v_caches, n * sizeof(float*)}, {n_past, n * sizeof(int64_t)}}, off);
@@ -476,9 +477,9 @@ class CudaKernelsImpl final : public CudaKernels {
       const char* b = base ? base : step_->device_arrays();
       cuda::attention_rows(q, ldq, n, reinterpret_cast<const void* const*>(b + off[0]),
                            reinterpret_cast<const void* const*>(b + off[1]),
-                           reinterpret_cast<const int64_t*>(b + off[2]), max_past, true, H, Hkv, hd, scale, kv16, out,
+                           reinterpret_cast<const int64_t*>(b + off[2]), max_past, true, H, Hkv, hd, scale, kv, out,
                            scratch, stream_);
-    }, q, ldq, n, bucket, off[0], off[1], off[2], H, Hkv, hd, scale, kv16, out, scratch);
+    }, q, ldq, n, bucket, off[0], off[1], off[2], H, Hkv, hd, scale, kv, out, scratch);
   }
 
   // ---- sampling ----
@@ -583,25 +584,28 @@ class CudaKernelsImpl final : public CudaKernels {
   }
   bool f16_weight_copies() const override { return weights_->f16_copies(); }
   bool scan_tf32() const override { return tf32_scan_; }
-  DType kv_cache_dtype() const override { return kv_bf16_ ? DType::BF16 : DType::F32; }
+  DType kv_cache_dtype() const override {
+    return kv_ == cuda::KvType::BF16 ? DType::BF16 : kv_ == cuda::KvType::Q8 ? DType::I8 : DType::F32;
+  }
   // Short calls leave the GPU idle: a prompt's attention launches (queries / 192) x heads blocks
   // for 132 SMs, and each call copies the caches' rows so far to fp16. 7B, 32K tokens on an H200:
   // 4,158 ms in calls of 256 tokens, 2,500 in 512, 1,435 in 2048, 1,404 in 8192, 1,372 in 32K
   // (activations 1.9, 2.3, 3.7 and 9.3 GB); 0.5B: 2,311, 430, 342 and 314 ms.
   int64_t preferred_prompt_chunk() const override { return 8192; }
   // KV caches in bf16 (default: half the bytes a long-context decode step reads; keys and values
-  // rounded to bf16 when written, every product and sum still float32) or float32
-  // (FH1_CUDA_KV=f32). Set before any SequenceState exists.
+  // rounded to bf16 when written, every product and sum still float32), float32 (FH1_CUDA_KV=f32),
+  // or 8 bits with block scales (I8, FH1_CUDA_KV=q8: a little over half of bf16's bytes; not
+  // exact). Set before any SequenceState exists.
   bool set_kv_cache_dtype(DType t) override {
-    if (t != DType::F32 && t != DType::BF16) return false;
+    if (t != DType::F32 && t != DType::BF16 && t != DType::I8) return false;
     flush();
-    kv_bf16_ = t == DType::BF16;
+    kv_ = t == DType::BF16 ? cuda::KvType::BF16 : t == DType::I8 ? cuda::KvType::Q8 : cuda::KvType::F32;
     return true;
   }
   bool attention_tf32() const override { return tf32_attn_; }
   std::string prefill_attention() const override {
     if (!tf32_attn_) return "f32";
-    if (!kv_bf16_) return "tf32";
+    if (kv_ == cuda::KvType::F32) return "tf32";
     static const char* const by_precision[] = {"bf16", "bf16 (Q split)", "bf16 (Q and P split)", "fp16 (scaled)"};
     const int prec = cuda::flash_precision();
     if (prec == 3 && cuda::flash_wgmma() > 0) return "fp16 (scaled, wgmma)";
@@ -645,10 +649,13 @@ class CudaKernelsImpl final : public CudaKernels {
     flush();
     if (n) cuda::fill_random_f32(p, n, amplitude, seed, stream_);
   }
-  void fill_random_kv(float* cache, size_t values, float amplitude, uint64_t seed) override {
+  void fill_random_kv(float* cache, int64_t rows, int64_t width, float amplitude, uint64_t seed) override {
     flush();
+    const auto values = static_cast<size_t>(rows * width);
     if (values == 0) return;
-    if (kv_bf16_) cuda::fill_random_bf16(reinterpret_cast<uint16_t*>(cache), values, amplitude, seed, stream_);
+    if (kv_ == cuda::KvType::Q8) cuda::fill_random_kv_q8(cache, rows, width, amplitude, seed, stream_);
+    else if (kv_ == cuda::KvType::BF16)
+      cuda::fill_random_bf16(reinterpret_cast<uint16_t*>(cache), values, amplitude, seed, stream_);
     else cuda::fill_random_f32(cache, values, amplitude, seed, stream_);
   }
 
@@ -837,7 +844,7 @@ class CudaKernelsImpl final : public CudaKernels {
   int64_t gemv_rows_ = 4;
   bool tf32_attn_ = true;
   bool tf32_scan_ = true;  // the chunked SSD's products in TF32 (set_scan_tf32)
-  bool kv_bf16_ = true;  // KV caches in bf16 (kv_cache_dtype)
+  cuda::KvType kv_ = cuda::KvType::BF16;  // the KV caches' type (kv_cache_dtype)
   LaneScratch lane_[2];
   int32_t* top_dev_ = nullptr;  // top_k_rows and softmax_rows arguments and results on the device
   size_t top_cap_ = 0;

@@ -89,8 +89,9 @@ class CudaKernels : public Kernels {
   virtual void randomize_weights(uint64_t seed) = 0;
   // Benchmarks only: n floats at p (device memory from alloc) uniform in +-amplitude.
   virtual void fill_random(float* p, size_t n, float amplitude, uint64_t seed) = 0;
-  // Benchmarks only: `values` KV cache values at `cache` (kv_cache_dtype()) uniform in +-amplitude.
-  virtual void fill_random_kv(float* cache, size_t values, float amplitude, uint64_t seed) = 0;
+  // Benchmarks only: `rows` KV cache rows of `width` values at `cache` (kv_cache_dtype()), uniform
+  // in +-amplitude.
+  virtual void fill_random_kv(float* cache, int64_t rows, int64_t width, float amplitude, uint64_t seed) = 0;
 };
 
 // Throws fh1::Error when the device cannot be used.

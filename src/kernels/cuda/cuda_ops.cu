@@ -5,8 +5,10 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_kv.cuh"
 #include "kernels/cuda/cuda_rows.cuh"
 #include "util/error.h"
 
@@ -87,37 +89,6 @@ __global__ void sum_halves_kernel(const float* y2, int64_t T, int64_t N, const f
   const int64_t n = T * N;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] = y2[i] + y2[n + i] + (bias ? bias[i % N] : 0.0f);
-}
-
-// KV cache stores: float32 as it is, bf16 rounded to nearest even.
-__device__ __forceinline__ void kv_store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void kv_store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
-template <typename KV>
-__global__ void kv_write_kernel(KV* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t n,
-                                int64_t width) {
-  FH1_PDL_ENTER();
-  KV* dst = cache + (row_dev ? *row_dev : row) * width;
-  if constexpr (sizeof(KV) == 4) {
-    if (width % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-      for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n / 4; i += int64_t(gridDim.x) * blockDim.x)
-        reinterpret_cast<float4*>(dst)[i] = reinterpret_cast<const float4*>(src)[i];
-      return;
-    }
-  }
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    kv_store(dst + i, src[i]);
-}
-
-template <typename KV>
-__global__ void kv_write_rows_kernel(KvRowsParts kp, int64_t width) {
-  FH1_PDL_ENTER();
-  const int64_t i = blockIdx.y;
-  const KvRowsPart& P = kp.part[blockIdx.z];
-  KV* dst = static_cast<KV*>(P.caches[i]) + P.rows[i] * width;
-  const float* sr = P.src + i * width;
-  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < width; j += int64_t(gridDim.x) * blockDim.x)
-    kv_store(dst + j, sr[j]);
 }
 
 // One thread per (row i, channel c): out from the K-1 state rows and the new input, then the
@@ -417,6 +388,8 @@ __global__ void rope_kernel(float* x, int64_t ld, int64_t T, int heads, int hd, 
   }
 }
 
+struct Q8Tag {};  // rope_kv_kernel's KV for 8-bit caches (hd % 64 == 0, width % 32 == 0: blocks of 32)
+
 // Up to two tensors rotated at the same positions, each first multiplied by its `pre` (the key
 // multiplier folded in): the arithmetic of scale_kernel then rope_kernel. Then, when kv_nparts >
 // 0, the KV cache writes of kv_write_rows_kernel: a part whose rows are a rope part's (from_rope)
@@ -454,7 +427,11 @@ __global__ void rope_kv_kernel(RopeParts rp, int64_t T, int hd, const int64_t* p
       }
       const KvRowsPart& K = kp.part[p];
       const int64_t t = i / width, c = i - t * width;
-      kv_store(static_cast<KV*>(K.caches[t]) + K.rows[t] * width + c, K.src[t * width + c]);
+      if constexpr (std::is_same_v<KV, Q8Tag>)
+        kv_q8_store(static_cast<uint8_t*>(K.caches[t]) + K.rows[t] * kv_q8_row_bytes_of(width), width, c,
+                    K.src[t * width + c], true, 32);
+      else
+        kv_store(static_cast<KV*>(K.caches[t]) + K.rows[t] * width + c, K.src[t * width + c]);
       continue;
     }
     const int pi = e >= n0 ? 1 : 0;
@@ -483,9 +460,15 @@ __global__ void rope_kv_kernel(RopeParts rp, int64_t T, int hd, const int64_t* p
     v[j + half] = rb;
     for (int p = 0; p < kv_nparts; ++p)
       if (kp.part[p].from_rope == pi) {
-        KV* dst = static_cast<KV*>(kp.part[p].caches[t]) + kp.part[p].rows[t] * width + int64_t(h) * hd;
-        kv_store(dst + j, ra);
-        kv_store(dst + j + half, rb);
+        if constexpr (std::is_same_v<KV, Q8Tag>) {  // lanes: 32 consecutive j of one head
+          uint8_t* row = static_cast<uint8_t*>(kp.part[p].caches[t]) + kp.part[p].rows[t] * kv_q8_row_bytes_of(width);
+          kv_q8_store(row, width, int64_t(h) * hd + j, ra, true, 32);
+          kv_q8_store(row, width, int64_t(h) * hd + j + half, rb, true, 32);
+        } else {
+          KV* dst = static_cast<KV*>(kp.part[p].caches[t]) + kp.part[p].rows[t] * width + int64_t(h) * hd;
+          kv_store(dst + j, ra);
+          kv_store(dst + j + half, rb);
+        }
       }
   }
 }
@@ -502,6 +485,18 @@ __global__ void fill_random_bf16_kernel(__nv_bfloat16* w, size_t n, float amp, u
   FH1_PDL_ENTER();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     w[i] = __float2bfloat16_rn(amp * random_uniform(seed, i));
+}
+
+__global__ void fill_random_kv_q8_kernel(uint8_t* cache, int64_t rows, int64_t width, float amp, uint64_t seed) {
+  const int B = kv_q8_block_of(width);
+  const int64_t rb = kv_q8_row_bytes_of(width);
+  const int64_t n = rows * width;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = e / width, c = e - r * width;
+    uint8_t* row = cache + r * rb;
+    reinterpret_cast<int8_t*>(row)[c] = static_cast<int8_t>(rintf(random_uniform(seed, static_cast<size_t>(e)) * 127.0f));
+    if (c % B == 0) reinterpret_cast<float*>(row + kv_q8_scales_at_of(width))[c / B] = amp / 127.0f;
+  }
 }
 
 __global__ void fill_random_f32_kernel(float* w, size_t n, float amp, uint64_t seed) {
@@ -601,35 +596,6 @@ void f32_to_bf16_split(const float* x, int64_t ldx, int64_t T, int64_t K, uint16
 void sum_halves(const float* y2, int64_t T, int64_t N, const float* bias, float* y, cudaStream_t s) {
   launch(sum_halves_kernel, blocks_for(T * N), kThreads, 0, s, y2, T, N, bias, y);
   check_launch("sum_halves");
-}
-
-void kv_write(void* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,
-              bool kv_bf16, cudaStream_t s) {
-  const int64_t n = rows * width;
-  if (n == 0) return;
-  if (kv_bf16)
-    launch(kv_write_kernel<__nv_bfloat16>, blocks_for(static_cast<size_t>(n)), kThreads, 0, s,
-           static_cast<__nv_bfloat16*>(cache), row, row_dev, src, n, width);
-  else
-    launch(kv_write_kernel<float>, blocks_for(static_cast<size_t>(width % 4 == 0 ? n / 4 : n)), kThreads, 0, s,
-           static_cast<float*>(cache), row, row_dev, src, n, width);
-  check_launch("kv_write");
-}
-
-void kv_write_rows(void* const* caches, const int64_t* rows, const float* src, int64_t n, int64_t width,
-                   bool kv_bf16, cudaStream_t s) {
-  if (n == 0 || width == 0) return;
-  KvRowsParts kp;
-  kp.part[0] = KvRowsPart{caches, rows, src};
-  kv_write_rows_parts(kp, 1, n, width, kv_bf16, s);
-}
-
-void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, bool kv_bf16, cudaStream_t s) {
-  if (n == 0 || width == 0) return;
-  const dim3 grid(blocks_for(static_cast<size_t>(width)), static_cast<unsigned>(n), static_cast<unsigned>(nparts));
-  if (kv_bf16) launch(kv_write_rows_kernel<__nv_bfloat16>, grid, kThreads, 0, s, kp, width);
-  else launch(kv_write_rows_kernel<float>, grid, kThreads, 0, s, kp, width);
-  check_launch("kv_write_rows");
 }
 
 void conv1d_silu_rows(const float* in, int64_t ld_in, int64_t n, int64_t C, int K, const float* w, const float* bias,
@@ -743,11 +709,11 @@ void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* pos
 }
 
 void rope_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq, cudaStream_t s) {
-  rope_kv_parts(rp, T, hd, pos, inv_freq, KvRowsParts{}, 0, 0, false, s);
+  rope_kv_parts(rp, T, hd, pos, inv_freq, KvRowsParts{}, 0, 0, KvType::F32, s);
 }
 
 void rope_kv_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq,
-                   const KvRowsParts& kp, int kv_nparts, int64_t width, bool kv_bf16, cudaStream_t s) {
+                   const KvRowsParts& kp, int kv_nparts, int64_t width, KvType kv, cudaStream_t s) {
   const int half = hd / 2;
   int64_t n = 0;
   for (int i = 0; i < rp.nparts; ++i) n += T * rp.part[i].heads * half;
@@ -758,8 +724,12 @@ void rope_kv_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, c
     if (r < 0) n += T * width;
   }
   if (n == 0) return;
+  if (kv_nparts > 0 && kv == KvType::Q8 && !rope_kv_q8_ok(hd, width))
+    throw Error("rope_kv_parts: 8-bit KV rows need a head size that is a multiple of 64");
   const unsigned blocks = blocks_for(static_cast<size_t>(n));
-  if (kv_bf16)
+  if (kv_nparts > 0 && kv == KvType::Q8)
+    launch(rope_kv_kernel<Q8Tag>, blocks, kThreads, 0, s, rp, T, hd, pos, inv_freq, kp, kv_nparts, width);
+  else if (kv == KvType::BF16)
     launch(rope_kv_kernel<__nv_bfloat16>, blocks, kThreads, 0, s, rp, T, hd, pos, inv_freq, kp, kv_nparts, width);
   else
     launch(rope_kv_kernel<float>, blocks, kThreads, 0, s, rp, T, hd, pos, inv_freq, kp, kv_nparts, width);
@@ -769,6 +739,13 @@ void rope_kv_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, c
 void fill_random_bf16(uint16_t* w, size_t n, float amp, uint64_t seed, cudaStream_t s) {
   launch(fill_random_bf16_kernel, blocks_for(n), kThreads, 0, s, reinterpret_cast<__nv_bfloat16*>(w), n, amp, seed);
   check_launch("fill_random_bf16");
+}
+
+void fill_random_kv_q8(void* cache, int64_t rows, int64_t width, float amp, uint64_t seed, cudaStream_t s) {
+  if (rows * width == 0) return;
+  launch(fill_random_kv_q8_kernel, blocks_for(static_cast<size_t>(rows * width)), kThreads, 0, s,
+         static_cast<uint8_t*>(cache), rows, width, amp, seed);
+  check_launch("fill_random_kv_q8");
 }
 
 void fill_random_f32(float* w, size_t n, float amp, uint64_t seed, cudaStream_t s) {

@@ -13,6 +13,10 @@
 
 namespace fh1::cuda {
 
+// The KV caches' element type (Kernels::kv_cache_dtype()): float32, bf16, or 8 bits with block
+// scales (quant/kv_q8.h).
+enum class KvType : uint8_t { F32, BF16, Q8 };
+
 // Throws fh1::Error with the call's text and CUDA's message.
 void check(cudaError_t e, const char* what);
 #define FH1_CUDA(call) ::fh1::cuda::check((call), #call)
@@ -144,6 +148,8 @@ void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* pos
           cudaStream_t s);
 void fill_random_bf16(uint16_t* w, size_t n, float amplitude, uint64_t seed, cudaStream_t s);
 void fill_random_f32(float* w, size_t n, float amplitude, uint64_t seed, cudaStream_t s);
+// Benchmarks: `rows` rows of `width` random 8-bit KV values (uniform steps, scales amplitude / 127).
+void fill_random_kv_q8(void* cache, int64_t rows, int64_t width, float amplitude, uint64_t seed, cudaStream_t s);
 
 // Mamba-2.
 void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias,
@@ -171,8 +177,10 @@ void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len);
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from
 // device memory at run time and n_past only picks the plan; with `bucket` the plan depends on
 // n_past only through the next power of two. tf32: prefill on the tensor cores (else float32).
-// The caches hold bf16 values when kv_bf16, else float32 (every KV op below likewise).
-size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket, bool kv_bf16,
+// The caches hold values of type `kv` (every KV op below likewise). 8-bit caches are read by a
+// decode kernel of their own where the bf16 decode on the tensor cores applies (decode_mma_ok);
+// elsewhere (prompts, other shapes) their rows are first widened to bf16 in the scratch.
+size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket, KvType kv,
                                 bool tensor_cores);
 // The operands of the prefill's flash attention over bf16 caches: 3 (the default) fp16 (the
 // caches copied to fp16 with a power-of-two scale, each query row likewise: up to ~4e-3 of rms), 2 bf16
@@ -187,21 +195,23 @@ int flash_precision();
 void set_flash_wgmma(int variant);
 int flash_wgmma();
 bool flash_wgmma_available();
-bool attention_decode_device_len(int64_t T, int hd, const void* k, const void* v, int Hkv, bool kv_bf16);
+bool attention_decode_device_len(int64_t T, int H, int hd, const void* k, const void* v, int Hkv, KvType kv);
 void attention(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,
-               const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, bool kv_bf16,
+               const int64_t* n_past_dev, bool bucket, int H, int Hkv, int hd, float scale, bool tf32, KvType kv,
                float* out, float* scratch, cudaStream_t s);
 
 // Decode rows: query row i of sequence i over its caches kcs[i] / vcs[i] (device arrays of
 // device pointers) with n_pasts[i] (device array) earlier tokens; max_past (host) picks the plan.
-bool attention_rows_ok(int hd, int Hkv);
+// attention_rows_ok: whether attention_rows takes this shape (else the caller runs attention() a
+// sequence at a time).
+bool attention_rows_ok(int H, int hd, int Hkv, KvType kv);
 size_t attention_rows_scratch_floats(int64_t n, int64_t max_past, int H, int Hkv, int hd, bool bucket);
 void attention_rows(const float* q, int64_t ldq, int64_t n, const void* const* kcs, const void* const* vcs,
                     const int64_t* n_pasts, int64_t max_past, bool bucket, int H, int Hkv, int hd, float scale,
-                    bool kv_bf16, float* out, float* scratch, cudaStream_t s);
+                    KvType kv, float* out, float* scratch, cudaStream_t s);
 // Row i of a decode step into caches[i] at row rows[i] (device arrays).
 void kv_write_rows(void* const* caches, const int64_t* rows, const float* src, int64_t n, int64_t width,
-                   bool kv_bf16, cudaStream_t s);
+                   KvType kv, cudaStream_t s);
 // One token per sequence: conv (state conv_states[i]) and scan (state ssm_states[i]) of row i.
 void conv1d_silu_rows(const float* in, int64_t ld_in, int64_t n, int64_t C, int K, const float* w, const float* bias,
                       float* const* conv_states, float* out, cudaStream_t s);
@@ -230,11 +240,13 @@ struct KvRowsPart {
 struct KvRowsParts {
   KvRowsPart part[2];
 };
-void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, bool kv_bf16, cudaStream_t s);
+void kv_write_rows_parts(const KvRowsParts& kp, int nparts, int64_t n, int64_t width, KvType kv, cudaStream_t s);
+// Whether rope_kv_parts can store rotated rows into 8-bit caches (each warp's 32 values one block).
+inline bool rope_kv_q8_ok(int hd, int64_t width) { return hd % 64 == 0 && width % 32 == 0; }
 // rope_parts, then kv_write_rows_parts of T rows, in one launch. A KV part with from_rope >= 0
 // stores that rope part's rotated values (its rows are `width` = heads * hd, contiguous).
 void rope_kv_parts(const RopeParts& rp, int64_t T, int hd, const int64_t* pos, const float* inv_freq,
-                   const KvRowsParts& kp, int kv_nparts, int64_t width, bool kv_bf16, cudaStream_t s);
+                   const KvRowsParts& kp, int kv_nparts, int64_t width, KvType kv, cudaStream_t s);
 // ssm_scan_rows with the gate of the next op folded in when z is not null: y *= silu(z[i, row]).
 void ssm_scan_rows_gated(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw,
                          int64_t ld_dt, int64_t n, const SsmParams& p, float* const* states, const float* z,
@@ -261,6 +273,6 @@ void softmax_rows(const float* x, int64_t rows, int64_t n, const double* inv_t, 
 
 // Appends rows to a KV cache: cache[row + i, :] = src[i, :], row read from row_dev when not null.
 void kv_write(void* cache, int64_t row, const int64_t* row_dev, const float* src, int64_t rows, int64_t width,
-              bool kv_bf16, cudaStream_t s);
+              KvType kv, cudaStream_t s);
 
 }  // namespace fh1::cuda

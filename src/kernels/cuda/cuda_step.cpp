@@ -537,26 +537,26 @@ void DecodeStep::rope(float* x, int64_t ld, int64_t T, int heads, int hd, const 
 }
 
 void DecodeStep::kv_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n, int64_t width,
-                         bool kv16) {
+                         KvType kv_type) {
   const size_t oc = put(caches, n * sizeof(float*), -1), orow = put(n_past, n * sizeof(int64_t), -1);
-  if (pk_ == PK::Rope && rope_takes_kv(src, n, width, kv16)) {
+  if (pk_ == PK::Rope && rope_takes_kv(src, n, width, kv_type)) {
     int from = -1;
     for (int r = 0; r < pr_.rp.nparts; ++r)
       if (pr_.rp.part[r].x == src) from = r;
-    pr_.kv.add(oc, orow, src, n, width, kv16, from);
+    pr_.kv.add(oc, orow, src, n, width, kv_type, from);
     if (pr_.kv.nparts == 2) flush_pending();
     return;
   }
-  if (pk_ == PK::Kv && pkv_.nparts == 1 && pkv_.n == n && pkv_.width == width && pkv_.kv16 == kv16 &&
+  if (pk_ == PK::Kv && pkv_.nparts == 1 && pkv_.n == n && pkv_.width == width && pkv_.kv == kv_type &&
       !overlap(src, static_cast<size_t>(n * width), pkv_.src[0], static_cast<size_t>(n * width))) {
-    pkv_.add(oc, orow, src, n, width, kv16);
+    pkv_.add(oc, orow, src, n, width, kv_type);
     flush_pending();
     return;
   }
   flush_pending();
   pk_ = PK::Kv;
   pkv_ = PendingKv{};
-  pkv_.add(oc, orow, src, n, width, kv16);
+  pkv_.add(oc, orow, src, n, width, kv_type);
 }
 
 KvRowsParts DecodeStep::kv_parts(const PendingKv& kv) const {
@@ -569,13 +569,14 @@ KvRowsParts DecodeStep::kv_parts(const PendingKv& kv) const {
 
 // Whether the KV write of n rows of src (width floats each) can join the pending rope: its rows
 // are exactly a rope part's (stored as rotated), or apart from every rope part (copied).
-bool DecodeStep::rope_takes_kv(const float* src, int64_t n, int64_t width, bool kv16) const {
+bool DecodeStep::rope_takes_kv(const float* src, int64_t n, int64_t width, KvType kv_type) const {
   static const bool on = [] {  // FH1_CUDA_ROPE_KV=0 (tuning only): the KV writes apart
     const char* e = std::getenv("FH1_CUDA_ROPE_KV");
     return e == nullptr || std::string(e) != "0";
   }();
   const PendingKv& kv = pr_.kv;
-  if (!on || pr_.T != n || kv.nparts >= 2 || (kv.nparts == 1 && (kv.width != width || kv.kv16 != kv16))) return false;
+  if (!on || pr_.T != n || kv.nparts >= 2 || (kv.nparts == 1 && (kv.width != width || kv.kv != kv_type))) return false;
+  if (kv_type == KvType::Q8 && !rope_kv_q8_ok(pr_.hd, width)) return false;
   if (psc_.on && overlap(psc_.x, psc_.n, src, static_cast<size_t>(n * width))) return false;  // scaled first
   for (int r = 0; r < pr_.rp.nparts; ++r) {
     const RopePart& P = pr_.rp.part[r];
@@ -641,19 +642,19 @@ void DecodeStep::flush_pending(bool keep_scale) {
       const PendingKv& kv = r.kv;
       record("rope parts", [=, this] {
         rope_kv_parts(r.rp, r.T, r.hd, reinterpret_cast<const int64_t*>(dyn_dev_ + r.pos),
-                      reinterpret_cast<const float*>(dyn_dev_ + r.freq), kv_parts(kv), kv.nparts, kv.width, kv.kv16,
+                      reinterpret_cast<const float*>(dyn_dev_ + r.freq), kv_parts(kv), kv.nparts, kv.width, kv.kv,
                       cur_);
       }, r.rp.nparts, a.x, a.ld, a.heads, a.scaled, a.pre, b.x, b.ld, b.heads, b.scaled, b.pre, r.T, r.hd, r.pos,
              r.freq, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.from_rope[0], kv.off[1][0], kv.off[1][1],
-             kv.src[1], kv.from_rope[1], kv.width, kv.kv16);
+             kv.src[1], kv.from_rope[1], kv.width, kv.kv);
       return;
     }
     case PK::Kv: {
       const PendingKv kv = pkv_;
       record("kv rows", [=, this] {
-        kv_write_rows_parts(kv_parts(kv), kv.nparts, kv.n, kv.width, kv.kv16, cur_);
+        kv_write_rows_parts(kv_parts(kv), kv.nparts, kv.n, kv.width, kv.kv, cur_);
       }, kv.nparts, kv.off[0][0], kv.off[0][1], kv.src[0], kv.off[1][0], kv.off[1][1], kv.src[1], kv.n, kv.width,
-             kv.kv16);
+             kv.kv);
       return;
     }
     case PK::Scan: {

@@ -184,7 +184,7 @@ class DecodeStep {
   bool gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d);
   void gemv(const float* x, int64_t ldx, int64_t T, const WeightView& w, const float* bias, float* y);
   void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* positions, const float* inv_freq);
-  void kv_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n, int64_t width, bool kv16);
+  void kv_rows(float* const* caches, const int64_t* n_past, const float* src, int64_t n, int64_t width, KvType kv);
   void scan_rows(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt, int64_t ld_dt,
                  int64_t n, const SsmParams& p, float* const* ssm_states, float* y);
   // True when it took the norm (joined with a pending residual add of its input).
@@ -233,15 +233,15 @@ class DecodeStep {
     int from_rope[2] = {-1, -1};
     int nparts = 0;
     int64_t n = 0, width = 0;
-    bool kv16 = false;
-    void add(size_t caches, size_t rows, const float* from, int64_t n_rows, int64_t w, bool bf16, int rope = -1) {
+    KvType kv = KvType::F32;
+    void add(size_t caches, size_t rows, const float* from, int64_t n_rows, int64_t w, KvType type, int rope = -1) {
       off[nparts][0] = caches;
       off[nparts][1] = rows;
       src[nparts] = from;
       from_rope[nparts++] = rope;
       n = n_rows;
       width = w;
-      kv16 = bf16;
+      kv = type;
     }
   };
   struct PendingRope {
@@ -286,7 +286,7 @@ class DecodeStep {
   void time_step_launched();
   void free_retired();
   void use_lane(int lane);
-  bool rope_takes_kv(const float* src, int64_t n, int64_t width, bool kv16) const;
+  bool rope_takes_kv(const float* src, int64_t n, int64_t width, KvType kv) const;
   KvRowsParts kv_parts(const PendingKv& kv) const;  // while the recorded ops run
   bool residual_into_gemv(float* h, const float* a, float sa, const float* b, float sb, size_t n);
   void close_branches();
