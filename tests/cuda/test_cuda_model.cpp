@@ -377,9 +377,17 @@ void CudaModelTest::decode_graphs_equal_direct_launches(DType kv) {
   ASSERT_EQ(direct.size(), plain.size());
   EXPECT_LE(relative_max_diff(plain, direct), 1e-4) << f.name;
   EXPECT_LE(relative_max_diff(branched, direct), 1e-4) << f.name;
-  // Replayed, not re-captured every step: a few graphs per shape (buckets, KV growth).
+  // Replayed, not re-captured every step: a few graphs per shape (buckets, KV growth). 8-bit
+  // caches outside the 8-bit decode kernel's shapes (head sizes that are not whole blocks) take
+  // the host's length, so there a graph is captured at each length.
+  const ModelConfig& c0 = model.config();
+  const bool per_length =
+      kv == DType::I8 && !cuda::attention_decode_device_len(1, c0.num_attention_heads, c0.head_dim, nullptr, nullptr,
+                                                            c0.num_key_value_heads, cuda::KvType::Q8);
   for (size_t c : {captured_plain, captured}) {
-    EXPECT_LE(c, 16u) << f.name;
+    if (!per_length) {
+      EXPECT_LE(c, 16u) << f.name;
+    }
     EXPECT_GE(c, 2u) << f.name;
   }
 }

@@ -555,12 +555,10 @@ void attention_t(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* 
   else attention_prefill(q, ldq, T, k, v, n_past, H, Hkv, hd, scale, tf32, out, s);
 }
 
-// Rows [0, rows) of an 8-bit cache as bf16 rows of `width` (value times scale, rounded); with
-// rows_dev, rows = *rows_dev + rows_add (a recorded step's length).
-__global__ void kv_q8_to_bf16_kernel(const uint8_t* __restrict__ cache, int64_t rows, const int64_t* rows_dev,
-                                     int64_t rows_add, int64_t width, bf16* __restrict__ out) {
+// Rows [0, rows) of an 8-bit cache as bf16 rows of `width` (value times scale, rounded).
+__global__ void kv_q8_to_bf16_kernel(const uint8_t* __restrict__ cache, int64_t rows, int64_t width,
+                                     bf16* __restrict__ out) {
   FH1_PDL_ENTER();
-  if (rows_dev) rows = *rows_dev + rows_add;
   const int B = kv_q8_block_of(width);
   const int64_t rb = kv_q8_row_bytes_of(width);
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < rows * width;
@@ -594,16 +592,15 @@ void attention_q8(const float* q, int64_t ldq, int64_t T, const void* k, const v
                      n_past + T, bucket, H, Hkv, hd, scale, out, scratch, s);
     return;
   }
-  // A device-side length (a recorded decode step): room for the whole bucket; the widening and
-  // the bf16 decode read the length at run time.
-  const int64_t n_keys = n_past + T, width = int64_t(Hkv) * hd;
-  const int64_t e = widened_elems(n_past_dev ? bucket_keys(n_keys, true) : n_keys, width);
+  // (A recorded decode step records these with its host length: attention_decode_device_len
+  // says no, so its graph is captured again at each length.)
+  if (n_past_dev) throw Error("CUDA attention: 8-bit caches with a device-side length need the 8-bit decode kernel");
+  const int64_t n_keys = n_past + T, width = int64_t(Hkv) * hd, e = widened_elems(n_keys, width);
   bf16* kb = reinterpret_cast<bf16*>(scratch);
   bf16* vb = kb + e;
   for (auto [src, dst] : {std::pair{k, kb}, std::pair{v, vb}}) {
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((e + 255) / 256, 65535));
-    launch(kv_q8_to_bf16_kernel, blocks, 256, 0, s, static_cast<const uint8_t*>(src), n_keys, n_past_dev, T, width,
-           dst);
+    launch(kv_q8_to_bf16_kernel, blocks, 256, 0, s, static_cast<const uint8_t*>(src), n_keys, width, dst);
     check_launch("attention (8-bit caches widened)");
   }
   // Launched plainly: the bf16 decode kernel reads its first tile before the PDL wait, which is
@@ -649,7 +646,7 @@ void attention_rows(const float* q, int64_t ldq, int64_t n, const void* const* k
 size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int hd, bool bucket, KvType kv,
                                 bool tensor_cores) {
   if (kv == KvType::Q8 && !(T <= kMaxDecodeT && decode_q8_mma_ok(T, H, Hkv, hd)))  // two bf16 caches first
-    return static_cast<size_t>(widened_elems(bucket ? bucket_keys(n_past + T, true) : n_past + T, int64_t(Hkv) * hd)) +
+    return static_cast<size_t>(widened_elems(n_past + T, int64_t(Hkv) * hd)) +
            attention_scratch_floats(T, n_past, H, Hkv, hd, bucket, KvType::BF16, tensor_cores);
   if (T > kMaxDecodeT) {  // the caches' fp16 form for the fp16 flash kernel
     const bool f16 = kv == KvType::BF16 && tensor_cores && flash_precision() == 3;
@@ -664,8 +661,7 @@ size_t attention_scratch_floats(int64_t T, int64_t n_past, int H, int Hkv, int h
 
 bool attention_decode_device_len(int64_t T, int H, int hd, const void* k, const void* v, int Hkv, KvType kv) {
   if (T > kMaxDecodeT) return false;
-  if (kv == KvType::Q8)  // the 8-bit decode kernel, or the bf16 one on the caches widened
-    return decode_q8_mma_ok(T, H, Hkv, hd) || gqa_decode_ok<bf16>(hd, nullptr, nullptr, Hkv);
+  if (kv == KvType::Q8) return decode_q8_mma_ok(T, H, Hkv, hd);
   return kv == KvType::BF16 ? gqa_decode_ok<bf16>(hd, k, v, Hkv) : gqa_decode_ok<float>(hd, k, v, Hkv);
 }
 
