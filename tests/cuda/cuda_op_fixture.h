@@ -75,14 +75,16 @@ struct CudaOpFixture : ::testing::Test {
   // float32; the GPU holds it in its kv_cache_dtype(), written by its own kv_write. The reference
   // then holds what the GPU attends over: bf16: v rounded to bf16; 8 bits: the GPU's values
   // (quant/kv_q8.h) rounded to bf16, as its kernels widen them.
-  Pair cache_both(std::vector<float> v, int64_t width) {
+  // round_bf16: the reference's copy of 8-bit caches rounded to bf16, as the kernels that widen
+  // them to bf16 read them (the 8-bit decode kernel reads them as they are).
+  Pair cache_both(std::vector<float> v, int64_t width, bool round_bf16 = true) {
     const int64_t rows = static_cast<int64_t>(v.size()) / width;
     Pair p{Buffer(*cpu, v.size()), Buffer(*gpu, gpu->kv_cache_floats(rows, width)), v.size()};
     Buffer src(*gpu, v.size());
     gpu->from_host(src.data(), v.data(), v.size());
     gpu->kv_write(p.g.data(), 0, src.data(), rows, width);
     if (gpu->kv_cache_dtype() == DType::I8) v = cache_host(p, width);
-    if (gpu->kv_cache_dtype() != DType::F32)
+    if (gpu->kv_cache_dtype() == DType::BF16 || (gpu->kv_cache_dtype() == DType::I8 && round_bf16))
       for (float& x : v) x = bf16_to_f32(f32_to_bf16(x));
     cpu->from_host(p.c.data(), v.data(), v.size());
     return p;

@@ -2,7 +2,7 @@
 // kernels (few queries) and the dispatch of every attention call; the prefill kernels (many
 // queries) are in cuda_attention_prefill.cu.
 //  - bf16 KV caches, G query heads x T queries <= 16 rows per KV head: split-KV on the tensor
-//    cores (attn_decode_mma_kernel below).
+//    cores (attn_decode_mma_kernel, cuda_attention_decode_mma.cuh).
 //  - otherwise: split-KV in float32. One block per (key range, kv head, query): every key is read
 //    once for all query heads of its group (up to 8 per block); two keys per warp (16 lanes a
 //    key, float4 loads).
@@ -11,15 +11,18 @@
 // memory, so that a captured decode graph replays at any length within its bucket.
 // Every kernel reads the KV caches as KV = float or bf16 (the backend's kv_cache_dtype(); bf16
 // halves the bytes a long-context decode step reads) and converts to float32 on load. 8-bit
-// caches (quant/kv_q8.h) have a form of the tensor-core decode kernel; anything else widens
-// their rows to bf16 in the scratch first (attention_q8).
+// caches (quant/kv_q8.h) have their own tensor-core decode kernel (attn_decode_q8_kernel,
+// cuda_attention_decode_q8.cuh); anything else widens their rows to bf16 in the scratch first
+// (attention_q8).
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_attention_common.cuh"
 #include "kernels/cuda/cuda_attention_decode_mma.cuh"
+#include "kernels/cuda/cuda_attention_decode_q8.cuh"
 #include "kernels/cuda/cuda_kv.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "util/error.h"
@@ -379,8 +382,9 @@ int split_count(int64_t n_keys, int64_t units, bool bucket) {
 // and fewer ranges to merge (H200, 7B batch 1: 16K 5.278 -> 5.153 ms, 32K 5.532 -> 5.424, 4K
 // within 0.5 %; 0.5B and 1.5B-Deep at 16K within 0.7 %; past the rule's end, 3 per SM was 0.4 %
 // slower at 64K and 6 % at 128K).
-constexpr int kQ8PerSm = 8;
-// per_sm: the blocks an SM holds (5 for the bf16 kernel; the 8-bit one's, kept as a bound, 8).
+constexpr int kQ8PerSm = 12;  // the 8-bit kernel's blocks an SM, at most (its registers' bound)
+// per_sm: the blocks an SM holds (5 for the bf16 kernel; the 8-bit one's from the occupancy
+// calculator, at most kQ8PerSm, which the scratch sizes plan for).
 int mma_split_count(int64_t n_keys, int64_t units, bool bucket, bool one_sequence, int per_sm = 5) {
   static const int64_t sms = [] {
     int dev = 0, n = 132;
@@ -469,6 +473,38 @@ void launch_gqa(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v
   launch_merge(ml, pacc, H, T, hd, nsplit, out, s);
 }
 
+// The 8-bit decode kernel's tiles: keys x stages in flight. 16 x 2 by default: 12 blocks an SM
+// (by its registers) where 16 x 3 fit 10 (by shared memory), and a warp's own latency bounds
+// the kernel, so more warps won (H200, 7B at 128K: batch 1 6.549 -> 6.268 ms, batch 8 19.11 ->
+// 18.52; 32 x 2 and 16 x 4, fewer blocks an SM, were 3-16 % slower than 16 x 3).
+// FH1_CUDA_DEC_Q8 (tuning only): 16x2, 16x3, 16x4 or 32x2.
+using DecodeQ8Kernel = decltype(&attn_decode_q8_kernel<128, 32, 16, 2>);
+template <int HDP>
+DecodeQ8Kernel decode_q8_kernel(int qb) {
+  static const int variant = [] {
+    const char* e = std::getenv("FH1_CUDA_DEC_Q8");
+    const std::string v = e ? e : "";
+    return v == "16x4" ? 1 : v == "32x2" ? 2 : v == "16x3" ? 3 : 0;
+  }();
+  if (qb == 32)
+    return variant == 1   ? attn_decode_q8_kernel<HDP, 32, 16, 4>
+           : variant == 2 ? attn_decode_q8_kernel<HDP, 32, 32, 2>
+           : variant == 3 ? attn_decode_q8_kernel<HDP, 32, 16, 3>
+                          : attn_decode_q8_kernel<HDP, 32, 16, 2>;
+  return variant == 1   ? attn_decode_q8_kernel<HDP, 16, 16, 4>
+         : variant == 2 ? attn_decode_q8_kernel<HDP, 16, 32, 2>
+         : variant == 3 ? attn_decode_q8_kernel<HDP, 16, 16, 3>
+                        : attn_decode_q8_kernel<HDP, 16, 16, 2>;
+}
+
+// The blocks of one warp an SM holds of `kernel`, at most `bound` (the scratch's plan).
+template <typename K>
+int blocks_per_sm(K kernel, int bound) {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, 32, 0) != cudaSuccess || n <= 0) return bound;
+  return std::min(n, bound);
+}
+
 // Decode on the tensor cores: one sequence of T queries (kcs == null), or `zcount` sequences of
 // one query each (kcs / vcs / n_pasts: device arrays); n_keys (host) picks the plan.
 template <int HDP, bool Q8>
@@ -477,18 +513,13 @@ void launch_decode_mma(const float* q, int64_t ldq, int64_t T, const void* k, co
                        const int64_t* n_pasts, int64_t zcount, int64_t n_keys, bool bucket, int H, int Hkv, int hd,
                        float scale, float* out, float* scratch, cudaStream_t s) {
   const bool rows = kcs != nullptr;
-  // FH1_CUDA_DEC_Q8_KEYS=32 (tuning only): the 8-bit form with tiles of 32 keys, 5 blocks an SM.
-  static const bool q8_wide = [] {
-    const char* e = std::getenv("FH1_CUDA_DEC_Q8_KEYS");
-    return e != nullptr && std::atoi(e) == 32;
-  }();
-  const int nsplit = mma_split_count(n_keys, zcount * Hkv, bucket, zcount == 1, Q8 && !q8_wide ? kQ8PerSm : 5);
+  static const int q8_per_sm = Q8 ? blocks_per_sm(decode_q8_kernel<HDP>(32), kQ8PerSm) : 0;
+  const int nsplit = mma_split_count(n_keys, zcount * Hkv, bucket, zcount == 1, Q8 ? q8_per_sm : 5);
   const int64_t qrows = rows ? zcount : T;  // query rows of the partial results
   float* ml = scratch;
   float* pacc = scratch + 2 * qrows * H * nsplit;
   const dim3 grid(static_cast<unsigned>(nsplit), static_cast<unsigned>(Hkv), static_cast<unsigned>(zcount));
-  auto kernel = Q8 ? (q8_wide ? attn_decode_mma_kernel<HDP, Q8, kDecBK> : attn_decode_mma_kernel<HDP, Q8, kDecQ8BK>)
-                   : attn_decode_mma_kernel<HDP, Q8, kDecBK>;
+  auto kernel = Q8 ? decode_q8_kernel<HDP>(kv_q8_block_of(int64_t(Hkv) * hd)) : attn_decode_mma_kernel<HDP>;
   launch(kernel, grid, 32, 0, s, q, ldq, rows ? int64_t(1) : T, k, v, n_past, n_past_dev, kcs,
          vcs, n_pasts, H, Hkv, hd, scale, nsplit, ml, pacc);
   check_launch("attention (decode mma)");
