@@ -58,18 +58,27 @@ inline void kv_q8_quantize_row(const float* x, int64_t width, uint8_t* row) {
   for (int64_t i = used; i < kv_q8_row_bytes(width); ++i) row[i] = 0;
 }
 
-// out[0 .. n) = values [first, first + n) of a quantized row of `width` (block by block: the
-// inner loop vectorizes).
-inline void kv_q8_dequantize(const uint8_t* row, int64_t width, int64_t first, int64_t n, float* out) {
-  const int64_t B = kv_q8_block(width);
+// Calls f(q, count, d, at) for each block's part of values [first, first + n) of a quantized
+// row of `width`: count int8 values from q, all with scale d, for out[at .. at + count).
+template <class F>
+inline void kv_q8_for_blocks(const uint8_t* row, int64_t width, int64_t first, int64_t n, F&& f) {
+  const int64_t B = kv_q8_block(width), sat = kv_q8_scales_at(width);
   const auto* q = reinterpret_cast<const int8_t*>(row);
   for (int64_t i = first; i < first + n;) {
     const int64_t end = std::min(first + n, (i / B + 1) * B);
     float d;
-    std::memcpy(&d, row + kv_q8_scales_at(width) + 4 * (i / B), sizeof(float));
-    for (int64_t j = i; j < end; ++j) out[j - first] = static_cast<float>(q[j]) * d;
+    std::memcpy(&d, row + sat + 4 * (i / B), sizeof(float));
+    f(q + i, end - i, d, i - first);
     i = end;
   }
+}
+
+// out[0 .. n) = values [first, first + n) of a quantized row of `width` (block by block: the
+// inner loop vectorizes).
+inline void kv_q8_dequantize(const uint8_t* row, int64_t width, int64_t first, int64_t n, float* out) {
+  kv_q8_for_blocks(row, width, first, n, [out](const int8_t* q, int64_t count, float d, int64_t at) {
+    for (int64_t j = 0; j < count; ++j) out[at + j] = static_cast<float>(q[j]) * d;
+  });
 }
 
 }  // namespace fh1

@@ -228,16 +228,12 @@ struct KvRows {
     }
     float* w = scratch(buf, static_cast<size_t>(nk * hd));
     if (q8 != nullptr) {
-      const int64_t B = kv_q8_block(ld), sat = kv_q8_scales_at(ld);
-      for (int64_t j = 0; j < nk; ++j) {  // block by block (kv_q8_dequantize's values, in SIMD)
-        const uint8_t* row = q8 + (kb + j) * row_bytes;
-        for (int64_t i = first; i < first + hd;) {
-          const int64_t end = std::min(first + hd, (i / B + 1) * B);
-          float d;
-          std::memcpy(&d, row + sat + 4 * (i / B), sizeof(float));
-          simd::widen_q8(reinterpret_cast<const int8_t*>(row) + i, static_cast<size_t>(end - i), d, w + j * hd + (i - first));
-          i = end;
-        }
+      for (int64_t j = 0; j < nk; ++j) {  // kv_q8_dequantize's values, in SIMD
+        float* out = w + j * hd;
+        kv_q8_for_blocks(q8 + (kb + j) * row_bytes, ld, first, hd,
+                         [out](const int8_t* q, int64_t count, float d, int64_t at) {
+                           simd::widen_q8(q, static_cast<size_t>(count), d, out + at);
+                         });
       }
     } else {
       for (int64_t j = 0; j < nk; ++j) simd::widen_bf16(h + (kb + j) * ld, static_cast<size_t>(hd), w + j * hd);
