@@ -17,7 +17,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cstdlib>
-#include <string>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_attention_common.cuh"
@@ -476,25 +476,17 @@ void launch_gqa(const float* q, int64_t ldq, int64_t T, const KV* k, const KV* v
 // The 8-bit decode kernel's tiles: keys x stages in flight. 16 x 2 by default: 12 blocks an SM
 // (by its registers) where 16 x 3 fit 10 (by shared memory), and a warp's own latency bounds
 // the kernel, so more warps won (H200, 7B at 128K: batch 1 6.549 -> 6.268 ms, batch 8 19.11 ->
-// 18.52; 32 x 2 and 16 x 4, fewer blocks an SM, were 3-16 % slower than 16 x 3).
-// FH1_CUDA_DEC_Q8 (tuning only): 16x2, 16x3, 16x4 or 32x2.
+// 18.52; 32 x 2 and 16 x 4, fewer blocks an SM, were 3-16 % slower than 16 x 3 and are no
+// longer built). FH1_CUDA_DEC_Q8=16x3 (tuning only): 3 in flight.
 using DecodeQ8Kernel = decltype(&attn_decode_q8_kernel<128, 32, 16, 2>);
 template <int HDP>
 DecodeQ8Kernel decode_q8_kernel(int qb) {
-  static const int variant = [] {
+  static const bool three = [] {
     const char* e = std::getenv("FH1_CUDA_DEC_Q8");
-    const std::string v = e ? e : "";
-    return v == "16x4" ? 1 : v == "32x2" ? 2 : v == "16x3" ? 3 : 0;
+    return e != nullptr && std::strcmp(e, "16x3") == 0;
   }();
-  if (qb == 32)
-    return variant == 1   ? attn_decode_q8_kernel<HDP, 32, 16, 4>
-           : variant == 2 ? attn_decode_q8_kernel<HDP, 32, 32, 2>
-           : variant == 3 ? attn_decode_q8_kernel<HDP, 32, 16, 3>
-                          : attn_decode_q8_kernel<HDP, 32, 16, 2>;
-  return variant == 1   ? attn_decode_q8_kernel<HDP, 16, 16, 4>
-         : variant == 2 ? attn_decode_q8_kernel<HDP, 16, 32, 2>
-         : variant == 3 ? attn_decode_q8_kernel<HDP, 16, 16, 3>
-                        : attn_decode_q8_kernel<HDP, 16, 16, 2>;
+  if (qb == 32) return three ? attn_decode_q8_kernel<HDP, 32, 16, 3> : attn_decode_q8_kernel<HDP, 32, 16, 2>;
+  return three ? attn_decode_q8_kernel<HDP, 16, 16, 3> : attn_decode_q8_kernel<HDP, 16, 16, 2>;
 }
 
 // The blocks of one warp an SM holds of `kernel`, at most `bound` (the scratch's plan).
