@@ -20,7 +20,10 @@ if [[ "${FH1_SKIP_ASAN:-0}" != "1" ]]; then
   echo "== AddressSanitizer + UBSan build and tests"
   gen=()
   command -v ninja >/dev/null && [[ ! -f build-asan/CMakeCache.txt ]] && gen=(-G Ninja)
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFALCON_H1_SANITIZE=ON "${gen[@]}" >/dev/null
+  # -O1 and line tables (-g1: file and line in the sanitizers' reports) build in half the time of
+  # RelWithDebInfo's -O2 -g (the sanitized build was 14 of CI's 25 minutes).
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
+    -DFALCON_H1_SANITIZE=ON "${gen[@]}" >/dev/null
   cmake --build build-asan -j "$jobs"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan --output-on-failure -j "$jobs"
