@@ -74,9 +74,8 @@ struct CudaOpFixture : ::testing::Test {
   // A KV cache of v.size() values (rows of `width`) in both backends: the reference holds v as
   // float32; the GPU holds it in its kv_cache_dtype(), written by its own kv_write. The reference
   // then holds what the GPU attends over: bf16: v rounded to bf16; 8 bits: the GPU's values
-  // (quant/kv_q8.h) rounded to bf16, as its kernels widen them.
-  // round_bf16: the reference's copy of 8-bit caches rounded to bf16, as the kernels that widen
-  // them to bf16 read them (the 8-bit decode kernel reads them as they are).
+  // (quant/kv_q8.h), rounded to bf16 when round_bf16 (the kernels that widen them to bf16 first;
+  // the 8-bit decode kernel reads them as they are).
   Pair cache_both(std::vector<float> v, int64_t width, bool round_bf16 = true) {
     const int64_t rows = static_cast<int64_t>(v.size()) / width;
     Pair p{Buffer(*cpu, v.size()), Buffer(*gpu, gpu->kv_cache_floats(rows, width)), v.size()};
