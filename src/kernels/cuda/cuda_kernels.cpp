@@ -263,7 +263,12 @@ void CudaKernelsImpl::embed(const int32_t* ids, int64_t T, const WeightView& tab
 
 void CudaKernelsImpl::rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out) {
   if (step_->rmsnorm(x, T, d, w, eps, out)) return;
-  op("rmsnorm", [=, this] { cuda::rmsnorm(x, T, d, w, eps, out, stream_); }, x, T, d, w, eps, out);
+  uint32_t* mx = output_max_slot();
+  op("rmsnorm", [=, this] {
+    zero_max_slot(mx);
+    cuda::rmsnorm(x, T, d, w, eps, out, stream_, mx);
+  }, x, T, d, w, eps, out);
+  took_output_max(mx, out, static_cast<size_t>(T * d));
 }
 
 void CudaKernelsImpl::scale(const float* x, size_t n, float s, float* out) {
@@ -303,7 +308,12 @@ void CudaKernelsImpl::silu_mul(const float* gate, const float* up, float gs, siz
 
 void CudaKernelsImpl::gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) {
   if (step_->gate_silu(y, z, ldz, T, d)) return;
-  op("gate_silu", [=, this] { cuda::gate_silu(y, z, ldz, T, d, stream_); }, y, z, ldz, T, d);
+  uint32_t* mx = output_max_slot();
+  op("gate_silu", [=, this] {
+    zero_max_slot(mx);
+    cuda::gate_silu(y, z, ldz, T, d, stream_, mx);
+  }, y, z, ldz, T, d);
+  took_output_max(mx, y, static_cast<size_t>(T * d));
 }
 
 void CudaKernelsImpl::gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w, float eps, bool norm_before_gate) {

@@ -130,9 +130,10 @@ void f16_to_f32(const uint16_t* x, size_t n, float* out, cudaStream_t s);
 void add_bias(float* y, int64_t T, int64_t N, const float* bias, cudaStream_t s);
 void embed(const int32_t* ids, int64_t T, DType dt, const void* table, int64_t d, float scale, float* out,
            cudaStream_t s);
-void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out, cudaStream_t s);
-// absmax (scale, silu_mul, gate_silu; null: none): atomicMax of the bits of every |output| into
-// *absmax (the fp16 GEMM's max, cuda_gemm_f16.cu, taken as the values are written).
+// absmax (rmsnorm, scale, silu_mul, gate_silu; null: none): atomicMax of the bits of every
+// |output| into *absmax (the fp16 GEMM's max, cuda_gemm_f16.cu, taken as the values are written).
+void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out, cudaStream_t s,
+             uint32_t* absmax = nullptr);
 void scale(const float* x, size_t n, float a, float* out, cudaStream_t s, uint32_t* absmax = nullptr);
 void mul_columns(float* x, int64_t T, int64_t d, const float* v, cudaStream_t s);
 void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n, cudaStream_t s);
@@ -141,7 +142,8 @@ void residual_rmsnorm(float* h, const float* a, float sa, const float* b, float 
                       const float* w, float eps, float* out, cudaStream_t s);
 void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out, cudaStream_t s,
               uint32_t* absmax = nullptr);
-void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, cudaStream_t s);
+void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, cudaStream_t s,
+               uint32_t* absmax = nullptr);
 void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w,
                    float eps, bool norm_before_gate, cudaStream_t s);
 void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* pos, const float* inv_freq,
