@@ -28,6 +28,7 @@
 #include <cublas_v2.h>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_rows.cuh"
 #include "util/error.h"
 
 namespace fh1::cuda {
@@ -230,11 +231,13 @@ struct SsdShape {
   int64_t ld_xbc = 0, ldy = 0;
 };
 
-// One warp per (chunk, head): dt (softplus, clamp), the running sums cum of dt A, and the chunk's
-// decay exp(cum_last).
+// One warp per (chunk, head): dt (softplus, clamp), the running sums cum of dt A, the chunk's
+// decay exp(cum_last), and per token the factors of the element-wise kernels below: xdf =
+// exp(cum_last - cum_t) dt_t (of Xd) and ecum = exp(cum_t) (of the start states' outputs).
 __global__ void ssd_prep_kernel(const float* __restrict__ dt_raw, int64_t ld_dt, SsdShape d, const float* __restrict__ A,
                                 const float* __restrict__ dt_bias, float dt_min, float dt_max, float* __restrict__ dtv,
-                                double* __restrict__ cum, float* __restrict__ decay) {
+                                double* __restrict__ cum, float* __restrict__ decay, float* __restrict__ xdf,
+                                float* __restrict__ ecum) {
   FH1_PDL_ENTER();
   const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
@@ -261,6 +264,12 @@ __global__ void ssd_prep_kernel(const float* __restrict__ dt_raw, int64_t ld_dt,
     run = __shfl_sync(0xffffffffu, v, 31);
   }
   if (lane == 0) decay[w] = expf(float(run));
+  // Each lane reads back the sums it wrote.
+  for (int t = lane; t < d.Q; t += 32) {
+    const double ct = cum[w * d.Q + t];
+    xdf[w * d.Q + t] = expf(float(run - ct)) * dtv[w * d.Q + t];
+    ecum[w * d.Q + t] = expf(float(ct));
+  }
 }
 
 // The GEMMs' pointer arrays, one thread per (chunk, head): ptr[k * nb + b] for A, B and C of the
@@ -306,27 +315,62 @@ __global__ void ssd_mask_kernel(SsdShape d, const float* __restrict__ CB, const 
   }
 }
 
-// Xd[t, h P + p] = exp(cum_last - cum_t) dt_t x[t, h P + p]. Block (x, token t of the window).
-__global__ void ssd_xd_kernel(SsdShape d, const float* __restrict__ x, const float* __restrict__ dtv,
-                              const double* __restrict__ cum, float* __restrict__ Xd) {
+// The same, 4 entries (s .. s + 3 of row t) a thread, where Q is a multiple of 4: the entries
+// past the diagonal are stored as zeros without reading anything (the scalar form ran at ~1.5
+// TB/s, its 100 MB of a 1.5B-Deep layer at 8K in 69 us on an H200).
+__global__ void ssd_mask4_kernel(SsdShape d, const float* __restrict__ CB, const float* __restrict__ dtv,
+                                 const double* __restrict__ cum, float* __restrict__ M) {
   FH1_PDL_ENTER();
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= d.ldy) return;
-  const int t = blockIdx.y, c = t / d.Q, tt = t - c * d.Q;
-  const int64_t b = int64_t(c) * d.H + j / d.P;
-  const double* cb = cum + b * d.Q;
-  Xd[int64_t(t) * d.ldy + j] = expf(float(cb[d.Q - 1] - cb[tt])) * dtv[b * d.Q + tt] * x[int64_t(t) * d.ld_xbc + j];
+  const int Q4 = d.Q / 4, QQ = d.Q * d.Q;
+  const int b = blockIdx.y, c = b / d.H, h = b - c * d.H, g = h / (d.H / d.G);
+  const double* cb = cum + int64_t(b) * d.Q;
+  const float* dtb = dtv + int64_t(b) * d.Q;
+  const float* cbm = CB + (int64_t(c) * d.G + g) * QQ;
+  float* Mb = M + int64_t(b) * QQ;
+  for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < d.Q * Q4; r += gridDim.x * blockDim.x) {
+    const int t = r / Q4, s0 = 4 * (r - t * Q4);
+    float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (s0 <= t) {
+      const double ct = cb[t];
+      const float4 v = reinterpret_cast<const float4*>(cbm)[r];
+      const float4 dt = reinterpret_cast<const float4*>(dtb)[s0 / 4];
+      o.x = v.x * expf(float(ct - cb[s0])) * dt.x;
+      if (s0 + 1 <= t) o.y = v.y * expf(float(ct - cb[s0 + 1])) * dt.y;
+      if (s0 + 2 <= t) o.z = v.z * expf(float(ct - cb[s0 + 2])) * dt.z;
+      if (s0 + 3 <= t) o.w = v.w * expf(float(ct - cb[s0 + 3])) * dt.w;
+    }
+    reinterpret_cast<float4*>(Mb)[r] = o;
+  }
 }
 
-// y[t, h P + p] += exp(cum_t) Yoff[t, h P + p] + D[h] x[t, h P + p]. Block (x, token t).
-__global__ void ssd_combine_kernel(SsdShape d, const float* __restrict__ x, const float* __restrict__ Yoff,
-                                   const double* __restrict__ cum, const float* __restrict__ D_, float* __restrict__ y) {
+// Xd[t, h P + p] = xdf[c, h, t] x[t, h P + p]. V: 4 entries a thread (P, the strides and the
+// pointers allow it), over the window's rows x units.
+template <bool V>
+__global__ void ssd_xd_kernel(SsdShape d, const float* __restrict__ x, const float* __restrict__ xdf,
+                              float* __restrict__ Xd) {
   FH1_PDL_ENTER();
-  const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= d.ldy) return;
-  const int t = blockIdx.y, c = t / d.Q, tt = t - c * d.Q, h = j / d.P;
-  const int64_t e = int64_t(t) * d.ldy + j;
-  y[e] += expf(float(cum[(int64_t(c) * d.H + h) * d.Q + tt])) * Yoff[e] + D_[h] * x[int64_t(t) * d.ld_xbc + j];
+  const int U = V ? d.ldy / 4 : d.ldy, PU = V ? d.P / 4 : d.P;
+  FH1_FOR_ROWS(t, d.nc * d.Q) FH1_FOR_UNITS(u, U) {
+    const int c = static_cast<int>(t) / d.Q, tt = static_cast<int>(t) - c * d.Q;
+    const float f = xdf[(int64_t(c) * d.H + static_cast<int>(u) / PU) * d.Q + tt];
+    if constexpr (V) st4(Xd + t * d.ldy, u, map4(ld4(x + t * d.ld_xbc, u), [f](float v) { return f * v; }));
+    else Xd[t * d.ldy + u] = f * x[t * d.ld_xbc + u];
+  }
+}
+
+// y[t, h P + p] += ecum[c, h, t] Yoff[t, h P + p] + D[h] x[t, h P + p]. V: as ssd_xd_kernel.
+template <bool V>
+__global__ void ssd_combine_kernel(SsdShape d, const float* __restrict__ x, const float* __restrict__ Yoff,
+                                   const float* __restrict__ ecum, const float* __restrict__ D_, float* __restrict__ y) {
+  FH1_PDL_ENTER();
+  const int U = V ? d.ldy / 4 : d.ldy, PU = V ? d.P / 4 : d.P;
+  FH1_FOR_ROWS(t, d.nc * d.Q) FH1_FOR_UNITS(u, U) {
+    const int c = static_cast<int>(t) / d.Q, tt = static_cast<int>(t) - c * d.Q, h = static_cast<int>(u) / PU;
+    const float e = ecum[(int64_t(c) * d.H + h) * d.Q + tt], Dh = D_[h];
+    const auto f = [e, Dh](float yv, float ov, float xv) { return yv + (e * ov + Dh * xv); };
+    if constexpr (V) st4(y + t * d.ldy, u, map4(ld4(y + t * d.ldy, u), ld4(Yoff + t * d.ldy, u), ld4(x + t * d.ld_xbc, u), f));
+    else y[t * d.ldy + u] = f(y[t * d.ldy + u], Yoff[t * d.ldy + u], x[t * d.ld_xbc + u]);
+  }
 }
 
 // How many chunks (0: choose from the device). FH1_CUDA_SCAN_CHUNKS sets it at start.
@@ -471,7 +515,7 @@ int64_t ssd_window(int64_t chunks, const SsmParams& p) {
 // of heads, parts rounded only to an even count put CB 8 bytes off and TF32 failed with a
 // misaligned address). ssd_scan() lays it out in this order.
 struct SsdScratch {
-  size_t cum, ptr, dtv, decay, cb, m, xd, e;
+  size_t cum, ptr, dtv, decay, xdf, ecum, cb, m, xd, e;
   SsdScratch(int64_t nc, const SsmParams& p) {
     const auto part = [](size_t n) { return (n + 31) / 32 * 32; };
     const size_t Q = size_t(ssd_chunk_len(p)), nb = size_t(nc) * p.heads, ncg = size_t(nc) * p.groups;
@@ -479,12 +523,13 @@ struct SsdScratch {
     ptr = part(2 * (3 * nb + 9 * ncg));
     dtv = part(nb * Q);
     decay = part(nb);
+    xdf = ecum = part(nb * Q);
     cb = part(ncg * Q * Q);
     m = part(nb * Q * Q);
     xd = part(size_t(nc) * Q * size_t(p.heads) * p.head_dim);
     e = part(nb * size_t(p.head_dim) * p.d_state);
   }
-  size_t total() const { return cum + ptr + dtv + decay + cb + m + xd + e; }
+  size_t total() const { return cum + ptr + dtv + decay + xdf + ecum + cb + m + xd + e; }
 };
 
 // The first Ts tokens (whole chunks) of a scan by the SSD, window by window, `state` carried.
@@ -503,7 +548,9 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
   const float** ptr = reinterpret_cast<const float**>(scratch + sz.cum);
   float* dtv = scratch + sz.cum + sz.ptr;
   float* decay = dtv + sz.dtv;
-  float* CB = decay + sz.decay;
+  float* xdf = decay + sz.decay;
+  float* ecum = xdf + sz.xdf;
+  float* CB = ecum + sz.ecum;
   float* M = CB + sz.cb;
   float* Xd = M + sz.m;
   float* E = Xd + sz.xd;
@@ -515,6 +562,8 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
   const bool aligned = on16(x) && on16(B) && on16(C) && on16(y) && on16(scratch) && ld_xbc % 4 == 0 &&
                        p.head_dim % 4 == 0 && p.d_state % 4 == 0 && Q % 4 == 0;
   const cublasComputeType_t compute = tf32 && aligned ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  // The element-wise kernels 4 entries a thread: a head's columns whole float4s, as every row.
+  const bool vec4 = aligned && p.head_dim % 4 == 0;
   const float one = 1.0f, zero = 0.0f;
   const int64_t HP = int64_t(p.heads) * p.head_dim;
   constexpr int kThreads = 256;
@@ -531,7 +580,7 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     const float* Cw = C + t0 * ld_xbc;
     float* yw = y + t0 * HP;
     launch(ssd_prep_kernel, blocks(nb * 32), kThreads, 0, s, dt_raw + t0 * ld_dt, ld_dt, d, p.A, p.dt_bias, p.dt_min,
-           p.dt_max, dtv, cum, decay);
+           p.dt_max, dtv, cum, decay, xdf, ecum);
     launch(ssd_pointers_kernel, blocks(nb), kThreads, 0, s, d, xw, Bw, Cw, yw, static_cast<const float*>(CB), M, Xd, E,
            ptr);
     const auto gemm = [&](cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, int arr,
@@ -546,20 +595,30 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     const int64_t GP = int64_t(p.heads / p.groups) * d.P;  // a group's columns of x and y
     // CB (column-major Q x Q, s by t) = B^T C, per (chunk, group).
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, Q, Q, d.N, int(3 * nb), ld_xbc, ld_xbc, Q, ncg, "the chunks' C B^T");
-    launch(ssd_mask_kernel, dim3((blocks(int64_t(Q) * Q) + 7) / 8, unsigned(nb)), kThreads, 0, s, d, static_cast<const float*>(CB),
-           static_cast<const float*>(dtv), static_cast<const double*>(cum), M);
+    if (Q % 4 == 0)
+      launch(ssd_mask4_kernel, dim3((blocks(int64_t(Q) * Q / 4) + 1) / 2, unsigned(nb)), kThreads, 0, s, d,
+             static_cast<const float*>(CB), static_cast<const float*>(dtv), static_cast<const double*>(cum), M);
+    else
+      launch(ssd_mask_kernel, dim3((blocks(int64_t(Q) * Q) + 7) / 8, unsigned(nb)), kThreads, 0, s, d,
+             static_cast<const float*>(CB), static_cast<const float*>(dtv), static_cast<const double*>(cum), M);
     // y (column-major P x Q, ld H P) = X M^T, per (chunk, head).
     gemm(CUBLAS_OP_N, CUBLAS_OP_N, d.P, Q, Q, 0, ld_xbc, Q, HP, nb, "the intra-chunk outputs");
-    launch(ssd_xd_kernel, dim3(blocks(HP), unsigned(d.nc * Q)), kThreads, 0, s, d, xw, static_cast<const float*>(dtv),
-           static_cast<const double*>(cum), Xd);
+    if (vec4)
+      launch(ssd_xd_kernel<true>, rows_grid(d.nc * Q, HP / 4), kRowThreads, 0, s, d, xw, static_cast<const float*>(xdf), Xd);
+    else
+      launch(ssd_xd_kernel<false>, rows_grid(d.nc * Q, HP), kRowThreads, 0, s, d, xw, static_cast<const float*>(xdf), Xd);
     // E (column-major N x P per head, the group's heads side by side) = B^T Xd, per (chunk, group).
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, d.N, GP, Q, int(3 * nb + 3 * ncg), ld_xbc, HP, d.N, ncg, "the chunks' end states");
     launch(ssm_chunk_starts_kernel, blocks(HP * d.N), kThreads, 0, s, E, static_cast<const float*>(decay),
            static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
     // The start states' outputs (column-major G P x Q, into Xd) = S C^T, per (chunk, group).
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, GP, Q, d.N, int(3 * nb + 6 * ncg), d.N, ld_xbc, HP, ncg, "the start states' outputs");
-    launch(ssd_combine_kernel, dim3(blocks(HP), unsigned(d.nc * Q)), kThreads, 0, s, d, xw, static_cast<const float*>(Xd),
-           static_cast<const double*>(cum), p.D, yw);
+    if (vec4)
+      launch(ssd_combine_kernel<true>, rows_grid(d.nc * Q, HP / 4), kRowThreads, 0, s, d, xw,
+             static_cast<const float*>(Xd), static_cast<const float*>(ecum), p.D, yw);
+    else
+      launch(ssd_combine_kernel<false>, rows_grid(d.nc * Q, HP), kRowThreads, 0, s, d, xw,
+             static_cast<const float*>(Xd), static_cast<const float*>(ecum), p.D, yw);
   }
   check_launch("ssm_scan (SSD)");
 }
