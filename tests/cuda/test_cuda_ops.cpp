@@ -46,6 +46,21 @@ TEST_F(CudaOpTest, EmbedBf16AndF32Tables) {
   }
 }
 
+// A prompt's rows take a warp a row where a lane's share fits its registers (up to 3072), the
+// others a block a row; in place as the final norm runs.
+TEST_F(CudaOpTest, RmsnormOfManyRows) {
+  for (auto [T, d] : {std::pair{256, 100}, {300, 1280}, {257, 3072}, {300, 1031}, {260, 4096}}) {
+    const size_t n = static_cast<size_t>(T * d);
+    auto x = both(randn(n, 3.0f)), w = both(randn(static_cast<size_t>(d))), out = poisoned(n);
+    cpu->rmsnorm(x.c.data(), T, d, w.c.data(), 1e-5f, out.c.data());
+    gpu->rmsnorm(x.g.data(), T, d, w.g.data(), 1e-5f, out.g.data());
+    EXPECT_LE(rel(out), 1e-5) << "T=" << T << " d=" << d;
+    cpu->rmsnorm(x.c.data(), T, d, w.c.data(), 1e-5f, x.c.data());
+    gpu->rmsnorm(x.g.data(), T, d, w.g.data(), 1e-5f, x.g.data());
+    EXPECT_LE(rel(x), 1e-5) << "in place, T=" << T << " d=" << d;
+  }
+}
+
 TEST_F(CudaOpTest, NormsAndElementwise) {
   for (auto [T, d] : {std::pair{1, 7}, {5, 64}, {3, 1031}, {9, 3072}}) {
     const size_t n = static_cast<size_t>(T * d);

@@ -24,6 +24,7 @@
 #include "kernels/cuda/cuda_attention_common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_wgmma.cuh"
+#include "util/error.h"
 
 namespace fh1::cuda {
 namespace {
@@ -66,11 +67,13 @@ __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
   const uint32_t q_addr = raw_addr + pad, k_addr = q_addr + QBYTES, v_addr = k_addr + STAGES * TBYTES;
   __shared__ uint64_t full_bar[STAGES], empty_bar[STAGES];  // TMA: a stage's tiles landed / read
 
-  const int qt = gridDim.x - 1 - blockIdx.x;  // the longest rows first
+  // Blocks start in the order of their index, x fastest: the head groups of one query tile side by
+  // side, the tiles with the most keys first, so the last blocks to start are the shortest.
+  const int qt = gridDim.y - 1 - blockIdx.y;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, c4 = lane & 3;
   const int wg = warp >> 2;
-  const int h = blockIdx.y * HPB + wg / WGH;  // this warp's head
-  const int kvh = blockIdx.y * HPB / (H / Hkv);  // the block's heads share it
+  const int h = blockIdx.x * HPB + wg / WGH;  // this warp's head
+  const int kvh = blockIdx.x * HPB / (H / Hkv);  // the block's heads share it
   const int64_t q0 = int64_t(qt) * QB;
   const int64_t ldkv = int64_t(Hkv) * hd;
   const float qscale = scale * 1.4426950408889634f;
@@ -330,7 +333,8 @@ void launch_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, c
           "attention (wgmma) smem");
     attr_set = true;
   }
-  const dim3 grid(static_cast<unsigned>((T + QB - 1) / QB), static_cast<unsigned>(H / HPB));
+  if ((T + QB - 1) / QB > 65535) throw Error("attention (flash wgmma): more than 65535 query tiles in one call");
+  const dim3 grid(static_cast<unsigned>(H / HPB), static_cast<unsigned>((T + QB - 1) / QB));
   launch(kernel, grid, 128 * (WG + (TMA ? 1 : 0)), smem, s, q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale,
          out, tmk, tmv);
   check_launch("attention (flash wgmma)");
