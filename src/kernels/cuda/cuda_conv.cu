@@ -186,9 +186,9 @@ void conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, co
     const dim3 grid(static_cast<unsigned>((units + kBlock - 1) / kBlock), static_cast<unsigned>(std::min<int64_t>(runs, 65535)));
     launch(conv_window_kernel<kWindowTaps, kRun>, grid, kBlock, 0, s, in, ld_in, T, C, w, bias, conv_state, out);
   } else if (vec)
-    launch(conv_out_kernel<true>, rows_grid(T, C / 4), kRowThreads, 0, s, in, ld_in, T, C, K, w, bias, conv_state, out);
+    launch_rows(conv_out_kernel<true>, T, C / 4, s, in, ld_in, T, C, K, w, bias, conv_state, out);
   else
-    launch(conv_out_kernel<false>, rows_grid(T, C), kRowThreads, 0, s, in, ld_in, T, C, K, w, bias, conv_state, out);
+    launch_rows(conv_out_kernel<false>, T, C, s, in, ld_in, T, C, K, w, bias, conv_state, out);
   check_launch("conv1d_silu");
   launch(conv_state_kernel, blocks_for(C), kThreads, 0, s, in, ld_in, T, C, K, conv_state);
   check_launch("conv1d_silu (state)");

@@ -135,8 +135,8 @@ void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, in
       check_launch("absmax_f32");
     }
     auto* x16 = reinterpret_cast<__half*>(sc.x16);
-    if (vec) launch(f32_to_f16_scaled_kernel<true>, rows_grid(T, units), kRowThreads, 0, s, x, ldx, T, K, bits, x16);
-    else launch(f32_to_f16_scaled_kernel<false>, rows_grid(T, units), kRowThreads, 0, s, x, ldx, T, K, bits, x16);
+    if (vec) launch_rows(f32_to_f16_scaled_kernel<true>, T, units, s, x, ldx, T, K, bits, x16);
+    else launch_rows(f32_to_f16_scaled_kernel<false>, T, units, s, x, ldx, T, K, bits, x16);
     check_launch("f32_to_f16_scaled");
   }
   launch(f16_alpha_kernel, 1, 1, 0, s, bits, w_shift, sc.consts + 1);

@@ -539,9 +539,9 @@ bool pdl_now() { return pdl_off_depth == 0 && pdl_enabled(); }
 void f32_to_bf16(const float* x, int64_t ldx, int64_t T, int64_t K, uint16_t* out, cudaStream_t s) {
   auto* o = reinterpret_cast<__nv_bfloat16*>(out);
   if (rows_vec4(x, K, ldx) && reinterpret_cast<uintptr_t>(out) % 8 == 0)
-    launch(f32_to_bf16_kernel<true>, rows_grid(T, K / 4), kRowThreads, 0, s, x, ldx, T, K, o);
+    launch_rows(f32_to_bf16_kernel<true>, T, K / 4, s, x, ldx, T, K, o);
   else
-    launch(f32_to_bf16_kernel<false>, rows_grid(T, K), kRowThreads, 0, s, x, ldx, T, K, o);
+    launch_rows(f32_to_bf16_kernel<false>, T, K, s, x, ldx, T, K, o);
   check_launch("f32_to_bf16");
 }
 
@@ -549,9 +549,9 @@ void f32_to_bf16_split(const float* x, int64_t ldx, int64_t T, int64_t K, uint16
   auto* h = reinterpret_cast<__nv_bfloat16*>(hi);
   auto* l = reinterpret_cast<__nv_bfloat16*>(lo);
   if (rows_vec4(x, K, ldx) && reinterpret_cast<uintptr_t>(hi) % 8 == 0 && reinterpret_cast<uintptr_t>(lo) % 8 == 0)
-    launch(f32_to_bf16_split_kernel<true>, rows_grid(T, K / 4), kRowThreads, 0, s, x, ldx, T, K, h, l);
+    launch_rows(f32_to_bf16_split_kernel<true>, T, K / 4, s, x, ldx, T, K, h, l);
   else
-    launch(f32_to_bf16_split_kernel<false>, rows_grid(T, K), kRowThreads, 0, s, x, ldx, T, K, h, l);
+    launch_rows(f32_to_bf16_split_kernel<false>, T, K, s, x, ldx, T, K, h, l);
   check_launch("f32_to_bf16_split");
 }
 
@@ -567,9 +567,9 @@ void f16_to_f32(const uint16_t* x, size_t n, float* out, cudaStream_t s) {
 
 void add_bias(float* y, int64_t T, int64_t N, const float* bias, cudaStream_t s) {
   if (rows_vec4(y, N, N) && aligned16(bias))
-    launch(add_bias_kernel<true>, rows_grid(T, N / 4), kRowThreads, 0, s, y, T, N, bias);
+    launch_rows(add_bias_kernel<true>, T, N / 4, s, y, T, N, bias);
   else
-    launch(add_bias_kernel<false>, rows_grid(T, N), kRowThreads, 0, s, y, T, N, bias);
+    launch_rows(add_bias_kernel<false>, T, N, s, y, T, N, bias);
   check_launch("add_bias");
 }
 
@@ -629,9 +629,9 @@ void scale(const float* x, size_t n, float a, float* out, cudaStream_t s, uint32
 void mul_columns(float* x, int64_t T, int64_t d, const float* v, cudaStream_t s) {
   if (T * d == 0) return;
   if (rows_vec4(x, d, d) && aligned16(v))
-    launch(mul_columns_kernel<true>, rows_grid(T, d / 4), kRowThreads, 0, s, x, T, d, v);
+    launch_rows(mul_columns_kernel<true>, T, d / 4, s, x, T, d, v);
   else
-    launch(mul_columns_kernel<false>, rows_grid(T, d), kRowThreads, 0, s, x, T, d, v);
+    launch_rows(mul_columns_kernel<false>, T, d, s, x, T, d, v);
   check_launch("mul_columns");
 }
 
@@ -656,9 +656,9 @@ void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out
 void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, cudaStream_t s, uint32_t* absmax) {
   if (T * d == 0) return;
   if (rows_vec4(y, d, d) && rows_vec4(z, d, ldz))
-    launch(gate_silu_kernel<true>, rows_grid(T, d / 4), kRowThreads, 0, s, y, z, ldz, T, d, absmax);
+    launch_rows(gate_silu_kernel<true>, T, d / 4, s, y, z, ldz, T, d, absmax);
   else
-    launch(gate_silu_kernel<false>, rows_grid(T, d), kRowThreads, 0, s, y, z, ldz, T, d, absmax);
+    launch_rows(gate_silu_kernel<false>, T, d, s, y, z, ldz, T, d, absmax);
   check_launch("gate_silu");
 }
 

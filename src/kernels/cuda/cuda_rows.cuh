@@ -8,6 +8,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
+
+#include "kernels/cuda/cuda_ops.h"
 
 namespace fh1::cuda {
 namespace {
@@ -25,6 +28,27 @@ inline dim3 rows_grid(int64_t T, int64_t units) {
   const int64_t gx = std::clamp<int64_t>((units + kRowThreads - 1) / kRowThreads, 1, 4096);
   const int64_t gy = std::clamp<int64_t>(T, 1, std::max<int64_t>(1, std::min<int64_t>(65535, 65536 / gx)));
   return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy));
+}
+
+// The launch shape of a rows kernel over T > 1 rows: as few blocks a row as hold its units, each
+// of the fewest whole warps that cover an equal share (a row of 320 float4s in blocks of 256
+// threads left 3/8 of the threads of every second block idle). One row: rows_grid's.
+struct RowsShape {
+  dim3 grid;
+  unsigned block = kRowThreads;
+};
+inline RowsShape rows_shape(int64_t T, int64_t units) {
+  if (T <= 1) return {rows_grid(T, units), kRowThreads};
+  const int64_t gx = std::max<int64_t>(1, (units + 1023) / 1024);
+  const int64_t per = (units + gx - 1) / gx, block = std::max<int64_t>(32, (per + 31) / 32 * 32);
+  const int64_t gy = std::clamp<int64_t>(T, 1, std::max<int64_t>(1, std::min<int64_t>(65535, 65536 / gx)));
+  return {dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), static_cast<unsigned>(block)};
+}
+
+template <typename... KArgs, typename... Args>
+void launch_rows(void (*kernel)(KArgs...), int64_t T, int64_t units, cudaStream_t s, Args&&... args) {
+  const RowsShape r = rows_shape(T, units);
+  launch(kernel, r.grid, dim3(r.block), 0, s, std::forward<Args>(args)...);
 }
 
 // Loops of a rows kernel: for (t, c) in rows x units.

@@ -604,9 +604,9 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     // y (column-major P x Q, ld H P) = X M^T, per (chunk, head).
     gemm(CUBLAS_OP_N, CUBLAS_OP_N, d.P, Q, Q, 0, ld_xbc, Q, HP, nb, "the intra-chunk outputs");
     if (vec4)
-      launch(ssd_xd_kernel<true>, rows_grid(d.nc * Q, HP / 4), kRowThreads, 0, s, d, xw, static_cast<const float*>(xdf), Xd);
+      launch_rows(ssd_xd_kernel<true>, d.nc * Q, HP / 4, s, d, xw, static_cast<const float*>(xdf), Xd);
     else
-      launch(ssd_xd_kernel<false>, rows_grid(d.nc * Q, HP), kRowThreads, 0, s, d, xw, static_cast<const float*>(xdf), Xd);
+      launch_rows(ssd_xd_kernel<false>, d.nc * Q, HP, s, d, xw, static_cast<const float*>(xdf), Xd);
     // E (column-major N x P per head, the group's heads side by side) = B^T Xd, per (chunk, group).
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, d.N, GP, Q, int(3 * nb + 3 * ncg), ld_xbc, HP, d.N, ncg, "the chunks' end states");
     launch(ssm_chunk_starts_kernel, blocks(HP * d.N), kThreads, 0, s, E, static_cast<const float*>(decay),
@@ -614,10 +614,10 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     // The start states' outputs (column-major G P x Q, into Xd) = S C^T, per (chunk, group).
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, GP, Q, d.N, int(3 * nb + 6 * ncg), d.N, ld_xbc, HP, ncg, "the start states' outputs");
     if (vec4)
-      launch(ssd_combine_kernel<true>, rows_grid(d.nc * Q, HP / 4), kRowThreads, 0, s, d, xw,
+      launch_rows(ssd_combine_kernel<true>, d.nc * Q, HP / 4, s, d, xw,
              static_cast<const float*>(Xd), static_cast<const float*>(ecum), p.D, yw);
     else
-      launch(ssd_combine_kernel<false>, rows_grid(d.nc * Q, HP), kRowThreads, 0, s, d, xw,
+      launch_rows(ssd_combine_kernel<false>, d.nc * Q, HP, s, d, xw,
              static_cast<const float*>(Xd), static_cast<const float*>(ecum), p.D, yw);
   }
   check_launch("ssm_scan (SSD)");
