@@ -10,15 +10,6 @@
 namespace fh1::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-
-inline unsigned blocks_for(size_t n) {
-  const size_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 1u << 30 ? 1u << 30 : b));
-}
-
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
-
 // One thread per (row i, channel c): out from the K-1 state rows and the new input, then the
 // state shifted by one row (reads precede writes). The weights and the state rows (the previous
 // step's, not the kernel before's output) are read before the wait when K <= kConvHeld; only

@@ -6,16 +6,10 @@
 
 #include "kernels/cuda/cuda_kv.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_rows.cuh"
 
 namespace fh1::cuda {
 namespace {
-
-constexpr int kThreads = 256;
-
-inline unsigned blocks_for(size_t n) {
-  const size_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 1u << 30 ? 1u << 30 : b));
-}
 
 
 template <typename KV>

@@ -16,15 +16,6 @@
 namespace fh1::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-
-inline unsigned blocks_for(size_t n, int threads = kThreads) {
-  const size_t b = (n + threads - 1) / threads;
-  return static_cast<unsigned>(b < 1 ? 1 : (b > 1u << 30 ? 1u << 30 : b));
-}
-
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
-
 __device__ __forceinline__ float bf16_bits_to_f32(uint16_t h) { return __uint_as_float(static_cast<uint32_t>(h) << 16); }
 
 // Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.

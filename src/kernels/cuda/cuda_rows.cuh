@@ -17,6 +17,15 @@ namespace {
 
 constexpr int kRowThreads = 256;
 
+// A flat kernel's launch: blocks of kThreads covering n (at least 1, at most 2^30).
+constexpr int kThreads = 256;
+inline unsigned blocks_for(size_t n, int threads = kThreads) {
+  const size_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 1u << 30 ? 1u << 30 : b));
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
+
 // True when p is 16-byte aligned (a float4 or 8 bf16 at a time).
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 // Rows of `cols` floats at p with row stride ld can be read as float4: cols, ld and p allow it.

@@ -53,7 +53,6 @@ __device__ __forceinline__ int state_entry(int lane, int i) {
 }
 
 __device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
 
 // Chunk c = blockIdx.y: tokens [c * chunk_len, min(T, (c + 1) * chunk_len)), from the state at
 // state_in + c * state_stride (zeros when state_in is null); the end state goes to state_out +
