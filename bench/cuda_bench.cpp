@@ -11,7 +11,7 @@
 //              [--dir /tmp] [--matmul bf16x2|bf16] [--f16-rows 1024] [--attention tf32|f32] [--ssd tf32|f32] [--graphs 1|0] [--kv bf16|f32]
 //              [--logits all|top1|draw] [--scan 8192] [--matmul-rows 8192]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
-// KV cache holds all T). Decode at context C: B sequences whose KV caches hold C rows of random
+// KV cache holds all T), the best of 3 runs up to 4K tokens, 2 up to 32K, else 1. Decode at context C: B sequences whose KV caches hold C rows of random
 // values (set up without a prefill), one token per sequence per step, every logit copied to the
 // host (--logits all) or only each row's best, selected on the GPU (top1: a greedy step), or
 // each row's softmax sum and draw at temperature 1 computed on the GPU (draw: a sampling step);
