@@ -587,16 +587,12 @@ void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, fl
   const unsigned warp_blocks = static_cast<unsigned>((T + kWarps - 1) / kWarps);
   const bool warp_rows = T >= kWarpRowsMin && d % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(out) &&
                          warp_blocks <= 1u << 30;
-  if (warp_rows && d <= 128 * 4)
-    launch(rmsnorm_warp_kernel<4>, warp_blocks, 32 * kWarps, 0, s, x, T, d, w, eps, out, absmax);
-  else if (warp_rows && d <= 128 * 8)
-    launch(rmsnorm_warp_kernel<8>, warp_blocks, 32 * kWarps, 0, s, x, T, d, w, eps, out, absmax);
-  else if (warp_rows && d <= 128 * 16)
-    launch(rmsnorm_warp_kernel<16>, warp_blocks, 32 * kWarps, 0, s, x, T, d, w, eps, out, absmax);
-  else if (warp_rows && d <= 128 * 24)
-    launch(rmsnorm_warp_kernel<24>, warp_blocks, 32 * kWarps, 0, s, x, T, d, w, eps, out, absmax);
-  else
-    launch(rmsnorm_kernel, static_cast<unsigned>(T), d >= 1024 ? 512 : 128, 0, s, x, d, w, eps, out, absmax);
+  const auto by_warps = [&](auto kernel) { launch(kernel, warp_blocks, 32 * kWarps, 0, s, x, T, d, w, eps, out, absmax); };
+  if (warp_rows && d <= 128 * 4) by_warps(rmsnorm_warp_kernel<4>);
+  else if (warp_rows && d <= 128 * 8) by_warps(rmsnorm_warp_kernel<8>);
+  else if (warp_rows && d <= 128 * 16) by_warps(rmsnorm_warp_kernel<16>);
+  else if (warp_rows && d <= 128 * 24) by_warps(rmsnorm_warp_kernel<24>);
+  else launch(rmsnorm_kernel, static_cast<unsigned>(T), d >= 1024 ? 512 : 128, 0, s, x, d, w, eps, out, absmax);
   check_launch("rmsnorm");
 }
 

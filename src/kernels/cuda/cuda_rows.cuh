@@ -1,7 +1,7 @@
-// Internal to the CUDA backend: the launch shape of element-wise kernels over the rows of a
-// matrix, 4 floats at a time where the rows allow it. Element-wise ops are memory-bound; 16-byte
-// accesses and no 64-bit division per element (the row comes from the grid) bring them from
-// ~1.5-2.3 TB/s to near the copy bandwidth on an H200.
+// Internal to the CUDA backend: the launch shape of element-wise kernels (flat, and over the rows
+// of a matrix, 4 floats at a time where the rows allow it) and their small device helpers.
+// Element-wise ops are memory-bound; 16-byte accesses and no 64-bit division per element (the row
+// comes from the grid) bring them from ~1.5-2.3 TB/s to near the copy bandwidth on an H200.
 #pragma once
 
 #include <cuda_runtime.h>

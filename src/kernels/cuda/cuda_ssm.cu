@@ -561,12 +561,9 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
   const bool aligned = on16(x) && on16(B) && on16(C) && on16(y) && on16(scratch) && ld_xbc % 4 == 0 &&
                        p.head_dim % 4 == 0 && p.d_state % 4 == 0 && Q % 4 == 0;
   const cublasComputeType_t compute = tf32 && aligned ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  // The element-wise kernels 4 entries a thread: a head's columns whole float4s, as every row.
-  const bool vec4 = aligned && p.head_dim % 4 == 0;
   const float one = 1.0f, zero = 0.0f;
   const int64_t HP = int64_t(p.heads) * p.head_dim;
-  constexpr int kThreads = 256;
-  const auto blocks = [](int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); };
+  const auto blocks = [](int64_t n) { return blocks_for(static_cast<size_t>(n)); };
   for (int64_t c0 = 0; c0 < chunks; c0 += window) {
     SsdShape d;
     d.Q = Q;
@@ -602,7 +599,9 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
              static_cast<const float*>(CB), static_cast<const float*>(dtv), static_cast<const double*>(cum), M);
     // y (column-major P x Q, ld H P) = X M^T, per (chunk, head).
     gemm(CUBLAS_OP_N, CUBLAS_OP_N, d.P, Q, Q, 0, ld_xbc, Q, HP, nb, "the intra-chunk outputs");
-    if (vec4)
+    // The element-wise kernels 4 entries a thread where everything is aligned (a head's columns
+    // whole float4s, as every row).
+    if (aligned)
       launch_rows(ssd_xd_kernel<true>, d.nc * Q, HP / 4, s, d, xw, static_cast<const float*>(xdf), Xd);
     else
       launch_rows(ssd_xd_kernel<false>, d.nc * Q, HP, s, d, xw, static_cast<const float*>(xdf), Xd);
@@ -612,12 +611,12 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
            static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
     // The start states' outputs (column-major G P x Q, into Xd) = S C^T, per (chunk, group).
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, GP, Q, d.N, int(3 * nb + 6 * ncg), d.N, ld_xbc, HP, ncg, "the start states' outputs");
-    if (vec4)
-      launch_rows(ssd_combine_kernel<true>, d.nc * Q, HP / 4, s, d, xw,
-             static_cast<const float*>(Xd), static_cast<const float*>(ecum), p.D, yw);
+    if (aligned)
+      launch_rows(ssd_combine_kernel<true>, d.nc * Q, HP / 4, s, d, xw, static_cast<const float*>(Xd),
+                  static_cast<const float*>(ecum), p.D, yw);
     else
-      launch_rows(ssd_combine_kernel<false>, d.nc * Q, HP, s, d, xw,
-             static_cast<const float*>(Xd), static_cast<const float*>(ecum), p.D, yw);
+      launch_rows(ssd_combine_kernel<false>, d.nc * Q, HP, s, d, xw, static_cast<const float*>(Xd),
+                  static_cast<const float*>(ecum), p.D, yw);
   }
   check_launch("ssm_scan (SSD)");
 }
@@ -648,8 +647,7 @@ void launch_scan(const float* x, const float* B, const float* C, int64_t ld_xbc,
   float* chunk_states = scratch;                     // [nc, H, P, N]
   float* decay = scratch + plan.chunks * entries;  // [nc, H]
   pass(ssm_scan_kernel<NPL, TS, false>, nullptr, chunk_states, entries, decay, nullptr);
-  constexpr int kThreads = 256;
-  launch(ssm_chunk_starts_kernel, static_cast<unsigned>((entries + kThreads - 1) / kThreads), kThreads, 0, s,
+  launch(ssm_chunk_starts_kernel, blocks_for(static_cast<size_t>(entries)), kThreads, 0, s,
          chunk_states, decay, plan.chunks, p.heads, head_entries, state);
   pass(ssm_scan_kernel<NPL, TS, true>, chunk_states, nullptr, entries, nullptr, y);
   check_launch("ssm_scan (chunks)");
