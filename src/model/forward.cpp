@@ -315,15 +315,15 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
     k.rmsnorm(h.data(), T, d, L.input_norm.data(), eps, u.data());
 
     // ---- input projections of both mixers ----
-    k.scale(u.data(), T * d, static_cast<float>(c.ssm_in_multiplier), x_in.data());
-    k.matmul(x_in.data(), d, T, L.in_proj, L.in_proj_bias.data(), zxbcdt.data());
+    const Kernels::Projection in_proj[] = {{&L.in_proj, L.in_proj_bias.data(), zxbcdt.data()}};
+    k.matmul_scaled(u.data(), d, T, static_cast<float>(c.ssm_in_multiplier), x_in.data(), in_proj, 1);
     k.mul_columns(zxbcdt.data(), T, in_dim, mup_vector_.data());
     // The attention's projections read the same normalized input: issued next to the in_proj, a
     // backend can run them as one pass over the weights (the two mixers are independent).
-    k.scale(u.data(), T * d, static_cast<float>(c.attention_in_multiplier), x_in.data());
-    k.matmul(x_in.data(), d, T, L.q_proj, L.q_bias.data(), q.data());
-    k.matmul(x_in.data(), d, T, L.k_proj, L.k_bias.data(), kk.data());
-    k.matmul(x_in.data(), d, T, L.v_proj, L.v_bias.data(), vv.data());
+    const Kernels::Projection qkv[] = {{&L.q_proj, L.q_bias.data(), q.data()},
+                                       {&L.k_proj, L.k_bias.data(), kk.data()},
+                                       {&L.v_proj, L.v_bias.data(), vv.data()}};
+    k.matmul_scaled(u.data(), d, T, static_cast<float>(c.attention_in_multiplier), x_in.data(), qkv, 3);
     // The attention and the Mamba-2 mixer are independent until they join the residual stream: a
     // backend may run the attention as a branch beside the mixer (kernels.h, decode steps).
     k.branch_begin();

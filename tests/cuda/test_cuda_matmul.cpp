@@ -174,6 +174,81 @@ TEST_F(CudaMatmulTest, MatmulF16TakesTheMaxFromTheOpBeforeOnlyForItsWholeInput) 
   EXPECT_EQ(after_part, fresh());
 }
 
+// A prompt's norm writes the fp16 input of the matmuls after it (shifted by a bound on its
+// output, not its max), and matmul_scaled takes the mixers' input multiplier into the GEMM's alpha;
+// the in_proj's mul_columns between two such calls keeps that input. Against float64 (the norm's
+// float32 output times s times the weights, within 2^-11 of sum |x w|), and bit for bit against
+// the same matmuls converting afresh after an unrelated op (scaling by powers of two is exact).
+// The norm's float32 output is the one it writes without the fp16 copy. Norm weights far from 1
+// (4e-5 and 300) and d of each warp kernel's width, and one the warp kernel does not take (1030).
+TEST_F(CudaMatmulTest, PromptNormFeedsScaledF16MatmulsAgainstFloat64) {
+  F16RowsReset reset{gpu.get()};
+  const int64_t T = 300, N1 = 72, N2 = 40;
+  const float s1 = 0.37f, s2 = 3.0f;
+  for (const auto& [d, w_scale] : {std::pair<int64_t, float>{1280, 300.0f}, {96, 4e-5f}, {3072, 1.0f},
+                                  {1030, 2.0f}}) {
+    const size_t n = static_cast<size_t>(T * d);
+    std::vector<float> x = randn(n);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < d; ++k) x[static_cast<size_t>(t * d + k)] *= static_cast<float>(1 + t % 7) * 0.25f;
+    const std::vector<float> nw = randn(static_cast<size_t>(d), w_scale), v = randn(static_cast<size_t>(N1));
+    std::vector<uint16_t> h1, h2;
+    const WeightView w1 = bind_random_bf16(N1, d, 0.05f, h1), w2 = bind_random_bf16(N2, d, 0.05f, h2);
+    const std::vector<float> b2 = randn(static_cast<size_t>(N2));
+    Buffer xg(*gpu, n), wg(*gpu, nw.size()), u(*gpu, n), room(*gpu, n), y1(*gpu, size_t(T * N1)),
+        y2(*gpu, size_t(T * N2)), vg(*gpu, v.size()), bg(*gpu, b2.size()), other(*gpu, 4);
+    gpu->from_host(xg.data(), x.data(), n);
+    gpu->from_host(wg.data(), nw.data(), nw.size());
+    gpu->from_host(vg.data(), v.data(), v.size());
+    gpu->from_host(bg.data(), b2.data(), b2.size());
+    gpu->set_matmul_f16_rows(0);  // the norm alone, as it writes without the fp16 copy
+    gpu->rmsnorm(xg.data(), T, d, wg.data(), 1e-6f, u.data());
+    const std::vector<float> u_plain = host(*gpu, u.data(), n);
+
+    gpu->set_matmul_f16_rows(256);
+    const Kernels::Projection p1[] = {{&w1, nullptr, y1.data()}}, p2[] = {{&w2, bg.data(), y2.data()}};
+    gpu->rmsnorm(xg.data(), T, d, wg.data(), 1e-6f, u.data());
+    gpu->matmul_scaled(u.data(), d, T, s1, room.data(), p1, 1);
+    gpu->mul_columns(y1.data(), T, N1, vg.data());
+    gpu->matmul_scaled(u.data(), d, T, s2, room.data(), p2, 1);
+    const std::vector<float> uf = host(*gpu, u.data(), n), g1 = host(*gpu, y1.data(), y1.size()),
+                             g2 = host(*gpu, y2.data(), y2.size());
+    EXPECT_EQ(uf, u_plain) << "d=" << d;
+    gpu->zero(other.data(), other.size());
+    gpu->matmul_scaled(u.data(), d, T, s1, room.data(), p1, 1);
+    gpu->mul_columns(y1.data(), T, N1, vg.data());
+    gpu->zero(other.data(), other.size());
+    gpu->matmul_scaled(u.data(), d, T, s2, room.data(), p2, 1);
+    EXPECT_EQ(g1, host(*gpu, y1.data(), y1.size())) << "d=" << d;
+    EXPECT_EQ(g2, host(*gpu, y2.data(), y2.size())) << "d=" << d;
+
+    int64_t bad = 0;
+    double worst = 0;
+    const auto check = [&](const std::vector<float>& y, const std::vector<uint16_t>& wb, int64_t N, float sc,
+                           const float* bias, const float* col) {
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t r = 0; r < N; ++r) {
+          double ref = 0, mag = 0;
+          for (int64_t k = 0; k < d; ++k) {
+            const double p = static_cast<double>(uf[static_cast<size_t>(t * d + k)]) * sc *
+                             bf16_to_f32(wb[static_cast<size_t>(r * d + k)]);
+            ref += p;
+            mag += std::fabs(p);
+          }
+          const double c = col ? col[r] : 1.0;
+          ref = (ref + (bias ? bias[r] : 0.0)) * c;
+          const double err = std::fabs(y[static_cast<size_t>(t * N + r)] - ref);
+          const double allowed = std::ldexp(1.0, -11) * mag * std::fabs(c) + 1e-6 * std::fabs(ref) + 1e-30;
+          worst = std::max(worst, err / allowed);
+          bad += !(err <= allowed);
+        }
+    };
+    check(g1, h1, N1, s1, nullptr, v.data());
+    check(g2, h2, N2, s2, b2.data(), nullptr);
+    EXPECT_EQ(bad, 0) << "d=" << d << " worst err/allowed " << worst;
+  }
+}
+
 // The weights' fp16 copies (set_f16_weight_copies): made by the first fp16 matmul of a matrix,
 // used by the next, for a view inside an upload too, with results bit for bit those of the
 // per-call conversion; dropped when turned off, and for good once an allocation has failed.

@@ -69,10 +69,11 @@ __global__ void f32_to_f16_scaled_kernel(const float* x, int64_t ldx, int64_t T,
   }
 }
 
-// *alpha = 2^-(shift_x + w_shift): the GEMM's output scale, read by cuBLAS from device memory.
-__global__ void f16_alpha_kernel(const uint32_t* max_bits, int w_shift, float* alpha) {
+// *alpha = x_scale * 2^-(shift_x + w_shift): the GEMM's output scale, read by cuBLAS from device
+// memory (x_scale: the caller's multiplier of x, taken here instead of by a pass over x).
+__global__ void f16_alpha_kernel(const uint32_t* max_bits, int w_shift, float x_scale, float* alpha) {
   FH1_PDL_ENTER();
-  *alpha = pow2(-(shift_for(*max_bits) + w_shift));
+  *alpha = x_scale * pow2(-(shift_for(*max_bits) + w_shift));
 }
 
 // out = fp16(w * 2^shift), 8 values a thread (16-byte loads and stores) when n8 > 0, then the
@@ -121,7 +122,8 @@ void bf16_to_f16_scaled(const uint16_t* w, size_t n, int shift, uint16_t* out, c
 }
 
 void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
-              int64_t T, float* y, const F16Scratch& sc, bool x16_ready, bool max_ready, cudaStream_t s) {
+              int64_t T, float x_scale, float* y, const F16Scratch& sc, bool x16_ready, bool max_ready,
+              cudaStream_t s) {
   auto* bits = reinterpret_cast<uint32_t*>(sc.consts);
   if (!x16_ready) {
     const bool vec = rows_vec4(x, K, ldx) && reinterpret_cast<uintptr_t>(sc.x16) % 8 == 0;
@@ -139,7 +141,7 @@ void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, in
     else launch_rows(f32_to_f16_scaled_kernel<false>, T, units, s, x, ldx, T, K, bits, x16);
     check_launch("f32_to_f16_scaled");
   }
-  launch(f16_alpha_kernel, 1, 1, 0, s, bits, w_shift, sc.consts + 1);
+  launch(f16_alpha_kernel, 1, 1, 0, s, bits, w_shift, x_scale, sc.consts + 1);
   check_launch("f16_alpha");
   // alpha (consts[1]) and beta (consts[2], zero) are read from device memory.
   check_blas(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_DEVICE), "cublasSetPointerMode");

@@ -177,33 +177,8 @@ void CudaKernelsImpl::matmul(const float* x, int64_t ldx, int64_t T, const Weigh
        w.data, N, K, x, ldx, T, bias, y);
     return;
   }
-  if (W.dtype == DType::BF16 && split_ && f16_rows_ > 0 && T >= f16_rows_ && !step_->recording()) {
-    // Prefill: one fp16 GEMM (activations to 11 bits, weights exact) instead of hi + lo. The
-    // weights' fp16 copy costs a pass over them: even at 256 rows it is paid back (H200: 7B 512
-    // tokens 35.9 -> 32.0 ms, 768 tokens 50.8 -> 41.9 ms).
-    const int shift = weights_->f16_shift(w, stream_);
-    // The same activations into several matrices (q, k, v; gate, up): converted once, when no
-    // op has run since the last fp16 matmul read them (and it did not write over them).
-    const X16Key key{x, ldx, T, K};
-    const bool ready = x16_last_ == key && x16_seq_ == op_seq_;
-    // x's max already taken by the op that wrote it, just before (scale, silu_mul).
-    const bool max_ready = !ready && max_seq_ == op_seq_ && max_of_.p == x && ldx == K &&
-                           max_of_.n == static_cast<size_t>(T * K);
-    // The weights in fp16: the kept copy (made now, by the first matmul that needs it, when
-    // memory allows), else converted into scratch for this call.
-    const cuda::DeviceWeights::F16Copy copy = weights_->f16_copy(w, shift);
-    uint16_t* w16 = copy.w16 ? copy.w16 : grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights");
-    const cuda::F16Scratch sc{bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
-    op("matmul f16", [=, this] {
-      if (copy.fill) cuda::bf16_to_f16_scaled(copy.fill_src, copy.fill_n, shift, copy.fill_dst, stream_);
-      else if (!copy.w16) cuda::bf16_to_f16_scaled(static_cast<const uint16_t*>(w.data), static_cast<size_t>(N * K), shift, w16, stream_);
-      cuda::gemm_f16(blas_, w16, N, K, shift, x, ldx, T, y, sc, ready, max_ready, stream_);
-      if (bias) cuda::add_bias(y, T, N, bias, stream_);
-    }, w.data, N, K, x, ldx, T, bias, y);
-    const auto at = [](const float* p) { return reinterpret_cast<uintptr_t>(p); };
-    const bool overwrote = at(y) < at(x + (T - 1) * ldx + K) && at(x) < at(y + T * N);
-    x16_last_ = overwrote ? X16Key{} : key;
-    x16_seq_ = op_seq_;
+  if (takes_f16(W, T)) {
+    matmul_f16(x, ldx, T, 1.0f, W, bias, y);
   } else if (W.dtype == DType::BF16 && !split_) {
     uint16_t* xb = bf16_scratch(static_cast<size_t>(T * K));
     op("matmul bf16", [=, this] {
@@ -241,6 +216,54 @@ void CudaKernelsImpl::matmul(const float* x, int64_t ldx, int64_t T, const Weigh
   }
 }
 
+bool CudaKernelsImpl::takes_f16(const WeightView& W, int64_t T) const {
+  return W.dtype == DType::BF16 && T > gemv_rows_ && split_ && f16_rows_ > 0 && T >= f16_rows_ &&
+         !step_->recording();
+}
+
+void CudaKernelsImpl::matmul_scaled(const float* x, int64_t ldx, int64_t T, float s, float* x_scaled,
+                                    const Projection* to, size_t n) {
+  bool f16 = T > 0;
+  for (size_t i = 0; i < n; ++i) f16 = f16 && takes_f16(*to[i].W, T) && to[i].W->cols == to[0].W->cols;
+  if (!f16) return Kernels::matmul_scaled(x, ldx, T, s, x_scaled, to, n);
+  // The scale goes into each GEMM's alpha: x is converted to fp16 once, as it is (its max taken
+  // by the norm that wrote it), and no scaled copy is written.
+  for (size_t i = 0; i < n; ++i)
+    if (to[i].W->rows > 0) matmul_f16(x, ldx, T, s, *to[i].W, to[i].bias, to[i].y);
+}
+
+void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x_scale, const WeightView& W,
+                                 const float* bias, float* y) {
+  const int64_t N = W.rows, K = W.cols;
+  const WeightView w = W;
+  // Prefill: one fp16 GEMM (activations to 11 bits, weights exact) instead of hi + lo. The
+  // weights' fp16 copy costs a pass over them: even at 256 rows it is paid back (H200: 7B 512
+  // tokens 35.9 -> 32.0 ms, 768 tokens 50.8 -> 41.9 ms).
+  const int shift = weights_->f16_shift(w, stream_);
+  // The same activations into several matrices (q, k, v; gate, up): converted once, when no
+  // op has run since the last fp16 matmul read them (and it did not write over them).
+  const X16Key key{x, ldx, T, K};
+  const bool ready = x16_last_ == key && x16_seq_ == op_seq_;
+  // x's max already taken by the op that wrote it, just before (scale, silu_mul).
+  const bool max_ready = !ready && max_seq_ == op_seq_ && max_of_.p == x && ldx == K &&
+                         max_of_.n == static_cast<size_t>(T * K);
+  // The weights in fp16: the kept copy (made now, by the first matmul that needs it, when
+  // memory allows), else converted into scratch for this call.
+  const cuda::DeviceWeights::F16Copy copy = weights_->f16_copy(w, shift);
+  uint16_t* w16 = copy.w16 ? copy.w16 : grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights");
+  const cuda::F16Scratch sc{bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
+  op("matmul f16", [=, this] {
+    if (copy.fill) cuda::bf16_to_f16_scaled(copy.fill_src, copy.fill_n, shift, copy.fill_dst, stream_);
+    else if (!copy.w16) cuda::bf16_to_f16_scaled(static_cast<const uint16_t*>(w.data), static_cast<size_t>(N * K), shift, w16, stream_);
+    cuda::gemm_f16(blas_, w16, N, K, shift, x, ldx, T, x_scale, y, sc, ready, max_ready, stream_);
+    if (bias) cuda::add_bias(y, T, N, bias, stream_);
+  }, w.data, N, K, x, ldx, T, x_scale, bias, y);
+  const auto at = [](const float* p) { return reinterpret_cast<uintptr_t>(p); };
+  const bool overwrote = at(y) < at(x + (T - 1) * ldx + K) && at(x) < at(y + T * N);
+  x16_last_ = overwrote ? X16Key{} : key;
+  x16_seq_ = op_seq_;
+}
+
 void CudaKernelsImpl::embed(const int32_t* ids, int64_t T, const WeightView& table, float scale, float* out) {
   for (int64_t t = 0; t < T; ++t)
     if (ids[t] < 0 || ids[t] >= table.rows)
@@ -264,10 +287,22 @@ void CudaKernelsImpl::embed(const int32_t* ids, int64_t T, const WeightView& tab
 void CudaKernelsImpl::rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out) {
   if (step_->rmsnorm(x, T, d, w, eps, out)) return;
   uint32_t* mx = output_max_slot();
+  // A prompt's norm feeds fp16 matmuls (in_proj and q/k/v, gate and up): it writes their fp16
+  // input too, as matmul_f16 would have converted it, and they take it as ready.
+  uint16_t* x16 = nullptr;
+  if (mx && split_ && f16_rows_ > 0 && T >= f16_rows_ && T > gemv_rows_) {
+    x16 = bf16_scratch(static_cast<size_t>(T * d));
+    if (!cuda::rmsnorm_takes_f16(x, T, d, w, out, x16)) x16 = nullptr;
+  }
   op("rmsnorm", [=, this] {
     zero_max_slot(mx);
-    cuda::rmsnorm(x, T, d, w, eps, out, stream_, mx);
+    cuda::rmsnorm(x, T, d, w, eps, out, stream_, mx, x16);
   }, x, T, d, w, eps, out);
+  if (x16) {
+    x16_last_ = X16Key{out, d, T, d};
+    x16_seq_ = op_seq_;
+    return;
+  }
   took_output_max(mx, out, static_cast<size_t>(T * d));
 }
 
@@ -283,7 +318,14 @@ void CudaKernelsImpl::scale(const float* x, size_t n, float s, float* out) {
 
 void CudaKernelsImpl::mul_columns(float* x, int64_t T, int64_t d, const float* v) {
   if (step_->mul_columns(x, T, d, v)) return;
+  // The in_proj's columns, between it and the attention's projections of the same input: the
+  // fp16 copy of that input stays valid when this op writes elsewhere.
+  const X16Key& k = x16_last_;
+  const auto at = [](const float* p) { return reinterpret_cast<uintptr_t>(p); };
+  const bool keep = k.x && x16_seq_ == op_seq_ &&
+                    (at(x + T * d) <= at(k.x) || at(k.x + (k.T - 1) * k.ldx + k.K) <= at(x));
   op("mul_columns", [=, this] { cuda::mul_columns(x, T, d, v, stream_); }, x, T, d, v);
+  if (keep) x16_seq_ = op_seq_;
 }
 
 void CudaKernelsImpl::residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n) {

@@ -58,6 +58,8 @@ class CudaKernelsImpl final : public CudaKernels {
 
   // ---- dense ops ----
   void matmul(const float* x, int64_t ldx, int64_t T, const WeightView& W, const float* bias, float* y) override;
+  void matmul_scaled(const float* x, int64_t ldx, int64_t T, float s, float* x_scaled,
+                     const Projection* to, size_t n) override;
 
   void embed(const int32_t* ids, int64_t T, const WeightView& table, float scale, float* out) override;
 
@@ -254,6 +256,12 @@ class CudaKernelsImpl final : public CudaKernels {
   // Frees the weights' fp16 copies for good: an allocation needs the room. No recorded closure
   // uses them (a recorded decode step never takes the fp16 GEMM): waiting for the stream is enough.
   void drop_f16_copies();
+
+  // The prefill matmul (T >= f16_rows_ rows, bf16 weights, not recording): one fp16 GEMM,
+  // y = (x * x_scale) W^T + bias with x_scale taken into the GEMM's alpha.
+  bool takes_f16(const WeightView& W, int64_t T) const;
+  void matmul_f16(const float* x, int64_t ldx, int64_t T, float x_scale, const WeightView& W, const float* bias,
+                  float* y);
 
   // y[T, N] = xb[T, K] @ W^T (+ beta * y), float32 accumulate and output.
   void gemm_bf16(const WeightView& W, const uint16_t* xb, int64_t T, float* y, float beta);

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_f16_scale.cuh"
 #include "kernels/cuda/cuda_kv.cuh"
 #include "kernels/cuda/cuda_rows.cuh"
 #include "util/error.h"
@@ -227,9 +228,13 @@ __global__ void residual_rmsnorm_kernel(float* h, const float* a, float sa, cons
 // A prompt's norm: one warp a row, its float4s held in registers, a warp sum instead of a block's
 // two barriers (a block a row left the SMs mostly waiting: 8K rows of 1280 in 71 us on an H200,
 // 1.2 TB/s). NV float4s a lane: rows of up to 128 NV floats. absmax: as scale_kernel's.
+// out16 (not null): the fp16 GEMM's input as well, fp16(out * 2^shift), so that the matmuls after
+// the norm need no conversion of their own. The shift cannot wait for the output's max; it comes
+// from a bound every warp computes alike: |out| <= sqrt(d) max|w| (|x_k| / rms(x) <= sqrt(d)),
+// and *absmax gets that bound's bits instead of the max (the GEMM's alpha: cuda_gemm_f16.cu).
 template <int NV>
 __global__ void rmsnorm_warp_kernel(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out,
-                                    uint32_t* absmax) {
+                                    uint32_t* absmax, __half* out16) {
   FH1_PDL_ENTER();
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5), n4 = d / 4;
@@ -237,24 +242,40 @@ __global__ void rmsnorm_warp_kernel(const float* x, int64_t T, int64_t d, const 
   if (row < T) {
     float4 v[NV];
     float ss = 0.0f;
+    uint32_t wm = 0;
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t i = lane + 32 * j;
       v[j] = i < n4 ? ld4(x + row * d, i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+      if (out16 && i < n4) wm = max(wm, abs_bits(ld4(w, i)));
     }
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     const float inv = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+    float s16 = 1.0f;
+    if (out16) {
+      for (int o = 16; o > 0; o >>= 1) wm = max(wm, __shfl_xor_sync(0xffffffffu, wm, o));
+      // 2^-10 above the bound: the rounding of x * inv and of w * (x * inv) stays below it.
+      const uint32_t bound = __float_as_uint(sqrtf(static_cast<float>(d)) * __uint_as_float(wm) * (1.0f + 0x1p-10f));
+      s16 = pow2(shift_for(bound));
+      if (row == 0 && lane == 0) *absmax = bound;
+    }
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t i = lane + 32 * j;
       if (i >= n4) break;
       const float4 o = map4(ld4(w, i), v[j], [inv](float wk, float xk) { return wk * (xk * inv); });
       st4(out + row * d, i, o);
-      m = max(m, abs_bits(o));
+      if (out16) {
+        const __half2 a = __floats2half2_rn(o.x * s16, o.y * s16), b = __floats2half2_rn(o.z * s16, o.w * s16);
+        reinterpret_cast<uint2*>(out16 + row * d)[i] =
+            make_uint2(*reinterpret_cast<const uint32_t*>(&a), *reinterpret_cast<const uint32_t*>(&b));
+      } else {
+        m = max(m, abs_bits(o));
+      }
     }
   }
-  if (absmax) block_max_into(m, absmax);
+  if (absmax && !out16) block_max_into(m, absmax);
 }
 
 // Flat kernels over n values: one row of n / 4 float4s when V. absmax (not null): the largest
@@ -578,21 +599,39 @@ void embed(const int32_t* ids, int64_t T, DType dt, const void* table, int64_t d
   check_launch("embed");
 }
 
+namespace {
+// Many rows (a prompt): a warp a row where a lane's share fits its registers. A few rows (a
+// decode step): a block a row, which reads the weights before the wait (the step's latency).
+constexpr int kWarpRowsMin = 256, kWarpRowsWarps = 8;
+int rmsnorm_warp_nv(const float* x, int64_t T, int64_t d, const float* w, const float* out) {
+  const bool fits = T >= kWarpRowsMin && d % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(out) &&
+                    (T + kWarpRowsWarps - 1) / kWarpRowsWarps <= int64_t(1) << 30;
+  if (!fits || d > 128 * 24) return 0;
+  return d <= 128 * 4 ? 4 : d <= 128 * 8 ? 8 : d <= 128 * 16 ? 16 : 24;
+}
+}  // namespace
+
+bool rmsnorm_takes_f16(const float* x, int64_t T, int64_t d, const float* w, const float* out, const void* out16) {
+  return rmsnorm_warp_nv(x, T, d, w, out) > 0 && reinterpret_cast<uintptr_t>(out16) % 8 == 0;
+}
+
 void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out, cudaStream_t s,
-             uint32_t* absmax) {
+             uint32_t* absmax, uint16_t* out16) {
   if (T == 0) return;
-  // Many rows (a prompt): a warp a row where a lane's share fits its registers. A few rows (a
-  // decode step): a block a row, which reads the weights before the wait (the step's latency).
-  constexpr int kWarpRowsMin = 256, kWarps = 8;
-  const unsigned warp_blocks = static_cast<unsigned>((T + kWarps - 1) / kWarps);
-  const bool warp_rows = T >= kWarpRowsMin && d % 4 == 0 && aligned16(x) && aligned16(w) && aligned16(out) &&
-                         warp_blocks <= 1u << 30;
-  const auto by_warps = [&](auto kernel) { launch(kernel, warp_blocks, 32 * kWarps, 0, s, x, T, d, w, eps, out, absmax); };
-  if (warp_rows && d <= 128 * 4) by_warps(rmsnorm_warp_kernel<4>);
-  else if (warp_rows && d <= 128 * 8) by_warps(rmsnorm_warp_kernel<8>);
-  else if (warp_rows && d <= 128 * 16) by_warps(rmsnorm_warp_kernel<16>);
-  else if (warp_rows && d <= 128 * 24) by_warps(rmsnorm_warp_kernel<24>);
-  else launch(rmsnorm_kernel, static_cast<unsigned>(T), d >= 1024 ? 512 : 128, 0, s, x, d, w, eps, out, absmax);
+  if (out16 && (!absmax || !rmsnorm_takes_f16(x, T, d, w, out, out16)))
+    throw Error("CUDA rmsnorm: an fp16 output needs the warp kernel (rmsnorm_takes_f16) and the max slot");
+  const unsigned warp_blocks = static_cast<unsigned>((T + kWarpRowsWarps - 1) / kWarpRowsWarps);
+  auto* o16 = reinterpret_cast<__half*>(out16);
+  const auto by_warps = [&](auto kernel) {
+    launch(kernel, warp_blocks, 32 * kWarpRowsWarps, 0, s, x, T, d, w, eps, out, absmax, o16);
+  };
+  switch (rmsnorm_warp_nv(x, T, d, w, out)) {
+    case 4: by_warps(rmsnorm_warp_kernel<4>); break;
+    case 8: by_warps(rmsnorm_warp_kernel<8>); break;
+    case 16: by_warps(rmsnorm_warp_kernel<16>); break;
+    case 24: by_warps(rmsnorm_warp_kernel<24>); break;
+    default: launch(rmsnorm_kernel, static_cast<unsigned>(T), d >= 1024 ? 512 : 128, 0, s, x, d, w, eps, out, absmax);
+  }
   check_launch("rmsnorm");
 }
 

@@ -80,9 +80,10 @@ struct F16Scratch {
 // max's bits already hold this x (the previous call's, when the same activations feed several
 // matrices); only alpha is computed again. max_ready: the max's bits hold x's (the op that
 // wrote x took it, see scale), beta is zero; x is converted without a pass of its own for the max.
+// y = (x * x_scale) W^T: x_scale is taken into the GEMM's alpha.
 void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x,
-              int64_t ldx, int64_t T, float* y, const F16Scratch& scratch, bool x16_ready, bool max_ready,
-              cudaStream_t s);
+              int64_t ldx, int64_t T, float x_scale, float* y, const F16Scratch& scratch, bool x16_ready,
+              bool max_ready, cudaStream_t s);
 // y[T, N] = x[T, K] @ W^T (+ bias) for T <= kGemvRows, W bf16 [N, K], all else float32.
 constexpr int64_t kGemvRows = 8;
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,
@@ -132,8 +133,12 @@ void embed(const int32_t* ids, int64_t T, DType dt, const void* table, int64_t d
            cudaStream_t s);
 // absmax (rmsnorm, scale, silu_mul, gate_silu; null: none): atomicMax of the bits of every
 // |output| into *absmax (the fp16 GEMM's max, cuda_gemm_f16.cu, taken as the values are written).
+// out16 (not null; only where rmsnorm_takes_f16, with absmax): also the fp16 GEMM's input,
+// fp16(out * 2^shift) [T, d], with *absmax set to the bits of a bound on |out| whose shift_for is
+// that shift (gemm_f16 with x16_ready then computes its alpha from it).
+bool rmsnorm_takes_f16(const float* x, int64_t T, int64_t d, const float* w, const float* out, const void* out16);
 void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out, cudaStream_t s,
-             uint32_t* absmax = nullptr);
+             uint32_t* absmax = nullptr, uint16_t* out16 = nullptr);
 void scale(const float* x, size_t n, float a, float* out, cudaStream_t s, uint32_t* absmax = nullptr);
 void mul_columns(float* x, int64_t T, int64_t d, const float* v, cudaStream_t s);
 void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n, cudaStream_t s);
