@@ -102,14 +102,18 @@ class Kernels {
   // y[t, :] = x[t, :] (row stride ldx) @ W^T + bias; W is [N, K]; y is [T, N] contiguous.
   virtual void matmul(const float* x, int64_t ldx, int64_t T, const WeightView& W, const float* bias, float* y) = 0;
   // One input into several matrices, scaled first (a mixer's input multiplier):
-  //   to[i].y[t, :] = (x[t, :] * s) @ to[i].W^T + to[i].bias for i < n, all W with K columns.
+  //   to[i].y[t, :] = ((x[t, :] * s) @ to[i].W^T + to[i].bias) * to[i].col_scale
+  // for i < n, all W with K columns; col_scale (optional, W.rows values) per output column, a
+  // constant of the model (Mamba-2's mup vector): a backend may fold it into its copy of W.
   // x_scaled: room for T contiguous rows of K floats, where a backend may put x * s (what it
   // holds afterwards is unspecified: nothing should read it). The default scales into it once and
-  // multiplies; a backend that rounds x for its GEMMs anyway scales the products instead.
+  // multiplies (then mul_columns); a backend that rounds x for its GEMMs anyway scales the
+  // products instead.
   struct Projection {
     const WeightView* W;
     const float* bias;
     float* y;
+    const float* col_scale = nullptr;
   };
   virtual void matmul_scaled(const float* x, int64_t ldx, int64_t T, float s, float* x_scaled,
                              const Projection* to, size_t n) {
@@ -120,7 +124,10 @@ class Kernels {
     } else {
       for (int64_t t = 0; t < T; ++t) scale(x + t * ldx, static_cast<size_t>(K), s, x_scaled + t * K);
     }
-    for (size_t i = 0; i < n; ++i) matmul(x_scaled, K, T, *to[i].W, to[i].bias, to[i].y);
+    for (size_t i = 0; i < n; ++i) {
+      matmul(x_scaled, K, T, *to[i].W, to[i].bias, to[i].y);
+      if (to[i].col_scale) mul_columns(to[i].y, T, to[i].W->rows, to[i].col_scale);
+    }
   }
   // out[t, :] = float(table[ids[t], :]) * scale
   virtual void embed(const int32_t* ids, int64_t T, const WeightView& table, float scale, float* out) = 0;

@@ -315,9 +315,8 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
     k.rmsnorm(h.data(), T, d, L.input_norm.data(), eps, u.data());
 
     // ---- input projections of both mixers ----
-    const Kernels::Projection in_proj[] = {{&L.in_proj, L.in_proj_bias.data(), zxbcdt.data()}};
+    const Kernels::Projection in_proj[] = {{&L.in_proj, L.in_proj_bias.data(), zxbcdt.data(), mup_vector_.data()}};
     k.matmul_scaled(u.data(), d, T, static_cast<float>(c.ssm_in_multiplier), x_in.data(), in_proj, 1);
-    k.mul_columns(zxbcdt.data(), T, in_dim, mup_vector_.data());
     // The attention's projections read the same normalized input: issued next to the in_proj, a
     // backend can run them as one pass over the weights (the two mixers are independent).
     const Kernels::Projection qkv[] = {{&L.q_proj, L.q_bias.data(), q.data()},

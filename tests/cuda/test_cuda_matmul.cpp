@@ -249,6 +249,70 @@ TEST_F(CudaMatmulTest, PromptNormFeedsScaledF16MatmulsAgainstFloat64) {
   }
 }
 
+// matmul_scaled's per-column scale (Mamba-2's mup vector): folded into a kept fp16 copy of W
+// whose rows it scales (the copy's bytes grow by W's), or, with a bias (which it scales too) or
+// without copies, applied after the GEMM; a decode-sized call takes the default (matmul, then
+// mul_columns). Against float64: ((x s) W^T + b) v within 2^-10 of sum |x w| |v| (x and, folded,
+// w v each rounded to fp16).
+TEST_F(CudaMatmulTest, MatmulScaledColumnScalesAgainstFloat64) {
+  F16RowsReset reset{gpu.get()};
+  struct CopiesReset {
+    CudaKernels* g;
+    ~CopiesReset() { g->set_f16_weight_copies(true); }
+  } copies_reset{gpu.get()};
+  gpu->set_matmul_f16_rows(256);
+  const int64_t K = 96, N = 75;
+  const float s = 0.6f;
+  std::vector<float> v(static_cast<size_t>(N));
+  const float seg[5] = {0.3f, 7.0f, 0.01f, 25.0f, 1.0f};
+  for (int64_t i = 0; i < N; ++i) v[static_cast<size_t>(i)] = seg[i * 5 / N];
+  std::vector<uint16_t> wb;
+  const WeightView w = bind_random_bf16(N, K, 0.05f, wb);
+  const std::vector<float> bias = randn(static_cast<size_t>(N));
+  Buffer vg(*gpu, v.size()), bg(*gpu, bias.size());
+  gpu->from_host(vg.data(), v.data(), v.size());
+  gpu->from_host(bg.data(), bias.data(), bias.size());
+  struct Case {
+    int64_t T;
+    bool with_bias, copies, folds;
+  };
+  for (const Case c : {Case{300, false, true, true}, Case{300, true, true, false}, Case{300, false, false, false},
+                       Case{3, false, true, false}}) {
+    gpu->set_f16_weight_copies(c.copies);
+    const std::vector<float> x = randn(static_cast<size_t>(c.T * K), 2.0f);
+    Buffer xg(*gpu, x.size()), room(*gpu, x.size()), yg(*gpu, static_cast<size_t>(c.T * N));
+    gpu->from_host(xg.data(), x.data(), x.size());
+    const size_t bytes_before = gpu->memory_stats().f16_copy_bytes;
+    const Kernels::Projection p[] = {{&w, c.with_bias ? bg.data() : nullptr, yg.data(), vg.data()}};
+    gpu->matmul_scaled(xg.data(), K, c.T, s, room.data(), p, 1);
+    const std::vector<float> y = host(*gpu, yg.data(), yg.size());
+    const size_t grew = gpu->memory_stats().f16_copy_bytes - bytes_before;
+    if (c.folds) {
+      EXPECT_GE(grew, static_cast<size_t>(N * K * 2)) << "no scaled copy was made";
+    }
+    int64_t bad = 0;
+    double worst = 0;
+    for (int64_t t = 0; t < c.T; ++t)
+      for (int64_t n = 0; n < N; ++n) {
+        double ref = 0, mag = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const double q = static_cast<double>(x[static_cast<size_t>(t * K + k)]) * s *
+                           bf16_to_f32(wb[static_cast<size_t>(n * K + k)]);
+          ref += q;
+          mag += std::fabs(q);
+        }
+        const double vn = v[static_cast<size_t>(n)];
+        ref = (ref + (c.with_bias ? bias[static_cast<size_t>(n)] : 0.0)) * vn;
+        const double err = std::fabs(y[static_cast<size_t>(t * N + n)] - ref);
+        const double allowed = std::ldexp(1.0, -10) * mag * std::fabs(vn) + 1e-6 * std::fabs(ref) + 1e-30;
+        worst = std::max(worst, err / allowed);
+        bad += !(err <= allowed);
+      }
+    EXPECT_EQ(bad, 0) << "T=" << c.T << " bias " << c.with_bias << " copies " << c.copies << " worst err/allowed "
+                      << worst;
+  }
+}
+
 // The weights' fp16 copies (set_f16_weight_copies): made by the first fp16 matmul of a matrix,
 // used by the next, for a view inside an upload too, with results bit for bit those of the
 // per-call conversion; dropped when turned off, and for good once an allocation has failed.

@@ -97,7 +97,50 @@ __global__ void bf16_to_f16_scaled_kernel(const uint16_t* w, size_t n, size_t n8
     out[i] = __float2half_rn(__uint_as_float(static_cast<uint32_t>(w[i]) << 16) * scale);
 }
 
+// The same two over W [N, K] with each row i multiplied by v[i] (one pass each, once a matrix:
+// the division by K per element does not matter).
+__global__ void absmax_bf16_rows_scaled_kernel(const uint16_t* w, int64_t N, int64_t K, const float* v, uint32_t* out) {
+  FH1_PDL_ENTER();
+  uint32_t m = 0;
+  const size_t n = static_cast<size_t>(N * K);
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    m = max(m, abs_bits(__uint_as_float(static_cast<uint32_t>(w[i]) << 16) * v[i / K]));
+  block_max_into(m, out);
+}
+
+__global__ void bf16_to_f16_rows_scaled_kernel(const uint16_t* w, int64_t N, int64_t K, const float* v, int shift,
+                                               __half* out) {
+  FH1_PDL_ENTER();
+  const float scale = pow2(shift);
+  const size_t n = static_cast<size_t>(N * K);
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = __float2half_rn(__uint_as_float(static_cast<uint32_t>(w[i]) << 16) * v[i / K] * scale);
+}
+
 }  // namespace
+
+int f16_shift_of_bf16_rows_scaled(const uint16_t* w, int64_t N, int64_t K, const float* v, uint32_t* scratch,
+                                  cudaStream_t s) {
+  check(cudaMemsetAsync(scratch, 0, sizeof(uint32_t), s), "f16 shift (memset)");
+  const int64_t n = N * K;
+  if (n > 0) {
+    launch(absmax_bf16_rows_scaled_kernel, std::min(rows_grid(1, n).x, kReduceBlocks), kRowThreads, 0, s, w, N, K, v,
+           scratch);
+    check_launch("absmax_bf16_rows_scaled");
+  }
+  uint32_t bits = 0;
+  check(cudaMemcpyAsync(&bits, scratch, sizeof bits, cudaMemcpyDeviceToHost, s), "f16 shift (copy)");
+  check(cudaStreamSynchronize(s), "f16 shift");
+  return shift_for(bits);
+}
+
+void bf16_to_f16_rows_scaled(const uint16_t* w, int64_t N, int64_t K, const float* v, int shift, uint16_t* out,
+                             cudaStream_t s) {
+  if (N * K == 0) return;
+  launch(bf16_to_f16_rows_scaled_kernel, rows_grid(1, N * K), kRowThreads, 0, s, w, N, K, v, shift,
+         reinterpret_cast<__half*>(out));
+  check_launch("bf16_to_f16_rows_scaled");
+}
 
 int f16_shift_of_bf16(const uint16_t* w, size_t n, uint32_t* scratch, cudaStream_t s) {
   check(cudaMemsetAsync(scratch, 0, sizeof(uint32_t), s), "f16 shift (memset)");

@@ -178,7 +178,7 @@ void CudaKernelsImpl::matmul(const float* x, int64_t ldx, int64_t T, const Weigh
     return;
   }
   if (takes_f16(W, T)) {
-    matmul_f16(x, ldx, T, 1.0f, W, bias, y);
+    matmul_f16(x, ldx, T, 1.0f, W, bias, y, nullptr);
   } else if (W.dtype == DType::BF16 && !split_) {
     uint16_t* xb = bf16_scratch(static_cast<size_t>(T * K));
     op("matmul bf16", [=, this] {
@@ -229,17 +229,22 @@ void CudaKernelsImpl::matmul_scaled(const float* x, int64_t ldx, int64_t T, floa
   // The scale goes into each GEMM's alpha: x is converted to fp16 once, as it is (its max taken
   // by the norm that wrote it), and no scaled copy is written.
   for (size_t i = 0; i < n; ++i)
-    if (to[i].W->rows > 0) matmul_f16(x, ldx, T, s, *to[i].W, to[i].bias, to[i].y);
+    if (to[i].W->rows > 0) matmul_f16(x, ldx, T, s, *to[i].W, to[i].bias, to[i].y, to[i].col_scale);
 }
 
 void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x_scale, const WeightView& W,
-                                 const float* bias, float* y) {
+                                 const float* bias, float* y, const float* col_scale) {
   const int64_t N = W.rows, K = W.cols;
   const WeightView w = W;
+  // The output columns' scale (Mamba-2's mup vector) folded into a kept copy of W whose rows it
+  // scales, where there is no bias (which it would scale too); else a pass after the GEMM.
+  cuda::DeviceWeights::ScaledCopy folded;
+  if (col_scale && !bias) folded = weights_->f16_row_scaled_copy(w, col_scale, stream_);
+  const bool cols_after = col_scale && !folded.w16;
   // Prefill: one fp16 GEMM (activations to 11 bits, weights exact) instead of hi + lo. The
   // weights' fp16 copy costs a pass over them: even at 256 rows it is paid back (H200: 7B 512
   // tokens 35.9 -> 32.0 ms, 768 tokens 50.8 -> 41.9 ms).
-  const int shift = weights_->f16_shift(w, stream_);
+  const int shift = folded.w16 ? folded.shift : weights_->f16_shift(w, stream_);
   // The same activations into several matrices (q, k, v; gate, up): converted once, when no
   // op has run since the last fp16 matmul read them (and it did not write over them).
   const X16Key key{x, ldx, T, K};
@@ -249,15 +254,18 @@ void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x
                          max_of_.n == static_cast<size_t>(T * K);
   // The weights in fp16: the kept copy (made now, by the first matmul that needs it, when
   // memory allows), else converted into scratch for this call.
-  const cuda::DeviceWeights::F16Copy copy = weights_->f16_copy(w, shift);
-  uint16_t* w16 = copy.w16 ? copy.w16 : grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights");
+  const cuda::DeviceWeights::F16Copy copy = folded.w16 ? cuda::DeviceWeights::F16Copy{} : weights_->f16_copy(w, shift);
+  uint16_t* converted = folded.w16 || copy.w16 ? nullptr
+                                               : grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights");
+  const uint16_t* w16 = folded.w16 ? folded.w16 : copy.w16 ? copy.w16 : converted;
   const cuda::F16Scratch sc{bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
   op("matmul f16", [=, this] {
     if (copy.fill) cuda::bf16_to_f16_scaled(copy.fill_src, copy.fill_n, shift, copy.fill_dst, stream_);
-    else if (!copy.w16) cuda::bf16_to_f16_scaled(static_cast<const uint16_t*>(w.data), static_cast<size_t>(N * K), shift, w16, stream_);
+    else if (converted) cuda::bf16_to_f16_scaled(static_cast<const uint16_t*>(w.data), static_cast<size_t>(N * K), shift, converted, stream_);
     cuda::gemm_f16(blas_, w16, N, K, shift, x, ldx, T, x_scale, y, sc, ready, max_ready, stream_);
     if (bias) cuda::add_bias(y, T, N, bias, stream_);
-  }, w.data, N, K, x, ldx, T, x_scale, bias, y);
+    if (cols_after) cuda::mul_columns(y, T, N, col_scale, stream_);
+  }, w.data, N, K, x, ldx, T, x_scale, bias, y, col_scale);
   const auto at = [](const float* p) { return reinterpret_cast<uintptr_t>(p); };
   const bool overwrote = at(y) < at(x + (T - 1) * ldx + K) && at(x) < at(y + T * N);
   x16_last_ = overwrote ? X16Key{} : key;

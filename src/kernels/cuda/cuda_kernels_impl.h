@@ -258,10 +258,11 @@ class CudaKernelsImpl final : public CudaKernels {
   void drop_f16_copies();
 
   // The prefill matmul (T >= f16_rows_ rows, bf16 weights, not recording): one fp16 GEMM,
-  // y = (x * x_scale) W^T + bias with x_scale taken into the GEMM's alpha.
+  // y = ((x * x_scale) W^T + bias) * col_scale, x_scale taken into the GEMM's alpha and
+  // col_scale (optional, per output column) into a kept copy of W where it can.
   bool takes_f16(const WeightView& W, int64_t T) const;
   void matmul_f16(const float* x, int64_t ldx, int64_t T, float x_scale, const WeightView& W, const float* bias,
-                  float* y);
+                  float* y, const float* col_scale);
 
   // y[T, N] = xb[T, K] @ W^T (+ beta * y), float32 accumulate and output.
   void gemm_bf16(const WeightView& W, const uint16_t* xb, int64_t T, float* y, float beta);

@@ -72,6 +72,12 @@ void sum_halves(const float* y2, int64_t T, int64_t N, const float* bias, float*
 // bf16_to_f16_scaled W's fp16 copy: out[i] = fp16(w[i] * 2^shift), n halves.
 int f16_shift_of_bf16(const uint16_t* w, size_t n, uint32_t* scratch, cudaStream_t s);
 void bf16_to_f16_scaled(const uint16_t* w, size_t n, int shift, uint16_t* out, cudaStream_t s);
+// The same for W with each row i multiplied by v[i] (v: N floats on the device): the shift of
+// max |w_ik v_i|, and out = fp16(w_ik * v_i * 2^shift) (rounded once more than W alone: 2^-12).
+int f16_shift_of_bf16_rows_scaled(const uint16_t* w, int64_t N, int64_t K, const float* v, uint32_t* scratch,
+                                  cudaStream_t s);
+void bf16_to_f16_rows_scaled(const uint16_t* w, int64_t N, int64_t K, const float* v, int shift, uint16_t* out,
+                             cudaStream_t s);
 struct F16Scratch {
   uint16_t* x16;  // T x K halves
   float* consts;  // 3 floats of device memory: the max's bits, alpha, beta

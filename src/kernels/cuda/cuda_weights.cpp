@@ -63,6 +63,7 @@ DeviceWeights::~DeviceWeights() {
     cudaFree(p);
     cudaFree(w.f16);
   }
+  for (auto& [k, c] : scaled_) cudaFree(const_cast<uint16_t*>(c.w16));
 }
 
 WeightView DeviceWeights::bind(const TensorView& t, cudaStream_t s) {
@@ -116,18 +117,8 @@ DeviceWeights::F16Copy DeviceWeights::f16_copy(const WeightView& W, int shift) {
   const size_t off = static_cast<size_t>(static_cast<const char*>(W.data) - static_cast<const char*>(held->first)) / 2;
   if (u.dtype != DType::BF16 || u.f16_shift != shift || off + static_cast<size_t>(W.rows * W.cols) > u.n) return c;
   if (u.f16 == nullptr) {
-    if (copies_closed_) return c;
-    size_t free_b = 0, total_b = 0;
-    void* p = nullptr;
-    const size_t bytes = u.n * 2;
-    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess ||
-        free_b < bytes + std::max<size_t>(size_t(2) << 30, total_b / 10) || cudaMalloc(&p, bytes) != cudaSuccess) {
-      cudaGetLastError();
-      copies_closed_ = true;
-      return c;
-    }
-    u.f16 = static_cast<uint16_t*>(p);
-    copy_bytes_ += bytes;
+    u.f16 = copy_memory(u.n * 2);
+    if (u.f16 == nullptr) return c;
     c.fill = true;
     c.fill_src = static_cast<const uint16_t*>(held->first);
     c.fill_dst = u.f16;
@@ -137,6 +128,33 @@ DeviceWeights::F16Copy DeviceWeights::f16_copy(const WeightView& W, int shift) {
   return c;
 }
 
+uint16_t* DeviceWeights::copy_memory(size_t bytes) {
+  if (!copies_on_ || copies_closed_) return nullptr;
+  size_t free_b = 0, total_b = 0;
+  void* p = nullptr;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess ||
+      free_b < bytes + std::max<size_t>(size_t(2) << 30, total_b / 10) || cudaMalloc(&p, bytes) != cudaSuccess) {
+    cudaGetLastError();
+    copies_closed_ = true;
+    return nullptr;
+  }
+  copy_bytes_ += bytes;
+  return static_cast<uint16_t*>(p);
+}
+
+DeviceWeights::ScaledCopy DeviceWeights::f16_row_scaled_copy(const WeightView& W, const float* row_scale,
+                                                             cudaStream_t s) {
+  if (W.dtype != DType::BF16 || holding(W) == nullptr) return {};
+  const auto key = std::make_tuple(W.data, row_scale, W.rows, W.cols);
+  if (auto it = scaled_.find(key); it != scaled_.end()) return it->second;
+  uint16_t* w16 = copy_memory(static_cast<size_t>(W.rows * W.cols) * 2);
+  if (w16 == nullptr) return {};
+  const auto* w = static_cast<const uint16_t*>(W.data);
+  ScaledCopy c{w16, f16_shift_of_bf16_rows_scaled(w, W.rows, W.cols, row_scale, shift_scratch_, s)};
+  bf16_to_f16_rows_scaled(w, W.rows, W.cols, row_scale, c.shift, w16, s);
+  return scaled_[key] = c;
+}
+
 void DeviceWeights::drop_f16_copies(bool close) {
   if (close) copies_closed_ = true;
   if (copy_bytes_ == 0) return;
@@ -144,6 +162,8 @@ void DeviceWeights::drop_f16_copies(bool close) {
     cudaFree(w.f16);
     w.f16 = nullptr;
   }
+  for (auto& [k, c] : scaled_) cudaFree(const_cast<uint16_t*>(c.w16));
+  scaled_.clear();
   copy_bytes_ = 0;
 }
 

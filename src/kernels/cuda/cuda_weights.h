@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <map>
+#include <tuple>
 
 #include "io/safetensors.h"
 #include "kernels/kernels.h"
@@ -56,6 +57,15 @@ class DeviceWeights {
     bool fill = false;
   };
   F16Copy f16_copy(const WeightView& W, int shift);
+  // W with each row i multiplied by row_scale[i] (device memory, W.rows floats, a constant of the
+  // model: Mamba-2's mup vector on the in_proj's outputs) in fp16, scaled by 2^shift into fp16's
+  // range. Made at the first call for that (W, row_scale), synchronously, and kept like the
+  // copies above; w16 null when copies are off or memory is short.
+  struct ScaledCopy {
+    const uint16_t* w16 = nullptr;
+    int shift = 0;
+  };
+  ScaledCopy f16_row_scaled_copy(const WeightView& W, const float* row_scale, cudaStream_t s);
   // Frees every copy (close: and makes no more). The caller waits for the work that uses them.
   void drop_f16_copies(bool close);
   // Copies on or off (off drops them; on opens them again).
@@ -73,11 +83,15 @@ class DeviceWeights {
     int f16_shift;  // BF16: the power of two that scales it into fp16's range (cuda_gemm_f16.cu)
     uint16_t* f16 = nullptr;  // BF16: its fp16 copy, when kept
   };
+  // A new copy's memory, while the copies are open and enough stays free; else null (and the
+  // copies close).
+  uint16_t* copy_memory(size_t bytes);
   // The upload that holds W's first element, or null.
   std::pair<void* const, Uploaded>* holding(const WeightView& W);
 
   uint32_t* shift_scratch_;
   std::map<void*, Uploaded> all_;
+  std::map<std::tuple<const void*, const float*, int64_t, int64_t>, ScaledCopy> scaled_;
   size_t bytes_ = 0, copy_bytes_ = 0;
   bool copies_on_ = true, copies_closed_ = false;
 };
