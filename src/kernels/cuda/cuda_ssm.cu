@@ -177,33 +177,48 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   if (!kWriteY && decay_out != nullptr && p0 == 0 && threadIdx.x == 0) decay_out[chunk * H + h] = decay;
 }
 
-// Pass 2: the chunks' start states, one thread per state entry e (of head h), chunks in order.
+// Pass 2: the chunks' start states, chunks in order, one thread per state entry, or per 4 (V:
+// 16-byte accesses, head_entries % 4 == 0, so that the 4 are of one head h; a 1.5B-Deep layer's
+// 393K entries then fit one wave of blocks, where one entry a thread left the second half empty).
 // chunk_states[c] holds chunk c's end state from zero and is overwritten by its start state;
 // `state` (the state before the call) becomes the state after the last chunk.
+template <bool V>
 __global__ void ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const float* __restrict__ decay,
                                         int chunks, int H, int64_t head_entries, float* __restrict__ state) {
   FH1_PDL_ENTER();
-  const int64_t entries = int64_t(H) * head_entries;
+  using Vec = std::conditional_t<V, float4, float>;
+  constexpr int kW = V ? 4 : 1;
+  const int64_t entries = int64_t(H) * head_entries, units = entries / kW;
   const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (e >= entries) return;
-  const int h = static_cast<int>(e / head_entries);
-  float s = state[e];
+  if (e >= units) return;
+  const int h = static_cast<int>(kW * e / head_entries);
+  const auto load = [&](const float* p) -> Vec {
+    if constexpr (V) return ld4(p, e);
+    else return p[e];
+  };
+  const auto store = [&](float* p, Vec v) {
+    if constexpr (V) st4(p, e, v);
+    else p[e] = v;
+  };
+  Vec s = load(state);
   // The end states are read 8 chunks ahead of the writes: a store to the same array between the
   // loads kept the compiler from issuing them early, so every chunk waited for one load (7B, 64
   // chunks: 636 us a layer).
   constexpr int kAhead = 8;
   for (int c0 = 0; c0 < chunks; c0 += kAhead) {
-    float end[kAhead];
+    Vec end[kAhead];
 #pragma unroll
-    for (int j = 0; j < kAhead; ++j) end[j] = c0 + j < chunks ? chunk_states[int64_t(c0 + j) * entries + e] : 0.0f;
+    for (int j = 0; j < kAhead; ++j) end[j] = c0 + j < chunks ? load(chunk_states + int64_t(c0 + j) * entries) : Vec{};
 #pragma unroll
     for (int j = 0; j < kAhead; ++j) {
       if (c0 + j >= chunks) break;
-      chunk_states[int64_t(c0 + j) * entries + e] = s;
-      s = decay[int64_t(c0 + j) * H + h] * s + end[j];
+      store(chunk_states + int64_t(c0 + j) * entries, s);
+      const float a = decay[int64_t(c0 + j) * H + h];
+      if constexpr (V) s = map4(s, end[j], [a](float x, float y) { return a * x + y; });
+      else s = a * s + end[j];
     }
   }
-  state[e] = s;
+  store(state, s);
 }
 
 // ---- The chunked SSD: Mamba-2's matrix form, for long prompts ----
@@ -564,6 +579,7 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
   const float one = 1.0f, zero = 0.0f;
   const int64_t HP = int64_t(p.heads) * p.head_dim;
   const auto blocks = [](int64_t n) { return blocks_for(static_cast<size_t>(n)); };
+  const bool starts4 = on16(E) && on16(state) && (int64_t(p.head_dim) * p.d_state) % 4 == 0;
   for (int64_t c0 = 0; c0 < chunks; c0 += window) {
     SsdShape d;
     d.Q = Q;
@@ -607,8 +623,12 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
       launch_rows(ssd_xd_kernel<false>, d.nc * Q, HP, s, d, xw, static_cast<const float*>(xdf), Xd);
     // E (column-major N x P per head, the group's heads side by side) = B^T Xd, per (chunk, group).
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, d.N, GP, Q, int(3 * nb + 3 * ncg), ld_xbc, HP, d.N, ncg, "the chunks' end states");
-    launch(ssm_chunk_starts_kernel, blocks(HP * d.N), kThreads, 0, s, E, static_cast<const float*>(decay),
-           static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+    if (starts4)
+      launch(ssm_chunk_starts_kernel<true>, blocks(HP * d.N / 4), kThreads, 0, s, E, static_cast<const float*>(decay),
+             static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+    else
+      launch(ssm_chunk_starts_kernel<false>, blocks(HP * d.N), kThreads, 0, s, E, static_cast<const float*>(decay),
+             static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
     // The start states' outputs (column-major G P x Q, into Xd) = S C^T, per (chunk, group).
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, GP, Q, d.N, int(3 * nb + 6 * ncg), d.N, ld_xbc, HP, ncg, "the start states' outputs");
     if (aligned)
@@ -647,8 +667,12 @@ void launch_scan(const float* x, const float* B, const float* C, int64_t ld_xbc,
   float* chunk_states = scratch;                     // [nc, H, P, N]
   float* decay = scratch + plan.chunks * entries;  // [nc, H]
   pass(ssm_scan_kernel<NPL, TS, false>, nullptr, chunk_states, entries, decay, nullptr);
-  launch(ssm_chunk_starts_kernel, blocks_for(static_cast<size_t>(entries)), kThreads, 0, s,
-         chunk_states, decay, plan.chunks, p.heads, head_entries, state);
+  if (head_entries % 4 == 0 && aligned16(chunk_states) && aligned16(state))
+    launch(ssm_chunk_starts_kernel<true>, blocks_for(static_cast<size_t>(entries / 4)), kThreads, 0, s, chunk_states,
+           static_cast<const float*>(decay), plan.chunks, p.heads, head_entries, state);
+  else
+    launch(ssm_chunk_starts_kernel<false>, blocks_for(static_cast<size_t>(entries)), kThreads, 0, s, chunk_states,
+           static_cast<const float*>(decay), plan.chunks, p.heads, head_entries, state);
   pass(ssm_scan_kernel<NPL, TS, true>, chunk_states, nullptr, entries, nullptr, y);
   check_launch("ssm_scan (chunks)");
 }
