@@ -69,6 +69,11 @@ struct CudaOpFixture : ::testing::Test {
     int64_t rows = g->matmul_f16_rows();
     ~F16RowsReset() { g->set_matmul_f16_rows(rows); }
   };
+  // The weights' fp16 copies turned on again at the end of a test that turns them off.
+  struct F16CopiesReset {
+    CudaKernels* g;
+    ~F16CopiesReset() { g->set_f16_weight_copies(true); }
+  };
   // An output poisoned with NaN in both backends, so unwritten elements fail.
   Pair poisoned(size_t n) { return both(std::vector<float>(n, NAN)); }
   // A KV cache of v.size() values (rows of `width`) in both backends: the reference holds v as

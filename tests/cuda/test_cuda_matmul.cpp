@@ -174,6 +174,30 @@ TEST_F(CudaMatmulTest, MatmulF16TakesTheMaxFromTheOpBeforeOnlyForItsWholeInput) 
   EXPECT_EQ(after_part, fresh());
 }
 
+// y [T, N] against float64 ((x s) W^T + bias) * col (x [T, K], W bf16 [N, K]; bias, col optional,
+// N values): adds to *bad each element farther than 2^-bits of sum |x s w| |col| (+ 1e-6 of the
+// value), and the largest error / allowed to *worst.
+void count_off_float64(const std::vector<float>& y, const std::vector<float>& x, const std::vector<uint16_t>& wb,
+                       int64_t T, int64_t N, int64_t K, float s, const float* bias, const float* col, int bits,
+                       int64_t* bad, double* worst) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double ref = 0, mag = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double q = static_cast<double>(x[static_cast<size_t>(t * K + k)]) * s *
+                         bf16_to_f32(wb[static_cast<size_t>(n * K + k)]);
+        ref += q;
+        mag += std::fabs(q);
+      }
+      const double c = col ? col[n] : 1.0;
+      ref = (ref + (bias ? bias[n] : 0.0)) * c;
+      const double err = std::fabs(y[static_cast<size_t>(t * N + n)] - ref);
+      const double allowed = std::ldexp(1.0, -bits) * mag * std::fabs(c) + 1e-6 * std::fabs(ref) + 1e-30;
+      *worst = std::max(*worst, err / allowed);
+      *bad += !(err <= allowed);
+    }
+}
+
 // A prompt's norm writes the fp16 input of the matmuls after it (shifted by a bound on its
 // output, not its max), and matmul_scaled takes the mixers' input multiplier into the GEMM's alpha;
 // the in_proj's mul_columns between two such calls keeps that input. Against float64 (the norm's
@@ -224,27 +248,8 @@ TEST_F(CudaMatmulTest, PromptNormFeedsScaledF16MatmulsAgainstFloat64) {
 
     int64_t bad = 0;
     double worst = 0;
-    const auto check = [&](const std::vector<float>& y, const std::vector<uint16_t>& wb, int64_t N, float sc,
-                           const float* bias, const float* col) {
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t r = 0; r < N; ++r) {
-          double ref = 0, mag = 0;
-          for (int64_t k = 0; k < d; ++k) {
-            const double p = static_cast<double>(uf[static_cast<size_t>(t * d + k)]) * sc *
-                             bf16_to_f32(wb[static_cast<size_t>(r * d + k)]);
-            ref += p;
-            mag += std::fabs(p);
-          }
-          const double c = col ? col[r] : 1.0;
-          ref = (ref + (bias ? bias[r] : 0.0)) * c;
-          const double err = std::fabs(y[static_cast<size_t>(t * N + r)] - ref);
-          const double allowed = std::ldexp(1.0, -11) * mag * std::fabs(c) + 1e-6 * std::fabs(ref) + 1e-30;
-          worst = std::max(worst, err / allowed);
-          bad += !(err <= allowed);
-        }
-    };
-    check(g1, h1, N1, s1, nullptr, v.data());
-    check(g2, h2, N2, s2, b2.data(), nullptr);
+    count_off_float64(g1, uf, h1, T, N1, d, s1, nullptr, v.data(), 11, &bad, &worst);
+    count_off_float64(g2, uf, h2, T, N2, d, s2, b2.data(), nullptr, 11, &bad, &worst);
     EXPECT_EQ(bad, 0) << "d=" << d << " worst err/allowed " << worst;
   }
 }
@@ -256,10 +261,7 @@ TEST_F(CudaMatmulTest, PromptNormFeedsScaledF16MatmulsAgainstFloat64) {
 // w v each rounded to fp16).
 TEST_F(CudaMatmulTest, MatmulScaledColumnScalesAgainstFloat64) {
   F16RowsReset reset{gpu.get()};
-  struct CopiesReset {
-    CudaKernels* g;
-    ~CopiesReset() { g->set_f16_weight_copies(true); }
-  } copies_reset{gpu.get()};
+  F16CopiesReset copies_reset{gpu.get()};
   gpu->set_matmul_f16_rows(256);
   const int64_t K = 96, N = 75;
   const float s = 0.6f;
@@ -292,22 +294,7 @@ TEST_F(CudaMatmulTest, MatmulScaledColumnScalesAgainstFloat64) {
     }
     int64_t bad = 0;
     double worst = 0;
-    for (int64_t t = 0; t < c.T; ++t)
-      for (int64_t n = 0; n < N; ++n) {
-        double ref = 0, mag = 0;
-        for (int64_t k = 0; k < K; ++k) {
-          const double q = static_cast<double>(x[static_cast<size_t>(t * K + k)]) * s *
-                           bf16_to_f32(wb[static_cast<size_t>(n * K + k)]);
-          ref += q;
-          mag += std::fabs(q);
-        }
-        const double vn = v[static_cast<size_t>(n)];
-        ref = (ref + (c.with_bias ? bias[static_cast<size_t>(n)] : 0.0)) * vn;
-        const double err = std::fabs(y[static_cast<size_t>(t * N + n)] - ref);
-        const double allowed = std::ldexp(1.0, -10) * mag * std::fabs(vn) + 1e-6 * std::fabs(ref) + 1e-30;
-        worst = std::max(worst, err / allowed);
-        bad += !(err <= allowed);
-      }
+    count_off_float64(y, x, wb, c.T, N, K, s, c.with_bias ? bias.data() : nullptr, v.data(), 10, &bad, &worst);
     EXPECT_EQ(bad, 0) << "T=" << c.T << " bias " << c.with_bias << " copies " << c.copies << " worst err/allowed "
                       << worst;
   }
@@ -318,10 +305,7 @@ TEST_F(CudaMatmulTest, MatmulScaledColumnScalesAgainstFloat64) {
 // per-call conversion; dropped when turned off, and for good once an allocation has failed.
 TEST_F(CudaMatmulTest, MatmulF16WeightCopiesGiveTheSameResultsAndGiveWay) {
   F16RowsReset reset{gpu.get()};
-  struct CopiesReset {
-    CudaKernels* g;
-    ~CopiesReset() { g->set_f16_weight_copies(true); }
-  } copies_reset{gpu.get()};
+  F16CopiesReset copies_reset{gpu.get()};
   gpu->set_matmul_f16_rows(256);
   const int64_t T = 300, K = 160, N = 72, view_row = 5, NV = 40;
   std::vector<uint16_t> hw;
