@@ -141,6 +141,16 @@ class Kernels {
   virtual void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n) = 0;
   // h += a * s
   virtual void residual_add(float* h, const float* a, float s, size_t n) = 0;
+  // h += a * sa (+ b * sb when b), then out = rmsnorm(h) (rows of width d): a residual add and the
+  // norm that reads its result, which a backend may run as one pass over h. The default is the
+  // two ops one after the other (and a fused backend computes the same values).
+  virtual void residual_rmsnorm(float* h, const float* a, float sa, const float* b, float sb, int64_t T, int64_t d,
+                                const float* weight, float eps, float* out) {
+    const auto n = static_cast<size_t>(T * d);
+    if (b) residual_add2(h, a, sa, b, sb, n);
+    else residual_add(h, a, sa, n);
+    rmsnorm(h, T, d, weight, eps, out);
+  }
   // out = up * silu(gate * gate_scale)
   virtual void silu_mul(const float* gate, const float* up, float gate_scale, size_t n, float* out) = 0;
   // y[t, :] *= silu(z[t, :]), z with row stride ldz, rows of width d

@@ -310,9 +310,12 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
 
   k.embed(lay.ids.data(), T, embed_tokens_, static_cast<float>(c.embedding_multiplier), h.data());
 
+  const auto mlp_out_multiplier = static_cast<float>(c.mlp_multipliers[1]);
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const LayerWeights& L = layers_[static_cast<size_t>(l)];
-    k.rmsnorm(h.data(), T, d, L.input_norm.data(), eps, u.data());
+    // The previous layer's MLP joins the residual stream here, with the norm that reads it.
+    if (l == 0) k.rmsnorm(h.data(), T, d, L.input_norm.data(), eps, u.data());
+    else k.residual_rmsnorm(h.data(), mixer_out.data(), mlp_out_multiplier, nullptr, 0.0f, T, d, L.input_norm.data(), eps, u.data());
 
     // ---- input projections of both mixers ----
     const Kernels::Projection in_proj[] = {{&L.in_proj, L.in_proj_bias.data(), zxbcdt.data(), mup_vector_.data()}};
@@ -383,18 +386,18 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
     k.matmul(y.data(), ds, T, L.out_proj, L.out_proj_bias.data(), mixer_out.data());
     k.branch_join();
 
-    // The two mixers join the residual stream together.
-    k.residual_add2(h.data(), mixer_out.data(), static_cast<float>(c.ssm_out_multiplier), att_out.data(),
-                    static_cast<float>(c.attention_out_multiplier), static_cast<size_t>(T * d));
+    // The two mixers join the residual stream together; the MLP's norm reads the sum.
+    k.residual_rmsnorm(h.data(), mixer_out.data(), static_cast<float>(c.ssm_out_multiplier), att_out.data(),
+                       static_cast<float>(c.attention_out_multiplier), T, d, L.pre_ff_norm.data(), eps, u.data());
 
     // ---- MLP ----
-    k.rmsnorm(h.data(), T, d, L.pre_ff_norm.data(), eps, u.data());
     k.matmul(u.data(), d, T, L.gate_proj, L.gate_bias.data(), gate.data());
     k.matmul(u.data(), d, T, L.up_proj, L.up_bias.data(), up.data());
     k.silu_mul(gate.data(), up.data(), static_cast<float>(c.mlp_multipliers[0]), static_cast<size_t>(T * ff), gate.data());
     k.matmul(gate.data(), ff, T, L.down_proj, L.down_bias.data(), mixer_out.data());
-    k.residual_add(h.data(), mixer_out.data(), static_cast<float>(c.mlp_multipliers[1]), static_cast<size_t>(T * d));
+    // (its residual add: the next layer's first op, or the last layer's below)
   }
+  if (c.num_hidden_layers > 0) k.residual_add(h.data(), mixer_out.data(), mlp_out_multiplier, static_cast<size_t>(T * d));
 
   // Final norm and lm_head only on the rows whose logits are wanted.
   Buffer picked(k, logit_rows * d, uninit);

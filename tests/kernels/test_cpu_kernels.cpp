@@ -249,6 +249,21 @@ TEST_P(KernelTest, ElementwiseOps) {
   std::vector<float> o(n);
   k->silu_mul(a.data(), b.data(), 1.5f, n, o.data());
   for (size_t i = 0; i < n; ++i) EXPECT_NEAR(o[i], b[i] * silu64(a[i] * 1.5), 1e-6);
+
+  // The residual add with the norm after it (one row of n), with and without the second addend.
+  const auto w = randn(n);
+  for (const bool two : {true, false}) {
+    std::vector<float> hr = h0, out(n);
+    k->residual_rmsnorm(hr.data(), a.data(), 0.5f, two ? b.data() : nullptr, 2.0f, 1, static_cast<int64_t>(n),
+                        w.data(), 1e-5f, out.data());
+    double ss = 0;
+    for (size_t i = 0; i < n; ++i) {
+      EXPECT_FLOAT_EQ(hr[i], h0[i] + (two ? a[i] * 0.5f + b[i] * 2.0f : a[i] * 0.5f));
+      ss += double(hr[i]) * hr[i];
+    }
+    const double inv = 1.0 / std::sqrt(ss / double(n) + 1e-5);
+    for (size_t i = 0; i < n; ++i) EXPECT_NEAR(out[i], w[i] * hr[i] * inv, 1e-5 * (1 + std::abs(w[i] * hr[i] * inv)));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, KernelTest, ::testing::Values(true, false),
