@@ -61,6 +61,55 @@ TEST_F(CudaOpTest, RmsnormOfManyRows) {
   }
 }
 
+// The residual add taken into a prompt's norm (the warp kernel) computes what the two ops compute
+// one after the other, bit for bit, with or without the second addend, into the fp16 copy the
+// matmuls after it read as well; rows it does not take (T < 256, d % 4 != 0, d > 3072) get the
+// two ops. In place (out == h) as the default does it.
+TEST_F(CudaOpTest, ResidualRmsnormEqualsTheTwoOps) {
+  F16RowsReset reset{gpu.get()};
+  for (auto [T, d] : {std::pair{256, 100}, {300, 1280}, {257, 3072}, {300, 1031}, {260, 4096}, {7, 64}}) {
+    const size_t n = static_cast<size_t>(T * d);
+    const std::vector<float> h0 = randn(n, 3.0f);
+    auto a = both(randn(n)), b = both(randn(n)), w = both(randn(static_cast<size_t>(d)));
+    std::vector<uint16_t> wh;
+    const WeightView wm = bind_random_bf16(40, d, 0.05f, wh);
+    for (const bool two : {true, false}) {
+      for (const int64_t f16_rows : {int64_t(0), int64_t(256)}) {
+        gpu->set_matmul_f16_rows(f16_rows);
+        const char* what = two ? " with b" : " without b";
+        const float* bg = two ? b.g.data() : nullptr;
+        auto h_fused = both(h0), h_ops = both(h0), out_fused = poisoned(n), out_ops = poisoned(n);
+        Buffer y_fused(*gpu, size_t(T * 40)), y_ops(*gpu, size_t(T * 40)), room(*gpu, n);
+        const Kernels::Projection pf[] = {{&wm, nullptr, y_fused.data()}}, po[] = {{&wm, nullptr, y_ops.data()}};
+        gpu->residual_rmsnorm(h_fused.g.data(), a.g.data(), 0.5f, bg, -1.25f, T, d, w.g.data(), 1e-5f,
+                              out_fused.g.data());
+        gpu->matmul_scaled(out_fused.g.data(), d, T, 0.37f, room.data(), pf, 1);
+        if (two) gpu->residual_add2(h_ops.g.data(), a.g.data(), 0.5f, bg, -1.25f, n);
+        else gpu->residual_add(h_ops.g.data(), a.g.data(), 0.5f, n);
+        gpu->rmsnorm(h_ops.g.data(), T, d, w.g.data(), 1e-5f, out_ops.g.data());
+        gpu->matmul_scaled(out_ops.g.data(), d, T, 0.37f, room.data(), po, 1);
+        EXPECT_EQ(host(*gpu, h_fused.g.data(), n), host(*gpu, h_ops.g.data(), n)) << "T=" << T << " d=" << d << what;
+        EXPECT_EQ(host(*gpu, out_fused.g.data(), n), host(*gpu, out_ops.g.data(), n))
+            << "T=" << T << " d=" << d << what;
+        EXPECT_EQ(host(*gpu, y_fused.data(), y_fused.size()), host(*gpu, y_ops.data(), y_ops.size()))
+            << "T=" << T << " d=" << d << what << " f16 rows " << f16_rows;
+
+        cpu->residual_rmsnorm(h_fused.c.data(), a.c.data(), 0.5f, two ? b.c.data() : nullptr, -1.25f, T, d,
+                              w.c.data(), 1e-5f, out_fused.c.data());
+        EXPECT_LE(rel(h_fused), 1e-6) << "T=" << T << " d=" << d << what;
+        EXPECT_LE(rel(out_fused), 1e-5) << "T=" << T << " d=" << d << what;
+
+        // In place: h becomes its norm.
+        auto h_in = both(h0);
+        cpu->residual_rmsnorm(h_in.c.data(), a.c.data(), 0.5f, two ? b.c.data() : nullptr, -1.25f, T, d, w.c.data(),
+                              1e-5f, h_in.c.data());
+        gpu->residual_rmsnorm(h_in.g.data(), a.g.data(), 0.5f, bg, -1.25f, T, d, w.g.data(), 1e-5f, h_in.g.data());
+        EXPECT_LE(rel(h_in), 1e-5) << "in place, T=" << T << " d=" << d << what;
+      }
+    }
+  }
+}
+
 TEST_F(CudaOpTest, NormsAndElementwise) {
   for (auto [T, d] : {std::pair{1, 7}, {5, 64}, {3, 1031}, {9, 3072}}) {
     const size_t n = static_cast<size_t>(T * d);

@@ -294,6 +294,27 @@ void CudaKernelsImpl::embed(const int32_t* ids, int64_t T, const WeightView& tab
 
 void CudaKernelsImpl::rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out) {
   if (step_->rmsnorm(x, T, d, w, eps, out)) return;
+  rmsnorm_op(x, T, d, w, eps, out, nullptr);
+}
+
+void CudaKernelsImpl::residual_rmsnorm(float* h, const float* a, float sa, const float* b, float sb, int64_t T,
+                                       int64_t d, const float* w, float eps, float* out) {
+  // A prompt's rows: the add in the norm's pass (h read once). A decode step keeps its own
+  // fusions (the add into the GEMV before it, or into this norm: cuda_step.h), so it gets the
+  // two ops; so do buffers that overlap other than exactly (the warp kernel's rows would race).
+  const cuda::NormResidual res{h, a, sa, b, sb};
+  const size_t n = static_cast<size_t>(T * d);
+  const auto apart_or_same = [n](const float* p, const float* q) { return p == q || p + n <= q || q + n <= p; };
+  if (step_->recording() || T == 0 || !cuda::rmsnorm_takes_residual(T, d, w, out, res) || !apart_or_same(out, h) ||
+      !apart_or_same(out, a) || !apart_or_same(h, a) || (b && (!apart_or_same(out, b) || !apart_or_same(h, b)))) {
+    Kernels::residual_rmsnorm(h, a, sa, b, sb, T, d, w, eps, out);
+    return;
+  }
+  rmsnorm_op(h, T, d, w, eps, out, &res);
+}
+
+void CudaKernelsImpl::rmsnorm_op(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out,
+                                 const cuda::NormResidual* res) {
   uint32_t* mx = output_max_slot();
   // A prompt's norm feeds fp16 matmuls (in_proj and q/k/v, gate and up): it writes their fp16
   // input too, as matmul_f16 would have converted it, and they take it as ready.
@@ -302,9 +323,11 @@ void CudaKernelsImpl::rmsnorm(const float* x, int64_t T, int64_t d, const float*
     x16 = bf16_scratch(static_cast<size_t>(T * d));
     if (!cuda::rmsnorm_takes_f16(x, T, d, w, out, x16)) x16 = nullptr;
   }
-  op("rmsnorm", [=, this] {
+  const cuda::NormResidual r = res ? *res : cuda::NormResidual{};
+  const bool with_res = res != nullptr;
+  op(with_res ? "residual_rmsnorm" : "rmsnorm", [=, this] {
     zero_max_slot(mx);
-    cuda::rmsnorm(x, T, d, w, eps, out, stream_, mx, x16);
+    cuda::rmsnorm(x, T, d, w, eps, out, stream_, mx, x16, with_res ? &r : nullptr);
   }, x, T, d, w, eps, out);
   if (x16) {
     x16_last_ = X16Key{out, d, T, d};

@@ -64,6 +64,8 @@ class CudaKernelsImpl final : public CudaKernels {
   void embed(const int32_t* ids, int64_t T, const WeightView& table, float scale, float* out) override;
 
   void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out) override;
+  void residual_rmsnorm(float* h, const float* a, float sa, const float* b, float sb, int64_t T, int64_t d,
+                        const float* w, float eps, float* out) override;
   void scale(const float* x, size_t n, float s, float* out) override;
   void mul_columns(float* x, int64_t T, int64_t d, const float* v) override;
   void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n) override;
@@ -249,6 +251,9 @@ class CudaKernelsImpl final : public CudaKernels {
   // 12288-wide product each layer). Only outside a recorded decode step (which has no fp16 GEMM).
   // FH1_CUDA_OUTPUT_MAX=0: not taken (for measuring what it saves).
   uint32_t* output_max_slot();
+  // rmsnorm outside a decode step's fusions; res (not null): the residual add it takes first.
+  void rmsnorm_op(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out,
+                  const cuda::NormResidual* res);
   // Zeroes the max, alpha and beta (in stream order, inside the op's closure).
   void zero_max_slot(uint32_t* mx);
   void took_output_max(uint32_t* mx, const float* out, size_t n);

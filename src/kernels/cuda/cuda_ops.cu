@@ -232,9 +232,11 @@ __global__ void residual_rmsnorm_kernel(float* h, const float* a, float sa, cons
 // the norm need no conversion of their own. The shift cannot wait for the output's max; it comes
 // from a bound every warp computes alike: |out| <= sqrt(d) max|w| (|x_k| / rms(x) <= sqrt(d)),
 // and *absmax gets that bound's bits instead of the max (the GEMM's alpha: cuda_gemm_f16.cu).
-template <int NV>
+// RES: the residual add before the norm, res.h += res.a * sa (+ res.b * sb), x being res.h: the
+// lane that adds an element norms it, so h is read once for both (the values of the two ops).
+template <int NV, bool RES>
 __global__ void rmsnorm_warp_kernel(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out,
-                                    uint32_t* absmax, __half* out16) {
+                                    uint32_t* absmax, __half* out16, NormResidual res) {
   FH1_PDL_ENTER();
   const int lane = threadIdx.x & 31;
   const int64_t row = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5), n4 = d / 4;
@@ -246,7 +248,20 @@ __global__ void rmsnorm_warp_kernel(const float* x, int64_t T, int64_t d, const 
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t i = lane + 32 * j;
-      v[j] = i < n4 ? ld4(x + row * d, i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if constexpr (RES) {
+        if (i < n4) {
+          const float sa = res.sa, sb = res.sb;
+          const float4 h = ld4(res.h + row * d, i), a = ld4(res.a + row * d, i);
+          // The expressions of residual_add2_kernel's, so that the sums are the same.
+          v[j] = res.b ? map4(h, a, ld4(res.b + row * d, i),
+                              [=](float hk, float ak, float bk) { return hk + (ak * sa + bk * sb); })
+                       : map4(h, a, [=](float hk, float ak) { return hk + ak * sa; });
+        } else {
+          v[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+      } else {
+        v[j] = i < n4 ? ld4(x + row * d, i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
       ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
       if (out16 && i < n4) wm = max(wm, abs_bits(ld4(w, i)));
     }
@@ -264,6 +279,9 @@ __global__ void rmsnorm_warp_kernel(const float* x, int64_t T, int64_t d, const 
     for (int j = 0; j < NV; ++j) {
       const int64_t i = lane + 32 * j;
       if (i >= n4) break;
+      // h written here, after every load of the row: a store between them would keep the
+      // compiler from issuing the loads together (h, a and b might alias).
+      if constexpr (RES) st4(res.h + row * d, i, v[j]);
       const float4 o = map4(ld4(w, i), v[j], [inv](float wk, float xk) { return wk * (xk * inv); });
       st4(out + row * d, i, o);
       if (out16) {
@@ -615,21 +633,29 @@ bool rmsnorm_takes_f16(const float* x, int64_t T, int64_t d, const float* w, con
   return rmsnorm_warp_nv(x, T, d, w, out) > 0 && reinterpret_cast<uintptr_t>(out16) % 8 == 0;
 }
 
+bool rmsnorm_takes_residual(int64_t T, int64_t d, const float* w, const float* out, const NormResidual& res) {
+  return rmsnorm_warp_nv(res.h, T, d, w, out) > 0 && aligned16(res.a) && (!res.b || aligned16(res.b));
+}
+
 void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out, cudaStream_t s,
-             uint32_t* absmax, uint16_t* out16) {
+             uint32_t* absmax, uint16_t* out16, const NormResidual* res) {
   if (T == 0) return;
   if (out16 && (!absmax || !rmsnorm_takes_f16(x, T, d, w, out, out16)))
     throw Error("CUDA rmsnorm: an fp16 output needs the warp kernel (rmsnorm_takes_f16) and the max slot");
+  if (res && (res->h != x || !rmsnorm_takes_residual(T, d, w, out, *res)))
+    throw Error("CUDA rmsnorm: a residual add before it needs the warp kernel (rmsnorm_takes_residual), x being h");
   const unsigned warp_blocks = static_cast<unsigned>((T + kWarpRowsWarps - 1) / kWarpRowsWarps);
   auto* o16 = reinterpret_cast<__half*>(out16);
-  const auto by_warps = [&](auto kernel) {
-    launch(kernel, warp_blocks, 32 * kWarpRowsWarps, 0, s, x, T, d, w, eps, out, absmax, o16);
+  const NormResidual r = res ? *res : NormResidual{};
+  const auto by_warps = [&](auto kernel, auto kernel_res) {
+    if (res) launch(kernel_res, warp_blocks, 32 * kWarpRowsWarps, 0, s, x, T, d, w, eps, out, absmax, o16, r);
+    else launch(kernel, warp_blocks, 32 * kWarpRowsWarps, 0, s, x, T, d, w, eps, out, absmax, o16, r);
   };
   switch (rmsnorm_warp_nv(x, T, d, w, out)) {
-    case 4: by_warps(rmsnorm_warp_kernel<4>); break;
-    case 8: by_warps(rmsnorm_warp_kernel<8>); break;
-    case 16: by_warps(rmsnorm_warp_kernel<16>); break;
-    case 24: by_warps(rmsnorm_warp_kernel<24>); break;
+    case 4: by_warps(rmsnorm_warp_kernel<4, false>, rmsnorm_warp_kernel<4, true>); break;
+    case 8: by_warps(rmsnorm_warp_kernel<8, false>, rmsnorm_warp_kernel<8, true>); break;
+    case 16: by_warps(rmsnorm_warp_kernel<16, false>, rmsnorm_warp_kernel<16, true>); break;
+    case 24: by_warps(rmsnorm_warp_kernel<24, false>, rmsnorm_warp_kernel<24, true>); break;
     default: launch(rmsnorm_kernel, static_cast<unsigned>(T), d >= 1024 ? 512 : 128, 0, s, x, d, w, eps, out, absmax);
   }
   check_launch("rmsnorm");

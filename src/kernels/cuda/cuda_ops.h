@@ -142,9 +142,20 @@ void embed(const int32_t* ids, int64_t T, DType dt, const void* table, int64_t d
 // out16 (not null; only where rmsnorm_takes_f16, with absmax): also the fp16 GEMM's input,
 // fp16(out * 2^shift) [T, d], with *absmax set to the bits of a bound on |out| whose shift_for is
 // that shift (gemm_f16 with x16_ready then computes its alpha from it).
+// res (not null; only where rmsnorm_takes_residual, with x == res->h): the residual add before
+// the norm, h += a * sa (+ b * sb when b), in the same pass (a prompt's rows: the warp kernel).
+// out may be h itself but no other part of h, a or b.
+struct NormResidual {
+  float* h = nullptr;
+  const float* a = nullptr;
+  float sa = 0.0f;
+  const float* b = nullptr;
+  float sb = 0.0f;
+};
 bool rmsnorm_takes_f16(const float* x, int64_t T, int64_t d, const float* w, const float* out, const void* out16);
+bool rmsnorm_takes_residual(int64_t T, int64_t d, const float* w, const float* out, const NormResidual& res);
 void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out, cudaStream_t s,
-             uint32_t* absmax = nullptr, uint16_t* out16 = nullptr);
+             uint32_t* absmax = nullptr, uint16_t* out16 = nullptr, const NormResidual* res = nullptr);
 void scale(const float* x, size_t n, float a, float* out, cudaStream_t s, uint32_t* absmax = nullptr);
 void mul_columns(float* x, int64_t T, int64_t d, const float* v, cudaStream_t s);
 void residual_add2(float* h, const float* a, float sa, const float* b, float sb, size_t n, cudaStream_t s);
