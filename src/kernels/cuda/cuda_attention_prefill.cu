@@ -104,21 +104,6 @@ __global__ void __launch_bounds__(kTileQ * 4)
 // ---- prefill: flash attention on the tensor cores (TF32) ----
 constexpr int kFlashQ = 64;  // queries per block (16 per warp)
 
-__device__ __forceinline__ uint32_t to_tf32(float x) {
-  uint32_t r;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-  return r;
-}
-
-__device__ __forceinline__ void mma_tf32(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 // Fragments (PTX m16n8k8 tf32; g = lane / 4, c = lane % 4): A a0 (g, c), a1 (g+8, c), a2 (g, c+4),
 // a3 (g+8, c+4); B b0 (k c, n g), b1 (k c+4, n g); C c0 (g, 2c), c1 (g, 2c+1), c2 (g+8, 2c),
 // c3 (g+8, 2c+1). For P V the 8 keys of a step are taken in the order 0,2,4,6,1,3,5,7, so the
@@ -202,7 +187,7 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
       for (int nt = 0; nt < BK / 8; ++nt) {
         const float* kr = Ks + (nt * 8 + gq) * LD + kk + c4;
-        mma_tf32(s[nt], a0, a1, a2, a3, __float_as_uint(kr[0]), __float_as_uint(kr[4]));
+        mma_tf32(s[nt], {a0, a1, a2, a3}, __float_as_uint(kr[0]), __float_as_uint(kr[4]));
       }
     }
     if (k0 + BK - 1 > n_past + wq) {  // the tile reaches past some query of this warp: mask
@@ -220,7 +205,7 @@ __global__ void __launch_bounds__(128)
       const float* v0 = Vs + (nt * 8 + 2 * c4) * LD + gq;
 #pragma unroll
       for (int i = 0; i < HDP / 8; ++i)
-        mma_tf32(o[i], a0, a1, a2, a3, __float_as_uint(v0[i * 8]), __float_as_uint(v0[LD + i * 8]));
+        mma_tf32(o[i], {a0, a1, a2, a3}, __float_as_uint(v0[i * 8]), __float_as_uint(v0[LD + i * 8]));
     }
   }
   store_rows(o, lrow, out, int64_t(H) * hd, h, hd, t_lo, t_hi, T, c4);
