@@ -618,11 +618,15 @@ TEST_F(CudaOpTest, SsmScanLongPromptsInParallelChunks) {
 // products in float32 (within 1e-4: only the order of the sums differs) and in TF32 (the default:
 // inputs rounded to 10-bit mantissas; y within 1.5e-2 of rms, 8.1e-3 measured on an H200, the
 // state within 5e-3; float32 where a matrix is not 16-byte aligned, as in the cases of pad 3).
+// TF32 runs the fused kernels where the shapes fit (the last cases: heads of 64 and 128 columns,
+// states of 64 to 256, chunks of 64, 128 and 256 tokens) and the batched GEMMs otherwise; both
+// are checked, and the fused ones must have run (their sums differ in order from the GEMMs').
 TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
   struct Reset {
     CudaKernels* g;
     ~Reset() {
       cuda::set_scan_ssd(cuda::kScanSsdAuto, 0, 0);
+      cuda::set_scan_ssd_fused(true);
       g->set_scan_tf32(true);
     }
   } reset{gpu.get()};
@@ -639,12 +643,23 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
                         // 3 heads of 64, 4-token chunks, windows of 2: aligned strides, so cuBLAS
                         // reads 16 bytes at a time, and scratch parts that once put CB 8 bytes off
                         // (a misaligned-address fault in TF32, found by the release_head_dim_128 fixture)
-                        Case{{530, 3, 64, 1, 32, 32, 0.0f, INFINITY, 0}, 4, {0, 2}}}) {
+                        Case{{530, 3, 64, 1, 32, 32, 0.0f, INFINITY, 0}, 4, {0, 2}},
+                        // The fused kernels' shapes: 2 groups, N 128, a tail of 80 tokens; heads of
+                        // 128 (two column blocks), N 64, chunks of 64; chunks of 256, N 256.
+                        Case{{2000, 6, 64, 2, 128, 128, 0.0f, INFINITY, 0}, 0, {0, 4}},
+                        Case{{1200, 4, 128, 1, 64, 64, 0.001f, 0.1f, 0}, 0, {0, 5}},
+                        Case{{1100, 2, 64, 1, 256, 256, 0.0f, INFINITY, 0}, 0, {0, 2}}}) {
     const ScanInputs in = scan_inputs(c.shape);
     cuda::set_scan_ssd(-1, 0, 0);
     const auto [y_rec, st_rec] = gpu_scan(in);
-    for (const bool tf32 : {false, true}) {
+    // The fused kernels' shapes (cuda_ssd_mma.cuh), with the chunk the SSD takes (ssd_chunk_len).
+    const int Q = c.chunk > 0 ? c.chunk : c.shape.cs >= 32 && c.shape.cs <= 256 ? c.shape.cs : 128;
+    const bool fits = c.shape.pad == 0 && c.shape.P % 64 == 0 && c.shape.N % 64 == 0 && (Q == 64 || Q == 128 || Q == 256);
+    for (const int mode : {0, 1, 2}) {  // float32 GEMMs, TF32 GEMMs, TF32 fused
+      const bool tf32 = mode > 0;
+      if (mode == 2 && !fits) continue;
       gpu->set_scan_tf32(tf32);
+      cuda::set_scan_ssd_fused(mode == 2);
       const double tol = tf32 ? 1.5e-2 : 1e-4, tol_state = tf32 ? 5e-3 : 1e-4;
       for (const int w : c.windows) {
         cuda::set_scan_ssd(0, w, c.chunk);
@@ -652,8 +667,16 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
                                                                                       << ": the SSD not taken";
         const auto [y_got, st_got] = gpu_scan(in);
         const std::string what = "T=" + std::to_string(c.shape.T) + " H=" + std::to_string(c.shape.H) +
-                                 " N=" + std::to_string(c.shape.N) + " window=" + std::to_string(w) +
-                                 (tf32 ? " tf32" : " float32");
+                                 " P=" + std::to_string(c.shape.P) + " N=" + std::to_string(c.shape.N) +
+                                 " window=" + std::to_string(w) +
+                                 (mode == 0 ? " float32" : mode == 1 ? " tf32" : " tf32 fused");
+        if (mode == 2) {
+          cuda::set_scan_ssd_fused(false);
+          const auto [y_gemm, st_gemm] = gpu_scan(in);
+          cuda::set_scan_ssd_fused(true);
+          EXPECT_NE(y_got, y_gemm) << "the fused kernels did not run, " << what;
+          EXPECT_LE(rel(y_got, y_gemm), tol) << "vs the GEMMs, " << what;
+        }
         const double e[4] = {rel(y_got, in.y_ref), rel(st_got, in.st_ref), rel(y_got, y_rec), rel(st_got, st_rec)};
         EXPECT_LE(e[0], tol) << what;
         EXPECT_LE(e[1], tol_state) << "state, " << what;

@@ -196,6 +196,9 @@ void set_scan_chunks(int chunks);
 // (0: the model's mamba_chunk_size when 32..256, else 128; FH1_CUDA_SSD_CHUNK).
 constexpr int64_t kScanSsdAuto = -2;
 void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len);
+// Tests and tuning: the SSD's fused TF32 kernels where the shapes fit (default on; false: its
+// batched cuBLAS GEMMs; FH1_CUDA_SSD_FUSED=0).
+void set_scan_ssd_fused(bool on);
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same arguments).
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from

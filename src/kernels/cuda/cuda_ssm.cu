@@ -29,6 +29,7 @@
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_rows.cuh"
+#include "kernels/cuda/cuda_ssd_mma.cuh"
 #include "util/error.h"
 
 namespace fh1::cuda {
@@ -231,20 +232,15 @@ __global__ void ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const 
 //                   state from zero, P x N, the layout of `state`)
 //   start states  = the recurrence over chunks (ssm_chunk_starts_kernel), E overwritten by them
 //   y[c, h]      += exp(cum_t) (C S_start^T)[t, p] + D x[t, p]
-// The four products are batched cuBLAS GEMMs of float32 matrices through pointer arrays, over
-// (chunk, head) for y = M X and over (chunk, group) for the others, in TF32 (tf32: inputs rounded to
-// 10-bit mantissas, float32 sums) or float32 (only the order of the sums differs from the
-// recurrence); the rest are element-wise kernels. The same products as the recurrence's chain of warp reductions
+// In TF32 (tf32: inputs rounded to 10-bit mantissas, float32 sums), where the shapes fit
+// (ssd_fused_fits), CB is a strided batched cuBLAS GEMM and the rest two fused kernels
+// (cuda_ssd_mma.cuh): E, and y with M formed in registers. Otherwise the four products are batched
+// cuBLAS GEMMs of float32 matrices through pointer arrays, over (chunk, head) for y = M X and over
+// (chunk, group) for the others, in TF32 or float32 (only the order of the sums differs from the
+// recurrence), and the rest element-wise kernels. The same products as the recurrence's chain of warp reductions
 // per token, but in GEMMs (one 7B layer at 8K tokens: 5.43 ms by the recurrence, 1.31 ms in
 // float32, 0.74 ms in TF32 on an H200). Tokens go through in windows of whole chunks
 // (scratch bounded by the window); the last T % Q tokens go to the recurrence.
-struct SsdShape {
-  int Q = 0;       // tokens per chunk
-  int64_t nc = 0;  // chunks in this window
-  int H = 0, P = 0, N = 0, G = 0;
-  int64_t ld_xbc = 0, ldy = 0;
-};
-
 // One warp per (chunk, head): dt (softplus, clamp), the running sums cum of dt A, the chunk's
 // decay exp(cum_last), and per token the factors of the element-wise kernels below: xdf =
 // exp(cum_last - cum_t) dt_t (of Xd) and ecum = exp(cum_t) (of the start states' outputs).
@@ -469,6 +465,14 @@ std::atomic<int64_t>& ssd_min_tokens() {
   }()};
   return n;
 }
+// The fused kernels where they fit (FH1_CUDA_SSD_FUSED=0: the batched GEMMs always).
+std::atomic<bool>& ssd_fused_on() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("FH1_CUDA_SSD_FUSED");
+    return !e || std::string(e) != "0";
+  }()};
+  return on;
+}
 std::atomic<int64_t>& ssd_window_chunks() {
   static std::atomic<int64_t> n{[] {
     const char* e = std::getenv("FH1_CUDA_SSD_WINDOW");
@@ -546,6 +550,64 @@ struct SsdScratch {
   size_t total() const { return cum + ptr + dtv + decay + xdf + ecum + cb + m + xd + e; }
 };
 
+// A launch of a kernel that may need over 48 KB of dynamic shared memory: its limit raised on
+// the first launch that needs more than the last raise.
+template <typename... KArgs, typename... Args>
+void launch_big_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  static std::mutex m;
+  static std::map<const void*, size_t> raised;
+  {
+    std::lock_guard<std::mutex> lock(m);
+    size_t& r = raised[reinterpret_cast<const void*>(kernel)];
+    if (smem > 48 * 1024 && smem > r) {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+            "SSD smem");
+      r = smem;
+    }
+  }
+  launch(kernel, grid, block, smem, s, std::forward<Args>(args)...);
+}
+
+// The fused kernels after CB: the end states, their start states (in place, `state` carried),
+// the outputs. ST tiles in flight, MB blocks an SM (the chunks of 256 tokens: 1, 512 threads).
+template <int ST, int MB>
+void ssd_fused_products(const SsdShape& d, const float* x, const float* B, const float* C, const float* dtv,
+                        const double* cum, const float* xdf, const float* ecum, const float* decay, const float* D,
+                        float* state, const float* CB, float* E, float* y, cudaStream_t s) {
+  const int64_t nb = d.nc * d.H;
+  const int NW = d.N % 128 == 0 ? 4 : 2;
+  const dim3 sgrid(unsigned((d.P / kSsdCols) * (d.N / (32 * NW))), unsigned(nb));
+  if (NW == 4) launch_big_smem(ssd_states_kernel<4, ST, MB>, sgrid, 256, ssd_states_smem(4, ST, d.Q), s, d, x, B, xdf, E);
+  else launch_big_smem(ssd_states_kernel<2, ST, MB>, sgrid, 128, ssd_states_smem(2, ST, d.Q), s, d, x, B, xdf, E);
+  launch(ssm_chunk_starts_kernel<true>, blocks_for(static_cast<size_t>(int64_t(d.H) * d.P * d.N / 4)), kThreads, 0, s,
+         E, decay, static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+  const dim3 ogrid(unsigned(d.P / kSsdCols), unsigned(nb));
+  const auto outputs = [&](auto kernel, int Q) {
+    launch_big_smem(kernel, ogrid, 2 * Q, ssd_outputs_smem(Q, ST), s, d, x, C, CB, static_cast<const float*>(E), dtv,
+                    cum, ecum, D, y);
+  };
+  if (d.Q == 64) outputs(ssd_outputs_kernel<64, ST, MB>, 64);
+  else if (d.Q == 128) outputs(ssd_outputs_kernel<128, ST, MB>, 128);
+  else outputs(ssd_outputs_kernel<256, ST, 1>, 256);
+}
+
+// One window by the fused kernels: CB per group (cuBLAS, strided over the chunks), then the rest.
+void ssd_fused_window(const SsdShape& d, const float* x, const float* B, const float* C, const float* dtv,
+                      const double* cum, const float* xdf, const float* ecum, const float* decay, const float* D,
+                      float* state, float* CB, float* E, float* y, cublasComputeType_t compute, cublasHandle_t blas,
+                      cudaStream_t s) {
+  const float one = 1.0f, zero = 0.0f;
+  const int64_t QQ = int64_t(d.Q) * d.Q;
+  // CB (column-major Q x Q, s by t) = B^T C, per (chunk, group).
+  for (int g = 0; g < d.G; ++g)
+    check_blas(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, d.Q, d.Q, d.N, &one, B + int64_t(g) * d.N,
+                                          CUDA_R_32F, int(d.ld_xbc), d.Q * d.ld_xbc, C + int64_t(g) * d.N, CUDA_R_32F,
+                                          int(d.ld_xbc), d.Q * d.ld_xbc, &zero, CB + g * QQ, CUDA_R_32F, d.Q,
+                                          d.G * QQ, int(d.nc), compute, CUBLAS_GEMM_DEFAULT),
+               "the chunks' C B^T");
+  ssd_fused_products<kSsdStages, kSsdBlocksPerSm>(d, x, B, C, dtv, cum, xdf, ecum, decay, D, state, CB, E, y, s);
+}
+
 // The first Ts tokens (whole chunks) of a scan by the SSD, window by window, `state` carried.
 void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
               int64_t Ts, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
@@ -580,6 +642,7 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
   const int64_t HP = int64_t(p.heads) * p.head_dim;
   const auto blocks = [](int64_t n) { return blocks_for(static_cast<size_t>(n)); };
   const bool starts4 = on16(E) && on16(state) && (int64_t(p.head_dim) * p.d_state) % 4 == 0;
+  const bool fused = tf32 && aligned && starts4 && ssd_fused_on().load() && ssd_fused_fits(Q, p.head_dim, p.d_state);
   for (int64_t c0 = 0; c0 < chunks; c0 += window) {
     SsdShape d;
     d.Q = Q;
@@ -593,6 +656,10 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     float* yw = y + t0 * HP;
     launch(ssd_prep_kernel, blocks(nb * 32), kThreads, 0, s, dt_raw + t0 * ld_dt, ld_dt, d, p.A, p.dt_bias, p.dt_min,
            p.dt_max, dtv, cum, decay, xdf, ecum);
+    if (fused) {
+      ssd_fused_window(d, xw, Bw, Cw, dtv, cum, xdf, ecum, decay, p.D, state, CB, E, yw, compute, blas, s);
+      continue;
+    }
     launch(ssd_pointers_kernel, blocks(nb), kThreads, 0, s, d, xw, Bw, Cw, yw, static_cast<const float*>(CB), M, Xd, E,
            ptr);
     const auto gemm = [&](cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, int arr,
@@ -746,6 +813,8 @@ void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len) {
   ssd_window_chunks().store(std::max<int64_t>(0, window_chunks));
   ssd_forced_chunk().store(std::clamp(chunk_len, 0, 1024));
 }
+
+void set_scan_ssd_fused(bool on) { ssd_fused_on().store(on); }
 
 void set_scan_chunks(int chunks) { forced_scan_chunks().store(std::max(0, chunks)); }
 
