@@ -43,6 +43,40 @@ constexpr int kSsdMaxChunk = 256;
 constexpr int kSsdStages = 2;
 constexpr int kSsdBlocksPerSm = 3;
 
+// The tile pipeline of KT tiles, ST in shared memory: load(tile, room) issues a tile's cp.async
+// copies and commits them as one group. ssd_first_tiles() issues the first ST - 1 tiles;
+// ssd_next_tile(j) waits for tile j, issues tile j + ST - 1 into the room of tile j - 1 (every
+// warp is past it after the barrier) and returns tile j's room. Empty groups keep the count of
+// groups in flight the same at the end.
+template <int ST, class Load>
+__device__ __forceinline__ void ssd_first_tiles(int KT, Load& load) {
+  for (int t = 0; t < ST - 1; ++t) {
+    if (t < KT) load(t, t);
+    else cp_async_commit();
+  }
+}
+template <int ST, class Load>
+__device__ __forceinline__ int ssd_next_tile(int j, int KT, Load& load) {
+  cp_async_wait<ST - 2>();
+  __syncthreads();
+  if (j + ST - 1 < KT) load(j + ST - 1, (j + ST - 1) % ST);
+  else cp_async_commit();
+  return j % ST;
+}
+
+// A warp's 32 x 32 tile, one k step of 8: acc[mi][ni] += A[mi] B[ni], the A fragments of its two
+// row tiles given (rounded to TF32), B's read from shared memory at b (the lane's first element:
+// k row c, column g), b + sn ni for n tile ni and 4 sk further for k row c + 4.
+__device__ __forceinline__ void mma_warp_tile(float (&acc)[2][4][4], const uint32_t (&a)[2][4], const float* b, int sn,
+                                              int sk) {
+#pragma unroll
+  for (int ni = 0; ni < 4; ++ni) {
+    const uint32_t v0 = to_tf32(b[sn * ni]), v1 = to_tf32(b[sn * ni + 4 * sk]);
+    mma_tf32(acc[0][ni], a[0], v0, v1);
+    mma_tf32(acc[1][ni], a[1], v0, v1);
+  }
+}
+
 // Where the fused kernels apply: 16-byte aligned operands (checked by the caller), whole blocks
 // of 64 columns of a head, state sizes in whole 64s, chunks of 64, 128 or 256 tokens.
 inline bool ssd_fused_fits(int Q, int P, int N) {
@@ -85,16 +119,9 @@ __global__ void __launch_bounds__(64 * NW, MB) ssd_states_kernel(SsdShape d, con
   };
   float acc[2][4][4] = {};
   const int KT = d.Q / kSsdTile;
-  for (int st = 0; st < ST - 1; ++st) {
-    if (st < KT) load(st, st);
-    else cp_async_commit();
-  }
+  ssd_first_tiles<ST>(KT, load);
   for (int kt = 0; kt < KT; ++kt) {
-    cp_async_wait<ST - 2>();
-    __syncthreads();  // tile kt is in; every warp is done with tile kt - 1, whose room is loaded next
-    if (kt + ST - 1 < KT) load(kt + ST - 1, (kt + ST - 1) % ST);
-    else cp_async_commit();
-    const int buf = kt % ST;
+    const int buf = ssd_next_tile<ST>(kt, KT, load);
     const float* X = Xs + buf * kSsdTile * kSsdXLd;
     const float* Bt = Bs + buf * kSsdTile * BLD;
     const float* f = fs + kt * kSsdTile;
@@ -111,13 +138,7 @@ __global__ void __launch_bounds__(64 * NW, MB) ssd_states_kernel(SsdShape d, con
         a[mi][2] = to_tf32(x1[16 * mi] * f1);
         a[mi][3] = to_tf32(x1[16 * mi + 8] * f1);
       }
-      const float* b0 = Bt + (kk + cq) * BLD + wn * 32 + gq;
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) {
-        const uint32_t v0 = to_tf32(b0[8 * ni]), v1 = to_tf32(b0[4 * BLD + 8 * ni]);
-        mma_tf32(acc[0][ni], a[0], v0, v1);
-        mma_tf32(acc[1][ni], a[1], v0, v1);
-      }
+      mma_warp_tile(acc, a, Bt + (kk + cq) * BLD + wn * 32 + gq, 8, BLD);
     }
   }
   float* Eb = E + (int64_t(b) * d.P + pb * kSsdCols) * d.N + nbk * NB;
@@ -192,13 +213,9 @@ __global__ void __launch_bounds__(2 * Q, MB) ssd_outputs_kernel(SsdShape d, cons
   };
   float acc[2][4][4] = {};
   const int r0 = wt * 32 + gq;  // this lane's rows: r0 + 16 mi + {0, 8}
-  for (int st = 0; st < ST - 1; ++st) load(st, st);  // KT >= 2 + Q / 32 > ST - 1
+  ssd_first_tiles<ST>(KT, load);
   for (int j = 0; j < KT; ++j) {
-    cp_async_wait<ST - 2>();
-    __syncthreads();  // tile j is in; every warp is done with tile j - 1, whose room is loaded next
-    if (j + ST - 1 < KT) load(j + ST - 1, (j + ST - 1) % ST);
-    else cp_async_commit();
-    const int buf = j % ST;
+    const int buf = ssd_next_tile<ST>(j, KT, load);
     const float* A = As + buf * Q * kSsdKLd;
     const float* Bt = Bs + buf * BT;
     if (j < K1) {
@@ -213,13 +230,7 @@ __global__ void __launch_bounds__(2 * Q, MB) ssd_outputs_kernel(SsdShape d, cons
           a[mi][2] = to_tf32(ar[4]);
           a[mi][3] = to_tf32(ar[8 * kSsdKLd + 4]);
         }
-        const float* br = Bt + (wp * 32 + gq) * kSsdKLd + kk + cq;
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni) {
-          const uint32_t v0 = to_tf32(br[8 * ni * kSsdKLd]), v1 = to_tf32(br[8 * ni * kSsdKLd + 4]);
-          mma_tf32(acc[0][ni], a[0], v0, v1);
-          mma_tf32(acc[1][ni], a[1], v0, v1);
-        }
+        mma_warp_tile(acc, a, Bt + (wp * 32 + gq) * kSsdKLd + kk + cq, 8 * kSsdKLd, 1);
       }
     } else {
       const int kt = j - K1, s0 = kt * kSsdTile;
@@ -255,13 +266,7 @@ __global__ void __launch_bounds__(2 * Q, MB) ssd_outputs_kernel(SsdShape d, cons
             a[mi][2] = to_tf32(!diag || sb <= t0 ? ar[4] * expf(float(c0 - cb)) * db : 0.0f);
             a[mi][3] = to_tf32(!diag || sb <= t1 ? ar[8 * kSsdKLd + 4] * expf(float(c1 - cb)) * db : 0.0f);
           }
-          const float* br = Bt + (kk + cq) * kSsdXLd + wp * 32 + gq;
-#pragma unroll
-          for (int ni = 0; ni < 4; ++ni) {
-            const uint32_t v0 = to_tf32(br[8 * ni]), v1 = to_tf32(br[4 * kSsdXLd + 8 * ni]);
-            mma_tf32(acc[0][ni], a[0], v0, v1);
-            mma_tf32(acc[1][ni], a[1], v0, v1);
-          }
+          mma_warp_tile(acc, a, Bt + (kk + cq) * kSsdXLd + wp * 32 + gq, 8, kSsdXLd);
         }
       }
     }
