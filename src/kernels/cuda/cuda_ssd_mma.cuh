@@ -8,14 +8,18 @@
 //   ssd_outputs_kernel: y[c, h] = exp(cum_t) (C S_start^T) + M X + D x, with M formed from CB,
 //                       the running sums and dt as the fragments are read, and the causal
 //                       half of M X skipped tile by tile.
+// ssd_fused_states() and ssd_fused_outputs() (at the end) launch them for a window of chunks.
 // Inputs round to TF32 (10-bit mantissas) and the sums are float32, as in the cuBLAS TF32 path.
 // Tiles of 32 tokens or state entries come through shared memory by cp.async, double-buffered;
 // the rows of every tile are padded so that each fragment load hits 32 distinct banks.
 #pragma once
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <mutex>
 
 #include "kernels/cuda/cuda_mma.cuh"
 #include "kernels/cuda/cuda_ops.h"
@@ -289,6 +293,59 @@ __global__ void __launch_bounds__(2 * Q, MB) ssd_outputs_kernel(SsdShape d, cons
 
 inline size_t ssd_outputs_smem(int Q, int ST) {
   return sizeof(double) * size_t(Q) + sizeof(float) * (size_t(Q) + size_t(ST) * (size_t(Q) * kSsdKLd + kSsdTile * kSsdXLd));
+}
+
+// A launch of a kernel that may need over 48 KB of dynamic shared memory: its limit raised on
+// the first launch that needs more than the last raise.
+template <typename... KArgs, typename... Args>
+void launch_big_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  static std::mutex m;
+  static std::map<const void*, size_t> raised;
+  {
+    std::lock_guard<std::mutex> lock(m);
+    size_t& r = raised[reinterpret_cast<const void*>(kernel)];
+    if (smem > 48 * 1024 && smem > r) {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+            "SSD smem");
+      r = smem;
+    }
+  }
+  launch(kernel, grid, block, smem, s, std::forward<Args>(args)...);
+}
+
+// A window's CB (cuBLAS, per group, strided over the chunks) and end states E; the caller then
+// turns E into the start states (ssm_chunk_starts_kernel) for ssd_fused_outputs().
+inline void ssd_fused_states(const SsdShape& d, const float* x, const float* B, const float* C, const float* xdf,
+                             float* CB, float* E, cublasComputeType_t compute, cublasHandle_t blas, cudaStream_t s) {
+  const float one = 1.0f, zero = 0.0f;
+  const int64_t QQ = int64_t(d.Q) * d.Q;
+  // CB (column-major Q x Q, s by t) = B^T C, per (chunk, group).
+  for (int g = 0; g < d.G; ++g)
+    check_blas(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, d.Q, d.Q, d.N, &one, B + int64_t(g) * d.N,
+                                          CUDA_R_32F, int(d.ld_xbc), d.Q * d.ld_xbc, C + int64_t(g) * d.N, CUDA_R_32F,
+                                          int(d.ld_xbc), d.Q * d.ld_xbc, &zero, CB + g * QQ, CUDA_R_32F, d.Q,
+                                          d.G * QQ, int(d.nc), compute, CUBLAS_GEMM_DEFAULT),
+               "the chunks' C B^T");
+  constexpr int ST = kSsdStages, MB = kSsdBlocksPerSm;
+  const int NW = d.N % 128 == 0 ? 4 : 2;
+  const dim3 grid(unsigned((d.P / kSsdCols) * (d.N / (32 * NW))), unsigned(d.nc * d.H));
+  if (NW == 4) launch_big_smem(ssd_states_kernel<4, ST, MB>, grid, 256, ssd_states_smem(4, ST, d.Q), s, d, x, B, xdf, E);
+  else launch_big_smem(ssd_states_kernel<2, ST, MB>, grid, 128, ssd_states_smem(2, ST, d.Q), s, d, x, B, xdf, E);
+}
+
+// A window's y from the start states S (in E's room) and CB. Chunks of 256 tokens: blocks of 512
+// threads, one an SM.
+inline void ssd_fused_outputs(const SsdShape& d, const float* x, const float* C, const float* dtv, const double* cum,
+                              const float* ecum, const float* D, const float* CB, const float* S, float* y,
+                              cudaStream_t s) {
+  constexpr int ST = kSsdStages, MB = kSsdBlocksPerSm;
+  const dim3 grid(unsigned(d.P / kSsdCols), unsigned(d.nc * d.H));
+  const auto outputs = [&](auto kernel, int Q) {
+    launch_big_smem(kernel, grid, 2 * Q, ssd_outputs_smem(Q, ST), s, d, x, C, CB, S, dtv, cum, ecum, D, y);
+  };
+  if (d.Q == 64) outputs(ssd_outputs_kernel<64, ST, MB>, 64);
+  else if (d.Q == 128) outputs(ssd_outputs_kernel<128, ST, MB>, 128);
+  else outputs(ssd_outputs_kernel<kSsdMaxChunk, ST, 1>, kSsdMaxChunk);
 }
 
 }  // namespace

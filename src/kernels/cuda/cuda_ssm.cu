@@ -550,64 +550,6 @@ struct SsdScratch {
   size_t total() const { return cum + ptr + dtv + decay + xdf + ecum + cb + m + xd + e; }
 };
 
-// A launch of a kernel that may need over 48 KB of dynamic shared memory: its limit raised on
-// the first launch that needs more than the last raise.
-template <typename... KArgs, typename... Args>
-void launch_big_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
-  static std::mutex m;
-  static std::map<const void*, size_t> raised;
-  {
-    std::lock_guard<std::mutex> lock(m);
-    size_t& r = raised[reinterpret_cast<const void*>(kernel)];
-    if (smem > 48 * 1024 && smem > r) {
-      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-            "SSD smem");
-      r = smem;
-    }
-  }
-  launch(kernel, grid, block, smem, s, std::forward<Args>(args)...);
-}
-
-// The fused kernels after CB: the end states, their start states (in place, `state` carried),
-// the outputs. ST tiles in flight, MB blocks an SM (the chunks of 256 tokens: 1, 512 threads).
-template <int ST, int MB>
-void ssd_fused_products(const SsdShape& d, const float* x, const float* B, const float* C, const float* dtv,
-                        const double* cum, const float* xdf, const float* ecum, const float* decay, const float* D,
-                        float* state, const float* CB, float* E, float* y, cudaStream_t s) {
-  const int64_t nb = d.nc * d.H;
-  const int NW = d.N % 128 == 0 ? 4 : 2;
-  const dim3 sgrid(unsigned((d.P / kSsdCols) * (d.N / (32 * NW))), unsigned(nb));
-  if (NW == 4) launch_big_smem(ssd_states_kernel<4, ST, MB>, sgrid, 256, ssd_states_smem(4, ST, d.Q), s, d, x, B, xdf, E);
-  else launch_big_smem(ssd_states_kernel<2, ST, MB>, sgrid, 128, ssd_states_smem(2, ST, d.Q), s, d, x, B, xdf, E);
-  launch(ssm_chunk_starts_kernel<true>, blocks_for(static_cast<size_t>(int64_t(d.H) * d.P * d.N / 4)), kThreads, 0, s,
-         E, decay, static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
-  const dim3 ogrid(unsigned(d.P / kSsdCols), unsigned(nb));
-  const auto outputs = [&](auto kernel, int Q) {
-    launch_big_smem(kernel, ogrid, 2 * Q, ssd_outputs_smem(Q, ST), s, d, x, C, CB, static_cast<const float*>(E), dtv,
-                    cum, ecum, D, y);
-  };
-  if (d.Q == 64) outputs(ssd_outputs_kernel<64, ST, MB>, 64);
-  else if (d.Q == 128) outputs(ssd_outputs_kernel<128, ST, MB>, 128);
-  else outputs(ssd_outputs_kernel<256, ST, 1>, 256);
-}
-
-// One window by the fused kernels: CB per group (cuBLAS, strided over the chunks), then the rest.
-void ssd_fused_window(const SsdShape& d, const float* x, const float* B, const float* C, const float* dtv,
-                      const double* cum, const float* xdf, const float* ecum, const float* decay, const float* D,
-                      float* state, float* CB, float* E, float* y, cublasComputeType_t compute, cublasHandle_t blas,
-                      cudaStream_t s) {
-  const float one = 1.0f, zero = 0.0f;
-  const int64_t QQ = int64_t(d.Q) * d.Q;
-  // CB (column-major Q x Q, s by t) = B^T C, per (chunk, group).
-  for (int g = 0; g < d.G; ++g)
-    check_blas(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, d.Q, d.Q, d.N, &one, B + int64_t(g) * d.N,
-                                          CUDA_R_32F, int(d.ld_xbc), d.Q * d.ld_xbc, C + int64_t(g) * d.N, CUDA_R_32F,
-                                          int(d.ld_xbc), d.Q * d.ld_xbc, &zero, CB + g * QQ, CUDA_R_32F, d.Q,
-                                          d.G * QQ, int(d.nc), compute, CUBLAS_GEMM_DEFAULT),
-               "the chunks' C B^T");
-  ssd_fused_products<kSsdStages, kSsdBlocksPerSm>(d, x, B, C, dtv, cum, xdf, ecum, decay, D, state, CB, E, y, s);
-}
-
 // The first Ts tokens (whole chunks) of a scan by the SSD, window by window, `state` carried.
 void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt,
               int64_t Ts, const SsmParams& p, float* state, float* y, float* scratch, size_t scratch_floats,
@@ -656,8 +598,18 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     float* yw = y + t0 * HP;
     launch(ssd_prep_kernel, blocks(nb * 32), kThreads, 0, s, dt_raw + t0 * ld_dt, ld_dt, d, p.A, p.dt_bias, p.dt_min,
            p.dt_max, dtv, cum, decay, xdf, ecum);
+    const auto chunk_starts = [&] {
+      if (starts4)
+        launch(ssm_chunk_starts_kernel<true>, blocks(HP * d.N / 4), kThreads, 0, s, E, static_cast<const float*>(decay),
+               static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+      else
+        launch(ssm_chunk_starts_kernel<false>, blocks(HP * d.N), kThreads, 0, s, E, static_cast<const float*>(decay),
+               static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+    };
     if (fused) {
-      ssd_fused_window(d, xw, Bw, Cw, dtv, cum, xdf, ecum, decay, p.D, state, CB, E, yw, compute, blas, s);
+      ssd_fused_states(d, xw, Bw, Cw, xdf, CB, E, compute, blas, s);
+      chunk_starts();
+      ssd_fused_outputs(d, xw, Cw, dtv, cum, ecum, p.D, CB, E, yw, s);
       continue;
     }
     launch(ssd_pointers_kernel, blocks(nb), kThreads, 0, s, d, xw, Bw, Cw, yw, static_cast<const float*>(CB), M, Xd, E,
@@ -690,12 +642,7 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
       launch_rows(ssd_xd_kernel<false>, d.nc * Q, HP, s, d, xw, static_cast<const float*>(xdf), Xd);
     // E (column-major N x P per head, the group's heads side by side) = B^T Xd, per (chunk, group).
     gemm(CUBLAS_OP_N, CUBLAS_OP_T, d.N, GP, Q, int(3 * nb + 3 * ncg), ld_xbc, HP, d.N, ncg, "the chunks' end states");
-    if (starts4)
-      launch(ssm_chunk_starts_kernel<true>, blocks(HP * d.N / 4), kThreads, 0, s, E, static_cast<const float*>(decay),
-             static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
-    else
-      launch(ssm_chunk_starts_kernel<false>, blocks(HP * d.N), kThreads, 0, s, E, static_cast<const float*>(decay),
-             static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+    chunk_starts();
     // The start states' outputs (column-major G P x Q, into Xd) = S C^T, per (chunk, group).
     gemm(CUBLAS_OP_T, CUBLAS_OP_N, GP, Q, d.N, int(3 * nb + 6 * ncg), d.N, ld_xbc, HP, ncg, "the start states' outputs");
     if (aligned)
