@@ -315,7 +315,9 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
     const LayerWeights& L = layers_[static_cast<size_t>(l)];
     // The previous layer's MLP joins the residual stream here, with the norm that reads it.
     if (l == 0) k.rmsnorm(h.data(), T, d, L.input_norm.data(), eps, u.data());
-    else k.residual_rmsnorm(h.data(), mixer_out.data(), mlp_out_multiplier, nullptr, 0.0f, T, d, L.input_norm.data(), eps, u.data());
+    else
+      k.residual_rmsnorm(h.data(), mixer_out.data(), mlp_out_multiplier, nullptr, 0.0f, T, d, L.input_norm.data(), eps,
+                         u.data());
 
     // ---- input projections of both mixers ----
     const Kernels::Projection in_proj[] = {{&L.in_proj, L.in_proj_bias.data(), zxbcdt.data(), mup_vector_.data()}};
@@ -397,7 +399,8 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
     k.matmul(gate.data(), ff, T, L.down_proj, L.down_bias.data(), mixer_out.data());
     // (its residual add: the next layer's first op, or the last layer's below)
   }
-  if (c.num_hidden_layers > 0) k.residual_add(h.data(), mixer_out.data(), mlp_out_multiplier, static_cast<size_t>(T * d));
+  if (c.num_hidden_layers > 0)
+    k.residual_add(h.data(), mixer_out.data(), mlp_out_multiplier, static_cast<size_t>(T * d));
 
   // Final norm and lm_head only on the rows whose logits are wanted.
   Buffer picked(k, logit_rows * d, uninit);

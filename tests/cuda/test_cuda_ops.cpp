@@ -654,7 +654,8 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
     const auto [y_rec, st_rec] = gpu_scan(in);
     // The fused kernels' shapes (cuda_ssd_mma.cuh), with the chunk the SSD takes (ssd_chunk_len).
     const int Q = c.chunk > 0 ? c.chunk : c.shape.cs >= 32 && c.shape.cs <= 256 ? c.shape.cs : 128;
-    const bool fits = c.shape.pad == 0 && c.shape.P % 64 == 0 && c.shape.N % 64 == 0 && (Q == 64 || Q == 128 || Q == 256);
+    const bool fits =
+        c.shape.pad == 0 && c.shape.P % 64 == 0 && c.shape.N % 64 == 0 && (Q == 64 || Q == 128 || Q == 256);
     for (const int mode : {0, 1, 2}) {  // float32 GEMMs, TF32 GEMMs, TF32 fused
       const bool tf32 = mode > 0;
       if (mode == 2 && !fits) continue;

@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include <cublas_v2.h>
@@ -59,6 +61,24 @@ void launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaSt
   cfg.attrs = attr;
   cfg.numAttrs = pdl_now() ? 1 : 0;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx");
+}
+
+// launch() of a kernel that may need over 48 KB of dynamic shared memory: its limit raised
+// (current device) on the first launch that needs more than the last raise.
+template <typename... KArgs, typename... Args>
+void launch_big_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
+  static std::mutex m;
+  static std::map<const void*, size_t> raised;
+  {
+    std::lock_guard<std::mutex> lock(m);
+    size_t& r = raised[reinterpret_cast<const void*>(kernel)];
+    if (smem > 48 * 1024 && smem > r) {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+            "cudaFuncSetAttribute (shared memory)");
+      r = smem;
+    }
+  }
+  launch(kernel, grid, block, smem, s, std::forward<Args>(args)...);
 }
 
 // Conversions and dense element-wise ops.

@@ -18,8 +18,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <map>
-#include <mutex>
 
 #include "kernels/cuda/cuda_mma.cuh"
 #include "kernels/cuda/cuda_ops.h"
@@ -292,25 +290,8 @@ __global__ void __launch_bounds__(2 * Q, MB) ssd_outputs_kernel(SsdShape d, cons
 }
 
 inline size_t ssd_outputs_smem(int Q, int ST) {
-  return sizeof(double) * size_t(Q) + sizeof(float) * (size_t(Q) + size_t(ST) * (size_t(Q) * kSsdKLd + kSsdTile * kSsdXLd));
-}
-
-// A launch of a kernel that may need over 48 KB of dynamic shared memory: its limit raised on
-// the first launch that needs more than the last raise.
-template <typename... KArgs, typename... Args>
-void launch_big_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
-  static std::mutex m;
-  static std::map<const void*, size_t> raised;
-  {
-    std::lock_guard<std::mutex> lock(m);
-    size_t& r = raised[reinterpret_cast<const void*>(kernel)];
-    if (smem > 48 * 1024 && smem > r) {
-      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-            "SSD smem");
-      r = smem;
-    }
-  }
-  launch(kernel, grid, block, smem, s, std::forward<Args>(args)...);
+  const size_t stage = size_t(Q) * kSsdKLd + kSsdTile * kSsdXLd;  // an A and a B tile, in floats
+  return sizeof(double) * size_t(Q) + sizeof(float) * (size_t(Q) + size_t(ST) * stage);
 }
 
 // A window's CB (cuBLAS, per group, strided over the chunks) and end states E; the caller then
@@ -329,8 +310,10 @@ inline void ssd_fused_states(const SsdShape& d, const float* x, const float* B, 
   constexpr int ST = kSsdStages, MB = kSsdBlocksPerSm;
   const int NW = d.N % 128 == 0 ? 4 : 2;
   const dim3 grid(unsigned((d.P / kSsdCols) * (d.N / (32 * NW))), unsigned(d.nc * d.H));
-  if (NW == 4) launch_big_smem(ssd_states_kernel<4, ST, MB>, grid, 256, ssd_states_smem(4, ST, d.Q), s, d, x, B, xdf, E);
-  else launch_big_smem(ssd_states_kernel<2, ST, MB>, grid, 128, ssd_states_smem(2, ST, d.Q), s, d, x, B, xdf, E);
+  if (NW == 4)
+    launch_big_smem(ssd_states_kernel<4, ST, MB>, grid, 256, ssd_states_smem(4, ST, d.Q), s, d, x, B, xdf, E);
+  else
+    launch_big_smem(ssd_states_kernel<2, ST, MB>, grid, 128, ssd_states_smem(2, ST, d.Q), s, d, x, B, xdf, E);
 }
 
 // A window's y from the start states S (in E's room) and CB. Chunks of 256 tokens: blocks of 512
