@@ -155,6 +155,22 @@ class Kernels {
   virtual void silu_mul(const float* gate, const float* up, float gate_scale, size_t n, float* out) = 0;
   // y[t, :] *= silu(z[t, :]), z with row stride ldz, rows of width d
   virtual void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) = 0;
+  // An element-wise product and the matmul that reads it, as one op (a backend may form the
+  // product's rows as its GEMM's input without writing them out in float32), K = W.cols:
+  //   silu_mul_matmul:  y = (up * silu(gate * gate_scale)) @ W^T + bias, gate and up [T, K];
+  //   gate_silu_matmul: y = (x * silu(z)) @ W^T + bias, x [T, K], z with row stride ldz.
+  // gate (x) is room the backend may use: what it holds afterwards is unspecified. The defaults
+  // write the product into it, then multiply.
+  virtual void silu_mul_matmul(float* gate, const float* up, float gate_scale, int64_t T, const WeightView& W,
+                               const float* bias, float* y) {
+    silu_mul(gate, up, gate_scale, static_cast<size_t>(T * W.cols), gate);
+    matmul(gate, W.cols, T, W, bias, y);
+  }
+  virtual void gate_silu_matmul(float* x, const float* z, int64_t ldz, int64_t T, const WeightView& W,
+                                const float* bias, float* y) {
+    gate_silu(x, z, ldz, T, W.cols);
+    matmul(x, W.cols, T, W, bias, y);
+  }
   // Mamba's gated RMSNorm over `groups` groups of each row:
   //   norm_before_gate: y = norm(y) * silu(z);  else: y = norm(y * silu(z))
   virtual void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups,

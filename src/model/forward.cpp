@@ -380,12 +380,13 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
       k.ssm_scan(xr, xr + ds, xr + ds + GN, conv_dim, zr + ds + conv_dim, in_dim, s.T, ssm, s.state->ssm_state(l),
                  y.data() + s.row * ds);
     }
-    if (c.mamba_rms_norm)
+    if (c.mamba_rms_norm) {
       k.gated_rmsnorm(y.data(), zxbcdt.data(), in_dim, T, ds, c.mamba_n_groups, L.norm.data(), eps,
                       c.mamba_norm_before_gate);
-    else
-      k.gate_silu(y.data(), zxbcdt.data(), in_dim, T, ds);
-    k.matmul(y.data(), ds, T, L.out_proj, L.out_proj_bias.data(), mixer_out.data());
+      k.matmul(y.data(), ds, T, L.out_proj, L.out_proj_bias.data(), mixer_out.data());
+    } else {
+      k.gate_silu_matmul(y.data(), zxbcdt.data(), in_dim, T, L.out_proj, L.out_proj_bias.data(), mixer_out.data());
+    }
     k.branch_join();
 
     // The two mixers join the residual stream together; the MLP's norm reads the sum.
@@ -395,8 +396,8 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
     // ---- MLP ----
     k.matmul(u.data(), d, T, L.gate_proj, L.gate_bias.data(), gate.data());
     k.matmul(u.data(), d, T, L.up_proj, L.up_bias.data(), up.data());
-    k.silu_mul(gate.data(), up.data(), static_cast<float>(c.mlp_multipliers[0]), static_cast<size_t>(T * ff), gate.data());
-    k.matmul(gate.data(), ff, T, L.down_proj, L.down_bias.data(), mixer_out.data());
+    k.silu_mul_matmul(gate.data(), up.data(), static_cast<float>(c.mlp_multipliers[0]), T, L.down_proj,
+                      L.down_bias.data(), mixer_out.data());
     // (its residual add: the next layer's first op, or the last layer's below)
   }
   if (c.num_hidden_layers > 0)
