@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "io/safetensors.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "model/fixture_util.h"
@@ -230,6 +231,65 @@ TEST_P(CudaModelTest, PrefillMatmulsInF16MatchTransformers) {
               relative_max_diff(split, f.logits));
   EXPECT_LE(diff, 1e-2) << f.name;
   EXPECT_LE(ref, kTol) << f.name;
+}
+
+// A prompt of 256 tokens or more (cuda_kernels_lazy.cpp): the norms' float32 outputs left as
+// their fp16 copies, the MLP's and the gated mixer's products formed as row-scaled fp16 GEMM
+// inputs and the GEMMs' rows scaled in the residual norms. The fixture's prompt repeated to 300
+// tokens: against the CPU backend and against the same GPU with every op eager, and the lazy
+// results counted.
+TEST_P(CudaModelTest, LongPromptLazyResultsMatchEagerOpsAndTheCpu) {
+  auto* cg = static_cast<CudaKernels*>(gpu.get());
+  struct Reset {
+    CudaKernels* g;
+    ~Reset() { g->set_lazy_results(true); }
+  } reset{cg};
+  const Fixture f = load_fixture(GetParam());
+  std::vector<int32_t> ids;
+  while (ids.size() < 300) ids.insert(ids.end(), f.prompt_ids.begin(), f.prompt_ids.end());
+  ids.resize(300);
+  Backend be;
+  const Model mc = Model::load(f.dir, *be.kernels);
+  const Model mg = Model::load(f.dir, *gpu);
+  const auto run = [&](const Model& m) {
+    SequenceState s = m.new_state();
+    return m.forward(s, ids, true);
+  };
+  const std::vector<float> cpu = run(mc);
+  cg->set_lazy_results(true);
+  const CudaLazyCounts before = cg->lazy_counts();
+  const std::vector<float> lazy = run(mg);
+  const CudaLazyCounts after = cg->lazy_counts();
+  cg->set_lazy_results(false);
+  const std::vector<float> eager = run(mg);
+  const double vs_cpu = relative_max_diff(lazy, cpu), vs_eager = relative_max_diff(lazy, eager);
+  std::printf("%s, 300 tokens: lazy vs cpu %.2e, vs eager %.2e (eager vs cpu %.2e)\n", f.name.c_str(), vs_cpu,
+              vs_eager, relative_max_diff(eager, cpu));
+  EXPECT_LE(vs_cpu, kTol) << f.name;
+  // A power-of-two shift changes no fp16 rounding unless a value falls below fp16's normal range:
+  // a shift per row instead of one per tensor changes nothing here, nor does a lazy result.
+  EXPECT_LE(vs_eager, 1e-5) << f.name;
+  // Only bf16 weights take the fp16 GEMMs (the float16 and float32 fixtures: eager either way):
+  // every layer's MLP product (and its gated mixer's, without mamba_rms_norm) then runs as
+  // row-scaled fp16 and every layer's norms stay unwritten in float32.
+  const TensorStore store = TensorStore::open_dir(f.dir);
+  const int64_t L = mg.config().num_hidden_layers;
+  const size_t rows = after.rows_matmuls - before.rows_matmuls, taken = after.rows_taken - before.rows_taken,
+               unread = after.norms_unread - before.norms_unread;
+  std::printf("  rows matmuls %zu, rows taken by a norm %zu, norms unread %zu (%lld layers)\n", rows, taken, unread,
+              static_cast<long long>(L));
+  if (store.get("model.layers.0.feed_forward.down_proj.weight").dtype == DType::BF16) {
+    // Row scales go to the residual norm unless a bias comes after them (then scaled at once);
+    // the last layer's MLP output goes to the final residual add (settled).
+    const bool gated = !mg.config().mamba_rms_norm, down_bias = store.find("model.layers.0.feed_forward.down_proj.bias"),
+               out_bias = store.find("model.layers.0.mamba.out_proj.bias");
+    const auto n = static_cast<size_t>(L);
+    EXPECT_EQ(rows, gated ? 2 * n : n) << f.name;
+    EXPECT_EQ(taken, (down_bias ? 0 : n - 1) + (gated && !out_bias ? n : 0)) << f.name;
+    EXPECT_EQ(unread, 2 * n - 1) << f.name;  // every norm's but the last one's
+  } else {
+    EXPECT_EQ(rows + taken, 0u) << f.name;
+  }
 }
 
 // The prompt's scan as the chunked SSD (long prompts take it; here chunks of 4 tokens, windows

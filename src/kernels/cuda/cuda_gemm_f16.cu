@@ -16,10 +16,13 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cmath>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_f16_scale.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_rows.cuh"
+#include "util/error.h"
 
 namespace fh1::cuda {
 namespace {
@@ -117,7 +120,122 @@ __global__ void bf16_to_f16_rows_scaled_kernel(const uint16_t* w, int64_t N, int
     out[i] = __float2half_rn(__uint_as_float(static_cast<uint32_t>(w[i]) << 16) * v[i / K] * scale);
 }
 
+// rows_to_f16 (cuda_ops.h): a block a row, its R float4s a thread held in registers between the
+// row's max and the fp16 stores, so the inputs are read once.
+template <RowsOp OP, int R, bool BV>
+__global__ void rows_to_f16_kernel(const float* a, int64_t lda, const float* b, int64_t ldb, float gs, int64_t K,
+                                   __half* x16, float* rows) {
+  FH1_PDL_ENTER();
+  const int64_t t = blockIdx.x, n4 = K / 4;
+  float4 v[R];
+  uint32_t m = 0;
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    if (i >= n4) break;
+    // (BV: b's rows 16-byte aligned, else read a float at a time.)
+    const float* br = b + t * ldb + 4 * i;
+    const float4 bv = BV ? ld4(b + t * ldb, i) : make_float4(br[0], br[1], br[2], br[3]);
+    // The expressions of silu_mul_kernel and gate_silu_kernel.
+    if constexpr (OP == RowsOp::SiluMul)
+      v[j] = map4(ld4(a + t * lda, i), bv, [gs](float g, float u) { return u * silu(g * gs); });
+    else
+      v[j] = map4(ld4(a + t * lda, i), bv, [](float y, float z) { return y * silu(z); });
+    m = max(m, abs_bits(v[j]));
+  }
+  __shared__ uint32_t part[32];
+  for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = 0;
+  for (unsigned w = 0; w < (blockDim.x >> 5); ++w) m = max(m, part[w]);
+  const int shift = shift_for(m);
+  const float scale = pow2(shift);
+  if (threadIdx.x == 0) rows[t] = pow2(-shift);
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
+    if (i >= n4) break;
+    const __half2 lo = __floats2half2_rn(v[j].x * scale, v[j].y * scale),
+                  hi = __floats2half2_rn(v[j].z * scale, v[j].w * scale);
+    reinterpret_cast<uint2*>(x16 + t * K)[i] =
+        make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+  }
+}
+
+template <bool BIAS>
+__global__ void scale_rows_kernel(float* y, int64_t T, int64_t N, const float* rows, const float* bias) {
+  FH1_PDL_ENTER();
+  FH1_FOR_ROWS(t, T) {
+    const float r = rows[t];
+    FH1_FOR_UNITS(c, N) y[t * N + c] = BIAS ? y[t * N + c] * r + bias[c] : y[t * N + c] * r;
+  }
+}
+
+// rows_to_f16's launch: threads a block and float4s a thread for rows of K / 4 float4s (R = 0:
+// too long a row).
+struct RowsLaunch {
+  unsigned threads;
+  int R;
+};
+RowsLaunch rows_launch(int64_t K) {
+  const int64_t n4 = K / 4;
+  unsigned threads = 128;
+  while (threads < 512 && (n4 + threads - 1) / threads > 4) threads *= 2;
+  const int64_t per = (n4 + threads - 1) / threads;
+  int R = 1;
+  while (R < per) R *= 2;
+  return {threads, R <= 16 ? R : 0};
+}
+
 }  // namespace
+
+bool rows_to_f16_fits(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K) {
+  return K > 0 && rows_vec4(a, K, lda) && ldb >= K && rows_launch(K).R > 0 && b != nullptr;
+}
+
+void rows_to_f16(RowsOp op, const float* a, int64_t lda, const float* b, int64_t ldb, float gs, int64_t T, int64_t K,
+                 uint16_t* x16, float* rows, cudaStream_t s) {
+  if (T == 0) return;
+  if (!rows_to_f16_fits(a, lda, b, ldb, K) || reinterpret_cast<uintptr_t>(x16) % 8 != 0 || T > (int64_t(1) << 31) - 1)
+    throw Error("CUDA rows_to_f16: rows that do not fit (rows_to_f16_fits)");
+  const RowsLaunch l = rows_launch(K);
+  auto* out = reinterpret_cast<__half*>(x16);
+  const bool bv = rows_vec4(b, K, ldb);
+  const auto go = [&](auto r) {
+    constexpr int R = decltype(r)::value;
+    const auto kernel = op == RowsOp::SiluMul ? (bv ? rows_to_f16_kernel<RowsOp::SiluMul, R, true>
+                                                    : rows_to_f16_kernel<RowsOp::SiluMul, R, false>)
+                                              : (bv ? rows_to_f16_kernel<RowsOp::GateSilu, R, true>
+                                                    : rows_to_f16_kernel<RowsOp::GateSilu, R, false>);
+    launch(kernel, static_cast<unsigned>(T), l.threads, 0, s, a, lda, b, ldb, gs, K, out, rows);
+  };
+  switch (l.R) {
+    case 1: go(std::integral_constant<int, 1>{}); break;
+    case 2: go(std::integral_constant<int, 2>{}); break;
+    case 4: go(std::integral_constant<int, 4>{}); break;
+    case 8: go(std::integral_constant<int, 8>{}); break;
+    default: go(std::integral_constant<int, 16>{}); break;
+  }
+  check_launch("rows_to_f16");
+}
+
+void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* bias, cudaStream_t s) {
+  if (T * N == 0) return;
+  if (bias) launch_rows(scale_rows_kernel<true>, T, N, s, y, T, N, rows, bias);
+  else launch_rows(scale_rows_kernel<false>, T, N, s, y, T, N, rows, bias);
+  check_launch("scale_rows");
+}
+
+void gemm_f16_rows(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const uint16_t* x16,
+                   int64_t T, float* y, cudaStream_t s) {
+  (void)s;  // cuBLAS runs on the handle's stream, the caller's
+  const float alpha = std::ldexp(1.0f, -w_shift), beta = 0.0f;
+  check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T), static_cast<int>(K),
+                          &alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F, static_cast<int>(K), &beta, y,
+                          CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmEx (f16 rows)");
+}
 
 int f16_shift_of_bf16_rows_scaled(const uint16_t* w, int64_t N, int64_t K, const float* v, uint32_t* scratch,
                                   cudaStream_t s) {

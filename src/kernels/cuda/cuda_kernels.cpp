@@ -2,7 +2,8 @@
 // memory (a caching allocator over cudaMalloc), weight upload, cuBLAS matmuls, and the dispatch
 // of every other model op to the device kernels of cuda_ops.cu, cuda_gemv.cu,
 // cuda_attention*.cu and cuda_ssm.cu. All work runs in order on one stream. Sampling, decode
-// steps as CUDA graphs (cuda_step.h), settings and shared helpers: cuda_kernels_control.cpp.
+// steps as CUDA graphs (cuda_step.h), settings and shared helpers: cuda_kernels_control.cpp. The
+// norms, silu_mul, gate_silu and what they leave lazy for the next op: cuda_kernels_lazy.cpp.
 #include "kernels/cuda/cuda_kernels.h"
 
 #include <cublas_v2.h>
@@ -19,6 +20,7 @@
 
 #include "io/safetensors.h"
 #include "kernels/cuda/cuda_kernels_impl.h"
+#include "quant/kv_q8.h"
 #include "util/error.h"
 
 namespace fh1 {
@@ -86,6 +88,7 @@ CudaKernelsImpl::CudaKernelsImpl(int device) : device_(device) {
     kv_ = std::string(a) == "f32" ? cuda::KvType::F32 : std::string(a) == "q8" ? cuda::KvType::Q8 : cuda::KvType::BF16;
   if (const char* a = std::getenv("FH1_CUDA_SSD_TF32")) tf32_scan_ = std::string(a) != "0";
   if (const char* a = std::getenv("FH1_CUDA_F16_COPIES")) weights_->set_f16_copies(std::string(a) != "0");
+  if (const char* a = std::getenv("FH1_CUDA_LAZY")) lazy_on_ = std::string(a) != "0";
   name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
 }
 
@@ -101,6 +104,7 @@ CudaKernelsImpl::~CudaKernelsImpl() {
   cudaFree(top_partials_);
   cudaFree(top_counters_);
   cudaFree(f16_consts_);
+  cudaFree(row_scales_);
   for (LaneScratch& l : lane_) {
     cudaFree(l.blas_ws);
     cudaFree(l.xb);
@@ -232,44 +236,70 @@ void CudaKernelsImpl::matmul_scaled(const float* x, int64_t ldx, int64_t T, floa
     if (to[i].W->rows > 0) matmul_f16(x, ldx, T, s, *to[i].W, to[i].bias, to[i].y, to[i].col_scale);
 }
 
-void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x_scale, const WeightView& W,
-                                 const float* bias, float* y, const float* col_scale) {
-  const int64_t N = W.rows, K = W.cols;
-  const WeightView w = W;
+CudaKernelsImpl::F16Weights CudaKernelsImpl::f16_weights(const WeightView& w, const float* bias,
+                                                          const float* col_scale) {
+  F16Weights f;
   // The output columns' scale (Mamba-2's mup vector) folded into a kept copy of W whose rows it
   // scales, where there is no bias (which it would scale too); else a pass after the GEMM.
   cuda::DeviceWeights::ScaledCopy folded;
   if (col_scale && !bias) folded = weights_->f16_row_scaled_copy(w, col_scale, stream_);
-  const bool cols_after = col_scale && !folded.w16;
+  f.cols_after = col_scale && !folded.w16;
   // Prefill: one fp16 GEMM (activations to 11 bits, weights exact) instead of hi + lo. The
   // weights' fp16 copy costs a pass over them: even at 256 rows it is paid back (H200: 7B 512
   // tokens 35.9 -> 32.0 ms, 768 tokens 50.8 -> 41.9 ms).
-  const int shift = folded.w16 ? folded.shift : weights_->f16_shift(w, stream_);
+  f.shift = folded.w16 ? folded.shift : weights_->f16_shift(w, stream_);
+  // The weights in fp16: the kept copy (made now, by the first matmul that needs it, when
+  // memory allows), else converted into scratch for this call.
+  if (!folded.w16) f.copy = weights_->f16_copy(w, f.shift);
+  if (!folded.w16 && !f.copy.w16)
+    f.converted = grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(w.rows * w.cols), "f16 weights");
+  f.w16 = folded.w16 ? folded.w16 : f.copy.w16 ? f.copy.w16 : f.converted;
+  return f;
+}
+
+void CudaKernelsImpl::fill(const F16Weights& f, const WeightView& w) {
+  if (f.copy.fill) cuda::bf16_to_f16_scaled(f.copy.fill_src, f.copy.fill_n, f.shift, f.copy.fill_dst, stream_);
+  else if (f.converted)
+    cuda::bf16_to_f16_scaled(static_cast<const uint16_t*>(w.data), static_cast<size_t>(w.rows * w.cols), f.shift,
+                             f.converted, stream_);
+}
+
+void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x_scale, const WeightView& W,
+                                 const float* bias, float* y, const float* col_scale) {
+  const int64_t N = W.rows, K = W.cols;
+  const WeightView w = W;
+  // A lazy norm's output is not read when its fp16 copy is this x's (below); other kinds settle.
+  const X16Key key{x, ldx, T, K};
+  const auto x16_valid = [&] { return x16_last_ == key && x16_seq_ == op_seq_; };
+  const std::pair<const float*, size_t> xr{x, static_cast<size_t>(T * ldx)}, yr{y, static_cast<size_t>(T * N)};
+  settle(x16_valid() ? norm_apart({yr}) : norm_apart({xr, yr}));
+  const F16Weights f = f16_weights(w, bias, col_scale);
   // The same activations into several matrices (q, k, v; gate, up): converted once, when no
   // op has run since the last fp16 matmul read them (and it did not write over them).
-  const X16Key key{x, ldx, T, K};
-  const bool ready = x16_last_ == key && x16_seq_ == op_seq_;
+  const bool ready = x16_valid();
+  if (!ready) settle(norm_apart({xr, yr}));  // (settling ran ops: x is read in float32)
   // x's max already taken by the op that wrote it, just before (scale, silu_mul).
   const bool max_ready = !ready && max_seq_ == op_seq_ && max_of_.p == x && ldx == K &&
                          max_of_.n == static_cast<size_t>(T * K);
-  // The weights in fp16: the kept copy (made now, by the first matmul that needs it, when
-  // memory allows), else converted into scratch for this call.
-  const cuda::DeviceWeights::F16Copy copy = folded.w16 ? cuda::DeviceWeights::F16Copy{} : weights_->f16_copy(w, shift);
-  uint16_t* converted = folded.w16 || copy.w16 ? nullptr
-                                               : grown(scratch().w16, scratch().w16_cap, static_cast<size_t>(N * K), "f16 weights");
-  const uint16_t* w16 = folded.w16 ? folded.w16 : copy.w16 ? copy.w16 : converted;
   const cuda::F16Scratch sc{bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
+  const KeepLazy keep(this, lazy_kinds());
   op("matmul f16", [=, this] {
-    if (copy.fill) cuda::bf16_to_f16_scaled(copy.fill_src, copy.fill_n, shift, copy.fill_dst, stream_);
-    else if (converted) cuda::bf16_to_f16_scaled(static_cast<const uint16_t*>(w.data), static_cast<size_t>(N * K), shift, converted, stream_);
-    cuda::gemm_f16(blas_, w16, N, K, shift, x, ldx, T, x_scale, y, sc, ready, max_ready, stream_);
+    fill(f, w);
+    cuda::gemm_f16(blas_, f.w16, N, K, f.shift, x, ldx, T, x_scale, y, sc, ready, max_ready, stream_);
     if (bias) cuda::add_bias(y, T, N, bias, stream_);
-    if (cols_after) cuda::mul_columns(y, T, N, col_scale, stream_);
+    if (f.cols_after) cuda::mul_columns(y, T, N, col_scale, stream_);
   }, w.data, N, K, x, ldx, T, x_scale, bias, y, col_scale);
   const auto at = [](const float* p) { return reinterpret_cast<uintptr_t>(p); };
   const bool overwrote = at(y) < at(x + (T - 1) * ldx + K) && at(x) < at(y + T * N);
   x16_last_ = overwrote ? X16Key{} : key;
   x16_seq_ = op_seq_;
+}
+
+size_t CudaKernelsImpl::kv_cache_floats(int64_t rows, int64_t width) const {
+  const int64_t bytes = kv_ == cuda::KvType::F32    ? rows * width * 4
+                        : kv_ == cuda::KvType::BF16 ? rows * width * 2
+                                                    : rows * kv_q8_row_bytes(width);
+  return static_cast<size_t>((bytes + 3) / 4);
 }
 
 void CudaKernelsImpl::embed(const int32_t* ids, int64_t T, const WeightView& table, float scale, float* out) {
@@ -292,52 +322,8 @@ void CudaKernelsImpl::embed(const int32_t* ids, int64_t T, const WeightView& tab
   op("embed", [=, this] { cuda::embed(d_ids, T, dt, data, cols, scale, out, stream_); });
 }
 
-void CudaKernelsImpl::rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out) {
-  if (step_->rmsnorm(x, T, d, w, eps, out)) return;
-  rmsnorm_op(x, T, d, w, eps, out, nullptr);
-}
-
-void CudaKernelsImpl::residual_rmsnorm(float* h, const float* a, float sa, const float* b, float sb, int64_t T,
-                                       int64_t d, const float* w, float eps, float* out) {
-  // A prompt's rows: the add in the norm's pass (h read once). A decode step keeps its own
-  // fusions (the add into the GEMV before it, or into this norm: cuda_step.h), so it gets the
-  // two ops; so do buffers that overlap other than exactly (the warp kernel's rows would race).
-  const cuda::NormResidual res{h, a, sa, b, sb};
-  const size_t n = static_cast<size_t>(T * d);
-  const auto apart_or_same = [n](const float* p, const float* q) { return p == q || p + n <= q || q + n <= p; };
-  if (step_->recording() || T == 0 || !cuda::rmsnorm_takes_residual(T, d, w, out, res) || !apart_or_same(out, h) ||
-      !apart_or_same(out, a) || !apart_or_same(h, a) || (b && (!apart_or_same(out, b) || !apart_or_same(h, b)))) {
-    Kernels::residual_rmsnorm(h, a, sa, b, sb, T, d, w, eps, out);
-    return;
-  }
-  rmsnorm_op(h, T, d, w, eps, out, &res);
-}
-
-void CudaKernelsImpl::rmsnorm_op(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out,
-                                 const cuda::NormResidual* res) {
-  uint32_t* mx = output_max_slot();
-  // A prompt's norm feeds fp16 matmuls (in_proj and q/k/v, gate and up): it writes their fp16
-  // input too, as matmul_f16 would have converted it, and they take it as ready.
-  uint16_t* x16 = nullptr;
-  if (mx && split_ && f16_rows_ > 0 && T >= f16_rows_ && T > gemv_rows_) {
-    x16 = bf16_scratch(static_cast<size_t>(T * d));
-    if (!cuda::rmsnorm_takes_f16(x, T, d, w, out, x16)) x16 = nullptr;
-  }
-  const cuda::NormResidual r = res ? *res : cuda::NormResidual{};
-  const bool with_res = res != nullptr;
-  op(with_res ? "residual_rmsnorm" : "rmsnorm", [=, this] {
-    zero_max_slot(mx);
-    cuda::rmsnorm(x, T, d, w, eps, out, stream_, mx, x16, with_res ? &r : nullptr);
-  }, x, T, d, w, eps, out);
-  if (x16) {
-    x16_last_ = X16Key{out, d, T, d};
-    x16_seq_ = op_seq_;
-    return;
-  }
-  took_output_max(mx, out, static_cast<size_t>(T * d));
-}
-
 void CudaKernelsImpl::scale(const float* x, size_t n, float s, float* out) {
+  const KeepLazy keep = keep_norm_apart({{x, n}, {out, n}});
   if (step_->scale(x, n, s, out)) return;
   uint32_t* mx = output_max_slot();
   op("scale", [=, this] {
@@ -348,6 +334,7 @@ void CudaKernelsImpl::scale(const float* x, size_t n, float s, float* out) {
 }
 
 void CudaKernelsImpl::mul_columns(float* x, int64_t T, int64_t d, const float* v) {
+  const KeepLazy keep_norm = keep_norm_apart({{x, static_cast<size_t>(T * d)}});
   if (step_->mul_columns(x, T, d, v)) return;
   // The in_proj's columns, between it and the attention's projections of the same input: the
   // fp16 copy of that input stays valid when this op writes elsewhere.
@@ -369,32 +356,14 @@ void CudaKernelsImpl::residual_add(float* h, const float* a, float s, size_t n) 
   op("residual_add", [=, this] { cuda::residual_add2(h, a, s, nullptr, 0.0f, n, stream_); }, h, a, s, n);
 }
 
-void CudaKernelsImpl::silu_mul(const float* gate, const float* up, float gs, size_t n, float* out) {
-  if (step_->silu_mul(gate, up, gs, n, out)) return;
-  uint32_t* mx = output_max_slot();
-  op("silu_mul", [=, this] {
-    zero_max_slot(mx);
-    cuda::silu_mul(gate, up, gs, n, out, stream_, mx);
-  }, gate, up, gs, n, out);
-  took_output_max(mx, out, n);
-}
-
-void CudaKernelsImpl::gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) {
-  if (step_->gate_silu(y, z, ldz, T, d)) return;
-  uint32_t* mx = output_max_slot();
-  op("gate_silu", [=, this] {
-    zero_max_slot(mx);
-    cuda::gate_silu(y, z, ldz, T, d, stream_, mx);
-  }, y, z, ldz, T, d);
-  took_output_max(mx, y, static_cast<size_t>(T * d));
-}
-
 void CudaKernelsImpl::gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w, float eps, bool norm_before_gate) {
+  const KeepLazy keep = keep_norm_apart({{y, static_cast<size_t>(T * d)}, {z, static_cast<size_t>(T * ldz)}});
   op("gated_rmsnorm", [=, this] { cuda::gated_rmsnorm(y, z, ldz, T, d, groups, w, eps, norm_before_gate, stream_); }, y, z,
      ldz, T, d, groups, w, eps, norm_before_gate);
 }
 
 void CudaKernelsImpl::rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* positions, const float* inv_freq) {
+  const KeepLazy keep = keep_norm_apart({{x, static_cast<size_t>(T * ld)}});
   if (step_->fusing()) {
     step_->rope(x, ld, T, heads, hd, positions, inv_freq);
     return;
@@ -414,6 +383,9 @@ void CudaKernelsImpl::rope(float* x, int64_t ld, int64_t T, int heads, int hd, c
 }
 
 void CudaKernelsImpl::attention(const float* q, int64_t ldq, int64_t T, const float* k_cache, const float* v_cache, int64_t n_past, int H, int Hkv, int hd, float scale, float* out) {
+  const size_t kv_floats = kv_cache_floats(n_past + T, Hkv * hd);
+  const KeepLazy keep = keep_norm_apart({{q, static_cast<size_t>(T * ldq)}, {k_cache, kv_floats}, {v_cache, kv_floats},
+                                         {out, static_cast<size_t>(T * H * hd)}});
   // Recording a decode step: the length comes from the step's device array, the plan from its
   // power-of-two bucket, so one graph serves every length of the bucket.
   const cuda::KvType kv = kv_;
@@ -438,6 +410,8 @@ void CudaKernelsImpl::attention(const float* q, int64_t ldq, int64_t T, const fl
 }
 
 void CudaKernelsImpl::kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) {
+  const KeepLazy keep =
+      keep_norm_apart({{cache, kv_cache_floats(row + rows, width)}, {src, static_cast<size_t>(rows * width)}});
   if (rows * width == 0) return;
   const cuda::KvType kv = kv_;
   if (step_->recording()) {
@@ -452,11 +426,16 @@ void CudaKernelsImpl::kv_write(float* cache, int64_t row, const float* src, int6
 }
 
 void CudaKernelsImpl::conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias, float* conv_state, float* out) {
+  const KeepLazy keep = keep_norm_apart({{in, static_cast<size_t>(T * ld_in)}, {conv_state, static_cast<size_t>((K - 1) * C)}, {out, static_cast<size_t>(T * C)}});
   op("conv1d_silu", [=, this] { cuda::conv1d_silu(in, ld_in, T, C, K, w, bias, conv_state, out, stream_); }, in, ld_in, T,
      C, K, w, bias, conv_state, out);
 }
 
 void CudaKernelsImpl::ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt, int64_t T, const SsmParams& p, float* state, float* y) {
+  const auto rows = static_cast<size_t>(T * ld_xbc);
+  const KeepLazy keep = keep_norm_apart({{x, rows}, {B, rows}, {C, rows}, {dt_raw, static_cast<size_t>(T * ld_dt)},
+                                         {state, static_cast<size_t>(p.heads * p.head_dim * p.d_state)},
+                                         {y, static_cast<size_t>(T * p.heads * p.head_dim)}});
   const SsmParams pp = p;
   // A long scan runs in chunks and needs scratch: the attention scratch serves (every op runs in
   // stream order and none keeps data there past its own launches; growing it retires the old

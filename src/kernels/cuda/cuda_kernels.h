@@ -38,6 +38,13 @@ struct CudaMemoryStats {
   size_t f16_copy_bytes = 0; // the weights' fp16 copies (set_f16_weight_copies)
 };
 
+// What the lazy results (CudaKernels::set_lazy_results) saved so far: products taken by their
+// matmul as row-scaled fp16, GEMM outputs whose row scales a residual norm took, and norm outputs
+// overwritten without ever being written in float32.
+struct CudaLazyCounts {
+  size_t rows_matmuls = 0, rows_taken = 0, norms_unread = 0;
+};
+
 class CudaKernels : public Kernels {
  public:
   // Activations as hi + lo bf16 parts in bf16 matmuls (default), or rounded to bf16 once.
@@ -66,6 +73,14 @@ class CudaKernels : public Kernels {
   // ~1e-3 of rms), or in float32 (FH1_CUDA_SSD_TF32=0).
   virtual void set_scan_tf32(bool on) = 0;
   virtual bool scan_tf32() const = 0;
+  // A prompt's results left in the form the next op takes (default; FH1_CUDA_LAZY=0: off): a
+  // norm's float32 output unwritten when only fp16 matmuls read it, silu_mul and gate_silu run
+  // as the fp16 input of the matmul after them with a power-of-two scale per row (not one per
+  // tensor), and that matmul's rows scaled in the residual add after it. Any other op that reads
+  // them gets the values the eager ops would have written (cuda_kernels_impl.h).
+  virtual void set_lazy_results(bool on) = 0;
+  virtual bool lazy_results() const = 0;
+  virtual CudaLazyCounts lazy_counts() const = 0;
   // Decode steps recorded and replayed as CUDA graphs (default; FH1_CUDA_GRAPHS=0 turns it off).
   virtual void set_decode_graphs(bool on) = 0;
   virtual bool decode_graphs() const = 0;

@@ -196,6 +196,7 @@ const char* CudaKernelsImpl::arrays(std::initializer_list<std::pair<const void*,
 }
 
 void CudaKernelsImpl::flush() {
+  settle();
   ++op_seq_;
   step_->end();
 }

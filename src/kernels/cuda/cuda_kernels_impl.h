@@ -1,7 +1,8 @@
 // The CUDA backend's one implementation of the kernel interface (CudaKernels, cuda_kernels.h),
-// declared here for the two files that define it: cuda_kernels.cpp (construction, memory, the
-// model's ops) and cuda_kernels_control.cpp (sampling, decode steps as graphs, settings, and the
-// helpers the ops share). Nothing outside src/kernels/cuda includes it.
+// declared here for the three files that define it: cuda_kernels.cpp (construction, memory, the
+// model's ops), cuda_kernels_control.cpp (sampling, decode steps as graphs, settings, and the
+// helpers the ops share) and cuda_kernels_lazy.cpp (the ops whose results may stay lazy). Nothing
+// outside src/kernels/cuda includes it.
 #pragma once
 
 #include <cublas_v2.h>
@@ -47,7 +48,7 @@ class CudaKernelsImpl final : public CudaKernels {
   float* alloc(size_t n) override;
   float* alloc_uninit(size_t n) override;
 
-  void free(float* p) override { mem_->free(p); }  // reuse is ordered after earlier work: one stream
+  void free(float* p) override;  // reuse is ordered after earlier work: one stream
 
   void to_host(float* dst, const float* src, size_t n) override;
   void from_host(float* dst, const float* src, size_t n) override;
@@ -72,6 +73,10 @@ class CudaKernelsImpl final : public CudaKernels {
   void residual_add(float* h, const float* a, float s, size_t n) override;
   void silu_mul(const float* gate, const float* up, float gs, size_t n, float* out) override;
   void gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) override;
+  void silu_mul_matmul(float* gate, const float* up, float gs, int64_t T, const WeightView& W, const float* bias,
+                       float* y) override;
+  void gate_silu_matmul(float* x, const float* z, int64_t ldz, int64_t T, const WeightView& W, const float* bias,
+                        float* y) override;
   void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w,
                      float eps, bool norm_before_gate) override;
 
@@ -130,6 +135,9 @@ class CudaKernelsImpl final : public CudaKernels {
   bool matmul_split() const override { return split_; }
   void set_attention_tf32(bool on) override { tf32_attn_ = on; }
   void set_scan_tf32(bool on) override { tf32_scan_ = on; }
+  void set_lazy_results(bool on) override;
+  bool lazy_results() const override { return lazy_on_; }
+  CudaLazyCounts lazy_counts() const override { return lazy_counts_; }
   void set_f16_weight_copies(bool on) override;
   bool f16_weight_copies() const override { return weights_->f16_copies(); }
   bool scan_tf32() const override { return tf32_scan_; }
@@ -184,6 +192,7 @@ class CudaKernelsImpl final : public CudaKernels {
   // arguments.
   template <class F, class... A>
   void op(const char* name, F&& f, A... args) {
+    if (lazy_kinds() & ~keep_lazy_) settle(keep_lazy_);
     ++op_seq_;
     if (!step_->recording()) {
       if (profile_) {
@@ -201,9 +210,61 @@ class CudaKernelsImpl final : public CudaKernels {
   // (returns the base).
   const char* arrays(std::initializer_list<std::pair<const void*, size_t>> parts, size_t* offs);
 
-  // Ends a decode step's recording (cuda_step.h), if one is in progress.
-  // Every host-side write (from_host, fill_random, ...) flushes first: it counts as device work.
+  // Ends a decode step's recording (cuda_step.h), if one is in progress, after settling what
+  // was left lazy (below). Every host-side read or write (to_host, from_host, fill_random, ...)
+  // flushes first: it counts as device work.
   void flush();
+
+  // ---- results left for the next op to take (a prompt's; cuda_kernels_lazy.cpp) ----
+  // A prompt's fp16 matmuls want their input in fp16 and the ops after them want their output
+  // whole; a result in the form the next op takes saves passes over the activations. Two kinds
+  // are left lazy, each settled (its float32 values written as the eager op would have written
+  // them, bit for bit) by any op that does not take it in its lazy form: op() settles every kind
+  // not in keep_lazy_, and flush() and free() settle all.
+  //   kLazyNorm: a norm's float32 output not written; its fp16 copy (the next matmuls' input) was.
+  //     Settled by running the norm again on its input (the residual already added).
+  //   kLazyRows: the output of silu_mul_matmul or gate_silu_matmul, whose GEMM took the product
+  //     with a shift per row (rows_to_f16): its rows still need their scale (scale_rows); a
+  //     residual norm takes the scale in its add.
+  // FH1_CUDA_LAZY=0 / set_lazy_results(false): every op eager, as before.
+  enum LazyKind : unsigned { kLazyNorm = 1, kLazyRows = 2 };
+  struct LazyNorm {
+    const float* x = nullptr;  // the norm's input (its h, the residual added); null: none
+    int64_t T = 0, d = 0;
+    const float* w = nullptr;
+    float eps = 0.0f;
+    float* out = nullptr;
+  };
+  struct LazyRows {
+    float* y = nullptr;  // null: none
+    int64_t T = 0, N = 0;
+    const float* rows = nullptr;
+  };
+  unsigned lazy_kinds() const { return (lazy_norm_.x ? kLazyNorm : 0u) | (lazy_rows_.y ? kLazyRows : 0u); }
+  // Settles every lazy kind not in keep.
+  void settle(unsigned keep = 0);
+  // kLazyNorm when no part of the ranges [p, p + n) is the lazy norm's input or output, else 0.
+  unsigned norm_apart(std::initializer_list<std::pair<const float*, size_t>> ranges) const;
+  // Ops run while keep_lazy_ holds `keep` (op() settles the other kinds only).
+  struct KeepLazy {
+    CudaKernelsImpl* k;
+    unsigned saved;
+    KeepLazy(CudaKernelsImpl* k_, unsigned keep) : k(k_), saved(k_->keep_lazy_) { k->keep_lazy_ = keep; }
+    KeepLazy(const KeepLazy&) = delete;
+    KeepLazy& operator=(const KeepLazy&) = delete;
+    ~KeepLazy() { k->keep_lazy_ = saved; }
+  };
+  // The guard of an op that touches only these ranges: a lazy norm apart from them stays lazy
+  // (the ops between a norm and the next one that overwrites its output, which only fp16 matmuls
+  // read). Ranges may be larger than what the op touches, never smaller.
+  KeepLazy keep_norm_apart(std::initializer_list<std::pair<const float*, size_t>> ranges) {
+    return KeepLazy(this, norm_apart(ranges));
+  }
+  // The floats (rounded up) of a KV cache's first `rows` rows of `width` values (kv_).
+  size_t kv_cache_floats(int64_t rows, int64_t width) const;
+  // silu_mul_matmul / gate_silu_matmul as rows_to_f16 and one fp16 GEMM (false: they do not fit).
+  bool rows_matmul(cuda::RowsOp rop, const float* a, const float* b, int64_t ldb, float gs, int64_t T,
+                   const WeightView& W, const float* bias, float* y);
 
   // Scratch of the lane (stream) the op being recorded runs on: a step's branch runs beside the
   // ops after it, so the two must not share.
@@ -269,6 +330,18 @@ class CudaKernelsImpl final : public CudaKernels {
   void matmul_f16(const float* x, int64_t ldx, int64_t T, float x_scale, const WeightView& W, const float* bias,
                   float* y, const float* col_scale);
 
+  // W in fp16 for the fp16 GEMM (the kept copy, or converted into scratch by fill()); the
+  // output columns' scale folded into the copy where there is no bias (cols_after otherwise).
+  struct F16Weights {
+    const uint16_t* w16 = nullptr;
+    int shift = 0;
+    cuda::DeviceWeights::F16Copy copy;  // copy.fill: to be filled first
+    uint16_t* converted = nullptr;      // scratch to convert W into first
+    bool cols_after = false;
+  };
+  F16Weights f16_weights(const WeightView& W, const float* bias, const float* col_scale);
+  void fill(const F16Weights& f, const WeightView& W);  // in the op's closure
+
   // y[T, N] = xb[T, K] @ W^T (+ beta * y), float32 accumulate and output.
   void gemm_bf16(const WeightView& W, const uint16_t* xb, int64_t T, float* y, float beta);
 
@@ -313,6 +386,13 @@ class CudaKernelsImpl final : public CudaKernels {
   bool profile_ = false;  // FH1_CUDA_PROFILE=1
   bool lookahead_ = true;  // FH1_CUDA_LOOKAHEAD=0: no decode step held
   cuda::OpProfile prof_;
+  LazyNorm lazy_norm_;
+  LazyRows lazy_rows_;
+  unsigned keep_lazy_ = 0;
+  bool lazy_on_ = true;  // FH1_CUDA_LAZY
+  CudaLazyCounts lazy_counts_;
+  float* row_scales_ = nullptr;  // lazy_rows_'s scales (T floats)
+  size_t row_scales_cap_ = 0;
 };
 
 }  // namespace fh1::cuda

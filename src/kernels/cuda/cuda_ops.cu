@@ -234,6 +234,7 @@ __global__ void residual_rmsnorm_kernel(float* h, const float* a, float sa, cons
 // and *absmax gets that bound's bits instead of the max (the GEMM's alpha: cuda_gemm_f16.cu).
 // RES: the residual add before the norm, res.h += res.a * sa (+ res.b * sb), x being res.h: the
 // lane that adds an element norms it, so h is read once for both (the values of the two ops).
+// out null (with out16 only): the float32 output is not written.
 template <int NV, bool RES>
 __global__ void rmsnorm_warp_kernel(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out,
                                     uint32_t* absmax, __half* out16, NormResidual res) {
@@ -245,15 +246,18 @@ __global__ void rmsnorm_warp_kernel(const float* x, int64_t T, int64_t d, const 
     float4 v[NV];
     float ss = 0.0f;
     uint32_t wm = 0;
+    // (x * 1 is x: rows without a pending scale take the same expressions.)
+    const float ra = RES && res.a_rows ? res.a_rows[row] : 1.0f, rb = RES && res.b_rows ? res.b_rows[row] : 1.0f;
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t i = lane + 32 * j;
       if constexpr (RES) {
         if (i < n4) {
           const float sa = res.sa, sb = res.sb;
-          const float4 h = ld4(res.h + row * d, i), a = ld4(res.a + row * d, i);
+          const auto times = [](float r) { return [r](float x) { return x * r; }; };
+          const float4 h = ld4(res.h + row * d, i), a = map4(ld4(res.a + row * d, i), times(ra));
           // The expressions of residual_add2_kernel's, so that the sums are the same.
-          v[j] = res.b ? map4(h, a, ld4(res.b + row * d, i),
+          v[j] = res.b ? map4(h, a, map4(ld4(res.b + row * d, i), times(rb)),
                               [=](float hk, float ak, float bk) { return hk + (ak * sa + bk * sb); })
                        : map4(h, a, [=](float hk, float ak) { return hk + ak * sa; });
         } else {
@@ -283,7 +287,7 @@ __global__ void rmsnorm_warp_kernel(const float* x, int64_t T, int64_t d, const 
       // compiler from issuing the loads together (h, a and b might alias).
       if constexpr (RES) st4(res.h + row * d, i, v[j]);
       const float4 o = map4(ld4(w, i), v[j], [inv](float wk, float xk) { return wk * (xk * inv); });
-      st4(out + row * d, i, o);
+      if (out) st4(out + row * d, i, o);
       if (out16) {
         const __half2 a = __floats2half2_rn(o.x * s16, o.y * s16), b = __floats2half2_rn(o.z * s16, o.w * s16);
         reinterpret_cast<uint2*>(out16 + row * d)[i] =
@@ -642,6 +646,7 @@ void rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, fl
   if (T == 0) return;
   if (out16 && (!absmax || !rmsnorm_takes_f16(x, T, d, w, out, out16)))
     throw Error("CUDA rmsnorm: an fp16 output needs the warp kernel (rmsnorm_takes_f16) and the max slot");
+  if (!out && !out16) throw Error("CUDA rmsnorm: no output");
   if (res && (res->h != x || !rmsnorm_takes_residual(T, d, w, out, *res)))
     throw Error("CUDA rmsnorm: a residual add before it needs the warp kernel (rmsnorm_takes_residual), x being h");
   const unsigned warp_blocks = static_cast<unsigned>((T + kWarpRowsWarps - 1) / kWarpRowsWarps);

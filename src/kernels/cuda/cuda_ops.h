@@ -110,6 +110,22 @@ struct F16Scratch {
 void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x,
               int64_t ldx, int64_t T, float x_scale, float* y, const F16Scratch& scratch, bool x16_ready,
               bool max_ready, cudaStream_t s);
+// The input of the down and out projections with a shift per row instead of one per tensor, as
+// the element-wise op that makes it writes it (cuda_gemm_f16.cu): x16[t] = fp16(v[t] * 2^s_t),
+// s_t = shift_for(max_k |v[t, k]|), rows[t] = 2^-s_t; v = up * silu(gate * gs) (silu_mul's) or
+// a * silu(b) (gate_silu's, a = y, b = z). The float32 values are those of the two ops; nothing
+// but the fp16 rows is written. rows_to_f16_fits: K, a's stride and alignment allow it (a as
+// float4s; b any stride >= K).
+enum class RowsOp { SiluMul, GateSilu };
+bool rows_to_f16_fits(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K);
+void rows_to_f16(RowsOp op, const float* a, int64_t lda, const float* b, int64_t ldb, float gs, int64_t T, int64_t K,
+                 uint16_t* x16, float* rows, cudaStream_t s);
+// y[T, N] = 2^-w_shift x16 W^T (the fp16 GEMM of rows_to_f16's x16; its rows still to be
+// multiplied by rows[t]).
+void gemm_f16_rows(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const uint16_t* x16,
+                   int64_t T, float* y, cudaStream_t s);
+// y[t, n] = y[t, n] * rows[t] (+ bias[n] when bias).
+void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* bias, cudaStream_t s);
 // y[T, N] = x[T, K] @ W^T (+ bias) for T <= kGemvRows, W bf16 [N, K], all else float32.
 constexpr int64_t kGemvRows = 8;
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,
@@ -164,13 +180,18 @@ void embed(const int32_t* ids, int64_t T, DType dt, const void* table, int64_t d
 // that shift (gemm_f16 with x16_ready then computes its alpha from it).
 // res (not null; only where rmsnorm_takes_residual, with x == res->h): the residual add before
 // the norm, h += a * sa (+ b * sb when b), in the same pass (a prompt's rows: the warp kernel).
-// out may be h itself but no other part of h, a or b.
+// out may be h itself but no other part of h, a or b; it may be null with out16 (then only the
+// fp16 copy is written).
+// a_rows / b_rows (not null): a's / b's row t still to be multiplied by a_rows[t] / b_rows[t]
+// (gemm_f16_rows's output), h += (a * a_rows[t]) * sa, as scale_rows then the add would give.
 struct NormResidual {
   float* h = nullptr;
   const float* a = nullptr;
   float sa = 0.0f;
   const float* b = nullptr;
   float sb = 0.0f;
+  const float* a_rows = nullptr;
+  const float* b_rows = nullptr;
 };
 bool rmsnorm_takes_f16(const float* x, int64_t T, int64_t d, const float* w, const float* out, const void* out16);
 bool rmsnorm_takes_residual(int64_t T, int64_t d, const float* w, const float* out, const NormResidual& res);

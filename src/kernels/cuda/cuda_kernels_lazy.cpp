@@ -1,0 +1,199 @@
+// The CUDA backend's host side, part three: the ops whose results may be left lazy for the next op
+// (cuda_kernels_impl.h says which and why): the norms, silu_mul_matmul and gate_silu_matmul, and
+// the settling of what is left.
+//
+// H200, a 1.5B-Deep layer at 8K tokens: the norm's float32 output (42 MB written, never read by
+// the fp16 matmuls), and for the MLP's and the mixer's products a float32 write, a read and an
+// fp16 write, a pass for the max and an alpha kernel, become one pass writing fp16.
+#include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
+#include <string>
+#include <utility>
+
+#include "kernels/cuda/cuda_kernels_impl.h"
+
+namespace fh1::cuda {
+
+namespace {
+bool overlap(const float* p, size_t n, const float* q, size_t m) { return p < q + m && q < p + n; }
+}  // namespace
+
+void CudaKernelsImpl::set_lazy_results(bool on) {
+  settle();
+  lazy_on_ = on;
+}
+
+void CudaKernelsImpl::free(float* p) {
+  // A lazy result may read or become p: settled while p is still ours. free runs in destructors,
+  // during unwinding too: what cannot be settled is dropped (its op's error was thrown already).
+  if (lazy_kinds()) try {
+      settle();
+    } catch (const Error&) {
+      lazy_norm_ = {};
+      lazy_rows_ = {};
+    }
+  mem_->free(p);
+}
+
+unsigned CudaKernelsImpl::norm_apart(std::initializer_list<std::pair<const float*, size_t>> ranges) const {
+  const LazyNorm& l = lazy_norm_;
+  if (!l.x) return 0;
+  const size_t n = static_cast<size_t>(l.T * l.d);
+  for (const auto& [p, m] : ranges)
+    if (overlap(p, m, l.x, n) || overlap(p, m, l.out, n)) return 0;
+  return kLazyNorm;
+}
+
+void CudaKernelsImpl::settle(unsigned keep) {
+  const unsigned todo = lazy_kinds() & ~keep;
+  if (!todo) return;
+  // Every kind to settle is taken off before any of their ops runs, so that op() settles nothing
+  // more (keep_lazy_: the kinds left). Neither reads what the other writes (checked where each
+  // was made), so the order does not matter.
+  const LazyRows r = todo & kLazyRows ? lazy_rows_ : LazyRows{};
+  const LazyNorm l = todo & kLazyNorm ? lazy_norm_ : LazyNorm{};
+  if (todo & kLazyRows) lazy_rows_ = {};
+  if (todo & kLazyNorm) lazy_norm_ = {};
+  const KeepLazy guard(this, lazy_kinds());
+  if (r.y) op("scale_rows", [=, this] { cuda::scale_rows(r.y, r.T, r.N, r.rows, nullptr, stream_); }, r.y, r.T, r.N, r.rows);
+  // The norm again, on h as the residual add left it: the warp kernel's float32 output as the
+  // eager op wrote it (the same kernel reads the same values in the same order).
+  if (l.x)
+    op("rmsnorm (settled)", [=, this] { cuda::rmsnorm(l.x, l.T, l.d, l.w, l.eps, l.out, stream_); }, l.x, l.T, l.d,
+       l.w, l.eps, l.out);
+}
+
+void CudaKernelsImpl::rmsnorm(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out) {
+  if (step_->rmsnorm(x, T, d, w, eps, out)) return;
+  // A lazy norm whose output this one writes over is dropped (nothing read it in float32).
+  const size_t n = static_cast<size_t>(T * d);
+  if (lazy_norm_.x && lazy_norm_.out == out && static_cast<size_t>(lazy_norm_.T * lazy_norm_.d) == n &&
+      !overlap(x, n, out, n)) {
+    lazy_norm_ = {};
+    ++lazy_counts_.norms_unread;
+  }
+  rmsnorm_op(x, T, d, w, eps, out, nullptr);
+}
+
+void CudaKernelsImpl::residual_rmsnorm(float* h, const float* a, float sa, const float* b, float sb, int64_t T,
+                                       int64_t d, const float* w, float eps, float* out) {
+  // A prompt's rows: the add in the norm's pass (h read once). A decode step keeps its own
+  // fusions (the add into the GEMV before it, or into this norm: cuda_step.h), so it gets the
+  // two ops; so do buffers that overlap other than exactly (the warp kernel's rows would race).
+  cuda::NormResidual res{h, a, sa, b, sb};
+  const size_t n = static_cast<size_t>(T * d);
+  const auto apart_or_same = [n](const float* p, const float* q) { return p == q || p + n <= q || q + n <= p; };
+  if (step_->recording() || T == 0 || !cuda::rmsnorm_takes_residual(T, d, w, out, res) || !apart_or_same(out, h) ||
+      !apart_or_same(out, a) || !apart_or_same(h, a) || (b && (!apart_or_same(out, b) || !apart_or_same(h, b)))) {
+    Kernels::residual_rmsnorm(h, a, sa, b, sb, T, d, w, eps, out);
+    return;
+  }
+  // The last GEMM's rows still to be scaled: taken in the add. A lazy norm whose output this one
+  // writes over (the previous norm's, which only fp16 matmuls read): dropped.
+  const LazyRows r = lazy_rows_;
+  const bool takes_rows =
+      r.y && r.T == T && r.N == d && (r.y == a || r.y == b) && !overlap(r.y, n, h, n) && !overlap(r.y, n, out, n);
+  const LazyNorm& l = lazy_norm_;
+  if (l.x && l.out == out && static_cast<size_t>(l.T * l.d) == n && out != h && out != a && out != b) {
+    lazy_norm_ = {};
+    ++lazy_counts_.norms_unread;
+  }
+  settle(takes_rows ? kLazyRows : 0u);
+  if (takes_rows) {
+    if (r.y == a) res.a_rows = r.rows;
+    if (r.y == b) res.b_rows = r.rows;
+    lazy_rows_ = {};
+    ++lazy_counts_.rows_taken;
+  }
+  rmsnorm_op(h, T, d, w, eps, out, &res);
+}
+
+void CudaKernelsImpl::rmsnorm_op(const float* x, int64_t T, int64_t d, const float* w, float eps, float* out,
+                                 const cuda::NormResidual* res) {
+  uint32_t* mx = output_max_slot();
+  // A prompt's norm feeds fp16 matmuls (in_proj and q/k/v, gate and up): it writes their fp16
+  // input too, as matmul_f16 would have converted it, and they take it as ready.
+  uint16_t* x16 = nullptr;
+  if (mx && split_ && f16_rows_ > 0 && T >= f16_rows_ && T > gemv_rows_) {
+    x16 = bf16_scratch(static_cast<size_t>(T * d));
+    if (!cuda::rmsnorm_takes_f16(x, T, d, w, out, x16)) x16 = nullptr;
+  }
+  // Lazy: only the fp16 copy written; the float32 output when an op asks for it (settle).
+  const bool lazy = x16 && lazy_on_;
+  float* o = lazy ? nullptr : out;
+  const cuda::NormResidual r = res ? *res : cuda::NormResidual{};
+  const bool with_res = res != nullptr;
+  op(with_res ? "residual_rmsnorm" : "rmsnorm", [=, this] {
+    zero_max_slot(mx);
+    cuda::rmsnorm(x, T, d, w, eps, o, stream_, mx, x16, with_res ? &r : nullptr);
+  }, x, T, d, w, eps, o, r.a_rows, r.b_rows);
+  if (x16) {
+    x16_last_ = X16Key{out, d, T, d};
+    x16_seq_ = op_seq_;
+    if (lazy) lazy_norm_ = LazyNorm{x, T, d, w, eps, out};
+    return;
+  }
+  took_output_max(mx, out, static_cast<size_t>(T * d));
+}
+
+void CudaKernelsImpl::silu_mul(const float* gate, const float* up, float gs, size_t n, float* out) {
+  if (step_->silu_mul(gate, up, gs, n, out)) return;
+  const KeepLazy keep = keep_norm_apart({{gate, n}, {up, n}, {out, n}});
+  uint32_t* mx = output_max_slot();
+  op("silu_mul", [=, this] {
+    zero_max_slot(mx);
+    cuda::silu_mul(gate, up, gs, n, out, stream_, mx);
+  }, gate, up, gs, n, out);
+  took_output_max(mx, out, n);
+}
+
+void CudaKernelsImpl::gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) {
+  if (step_->gate_silu(y, z, ldz, T, d)) return;
+  const KeepLazy keep = keep_norm_apart({{y, static_cast<size_t>(T * d)}, {z, static_cast<size_t>(T * ldz)}});
+  uint32_t* mx = output_max_slot();
+  op("gate_silu", [=, this] {
+    zero_max_slot(mx);
+    cuda::gate_silu(y, z, ldz, T, d, stream_, mx);
+  }, y, z, ldz, T, d);
+  took_output_max(mx, y, static_cast<size_t>(T * d));
+}
+
+void CudaKernelsImpl::silu_mul_matmul(float* gate, const float* up, float gs, int64_t T, const WeightView& W,
+                                      const float* bias, float* y) {
+  if (!rows_matmul(cuda::RowsOp::SiluMul, gate, up, W.cols, gs, T, W, bias, y))
+    Kernels::silu_mul_matmul(gate, up, gs, T, W, bias, y);
+}
+
+void CudaKernelsImpl::gate_silu_matmul(float* x, const float* z, int64_t ldz, int64_t T, const WeightView& W,
+                                       const float* bias, float* y) {
+  if (!rows_matmul(cuda::RowsOp::GateSilu, x, z, ldz, 0.0f, T, W, bias, y))
+    Kernels::gate_silu_matmul(x, z, ldz, T, W, bias, y);
+}
+
+bool CudaKernelsImpl::rows_matmul(cuda::RowsOp rop, const float* a, const float* b, int64_t ldb, float gs, int64_t T,
+                                  const WeightView& W, const float* bias, float* y) {
+  const int64_t N = W.rows, K = W.cols;
+  if (!lazy_on_ || T <= 0 || !takes_f16(W, T) || !cuda::rows_to_f16_fits(a, K, b, ldb, K)) return false;
+  // An earlier result's rows still to scale settle; the lazy norm stays when apart.
+  settle(norm_apart({{a, static_cast<size_t>(T * K)}, {b, static_cast<size_t>(T * ldb)},
+                     {y, static_cast<size_t>(T * N)}}));
+  const WeightView w = W;
+  const F16Weights f = f16_weights(w, bias, nullptr);
+  uint16_t* x16 = bf16_scratch(static_cast<size_t>(T * K));
+  float* rows = grown(row_scales_, row_scales_cap_, static_cast<size_t>(T), "row scales");
+  const KeepLazy keep(this, lazy_kinds());
+  op("matmul f16 (rows)", [=, this] {
+    fill(f, w);
+    cuda::rows_to_f16(rop, a, K, b, ldb, gs, T, K, x16, rows, stream_);
+    cuda::gemm_f16_rows(blas_, f.w16, N, K, f.shift, x16, T, y, stream_);
+    // With a bias the rows are scaled now (the bias is not theirs to scale).
+    if (bias) cuda::scale_rows(y, T, N, rows, bias, stream_);
+  }, w.data, N, K, a, b, ldb, gs, T, x16, rows, bias, y);
+  if (!bias) lazy_rows_ = LazyRows{y, T, N, rows};
+  ++lazy_counts_.rows_matmuls;
+  x16_last_ = X16Key{};  // x16 holds rows with their own scales: no other matmul takes it
+  return true;
+}
+
+}  // namespace fh1::cuda
