@@ -473,8 +473,9 @@ TEST_F(CudaMatmulTest, DecodeGemvJobsAgainstFloat64) {
   }
 }
 
-// silu_mul_matmul and gate_silu_matmul on a prompt (cuda_kernels_lazy.cpp): the product formed
-// as the GEMM's fp16 input with a shift per row, its output rows scaled when read. Rows 2^-48
+// silu_mul_matmul, gate_silu_matmul and a matmul of an input whose max no op took, on a prompt
+// (cuda_kernels_lazy.cpp): the product (or x) formed as the GEMM's fp16 input with a shift per
+// row, the output's rows scaled when read. Rows 2^-48
 // apart in magnitude: against float64 each row keeps 11 bits (the eager ops' one shift a tensor
 // flushes the small rows into fp16's subnormals, which this test shows too), with and without a
 // bias and a z of row stride other than K (16-byte aligned or not); a K the rows kernel does not
@@ -518,21 +519,22 @@ TEST_F(CudaMatmulTest, RowScaledProductMatmulsAgainstFloat64AndTheEagerOps) {
     EXPECT_EQ(lazy, eager);
   }
   for (const int64_t K : {int64_t(200), int64_t(1024), int64_t(202)}) {
-    for (const bool gated : {false, true}) {
+    for (const int kind : {0, 1, 2}) {  // silu_mul_matmul, gate_silu_matmul, matmul (of an x of no known max)
+      const bool gated = kind == 1, plain = kind == 2;
       for (const bool with_bias : {false, true}) {
         const int64_t ldz = gated ? K + (with_bias ? 3 : 8) : K;  // (rows of z unaligned too)
         std::vector<float> a = randn(static_cast<size_t>(T * K)), b = randn(static_cast<size_t>(T * ldz));
         for (int64_t t = 0; t < T; ++t)
           for (int64_t k = 0; k < K; ++k)
-            a[static_cast<size_t>(t * K + k)] *= std::ldexp(1.0f, (gated ? -16 : -8) * int(t % 4));
-        if (!gated)  // (silu(g) ~ g / 2 for a small g: the product is as small as the gated one's)
+            a[static_cast<size_t>(t * K + k)] *= std::ldexp(1.0f, (kind == 0 ? -8 : -16) * int(t % 4));
+        if (kind == 0)  // (silu(g) ~ g / 2 for a small g: the product is as small as the gated one's)
           for (int64_t t = 0; t < T; ++t)
             for (int64_t k = 0; k < K; ++k) b[static_cast<size_t>(t * K + k)] *= std::ldexp(1.0f, -8 * int(t % 4));
         std::vector<float> v(static_cast<size_t>(T * K));  // the product, as the ops compute it
         for (int64_t t = 0; t < T; ++t)
           for (int64_t k = 0; k < K; ++k) {
             const float x = a[static_cast<size_t>(t * K + k)], z = b[static_cast<size_t>(t * ldz + k)];
-            v[static_cast<size_t>(t * K + k)] = gated ? x * silu(z) : z * silu(x * gs);
+            v[static_cast<size_t>(t * K + k)] = plain ? x : gated ? x * silu(z) : z * silu(x * gs);
           }
         std::vector<uint16_t> wb;
         const WeightView w = bind_random_bf16(N, K, 0.05f, wb);
@@ -545,13 +547,15 @@ TEST_F(CudaMatmulTest, RowScaledProductMatmulsAgainstFloat64AndTheEagerOps) {
         gpu->from_host(biasg.data(), bias.data(), bias.size());
         gpu->from_host(attg.data(), att.data(), att.size());
         gpu->from_host(nwg.data(), nw.data(), nw.size());
-        const std::string what = std::string(gated ? "gate_silu" : "silu_mul") + " K=" + std::to_string(K) +
+        const std::string what = std::string(plain ? "matmul" : gated ? "gate_silu" : "silu_mul") +
+                                 " K=" + std::to_string(K) +
                                  (with_bias ? " bias" : "");
         const float* bp = with_bias ? biasg.data() : nullptr;
         // The op on fresh inputs (a is room the op may use).
         const auto run = [&] {
           gpu->from_host(ag.data(), a.data(), a.size());
-          if (gated) gpu->gate_silu_matmul(ag.data(), bg.data(), ldz, T, w, bp, yg.data());
+          if (plain) gpu->matmul(ag.data(), K, T, w, bp, yg.data());
+          else if (gated) gpu->gate_silu_matmul(ag.data(), bg.data(), ldz, T, w, bp, yg.data());
           else gpu->silu_mul_matmul(ag.data(), bg.data(), gs, T, w, bp, yg.data());
         };
         // Then the residual norm reading it and an fp16 matmul of the norm's output.

@@ -270,8 +270,8 @@ TEST_P(CudaModelTest, LongPromptLazyResultsMatchEagerOpsAndTheCpu) {
   // a shift per row instead of one per tensor changes nothing here, nor does a lazy result.
   EXPECT_LE(vs_eager, 1e-5) << f.name;
   // Only bf16 weights take the fp16 GEMMs (the float16 and float32 fixtures: eager either way):
-  // every layer's MLP product (and its gated mixer's, without mamba_rms_norm) then runs as
-  // row-scaled fp16 and every layer's norms stay unwritten in float32.
+  // every layer's MLP product, gated mixer output (or its norm's) and attention output then go
+  // to their GEMMs as row-scaled fp16, and every layer's norms stay unwritten in float32.
   const TensorStore store = TensorStore::open_dir(f.dir);
   const int64_t L = mg.config().num_hidden_layers;
   const size_t rows = after.rows_matmuls - before.rows_matmuls, taken = after.rows_taken - before.rows_taken,
@@ -281,11 +281,13 @@ TEST_P(CudaModelTest, LongPromptLazyResultsMatchEagerOpsAndTheCpu) {
   if (store.get("model.layers.0.feed_forward.down_proj.weight").dtype == DType::BF16) {
     // Row scales go to the residual norm unless a bias comes after them (then scaled at once);
     // the last layer's MLP output goes to the final residual add (settled).
-    const bool gated = !mg.config().mamba_rms_norm, down_bias = store.find("model.layers.0.feed_forward.down_proj.bias"),
-               out_bias = store.find("model.layers.0.mamba.out_proj.bias");
+    const auto has = [&](const char* name) { return store.find(std::string("model.layers.0.") + name) != nullptr; };
     const auto n = static_cast<size_t>(L);
-    EXPECT_EQ(rows, gated ? 2 * n : n) << f.name;
-    EXPECT_EQ(taken, (down_bias ? 0 : n - 1) + (gated && !out_bias ? n : 0)) << f.name;
+    // Each layer's o_proj (of the attention's output), out_proj and down_proj.
+    EXPECT_EQ(rows, 3 * n) << f.name;
+    EXPECT_EQ(taken, (has("feed_forward.down_proj.bias") ? 0 : n - 1) + (has("self_attn.o_proj.bias") ? 0 : n) +
+                         (has("mamba.out_proj.bias") ? 0 : n))
+        << f.name;
     EXPECT_EQ(unread, 2 * n - 1) << f.name;  // every norm's but the last one's
   } else {
     EXPECT_EQ(rows + taken, 0u) << f.name;

@@ -133,14 +133,18 @@ __global__ void rows_to_f16_kernel(const float* a, int64_t lda, const float* b, 
   for (int j = 0; j < R; ++j) {
     const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
     if (i >= n4) break;
-    // (BV: b's rows 16-byte aligned, else read a float at a time.)
-    const float* br = b + t * ldb + 4 * i;
-    const float4 bv = BV ? ld4(b + t * ldb, i) : make_float4(br[0], br[1], br[2], br[3]);
-    // The expressions of silu_mul_kernel and gate_silu_kernel.
-    if constexpr (OP == RowsOp::SiluMul)
-      v[j] = map4(ld4(a + t * lda, i), bv, [gs](float g, float u) { return u * silu(g * gs); });
-    else
-      v[j] = map4(ld4(a + t * lda, i), bv, [](float y, float z) { return y * silu(z); });
+    if constexpr (OP == RowsOp::Copy) {
+      v[j] = ld4(a + t * lda, i);
+    } else {
+      // (BV: b's rows 16-byte aligned, else read a float at a time.)
+      const float* br = b + t * ldb + 4 * i;
+      const float4 bv = BV ? ld4(b + t * ldb, i) : make_float4(br[0], br[1], br[2], br[3]);
+      // The expressions of silu_mul_kernel and gate_silu_kernel.
+      if constexpr (OP == RowsOp::SiluMul)
+        v[j] = map4(ld4(a + t * lda, i), bv, [gs](float g, float u) { return u * silu(g * gs); });
+      else
+        v[j] = map4(ld4(a + t * lda, i), bv, [](float y, float z) { return y * silu(z); });
+    }
     m = max(m, abs_bits(v[j]));
   }
   __shared__ uint32_t part[32];
@@ -190,24 +194,26 @@ RowsLaunch rows_launch(int64_t K) {
 
 }  // namespace
 
-bool rows_to_f16_fits(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K) {
-  return K > 0 && rows_vec4(a, K, lda) && ldb >= K && rows_launch(K).R > 0 && b != nullptr;
+bool rows_to_f16_fits(RowsOp op, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K) {
+  return K > 0 && rows_vec4(a, K, lda) && rows_launch(K).R > 0 && (op == RowsOp::Copy || (b && ldb >= K));
 }
 
 void rows_to_f16(RowsOp op, const float* a, int64_t lda, const float* b, int64_t ldb, float gs, int64_t T, int64_t K,
                  uint16_t* x16, float* rows, cudaStream_t s) {
   if (T == 0) return;
-  if (!rows_to_f16_fits(a, lda, b, ldb, K) || reinterpret_cast<uintptr_t>(x16) % 8 != 0 || T > (int64_t(1) << 31) - 1)
+  if (!rows_to_f16_fits(op, a, lda, b, ldb, K) || reinterpret_cast<uintptr_t>(x16) % 8 != 0 ||
+      T > (int64_t(1) << 31) - 1)
     throw Error("CUDA rows_to_f16: rows that do not fit (rows_to_f16_fits)");
   const RowsLaunch l = rows_launch(K);
   auto* out = reinterpret_cast<__half*>(x16);
-  const bool bv = rows_vec4(b, K, ldb);
+  const bool bv = op == RowsOp::Copy || rows_vec4(b, K, ldb);
   const auto go = [&](auto r) {
     constexpr int R = decltype(r)::value;
-    const auto kernel = op == RowsOp::SiluMul ? (bv ? rows_to_f16_kernel<RowsOp::SiluMul, R, true>
-                                                    : rows_to_f16_kernel<RowsOp::SiluMul, R, false>)
-                                              : (bv ? rows_to_f16_kernel<RowsOp::GateSilu, R, true>
-                                                    : rows_to_f16_kernel<RowsOp::GateSilu, R, false>);
+    const auto kernel = op == RowsOp::Copy      ? rows_to_f16_kernel<RowsOp::Copy, R, true>
+                        : op == RowsOp::SiluMul ? (bv ? rows_to_f16_kernel<RowsOp::SiluMul, R, true>
+                                                      : rows_to_f16_kernel<RowsOp::SiluMul, R, false>)
+                                                : (bv ? rows_to_f16_kernel<RowsOp::GateSilu, R, true>
+                                                      : rows_to_f16_kernel<RowsOp::GateSilu, R, false>);
     launch(kernel, static_cast<unsigned>(T), l.threads, 0, s, a, lda, b, ldb, gs, K, out, rows);
   };
   switch (l.R) {

@@ -104,7 +104,7 @@ CudaKernelsImpl::~CudaKernelsImpl() {
   cudaFree(top_partials_);
   cudaFree(top_counters_);
   cudaFree(f16_consts_);
-  cudaFree(row_scales_);
+  for (float* p : row_scales_) cudaFree(p);
   for (LaneScratch& l : lane_) {
     cudaFree(l.blas_ws);
     cudaFree(l.xb);
@@ -272,15 +272,20 @@ void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x
   const X16Key key{x, ldx, T, K};
   const auto x16_valid = [&] { return x16_last_ == key && x16_seq_ == op_seq_; };
   const std::pair<const float*, size_t> xr{x, static_cast<size_t>(T * ldx)}, yr{y, static_cast<size_t>(T * N)};
-  settle(x16_valid() ? norm_apart({yr}) : norm_apart({xr, yr}));
-  const F16Weights f = f16_weights(w, bias, col_scale);
+  settle(x16_valid() ? lazy_apart({yr}) : lazy_apart({xr, yr}));
   // The same activations into several matrices (q, k, v; gate, up): converted once, when no
   // op has run since the last fp16 matmul read them (and it did not write over them).
   const bool ready = x16_valid();
-  if (!ready) settle(norm_apart({xr, yr}));  // (settling ran ops: x is read in float32)
+  if (!ready) settle(lazy_apart({xr, yr}));  // (settling ran ops: x is read in float32)
   // x's max already taken by the op that wrote it, just before (scale, silu_mul).
   const bool max_ready = !ready && max_seq_ == op_seq_ && max_of_.p == x && ldx == K &&
                          max_of_.n == static_cast<size_t>(T * K);
+  // Else (the attention's output, say) a shift per row instead of a pass for the max; y's rows
+  // are then left lazy (rows_matmul).
+  if (!ready && !max_ready && x_scale == 1.0f && !col_scale &&
+      rows_matmul(cuda::RowsOp::Copy, x, ldx, nullptr, 0, 0.0f, T, W, bias, y))
+    return;
+  const F16Weights f = f16_weights(w, bias, col_scale);
   const cuda::F16Scratch sc{bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
   const KeepLazy keep(this, lazy_kinds());
   op("matmul f16", [=, this] {
@@ -323,7 +328,7 @@ void CudaKernelsImpl::embed(const int32_t* ids, int64_t T, const WeightView& tab
 }
 
 void CudaKernelsImpl::scale(const float* x, size_t n, float s, float* out) {
-  const KeepLazy keep = keep_norm_apart({{x, n}, {out, n}});
+  const KeepLazy keep = keep_apart({{x, n}, {out, n}});
   if (step_->scale(x, n, s, out)) return;
   uint32_t* mx = output_max_slot();
   op("scale", [=, this] {
@@ -334,7 +339,7 @@ void CudaKernelsImpl::scale(const float* x, size_t n, float s, float* out) {
 }
 
 void CudaKernelsImpl::mul_columns(float* x, int64_t T, int64_t d, const float* v) {
-  const KeepLazy keep_norm = keep_norm_apart({{x, static_cast<size_t>(T * d)}});
+  const KeepLazy keep_norm = keep_apart({{x, static_cast<size_t>(T * d)}});
   if (step_->mul_columns(x, T, d, v)) return;
   // The in_proj's columns, between it and the attention's projections of the same input: the
   // fp16 copy of that input stays valid when this op writes elsewhere.
@@ -357,13 +362,13 @@ void CudaKernelsImpl::residual_add(float* h, const float* a, float s, size_t n) 
 }
 
 void CudaKernelsImpl::gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w, float eps, bool norm_before_gate) {
-  const KeepLazy keep = keep_norm_apart({{y, static_cast<size_t>(T * d)}, {z, static_cast<size_t>(T * ldz)}});
+  const KeepLazy keep = keep_apart({{y, static_cast<size_t>(T * d)}, {z, static_cast<size_t>(T * ldz)}});
   op("gated_rmsnorm", [=, this] { cuda::gated_rmsnorm(y, z, ldz, T, d, groups, w, eps, norm_before_gate, stream_); }, y, z,
      ldz, T, d, groups, w, eps, norm_before_gate);
 }
 
 void CudaKernelsImpl::rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* positions, const float* inv_freq) {
-  const KeepLazy keep = keep_norm_apart({{x, static_cast<size_t>(T * ld)}});
+  const KeepLazy keep = keep_apart({{x, static_cast<size_t>(T * ld)}});
   if (step_->fusing()) {
     step_->rope(x, ld, T, heads, hd, positions, inv_freq);
     return;
@@ -384,7 +389,7 @@ void CudaKernelsImpl::rope(float* x, int64_t ld, int64_t T, int heads, int hd, c
 
 void CudaKernelsImpl::attention(const float* q, int64_t ldq, int64_t T, const float* k_cache, const float* v_cache, int64_t n_past, int H, int Hkv, int hd, float scale, float* out) {
   const size_t kv_floats = kv_cache_floats(n_past + T, Hkv * hd);
-  const KeepLazy keep = keep_norm_apart({{q, static_cast<size_t>(T * ldq)}, {k_cache, kv_floats}, {v_cache, kv_floats},
+  const KeepLazy keep = keep_apart({{q, static_cast<size_t>(T * ldq)}, {k_cache, kv_floats}, {v_cache, kv_floats},
                                          {out, static_cast<size_t>(T * H * hd)}});
   // Recording a decode step: the length comes from the step's device array, the plan from its
   // power-of-two bucket, so one graph serves every length of the bucket.
@@ -411,7 +416,7 @@ void CudaKernelsImpl::attention(const float* q, int64_t ldq, int64_t T, const fl
 
 void CudaKernelsImpl::kv_write(float* cache, int64_t row, const float* src, int64_t rows, int64_t width) {
   const KeepLazy keep =
-      keep_norm_apart({{cache, kv_cache_floats(row + rows, width)}, {src, static_cast<size_t>(rows * width)}});
+      keep_apart({{cache, kv_cache_floats(row + rows, width)}, {src, static_cast<size_t>(rows * width)}});
   if (rows * width == 0) return;
   const cuda::KvType kv = kv_;
   if (step_->recording()) {
@@ -426,14 +431,14 @@ void CudaKernelsImpl::kv_write(float* cache, int64_t row, const float* src, int6
 }
 
 void CudaKernelsImpl::conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias, float* conv_state, float* out) {
-  const KeepLazy keep = keep_norm_apart({{in, static_cast<size_t>(T * ld_in)}, {conv_state, static_cast<size_t>((K - 1) * C)}, {out, static_cast<size_t>(T * C)}});
+  const KeepLazy keep = keep_apart({{in, static_cast<size_t>(T * ld_in)}, {conv_state, static_cast<size_t>((K - 1) * C)}, {out, static_cast<size_t>(T * C)}});
   op("conv1d_silu", [=, this] { cuda::conv1d_silu(in, ld_in, T, C, K, w, bias, conv_state, out, stream_); }, in, ld_in, T,
      C, K, w, bias, conv_state, out);
 }
 
 void CudaKernelsImpl::ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt, int64_t T, const SsmParams& p, float* state, float* y) {
   const auto rows = static_cast<size_t>(T * ld_xbc);
-  const KeepLazy keep = keep_norm_apart({{x, rows}, {B, rows}, {C, rows}, {dt_raw, static_cast<size_t>(T * ld_dt)},
+  const KeepLazy keep = keep_apart({{x, rows}, {B, rows}, {C, rows}, {dt_raw, static_cast<size_t>(T * ld_dt)},
                                          {state, static_cast<size_t>(p.heads * p.head_dim * p.d_state)},
                                          {y, static_cast<size_t>(T * p.heads * p.head_dim)}});
   const SsmParams pp = p;

@@ -219,14 +219,18 @@ class CudaKernelsImpl final : public CudaKernels {
   // A prompt's fp16 matmuls want their input in fp16 and the ops after them want their output
   // whole; a result in the form the next op takes saves passes over the activations. Two kinds
   // are left lazy, each settled (its float32 values written as the eager op would have written
-  // them, bit for bit) by any op that does not take it in its lazy form: op() settles every kind
-  // not in keep_lazy_, and flush() and free() settle all.
+  // them, bit for bit) by any op that does not take it in its lazy form: op() settles every one
+  // not in keep_lazy_, ops that name the ranges they touch keep those apart from them, and
+  // flush() and free() settle all.
   //   kLazyNorm: a norm's float32 output not written; its fp16 copy (the next matmuls' input) was.
   //     Settled by running the norm again on its input (the residual already added).
-  //   kLazyRows: the output of silu_mul_matmul or gate_silu_matmul, whose GEMM took the product
-  //     with a shift per row (rows_to_f16): its rows still need their scale (scale_rows); a
-  //     residual norm takes the scale in its add.
+  //   kLazyRows << i (two slots: the attention's o_proj output waits beside the mixer's): the
+  //     output of an fp16 GEMM whose input was made with a shift per row (rows_to_f16: the
+  //     products of silu_mul_matmul and gate_silu_matmul, and any input whose max is not known,
+  //     such as the attention's output); its rows still need their scale (scale_rows). A
+  //     residual norm takes the scales in its add.
   // FH1_CUDA_LAZY=0 / set_lazy_results(false): every op eager, as before.
+  static constexpr int kRowSlots = 2;
   enum LazyKind : unsigned { kLazyNorm = 1, kLazyRows = 2 };
   struct LazyNorm {
     const float* x = nullptr;  // the norm's input (its h, the residual added); null: none
@@ -240,12 +244,18 @@ class CudaKernelsImpl final : public CudaKernels {
     int64_t T = 0, N = 0;
     const float* rows = nullptr;
   };
-  unsigned lazy_kinds() const { return (lazy_norm_.x ? kLazyNorm : 0u) | (lazy_rows_.y ? kLazyRows : 0u); }
-  // Settles every lazy kind not in keep.
+  unsigned lazy_kinds() const {
+    unsigned k = lazy_norm_.x ? kLazyNorm : 0u;
+    for (int i = 0; i < kRowSlots; ++i)
+      if (lazy_rows_[i].y) k |= kLazyRows << i;
+    return k;
+  }
+  // Settles every lazy result not in keep.
   void settle(unsigned keep = 0);
-  // kLazyNorm when no part of the ranges [p, p + n) is the lazy norm's input or output, else 0.
-  unsigned norm_apart(std::initializer_list<std::pair<const float*, size_t>> ranges) const;
-  // Ops run while keep_lazy_ holds `keep` (op() settles the other kinds only).
+  using Ranges = std::initializer_list<std::pair<const float*, size_t>>;
+  // The lazy results none of whose ranges meets one of these [p, p + n).
+  unsigned lazy_apart(Ranges ranges) const;
+  // Ops run while keep_lazy_ holds `keep` (op() settles the others).
   struct KeepLazy {
     CudaKernelsImpl* k;
     unsigned saved;
@@ -254,17 +264,17 @@ class CudaKernelsImpl final : public CudaKernels {
     KeepLazy& operator=(const KeepLazy&) = delete;
     ~KeepLazy() { k->keep_lazy_ = saved; }
   };
-  // The guard of an op that touches only these ranges: a lazy norm apart from them stays lazy
+  // The guard of an op that touches only these ranges: lazy results apart from them stay lazy
   // (the ops between a norm and the next one that overwrites its output, which only fp16 matmuls
-  // read). Ranges may be larger than what the op touches, never smaller.
-  KeepLazy keep_norm_apart(std::initializer_list<std::pair<const float*, size_t>> ranges) {
-    return KeepLazy(this, norm_apart(ranges));
-  }
+  // read; those between the o_proj and the residual norm). Ranges may be larger than what the op
+  // touches, never smaller.
+  KeepLazy keep_apart(Ranges ranges) { return KeepLazy(this, lazy_apart(ranges)); }
+  // y = rop(a, b) W^T (+ bias) as rows_to_f16 and one fp16 GEMM, y's rows left lazy (false: it
+  // does not fit).
+  bool rows_matmul(cuda::RowsOp rop, const float* a, int64_t lda, const float* b, int64_t ldb, float gs, int64_t T,
+                   const WeightView& W, const float* bias, float* y);
   // The floats (rounded up) of a KV cache's first `rows` rows of `width` values (kv_).
   size_t kv_cache_floats(int64_t rows, int64_t width) const;
-  // silu_mul_matmul / gate_silu_matmul as rows_to_f16 and one fp16 GEMM (false: they do not fit).
-  bool rows_matmul(cuda::RowsOp rop, const float* a, const float* b, int64_t ldb, float gs, int64_t T,
-                   const WeightView& W, const float* bias, float* y);
 
   // Scratch of the lane (stream) the op being recorded runs on: a step's branch runs beside the
   // ops after it, so the two must not share.
@@ -387,12 +397,13 @@ class CudaKernelsImpl final : public CudaKernels {
   bool lookahead_ = true;  // FH1_CUDA_LOOKAHEAD=0: no decode step held
   cuda::OpProfile prof_;
   LazyNorm lazy_norm_;
-  LazyRows lazy_rows_;
+  LazyRows lazy_rows_[kRowSlots];
   unsigned keep_lazy_ = 0;
   bool lazy_on_ = true;  // FH1_CUDA_LAZY
   CudaLazyCounts lazy_counts_;
-  float* row_scales_ = nullptr;  // lazy_rows_'s scales (T floats)
-  size_t row_scales_cap_ = 0;
+  float* row_scales_[kRowSlots] = {};  // each slot's scales (T floats)
+  size_t row_scales_cap_[kRowSlots] = {};
+  int row_slot_next_ = 0;  // the slot a GEMM's rows take when both are in use (the older one)
 };
 
 }  // namespace fh1::cuda

@@ -31,32 +31,44 @@ void CudaKernelsImpl::free(float* p) {
       settle();
     } catch (const Error&) {
       lazy_norm_ = {};
-      lazy_rows_ = {};
+      for (LazyRows& r : lazy_rows_) r = {};
     }
   mem_->free(p);
 }
 
-unsigned CudaKernelsImpl::norm_apart(std::initializer_list<std::pair<const float*, size_t>> ranges) const {
+unsigned CudaKernelsImpl::lazy_apart(Ranges ranges) const {
+  const auto apart = [&](const float* q, size_t m) {
+    for (const auto& [p, n] : ranges)
+      if (overlap(p, n, q, m)) return false;
+    return true;
+  };
+  unsigned k = 0;
   const LazyNorm& l = lazy_norm_;
-  if (!l.x) return 0;
   const size_t n = static_cast<size_t>(l.T * l.d);
-  for (const auto& [p, m] : ranges)
-    if (overlap(p, m, l.x, n) || overlap(p, m, l.out, n)) return 0;
-  return kLazyNorm;
+  if (l.x && apart(l.x, n) && apart(l.out, n)) k |= kLazyNorm;
+  for (int i = 0; i < kRowSlots; ++i) {
+    const LazyRows& r = lazy_rows_[i];
+    if (r.y && apart(r.y, static_cast<size_t>(r.T * r.N))) k |= kLazyRows << i;
+  }
+  return k;
 }
 
 void CudaKernelsImpl::settle(unsigned keep) {
   const unsigned todo = lazy_kinds() & ~keep;
   if (!todo) return;
-  // Every kind to settle is taken off before any of their ops runs, so that op() settles nothing
-  // more (keep_lazy_: the kinds left). Neither reads what the other writes (checked where each
+  // Every result to settle is taken off before any of their ops runs, so that op() settles
+  // nothing more (keep_lazy_: the ones left). None reads what another writes (checked where each
   // was made), so the order does not matter.
-  const LazyRows r = todo & kLazyRows ? lazy_rows_ : LazyRows{};
+  LazyRows r[kRowSlots];
+  for (int i = 0; i < kRowSlots; ++i)
+    if (todo & (kLazyRows << i)) std::swap(r[i], lazy_rows_[i]);
   const LazyNorm l = todo & kLazyNorm ? lazy_norm_ : LazyNorm{};
-  if (todo & kLazyRows) lazy_rows_ = {};
   if (todo & kLazyNorm) lazy_norm_ = {};
   const KeepLazy guard(this, lazy_kinds());
-  if (r.y) op("scale_rows", [=, this] { cuda::scale_rows(r.y, r.T, r.N, r.rows, nullptr, stream_); }, r.y, r.T, r.N, r.rows);
+  for (const LazyRows& x : r)
+    if (x.y)
+      op("scale_rows", [=, this] { cuda::scale_rows(x.y, x.T, x.N, x.rows, nullptr, stream_); }, x.y, x.T, x.N,
+         x.rows);
   // The norm again, on h as the residual add left it: the warp kernel's float32 output as the
   // eager op wrote it (the same kernel reads the same values in the same order).
   if (l.x)
@@ -89,21 +101,25 @@ void CudaKernelsImpl::residual_rmsnorm(float* h, const float* a, float sa, const
     Kernels::residual_rmsnorm(h, a, sa, b, sb, T, d, w, eps, out);
     return;
   }
-  // The last GEMM's rows still to be scaled: taken in the add. A lazy norm whose output this one
-  // writes over (the previous norm's, which only fp16 matmuls read): dropped.
-  const LazyRows r = lazy_rows_;
-  const bool takes_rows =
-      r.y && r.T == T && r.N == d && (r.y == a || r.y == b) && !overlap(r.y, n, h, n) && !overlap(r.y, n, out, n);
+  // GEMM outputs whose rows are still to be scaled: taken in the add. A lazy norm whose output
+  // this one writes over (the previous norm's, which only fp16 matmuls read): dropped.
+  unsigned takes = 0;
+  for (int i = 0; i < kRowSlots; ++i) {
+    const LazyRows& r = lazy_rows_[i];
+    if (r.y && r.T == T && r.N == d && (r.y == a || r.y == b) && !overlap(r.y, n, h, n) && !overlap(r.y, n, out, n))
+      takes |= kLazyRows << i;
+  }
   const LazyNorm& l = lazy_norm_;
   if (l.x && l.out == out && static_cast<size_t>(l.T * l.d) == n && out != h && out != a && out != b) {
     lazy_norm_ = {};
     ++lazy_counts_.norms_unread;
   }
-  settle(takes_rows ? kLazyRows : 0u);
-  if (takes_rows) {
-    if (r.y == a) res.a_rows = r.rows;
-    if (r.y == b) res.b_rows = r.rows;
-    lazy_rows_ = {};
+  settle(takes);
+  for (int i = 0; i < kRowSlots; ++i) {
+    if (!(takes & (kLazyRows << i))) continue;
+    LazyRows& r = lazy_rows_[i];
+    (r.y == a ? res.a_rows : res.b_rows) = r.rows;
+    r = {};
     ++lazy_counts_.rows_taken;
   }
   rmsnorm_op(h, T, d, w, eps, out, &res);
@@ -139,7 +155,7 @@ void CudaKernelsImpl::rmsnorm_op(const float* x, int64_t T, int64_t d, const flo
 
 void CudaKernelsImpl::silu_mul(const float* gate, const float* up, float gs, size_t n, float* out) {
   if (step_->silu_mul(gate, up, gs, n, out)) return;
-  const KeepLazy keep = keep_norm_apart({{gate, n}, {up, n}, {out, n}});
+  const KeepLazy keep = keep_apart({{gate, n}, {up, n}, {out, n}});
   uint32_t* mx = output_max_slot();
   op("silu_mul", [=, this] {
     zero_max_slot(mx);
@@ -150,7 +166,7 @@ void CudaKernelsImpl::silu_mul(const float* gate, const float* up, float gs, siz
 
 void CudaKernelsImpl::gate_silu(float* y, const float* z, int64_t ldz, int64_t T, int64_t d) {
   if (step_->gate_silu(y, z, ldz, T, d)) return;
-  const KeepLazy keep = keep_norm_apart({{y, static_cast<size_t>(T * d)}, {z, static_cast<size_t>(T * ldz)}});
+  const KeepLazy keep = keep_apart({{y, static_cast<size_t>(T * d)}, {z, static_cast<size_t>(T * ldz)}});
   uint32_t* mx = output_max_slot();
   op("gate_silu", [=, this] {
     zero_max_slot(mx);
@@ -161,36 +177,47 @@ void CudaKernelsImpl::gate_silu(float* y, const float* z, int64_t ldz, int64_t T
 
 void CudaKernelsImpl::silu_mul_matmul(float* gate, const float* up, float gs, int64_t T, const WeightView& W,
                                       const float* bias, float* y) {
-  if (!rows_matmul(cuda::RowsOp::SiluMul, gate, up, W.cols, gs, T, W, bias, y))
+  if (!rows_matmul(cuda::RowsOp::SiluMul, gate, W.cols, up, W.cols, gs, T, W, bias, y))
     Kernels::silu_mul_matmul(gate, up, gs, T, W, bias, y);
 }
 
 void CudaKernelsImpl::gate_silu_matmul(float* x, const float* z, int64_t ldz, int64_t T, const WeightView& W,
                                        const float* bias, float* y) {
-  if (!rows_matmul(cuda::RowsOp::GateSilu, x, z, ldz, 0.0f, T, W, bias, y))
+  if (!rows_matmul(cuda::RowsOp::GateSilu, x, W.cols, z, ldz, 0.0f, T, W, bias, y))
     Kernels::gate_silu_matmul(x, z, ldz, T, W, bias, y);
 }
 
-bool CudaKernelsImpl::rows_matmul(cuda::RowsOp rop, const float* a, const float* b, int64_t ldb, float gs, int64_t T,
-                                  const WeightView& W, const float* bias, float* y) {
+bool CudaKernelsImpl::rows_matmul(cuda::RowsOp rop, const float* a, int64_t lda, const float* b, int64_t ldb,
+                                  float gs, int64_t T, const WeightView& W, const float* bias, float* y) {
   const int64_t N = W.rows, K = W.cols;
-  if (!lazy_on_ || T <= 0 || !takes_f16(W, T) || !cuda::rows_to_f16_fits(a, K, b, ldb, K)) return false;
-  // An earlier result's rows still to scale settle; the lazy norm stays when apart.
-  settle(norm_apart({{a, static_cast<size_t>(T * K)}, {b, static_cast<size_t>(T * ldb)},
-                     {y, static_cast<size_t>(T * N)}}));
+  if (!lazy_on_ || T <= 0 || !takes_f16(W, T) || !cuda::rows_to_f16_fits(rop, a, lda, b, ldb, K)) return false;
+  // What is lazy and apart from this op's ranges stays so; a slot for y's rows (the older of two
+  // taken ones settles).
+  const size_t ny = static_cast<size_t>(T * N);
+  unsigned keep = lazy_apart({{a, static_cast<size_t>(T * lda)}, {b, b ? static_cast<size_t>(T * ldb) : 0}, {y, ny}});
+  int slot = 0;
+  while (slot < kRowSlots && (keep & (kLazyRows << slot))) ++slot;
+  if (slot == kRowSlots) {
+    slot = row_slot_next_;
+    keep &= ~(kLazyRows << slot);
+  }
+  settle(keep);
   const WeightView w = W;
   const F16Weights f = f16_weights(w, bias, nullptr);
   uint16_t* x16 = bf16_scratch(static_cast<size_t>(T * K));
-  float* rows = grown(row_scales_, row_scales_cap_, static_cast<size_t>(T), "row scales");
-  const KeepLazy keep(this, lazy_kinds());
+  float* rows = grown(row_scales_[slot], row_scales_cap_[slot], static_cast<size_t>(T), "row scales");
+  const KeepLazy guard(this, lazy_kinds());
   op("matmul f16 (rows)", [=, this] {
     fill(f, w);
-    cuda::rows_to_f16(rop, a, K, b, ldb, gs, T, K, x16, rows, stream_);
+    cuda::rows_to_f16(rop, a, lda, b, ldb, gs, T, K, x16, rows, stream_);
     cuda::gemm_f16_rows(blas_, f.w16, N, K, f.shift, x16, T, y, stream_);
     // With a bias the rows are scaled now (the bias is not theirs to scale).
     if (bias) cuda::scale_rows(y, T, N, rows, bias, stream_);
-  }, w.data, N, K, a, b, ldb, gs, T, x16, rows, bias, y);
-  if (!bias) lazy_rows_ = LazyRows{y, T, N, rows};
+  }, w.data, N, K, a, lda, b, ldb, gs, T, x16, rows, bias, y);
+  if (!bias) {
+    lazy_rows_[slot] = LazyRows{y, T, N, rows};
+    row_slot_next_ = (slot + 1) % kRowSlots;
+  }
   ++lazy_counts_.rows_matmuls;
   x16_last_ = X16Key{};  // x16 holds rows with their own scales: no other matmul takes it
   return true;

@@ -110,14 +110,14 @@ struct F16Scratch {
 void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x,
               int64_t ldx, int64_t T, float x_scale, float* y, const F16Scratch& scratch, bool x16_ready,
               bool max_ready, cudaStream_t s);
-// The input of the down and out projections with a shift per row instead of one per tensor, as
-// the element-wise op that makes it writes it (cuda_gemm_f16.cu): x16[t] = fp16(v[t] * 2^s_t),
-// s_t = shift_for(max_k |v[t, k]|), rows[t] = 2^-s_t; v = up * silu(gate * gs) (silu_mul's) or
-// a * silu(b) (gate_silu's, a = y, b = z). The float32 values are those of the two ops; nothing
-// but the fp16 rows is written. rows_to_f16_fits: K, a's stride and alignment allow it (a as
-// float4s; b any stride >= K).
-enum class RowsOp { SiluMul, GateSilu };
-bool rows_to_f16_fits(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K);
+// An fp16 GEMM's input with a shift per row instead of one per tensor, made in one pass
+// (cuda_gemm_f16.cu): x16[t] = fp16(v[t] * 2^s_t), s_t = shift_for(max_k |v[t, k]|), rows[t] =
+// 2^-s_t; v = up * silu(gate * gs) (silu_mul's, a = gate, b = up), a * silu(b) (gate_silu's,
+// a = y, b = z) or a itself (Copy; b unused). The float32 values are those of the element-wise
+// ops; nothing but the fp16 rows is written. rows_to_f16_fits: K, a's stride and alignment allow
+// it (a as float4s; b any stride >= K).
+enum class RowsOp { SiluMul, GateSilu, Copy };
+bool rows_to_f16_fits(RowsOp op, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K);
 void rows_to_f16(RowsOp op, const float* a, int64_t lda, const float* b, int64_t ldb, float gs, int64_t T, int64_t K,
                  uint16_t* x16, float* rows, cudaStream_t s);
 // y[T, N] = 2^-w_shift x16 W^T (the fp16 GEMM of rows_to_f16's x16; its rows still to be
