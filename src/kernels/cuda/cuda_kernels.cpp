@@ -268,7 +268,8 @@ void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x
                                  const float* bias, float* y, const float* col_scale) {
   const int64_t N = W.rows, K = W.cols;
   const WeightView w = W;
-  // A lazy norm's output is not read when its fp16 copy is this x's (below); other kinds settle.
+  // Lazy results apart from x and y stay lazy; a lazy norm's output x is not read when its fp16
+  // copy is ready (below).
   const X16Key key{x, ldx, T, K};
   const auto x16_valid = [&] { return x16_last_ == key && x16_seq_ == op_seq_; };
   const std::pair<const float*, size_t> xr{x, static_cast<size_t>(T * ldx)}, yr{y, static_cast<size_t>(T * N)};
@@ -339,7 +340,7 @@ void CudaKernelsImpl::scale(const float* x, size_t n, float s, float* out) {
 }
 
 void CudaKernelsImpl::mul_columns(float* x, int64_t T, int64_t d, const float* v) {
-  const KeepLazy keep_norm = keep_apart({{x, static_cast<size_t>(T * d)}});
+  const KeepLazy keep_lazy = keep_apart({{x, static_cast<size_t>(T * d)}});
   if (step_->mul_columns(x, T, d, v)) return;
   // The in_proj's columns, between it and the attention's projections of the same input: the
   // fp16 copy of that input stays valid when this op writes elsewhere.
@@ -431,7 +432,9 @@ void CudaKernelsImpl::kv_write(float* cache, int64_t row, const float* src, int6
 }
 
 void CudaKernelsImpl::conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias, float* conv_state, float* out) {
-  const KeepLazy keep = keep_apart({{in, static_cast<size_t>(T * ld_in)}, {conv_state, static_cast<size_t>((K - 1) * C)}, {out, static_cast<size_t>(T * C)}});
+  const KeepLazy keep = keep_apart({{in, static_cast<size_t>(T * ld_in)},
+                                    {conv_state, static_cast<size_t>((K - 1) * C)},
+                                    {out, static_cast<size_t>(T * C)}});
   op("conv1d_silu", [=, this] { cuda::conv1d_silu(in, ld_in, T, C, K, w, bias, conv_state, out, stream_); }, in, ld_in, T,
      C, K, w, bias, conv_state, out);
 }
