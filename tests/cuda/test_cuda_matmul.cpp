@@ -475,11 +475,10 @@ TEST_F(CudaMatmulTest, DecodeGemvJobsAgainstFloat64) {
 
 // silu_mul_matmul, gate_silu_matmul and a matmul of an input whose max no op took, on a prompt
 // (cuda_kernels_lazy.cpp): the product (or x) formed as the GEMM's fp16 input with a shift per
-// row, the output's rows scaled when read. Rows 2^-48
-// apart in magnitude: against float64 each row keeps 11 bits (the eager ops' one shift a tensor
-// flushes the small rows into fp16's subnormals, which this test shows too), with and without a
-// bias and a z of row stride other than K (16-byte aligned or not); a K the rows kernel does not
-// take runs the eager ops.
+// row, the output's rows scaled when read. Rows 2^-48 apart in magnitude: against float64 each
+// row keeps 11 bits (the eager ops' one shift a tensor flushes the small rows into fp16's
+// subnormals, which this test shows too), with and without a bias and a z of row stride other
+// than K (16-byte aligned or not); a K the rows kernel does not take runs the eager ops.
 // Bit for bit: the output read by a residual norm (which takes the row scales in its add) as
 // after scale_rows, and by a copy; a residual norm's lazy output, kept while fp16 matmuls read its
 // fp16 copy, as the eager norm's, and those matmuls' results as the eager ones'.
@@ -547,9 +546,9 @@ TEST_F(CudaMatmulTest, RowScaledProductMatmulsAgainstFloat64AndTheEagerOps) {
         gpu->from_host(biasg.data(), bias.data(), bias.size());
         gpu->from_host(attg.data(), att.data(), att.size());
         gpu->from_host(nwg.data(), nw.data(), nw.size());
-        const std::string what = std::string(plain ? "matmul" : gated ? "gate_silu" : "silu_mul") +
-                                 " K=" + std::to_string(K) +
-                                 (with_bias ? " bias" : "");
+        const std::string what = std::string(plain ? "matmul" : gated ? "gate_silu" : "silu_mul") + " K=" +
+                                 std::to_string(K) + (with_bias ? " bias" : "");
+        const bool fits = K % 4 == 0;  // (the rows kernel reads rows of float4s)
         const float* bp = with_bias ? biasg.data() : nullptr;
         // The op on fresh inputs (a is room the op may use).
         const auto run = [&] {
@@ -578,7 +577,6 @@ TEST_F(CudaMatmulTest, RowScaledProductMatmulsAgainstFloat64AndTheEagerOps) {
         const CudaLazyCounts c0 = gpu->lazy_counts();
         const auto consumed = chain(false);
         const CudaLazyCounts c1 = gpu->lazy_counts();
-        const bool fits = K % 4 == 0;
         EXPECT_EQ(c1.rows_matmuls - c0.rows_matmuls, fits ? 1u : 0u) << what;
         EXPECT_EQ(c1.rows_taken - c0.rows_taken, fits && !with_bias ? 1u : 0u) << what;
         const auto settled = chain(true);
@@ -595,7 +593,7 @@ TEST_F(CudaMatmulTest, RowScaledProductMatmulsAgainstFloat64AndTheEagerOps) {
         count_off_float64(eager, v, wb, T, N, K, 1.0f, with_bias ? bias.data() : nullptr, nullptr, 11, &bad_eager,
                           &worst_eager);
         // (With a bias, the allowance of 1e-6 of the value hides what the small rows lose.)
-        if (K % 4 != 0) {  // not taken: the eager ops (whose one shift loses the small rows)
+        if (!fits) {  // the eager ops (whose one shift loses the small rows)
           EXPECT_EQ(lazy, eager) << what;
           if (!with_bias) {
             EXPECT_GT(bad, 0) << what;
