@@ -20,7 +20,6 @@
 
 #include "io/safetensors.h"
 #include "kernels/cuda/cuda_kernels_impl.h"
-#include "quant/kv_q8.h"
 #include "util/error.h"
 
 namespace fh1 {
@@ -299,13 +298,6 @@ void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x
   const bool overwrote = at(y) < at(x + (T - 1) * ldx + K) && at(x) < at(y + T * N);
   x16_last_ = overwrote ? X16Key{} : key;
   x16_seq_ = op_seq_;
-}
-
-size_t CudaKernelsImpl::kv_cache_floats(int64_t rows, int64_t width) const {
-  const int64_t bytes = kv_ == cuda::KvType::F32    ? rows * width * 4
-                        : kv_ == cuda::KvType::BF16 ? rows * width * 2
-                                                    : rows * kv_q8_row_bytes(width);
-  return static_cast<size_t>((bytes + 3) / 4);
 }
 
 void CudaKernelsImpl::embed(const int32_t* ids, int64_t T, const WeightView& table, float scale, float* out) {

@@ -273,8 +273,6 @@ class CudaKernelsImpl final : public CudaKernels {
   // does not fit).
   bool rows_matmul(cuda::RowsOp rop, const float* a, int64_t lda, const float* b, int64_t ldb, float gs, int64_t T,
                    const WeightView& W, const float* bias, float* y);
-  // The floats (rounded up) of a KV cache's first `rows` rows of `width` values (kv_).
-  size_t kv_cache_floats(int64_t rows, int64_t width) const;
 
   // Scratch of the lane (stream) the op being recorded runs on: a step's branch runs beside the
   // ops after it, so the two must not share.
