@@ -171,6 +171,24 @@ class Kernels {
     gate_silu(x, z, ldz, T, W.cols);
     matmul(x, W.cols, T, W, bias, y);
   }
+  // The MLP as one op: y = silu_mul_matmul of gate = x @ gate^T + gate_bias and up = x @ up^T +
+  // up_bias (x rows of stride ldx). Nothing but the op reads gate and up, so a backend may keep
+  // them in a narrower type than float32. gate_room and up_room: room for T rows of gate->rows
+  // floats each, what they hold afterwards unspecified. The default: the three ops above.
+  struct Mlp {
+    const WeightView* gate;
+    const float* gate_bias;
+    const WeightView* up;
+    const float* up_bias;
+    float gate_scale;
+    const WeightView* down;
+    const float* down_bias;
+  };
+  virtual void mlp(const float* x, int64_t ldx, int64_t T, const Mlp& m, float* gate_room, float* up_room, float* y) {
+    matmul(x, ldx, T, *m.gate, m.gate_bias, gate_room);
+    matmul(x, ldx, T, *m.up, m.up_bias, up_room);
+    silu_mul_matmul(gate_room, up_room, m.gate_scale, T, *m.down, m.down_bias, y);
+  }
   // Mamba's gated RMSNorm over `groups` groups of each row:
   //   norm_before_gate: y = norm(y) * silu(z);  else: y = norm(y * silu(z))
   virtual void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups,

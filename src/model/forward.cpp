@@ -394,10 +394,9 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
                        static_cast<float>(c.attention_out_multiplier), T, d, L.pre_ff_norm.data(), eps, u.data());
 
     // ---- MLP ----
-    k.matmul(u.data(), d, T, L.gate_proj, L.gate_bias.data(), gate.data());
-    k.matmul(u.data(), d, T, L.up_proj, L.up_bias.data(), up.data());
-    k.silu_mul_matmul(gate.data(), up.data(), static_cast<float>(c.mlp_multipliers[0]), T, L.down_proj,
-                      L.down_bias.data(), mixer_out.data());
+    const Kernels::Mlp mlp{&L.gate_proj, L.gate_bias.data(), &L.up_proj, L.up_bias.data(),
+                           static_cast<float>(c.mlp_multipliers[0]), &L.down_proj, L.down_bias.data()};
+    k.mlp(u.data(), d, T, mlp, gate.data(), up.data(), mixer_out.data());
     // (its residual add: the next layer's first op, or the last layer's below)
   }
   if (c.num_hidden_layers > 0)
