@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_f16_scale.cuh"
@@ -120,12 +121,67 @@ __global__ void bf16_to_f16_rows_scaled_kernel(const uint16_t* w, int64_t N, int
     out[i] = __float2half_rn(__uint_as_float(static_cast<uint32_t>(w[i]) << 16) * v[i / K] * scale);
 }
 
+// The values of rows_to_f16's rows: float32 operands (RowsOp; BV: b's rows 16-byte aligned, else
+// read a float at a time), 4 at a time.
+template <RowsOp OP, bool BV>
+struct F32Rows {
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float gs;
+  __device__ __forceinline__ F32Rows bind() const { return *this; }
+  __device__ __forceinline__ float4 operator()(int64_t t, int64_t i) const {
+    if constexpr (OP == RowsOp::Copy) {
+      return ld4(a + t * lda, i);
+    } else {
+      const float* br = b + t * ldb + 4 * i;
+      const float4 bv = BV ? ld4(b + t * ldb, i) : make_float4(br[0], br[1], br[2], br[3]);
+      // The expressions of silu_mul_kernel and gate_silu_kernel.
+      if constexpr (OP == RowsOp::SiluMul)
+        return map4(ld4(a + t * lda, i), bv, [g = gs](float g_, float u) { return u * silu(g_ * g); });
+      else
+        return map4(ld4(a + t * lda, i), bv, [](float y, float z) { return y * silu(z); });
+    }
+  }
+};
+
+// silu_mul's product of gate and up held in fp16 [T, K] (gemm_f16_out16's outputs): gate =
+// gate16 * 2^(gate_exp - s), up = up16 * 2^(up_exp - s), s the shift of their input's max.
+struct SiluMulF16Rows {
+  const __half* gate16;
+  const __half* up16;
+  int64_t K;
+  const uint32_t* max_bits;
+  int gate_exp, up_exp;
+  float gs;
+  struct Bound {
+    const __half* g;
+    const __half* u;
+    int64_t K;
+    float fg, fu;
+    __device__ __forceinline__ float4 operator()(int64_t t, int64_t i) const {
+      const uint2 gv = reinterpret_cast<const uint2*>(g + t * K)[i], uv = reinterpret_cast<const uint2*>(u + t * K)[i];
+      const float2 g0 = __half22float2(*reinterpret_cast<const __half2*>(&gv.x)),
+                   g1 = __half22float2(*reinterpret_cast<const __half2*>(&gv.y)),
+                   u0 = __half22float2(*reinterpret_cast<const __half2*>(&uv.x)),
+                   u1 = __half22float2(*reinterpret_cast<const __half2*>(&uv.y));
+      const auto f = [this](float gg, float uu) { return (uu * fu) * silu(gg * fg); };
+      return make_float4(f(g0.x, u0.x), f(g0.y, u0.y), f(g1.x, u1.x), f(g1.y, u1.y));
+    }
+  };
+  __device__ __forceinline__ Bound bind() const {
+    const int s = shift_for(*max_bits);
+    return {gate16, up16, K, pow2(gate_exp - s) * gs, pow2(up_exp - s)};
+  }
+};
+
 // rows_to_f16 (cuda_ops.h): a block a row, its R float4s a thread held in registers between the
 // row's max and the fp16 stores, so the inputs are read once.
-template <RowsOp OP, int R, bool BV>
-__global__ void rows_to_f16_kernel(const float* a, int64_t lda, const float* b, int64_t ldb, float gs, int64_t K,
-                                   __half* x16, float* rows) {
+template <int R, class Src>
+__global__ void rows_to_f16_kernel(Src src_, int64_t K, __half* x16, float* rows) {
   FH1_PDL_ENTER();
+  const auto src = src_.bind();
   const int64_t t = blockIdx.x, n4 = K / 4;
   float4 v[R];
   uint32_t m = 0;
@@ -133,18 +189,7 @@ __global__ void rows_to_f16_kernel(const float* a, int64_t lda, const float* b, 
   for (int j = 0; j < R; ++j) {
     const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
     if (i >= n4) break;
-    if constexpr (OP == RowsOp::Copy) {
-      v[j] = ld4(a + t * lda, i);
-    } else {
-      // (BV: b's rows 16-byte aligned, else read a float at a time.)
-      const float* br = b + t * ldb + 4 * i;
-      const float4 bv = BV ? ld4(b + t * ldb, i) : make_float4(br[0], br[1], br[2], br[3]);
-      // The expressions of silu_mul_kernel and gate_silu_kernel.
-      if constexpr (OP == RowsOp::SiluMul)
-        v[j] = map4(ld4(a + t * lda, i), bv, [gs](float g, float u) { return u * silu(g * gs); });
-      else
-        v[j] = map4(ld4(a + t * lda, i), bv, [](float y, float z) { return y * silu(z); });
-    }
+    v[j] = src(t, i);
     m = max(m, abs_bits(v[j]));
   }
   __shared__ uint32_t part[32];
@@ -192,6 +237,24 @@ RowsLaunch rows_launch(int64_t K) {
   return {threads, R <= 16 ? R : 0};
 }
 
+// Launches rows_to_f16_kernel over T rows of K values from src.
+template <class Src>
+void launch_rows_to_f16(const Src& src, int64_t T, int64_t K, uint16_t* x16, float* rows, cudaStream_t s) {
+  const RowsLaunch l = rows_launch(K);
+  auto* out = reinterpret_cast<__half*>(x16);
+  const auto go = [&](auto r) {
+    launch(rows_to_f16_kernel<decltype(r)::value, Src>, static_cast<unsigned>(T), l.threads, 0, s, src, K, out, rows);
+  };
+  switch (l.R) {
+    case 1: go(std::integral_constant<int, 1>{}); break;
+    case 2: go(std::integral_constant<int, 2>{}); break;
+    case 4: go(std::integral_constant<int, 4>{}); break;
+    case 8: go(std::integral_constant<int, 8>{}); break;
+    default: go(std::integral_constant<int, 16>{}); break;
+  }
+  check_launch("rows_to_f16");
+}
+
 }  // namespace
 
 bool rows_to_f16_fits(RowsOp op, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K) {
@@ -204,26 +267,30 @@ void rows_to_f16(RowsOp op, const float* a, int64_t lda, const float* b, int64_t
   if (!rows_to_f16_fits(op, a, lda, b, ldb, K) || reinterpret_cast<uintptr_t>(x16) % 8 != 0 ||
       T > (int64_t(1) << 31) - 1)
     throw Error("CUDA rows_to_f16: rows that do not fit (rows_to_f16_fits)");
-  const RowsLaunch l = rows_launch(K);
-  auto* out = reinterpret_cast<__half*>(x16);
   const bool bv = op == RowsOp::Copy || rows_vec4(b, K, ldb);
-  const auto go = [&](auto r) {
-    constexpr int R = decltype(r)::value;
-    const auto kernel = op == RowsOp::Copy      ? rows_to_f16_kernel<RowsOp::Copy, R, true>
-                        : op == RowsOp::SiluMul ? (bv ? rows_to_f16_kernel<RowsOp::SiluMul, R, true>
-                                                      : rows_to_f16_kernel<RowsOp::SiluMul, R, false>)
-                                                : (bv ? rows_to_f16_kernel<RowsOp::GateSilu, R, true>
-                                                      : rows_to_f16_kernel<RowsOp::GateSilu, R, false>);
-    launch(kernel, static_cast<unsigned>(T), l.threads, 0, s, a, lda, b, ldb, gs, K, out, rows);
-  };
-  switch (l.R) {
-    case 1: go(std::integral_constant<int, 1>{}); break;
-    case 2: go(std::integral_constant<int, 2>{}); break;
-    case 4: go(std::integral_constant<int, 4>{}); break;
-    case 8: go(std::integral_constant<int, 8>{}); break;
-    default: go(std::integral_constant<int, 16>{}); break;
-  }
-  check_launch("rows_to_f16");
+  if (op == RowsOp::Copy) launch_rows_to_f16(F32Rows<RowsOp::Copy, true>{a, lda, b, ldb, gs}, T, K, x16, rows, s);
+  else if (op == RowsOp::SiluMul && bv)
+    launch_rows_to_f16(F32Rows<RowsOp::SiluMul, true>{a, lda, b, ldb, gs}, T, K, x16, rows, s);
+  else if (op == RowsOp::SiluMul)
+    launch_rows_to_f16(F32Rows<RowsOp::SiluMul, false>{a, lda, b, ldb, gs}, T, K, x16, rows, s);
+  else if (bv) launch_rows_to_f16(F32Rows<RowsOp::GateSilu, true>{a, lda, b, ldb, gs}, T, K, x16, rows, s);
+  else launch_rows_to_f16(F32Rows<RowsOp::GateSilu, false>{a, lda, b, ldb, gs}, T, K, x16, rows, s);
+}
+
+bool silu_mul_f16_rows_fits(const uint16_t* gate16, const uint16_t* up16, int64_t K) {
+  const auto at8 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; };
+  return K > 0 && K % 4 == 0 && at8(gate16) && at8(up16) && rows_launch(K).R > 0;
+}
+
+void silu_mul_f16_rows(const uint16_t* gate16, const uint16_t* up16, int64_t T, int64_t K, const uint32_t* max_bits,
+                       int gate_exp, int up_exp, float gs, uint16_t* x16, float* rows, cudaStream_t s) {
+  if (T == 0) return;
+  if (!silu_mul_f16_rows_fits(gate16, up16, K) || reinterpret_cast<uintptr_t>(x16) % 8 != 0 ||
+      T > (int64_t(1) << 31) - 1)
+    throw Error("CUDA silu_mul_f16_rows: rows that do not fit (silu_mul_f16_rows_fits)");
+  const SiluMulF16Rows src{reinterpret_cast<const __half*>(gate16), reinterpret_cast<const __half*>(up16), K,
+                           max_bits, gate_exp, up_exp, gs};
+  launch_rows_to_f16(src, T, K, x16, rows, s);
 }
 
 void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* bias, cudaStream_t s) {
@@ -241,6 +308,45 @@ void gemm_f16_rows(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t 
                           &alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F, static_cast<int>(K), &beta, y,
                           CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
              "cublasGemmEx (f16 rows)");
+}
+
+void gemm_f16_out16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int out_exp, const uint16_t* x16,
+                    int64_t T, uint16_t* y16, cudaStream_t s) {
+  (void)s;  // cuBLAS runs on the handle's stream, the caller's
+  const float alpha = std::ldexp(1.0f, -out_exp), beta = 0.0f;
+  check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T), static_cast<int>(K),
+                          &alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F, static_cast<int>(K), &beta, y16,
+                          CUDA_R_16F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+             "cublasGemmEx (f16 out)");
+}
+
+// *out = max(*out, bits of max_n sum_k |W[n, k]|), a warp a row of the bf16 W [N, K] (the sums
+// are not negative: their float bits order as they do).
+__global__ void bf16_rows_l1_max_kernel(const uint16_t* w, int64_t N, int64_t K, uint32_t* out) {
+  FH1_PDL_ENTER();
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
+  for (int64_t n = blockIdx.x * int64_t(blockDim.x >> 5) + (threadIdx.x >> 5); n < N; n += warps) {
+    float sum = 0.0f;
+    for (int64_t k = lane; k < K; k += 32) sum += fabsf(__uint_as_float(static_cast<uint32_t>(w[n * K + k]) << 16));
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) atomicMax(out, __float_as_uint(sum));
+  }
+}
+
+float bf16_rows_l1_max(const uint16_t* w, int64_t N, int64_t K, uint32_t* scratch, cudaStream_t s) {
+  check(cudaMemsetAsync(scratch, 0, sizeof(uint32_t), s), "l1 max (memset)");
+  if (N * K > 0) {
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((N + 7) / 8, 4096));
+    launch(bf16_rows_l1_max_kernel, blocks, 256, 0, s, w, N, K, scratch);
+    check_launch("bf16_rows_l1_max");
+  }
+  uint32_t bits = 0;
+  check(cudaMemcpyAsync(&bits, scratch, sizeof bits, cudaMemcpyDeviceToHost, s), "l1 max (copy)");
+  check(cudaStreamSynchronize(s), "l1 max");
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
 }
 
 int f16_shift_of_bf16_rows_scaled(const uint16_t* w, int64_t N, int64_t K, const float* v, uint32_t* scratch,

@@ -88,6 +88,7 @@ CudaKernelsImpl::CudaKernelsImpl(int device) : device_(device) {
   if (const char* a = std::getenv("FH1_CUDA_SSD_TF32")) tf32_scan_ = std::string(a) != "0";
   if (const char* a = std::getenv("FH1_CUDA_F16_COPIES")) weights_->set_f16_copies(std::string(a) != "0");
   if (const char* a = std::getenv("FH1_CUDA_LAZY")) lazy_on_ = std::string(a) != "0";
+  if (const char* a = std::getenv("FH1_CUDA_MLP16")) mlp16_on_ = std::string(a) != "0";
   name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
 }
 

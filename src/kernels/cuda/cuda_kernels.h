@@ -43,6 +43,7 @@ struct CudaMemoryStats {
 // overwritten without ever being written in float32.
 struct CudaLazyCounts {
   size_t rows_matmuls = 0, rows_taken = 0, norms_unread = 0;
+  size_t mlps_f16 = 0;  // MLPs whose gate and up stayed in fp16 (mlp)
 };
 
 class CudaKernels : public Kernels {
@@ -81,6 +82,11 @@ class CudaKernels : public Kernels {
   virtual void set_lazy_results(bool on) = 0;
   virtual bool lazy_results() const = 0;
   virtual CudaLazyCounts lazy_counts() const = 0;
+  // With lazy results on, a prompt's MLP keeps gate and up in fp16 (default; FH1_CUDA_MLP16=0:
+  // off): their outputs rounded to 11 bits, scaled by a bound so that none can overflow
+  // (Kernels::mlp, cuda_kernels_lazy.cpp). Off: float32, as the eager ops.
+  virtual void set_mlp_f16(bool on) = 0;
+  virtual bool mlp_f16() const = 0;
   // Decode steps recorded and replayed as CUDA graphs (default; FH1_CUDA_GRAPHS=0 turns it off).
   virtual void set_decode_graphs(bool on) = 0;
   virtual bool decode_graphs() const = 0;

@@ -77,6 +77,8 @@ class CudaKernelsImpl final : public CudaKernels {
                        float* y) override;
   void gate_silu_matmul(float* x, const float* z, int64_t ldz, int64_t T, const WeightView& W, const float* bias,
                         float* y) override;
+  void mlp(const float* x, int64_t ldx, int64_t T, const Mlp& m, float* gate_room, float* up_room,
+           float* y) override;
   void gated_rmsnorm(float* y, const float* z, int64_t ldz, int64_t T, int64_t d, int groups, const float* w,
                      float eps, bool norm_before_gate) override;
 
@@ -138,6 +140,8 @@ class CudaKernelsImpl final : public CudaKernels {
   void set_lazy_results(bool on) override;
   bool lazy_results() const override { return lazy_on_; }
   CudaLazyCounts lazy_counts() const override { return lazy_counts_; }
+  void set_mlp_f16(bool on) override { mlp16_on_ = on; }
+  bool mlp_f16() const override { return mlp16_on_; }
   void set_f16_weight_copies(bool on) override;
   bool f16_weight_copies() const override { return weights_->f16_copies(); }
   bool scan_tf32() const override { return tf32_scan_; }
@@ -229,6 +233,8 @@ class CudaKernelsImpl final : public CudaKernels {
   //     products of silu_mul_matmul and gate_silu_matmul, and any input whose max is not known,
   //     such as the attention's output); its rows still need their scale (scale_rows). A
   //     residual norm takes the scales in its add.
+  // (The MLP's gate and up, kept in fp16 by mlp(), are not lazy results: nothing but the op that
+  // made them reads them.)
   // FH1_CUDA_LAZY=0 / set_lazy_results(false): every op eager, as before.
   static constexpr int kRowSlots = 2;
   enum LazyKind : unsigned { kLazyNorm = 1, kLazyRows = 2 };
@@ -273,6 +279,14 @@ class CudaKernelsImpl final : public CudaKernels {
   // does not fit).
   bool rows_matmul(cuda::RowsOp rop, const float* a, int64_t lda, const float* b, int64_t ldb, float gs, int64_t T,
                    const WeightView& W, const float* bias, float* y);
+  // The rest of rows_matmul and mlp: the GEMM of x16 (made by make(x16, rows) in the op, after W's
+  // fp16 copy is filled; null: into scratch) into y, whose rows are left lazy. `ranges`: what the
+  // op touches, y included (lazy results apart from them stay lazy).
+  template <class MakeRows>
+  void rows_gemm(const char* name, Ranges ranges, int64_t T, const WeightView& W, const float* bias, float* y,
+                 uint16_t* x16, const MakeRows& make);
+  // mlp with gate and up in fp16 (false: it does not fit; nothing was done).
+  bool mlp_as_f16(const float* x, int64_t ldx, int64_t T, const Mlp& m, float* gate_room, float* up_room, float* y);
 
   // Scratch of the lane (stream) the op being recorded runs on: a step's branch runs beside the
   // ops after it, so the two must not share.
@@ -398,6 +412,7 @@ class CudaKernelsImpl final : public CudaKernels {
   LazyRows lazy_rows_[kRowSlots];
   unsigned keep_lazy_ = 0;
   bool lazy_on_ = true;  // FH1_CUDA_LAZY
+  bool mlp16_on_ = true;  // FH1_CUDA_MLP16
   CudaLazyCounts lazy_counts_;
   float* row_scales_[kRowSlots] = {};  // each slot's scales (T floats)
   size_t row_scales_cap_[kRowSlots] = {};

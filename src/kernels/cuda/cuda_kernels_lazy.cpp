@@ -189,12 +189,24 @@ void CudaKernelsImpl::gate_silu_matmul(float* x, const float* z, int64_t ldz, in
 
 bool CudaKernelsImpl::rows_matmul(cuda::RowsOp rop, const float* a, int64_t lda, const float* b, int64_t ldb,
                                   float gs, int64_t T, const WeightView& W, const float* bias, float* y) {
-  const int64_t N = W.rows, K = W.cols;
+  const int64_t K = W.cols;
   if (!lazy_on_ || T <= 0 || !takes_f16(W, T) || !cuda::rows_to_f16_fits(rop, a, lda, b, ldb, K)) return false;
+  rows_gemm("matmul f16 (rows)",
+            {{a, static_cast<size_t>(T * lda)}, {b, b ? static_cast<size_t>(T * ldb) : 0},
+             {y, static_cast<size_t>(T * W.rows)}},
+            T, W, bias, y, nullptr, [=, this](uint16_t* x16, float* rows) {
+              cuda::rows_to_f16(rop, a, lda, b, ldb, gs, T, K, x16, rows, stream_);
+            });
+  return true;
+}
+
+template <class MakeRows>
+void CudaKernelsImpl::rows_gemm(const char* name, Ranges ranges, int64_t T, const WeightView& W, const float* bias,
+                                float* y, uint16_t* x16, const MakeRows& make) {
+  const int64_t N = W.rows, K = W.cols;
   // What is lazy and apart from this op's ranges stays so; a slot for y's rows (the older of two
   // taken ones settles).
-  const size_t ny = static_cast<size_t>(T * N);
-  unsigned keep = lazy_apart({{a, static_cast<size_t>(T * lda)}, {b, b ? static_cast<size_t>(T * ldb) : 0}, {y, ny}});
+  unsigned keep = lazy_apart(ranges);
   int slot = 0;
   while (slot < kRowSlots && (keep & (kLazyRows << slot))) ++slot;
   if (slot == kRowSlots) {
@@ -204,22 +216,65 @@ bool CudaKernelsImpl::rows_matmul(cuda::RowsOp rop, const float* a, int64_t lda,
   settle(keep);
   const WeightView w = W;
   const F16Weights f = f16_weights(w, bias, nullptr);
-  uint16_t* x16 = bf16_scratch(static_cast<size_t>(T * K));
+  if (!x16) x16 = bf16_scratch(static_cast<size_t>(T * K));
   float* rows = grown(row_scales_[slot], row_scales_cap_[slot], static_cast<size_t>(T), "row scales");
   const KeepLazy guard(this, lazy_kinds());
-  op("matmul f16 (rows)", [=, this] {
+  op(name, [=, this] {
     fill(f, w);
-    cuda::rows_to_f16(rop, a, lda, b, ldb, gs, T, K, x16, rows, stream_);
+    make(x16, rows);
     cuda::gemm_f16_rows(blas_, f.w16, N, K, f.shift, x16, T, y, stream_);
     // With a bias the rows are scaled now (the bias is not theirs to scale).
     if (bias) cuda::scale_rows(y, T, N, rows, bias, stream_);
-  }, w.data, N, K, a, lda, b, ldb, gs, T, x16, rows, bias, y);
+  }, w.data, N, K, T, x16, rows, bias, y);
   if (!bias) {
     lazy_rows_[slot] = LazyRows{y, T, N, rows};
     row_slot_next_ = (slot + 1) % kRowSlots;
   }
   ++lazy_counts_.rows_matmuls;
   x16_last_ = X16Key{};  // x16 holds rows with their own scales: no other matmul takes it
+}
+
+void CudaKernelsImpl::mlp(const float* x, int64_t ldx, int64_t T, const Mlp& m, float* gate_room, float* up_room,
+                          float* y) {
+  if (!mlp_as_f16(x, ldx, T, m, gate_room, up_room, y)) Kernels::mlp(x, ldx, T, m, gate_room, up_room, y);
+}
+
+// A prompt's MLP: gate and up from the norm's fp16 copy of x, each GEMM writing fp16 (half the
+// bytes of the largest outputs of a layer, written and read once), their product made as the
+// down projection's row-scaled fp16 input by one pass, and the down GEMM's rows left lazy as
+// silu_mul_matmul leaves them. gate_room holds gate in fp16, then the product; up_room up.
+// The outputs' scale 2^-(shift_x + shift_w - e) comes from a bound (gemm_f16_out16), not from
+// their values, so nothing waits for a max.
+bool CudaKernelsImpl::mlp_as_f16(const float* x, int64_t ldx, int64_t T, const Mlp& m, float* gate_room,
+                              float* up_room, float* y) {
+  const WeightView &G = *m.gate, &U = *m.up, &D = *m.down;
+  const int64_t K = G.cols, I = G.rows;
+  if (!mlp16_on_ || !lazy_on_ || T <= 0 || m.gate_bias || m.up_bias || U.cols != K || U.rows != I || D.cols != I ||
+      !takes_f16(G, T) || !takes_f16(U, T) || !takes_f16(D, T))
+    return false;
+  // x's fp16 copy and its max (in the max slot), as the norm before left them.
+  if (!(x16_last_ == X16Key{x, ldx, T, K} && x16_seq_ == op_seq_)) return false;
+  auto* g16 = reinterpret_cast<uint16_t*>(gate_room);
+  auto* u16 = reinterpret_cast<uint16_t*>(up_room);
+  uint16_t* p16 = g16 + T * I;  // the product: gate_room's second half
+  if (!cuda::silu_mul_f16_rows_fits(g16, u16, I) || reinterpret_cast<uintptr_t>(p16) % 8 != 0) return false;
+  const int eg = weights_->l1_exponent(G, stream_), eu = weights_->l1_exponent(U, stream_);
+  if (std::abs(eg) > 60 || std::abs(eu) > 60) return false;
+  const F16Weights fg = f16_weights(G, nullptr, nullptr), fu = f16_weights(U, nullptr, nullptr);
+  const WeightView gw = G, uw = U;
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(f16_consts_);
+  const uint16_t* x16 = bf16_scratch(static_cast<size_t>(T * K));  // holds it (the norm made it this size)
+  const float gs = m.gate_scale;
+  const size_t room = static_cast<size_t>(T * I);
+  rows_gemm("mlp f16", {{gate_room, room}, {up_room, room}, {y, static_cast<size_t>(T * D.rows)}}, T, D, m.down_bias,
+            y, p16, [=, this](uint16_t* x16_down, float* rows) {
+              fill(fg, gw);
+              fill(fu, uw);
+              cuda::gemm_f16_out16(blas_, fg.w16, I, K, fg.shift + eg, x16, T, g16, stream_);
+              cuda::gemm_f16_out16(blas_, fu.w16, I, K, fu.shift + eu, x16, T, u16, stream_);
+              cuda::silu_mul_f16_rows(g16, u16, T, I, bits, eg, eu, gs, x16_down, rows, stream_);
+            });
+  ++lazy_counts_.mlps_f16;
   return true;
 }
 

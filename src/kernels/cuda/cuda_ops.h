@@ -124,6 +124,21 @@ void rows_to_f16(RowsOp op, const float* a, int64_t lda, const float* b, int64_t
 // multiplied by rows[t]).
 void gemm_f16_rows(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const uint16_t* x16,
                    int64_t T, float* y, cudaStream_t s);
+// The MLP's gate and up kept in fp16 (CudaKernelsImpl::mlp): y16[T, N] = 2^-out_exp x16 W^T,
+// float32 accumulate. With w16 scaled by 2^w_shift, x16's largest |value| below 2^15 (as every
+// fp16 GEMM input here is) and 2^out_exp >= max_n sum_k |w16[n, k]| (bf16_rows_l1_max), no
+// output exceeds 2^15: fp16 cannot overflow, and the typical output lies far above its
+// subnormals.
+void gemm_f16_out16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int out_exp, const uint16_t* x16,
+                    int64_t T, uint16_t* y16, cudaStream_t s);
+// max_n sum_k |W[n, k]| of a bf16 W [N, K] (synchronous: once a matrix).
+float bf16_rows_l1_max(const uint16_t* w, int64_t N, int64_t K, uint32_t* scratch, cudaStream_t s);
+// rows_to_f16 of silu_mul's product up * silu(gate * gs) from gate and up in fp16 [T, K] as
+// gemm_f16_out16 left them: gate = gate16 * 2^(gate_exp - s), up = up16 * 2^(up_exp - s), s =
+// shift_for(*max_bits) (their input's shift). silu_mul_f16_rows_fits: K % 4 == 0, 8-byte rows.
+bool silu_mul_f16_rows_fits(const uint16_t* gate16, const uint16_t* up16, int64_t K);
+void silu_mul_f16_rows(const uint16_t* gate16, const uint16_t* up16, int64_t T, int64_t K, const uint32_t* max_bits,
+                       int gate_exp, int up_exp, float gs, uint16_t* x16, float* rows, cudaStream_t s);
 // y[t, n] = y[t, n] * rows[t] (+ bias[n] when bias).
 void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* bias, cudaStream_t s);
 // y[T, N] = x[T, K] @ W^T (+ bias) for T <= kGemvRows, W bf16 [N, K], all else float32.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,7 @@ WeightView DeviceWeights::bind(const TensorView& t, cudaStream_t s) {
 void DeviceWeights::randomize(uint64_t seed, cudaStream_t s) {
   check(cudaStreamSynchronize(s), "randomize weights");
   drop_f16_copies(false);  // made again from the new values
+  l1_exponents_.clear();
   uint64_t i = 0;
   for (auto& [p, w] : all_) {
     const float amp = w.cols > 0 ? 1.0f / std::sqrt(static_cast<float>(w.cols)) : 1.0f;
@@ -107,6 +109,21 @@ std::pair<void* const, DeviceWeights::Uploaded>* DeviceWeights::holding(const We
 int DeviceWeights::f16_shift(const WeightView& W, cudaStream_t s) {
   if (const auto* u = holding(W); u && u->second.dtype == DType::BF16) return u->second.f16_shift;
   return f16_shift_of_bf16(static_cast<const uint16_t*>(W.data), static_cast<size_t>(W.rows * W.cols), shift_scratch_, s);
+}
+
+int DeviceWeights::l1_exponent(const WeightView& W, cudaStream_t s) {
+  const auto key = std::make_tuple(W.data, W.rows, W.cols);
+  auto it = l1_exponents_.find(key);
+  if (it == l1_exponents_.end()) {
+    // The float32 sums of up to K terms round by at most ~K 2^-24 of themselves: a margin of 2^-10.
+    const float l1 = bf16_rows_l1_max(static_cast<const uint16_t*>(W.data), W.rows, W.cols, shift_scratch_, s) *
+                     (1.0f + 0x1p-10f);
+    int e = 0;
+    if (!std::isfinite(l1)) e = std::numeric_limits<int>::max();  // no bound: callers keep float32
+    else if (l1 > 0.0f) std::frexp(l1, &e);                      // l1 < 2^e
+    it = l1_exponents_.emplace(key, e).first;
+  }
+  return it->second;
 }
 
 DeviceWeights::F16Copy DeviceWeights::f16_copy(const WeightView& W, int shift) {

@@ -48,6 +48,11 @@ class DeviceWeights {
   // now for a bf16 matrix that was not uploaded here.
   int f16_shift(const WeightView& W, cudaStream_t s);
 
+  // The least e with sum_k |W[n, k]| <= 2^e for every row n of a bf16 W (W's own values, before
+  // any fp16 shift): the bound on W's outputs that lets them be kept in fp16 (gemm_f16_out16).
+  // Measured at the first call for W (synchronously) and kept; INT_MAX when the sum is not finite.
+  int l1_exponent(const WeightView& W, cudaStream_t s);
+
   // W's values in fp16 for the fp16 GEMM, scaled by 2^shift (f16_shift(W)).
   struct F16Copy {
     uint16_t* w16 = nullptr;             // W's values in the kept copy (null: none)
@@ -92,6 +97,7 @@ class DeviceWeights {
   uint32_t* shift_scratch_;
   std::map<void*, Uploaded> all_;
   std::map<std::tuple<const void*, const float*, int64_t, int64_t>, ScaledCopy> scaled_;
+  std::map<std::tuple<const void*, int64_t, int64_t>, int> l1_exponents_;
   size_t bytes_ = 0, copy_bytes_ = 0;
   bool copies_on_ = true, copies_closed_ = false;
 };
