@@ -609,5 +609,125 @@ TEST_F(CudaMatmulTest, RowScaledProductMatmulsAgainstFloat64AndTheEagerOps) {
   }
 }
 
+// The MLP as one op on a prompt (CudaKernelsImpl::mlp): gate and up from the norm's fp16 copy,
+// kept in fp16 with a scale from a bound on their outputs (each weight row's sum of |w|), their
+// product formed as the down projection's row-scaled fp16 input. Against float64, element by
+// element: each y within what the roundings can add up to (u, gate, up and the product each to
+// 11 bits, 2x margin), for inputs of mixed signs and for all-positive ones whose gate outputs
+// reach the bound (weights x3e4: fp16 would overflow without it), and for tiny up weights
+// (x1e-6). An intermediate width the kernel does not take (I % 4 != 0) runs the three ops; so do
+// the eager ops, which meet the same bound.
+TEST_F(CudaMatmulTest, MlpKeepsGateAndUpInF16AgainstFloat64) {
+  F16RowsReset reset{gpu.get()};
+  struct LazyReset {
+    CudaKernels* g;
+    ~LazyReset() { g->set_lazy_results(true); }
+  } lazy_reset{gpu.get()};
+  gpu->set_matmul_f16_rows(256);
+  gpu->set_lazy_results(true);
+  const int64_t T = 300;
+  const float gs = 0.8f, eps = 1e-6f;
+  const auto silu = [](double v) { return v / (1.0 + std::exp(-v)); };
+  struct Case {
+    int64_t d, I;
+    bool positive;
+    float gate_scale, up_scale;
+  };
+  for (const Case& c : {Case{96, 200, false, 1.0f, 1.0f}, Case{1280, 1024, false, 1.0f, 1e-6f},
+                        Case{96, 200, true, 3e4f, 1.0f}, Case{96, 202, false, 1.0f, 1.0f}}) {
+    const int64_t d = c.d, I = c.I;
+    const std::string what = "d=" + std::to_string(d) + " I=" + std::to_string(I) + (c.positive ? " positive" : "");
+    std::vector<float> x = randn(static_cast<size_t>(T * d)), nw = randn(static_cast<size_t>(d));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < d; ++k) x[static_cast<size_t>(t * d + k)] *= static_cast<float>(1 + t % 5);
+    if (c.positive) {
+      for (float& v : x) v = std::fabs(v);
+      for (float& v : nw) v = std::fabs(v);
+    }
+    std::vector<uint16_t> gb, ub, db;
+    const auto weights = [&](int64_t N, int64_t K, float scale, std::vector<uint16_t>& hb) {
+      std::vector<float> wf = randn(static_cast<size_t>(N * K), 0.05f * scale);
+      if (c.positive)
+        for (float& v : wf) v = std::fabs(v);
+      hb.resize(wf.size());
+      for (size_t i = 0; i < wf.size(); ++i) hb[i] = f32_to_bf16(wf[i]);
+      TensorView tv;
+      tv.name = "w";
+      tv.dtype = DType::BF16;
+      tv.shape = {N, K};
+      tv.data = reinterpret_cast<const uint8_t*>(hb.data());
+      tv.nbytes = hb.size() * 2;
+      return gpu->bind_weight(tv);
+    };
+    const WeightView wg = weights(I, d, c.gate_scale, gb), wu = weights(I, d, c.up_scale, ub),
+                     wd = weights(d, I, 1.0f, db);
+    const std::vector<float> bias = randn(static_cast<size_t>(d));
+    Buffer xg(*gpu, x.size()), nwg(*gpu, nw.size()), ug(*gpu, x.size()), gate(*gpu, size_t(T * I)),
+        up(*gpu, size_t(T * I)), yg(*gpu, size_t(T * d)), biasg(*gpu, bias.size());
+    gpu->from_host(xg.data(), x.data(), x.size());
+    gpu->from_host(nwg.data(), nw.data(), nw.size());
+    gpu->from_host(biasg.data(), bias.data(), bias.size());
+    const Kernels::Mlp m{&wg, nullptr, &wu, nullptr, gs, &wd, biasg.data()};
+    const auto run = [&] {
+      gpu->rmsnorm(xg.data(), T, d, nwg.data(), eps, ug.data());
+      gpu->mlp(ug.data(), d, T, m, gate.data(), up.data(), yg.data());
+      return host(*gpu, yg.data(), yg.size());
+    };
+    const size_t before = gpu->lazy_counts().mlps_f16;
+    const std::vector<float> y = run();
+    EXPECT_EQ(gpu->lazy_counts().mlps_f16 - before, I % 4 == 0 ? 1u : 0u) << what;
+    const std::vector<float> u = host(*gpu, ug.data(), ug.size());  // (the norm's float32 output, settled)
+    gpu->set_lazy_results(false);
+    const std::vector<float> y_eager = run();
+    gpu->set_lazy_results(true);
+
+    // Float64 from u, and each y's allowance from the error each rounding can carry forward.
+    std::vector<double> ref(static_cast<size_t>(T * d)), allowed(ref.size());
+    std::vector<double> p(static_cast<size_t>(I)), dp(static_cast<size_t>(I));
+    double max_g = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      double row_max = 0;
+      for (int64_t i = 0; i < I; ++i) {
+        double g = 0, mg = 0, v = 0, mv = 0;
+        for (int64_t k = 0; k < d; ++k) {
+          const double uk = u[static_cast<size_t>(t * d + k)];
+          const double a = uk * bf16_to_f32(gb[static_cast<size_t>(i * d + k)]),
+                       b = uk * bf16_to_f32(ub[static_cast<size_t>(i * d + k)]);
+          g += a, mg += std::fabs(a), v += b, mv += std::fabs(b);
+        }
+        max_g = std::max(max_g, std::fabs(g));
+        const double e = std::ldexp(1.0, -10), sg = silu(gs * g);
+        p[size_t(i)] = v * sg;
+        dp[size_t(i)] = std::fabs(sg) * e * (mv + std::fabs(v)) + std::fabs(v) * 1.1 * gs * e * (mg + std::fabs(g)) +
+                        e * std::fabs(p[size_t(i)]);
+        row_max = std::max(row_max, std::fabs(p[size_t(i)]));
+      }
+      for (int64_t n = 0; n < d; ++n) {
+        double r = bias[size_t(n)], a = 0;
+        for (int64_t i = 0; i < I; ++i) {
+          const double w = bf16_to_f32(db[static_cast<size_t>(n * I + i)]);
+          r += p[size_t(i)] * w;
+          a += std::fabs(w) * (dp[size_t(i)] + std::ldexp(row_max, -22));
+        }
+        ref[static_cast<size_t>(t * d + n)] = r;
+        allowed[static_cast<size_t>(t * d + n)] = a + 1e-6 * std::fabs(r) + 1e-30;
+      }
+    }
+    if (c.positive) {
+      EXPECT_GT(max_g, 65504.0) << what << ": the gate outputs do not test the bound";
+    }
+    for (const auto* got : {&y, &y_eager}) {
+      int64_t bad = 0;
+      double worst = 0;
+      for (size_t j = 0; j < ref.size(); ++j) {
+        const double err = std::fabs((*got)[j] - ref[j]);
+        worst = std::max(worst, err / allowed[j]);
+        bad += !(err <= allowed[j]);
+      }
+      EXPECT_EQ(bad, 0) << what << (got == &y ? " (mlp)" : " (eager)") << " worst err/allowed " << worst;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace fh1

@@ -242,7 +242,10 @@ TEST_P(CudaModelTest, LongPromptLazyResultsMatchEagerOpsAndTheCpu) {
   auto* cg = static_cast<CudaKernels*>(gpu.get());
   struct Reset {
     CudaKernels* g;
-    ~Reset() { g->set_lazy_results(true); }
+    ~Reset() {
+      g->set_lazy_results(true);
+      g->set_mlp_f16(true);
+    }
   } reset{cg};
   const Fixture f = load_fixture(GetParam());
   std::vector<int32_t> ids;
@@ -257,18 +260,26 @@ TEST_P(CudaModelTest, LongPromptLazyResultsMatchEagerOpsAndTheCpu) {
   };
   const std::vector<float> cpu = run(mc);
   cg->set_lazy_results(true);
-  const CudaLazyCounts before = cg->lazy_counts();
+  cg->set_mlp_f16(false);
   const std::vector<float> lazy = run(mg);
+  cg->set_mlp_f16(true);
+  const CudaLazyCounts before = cg->lazy_counts();
+  const std::vector<float> mlp16 = run(mg);
   const CudaLazyCounts after = cg->lazy_counts();
   cg->set_lazy_results(false);
   const std::vector<float> eager = run(mg);
-  const double vs_cpu = relative_max_diff(lazy, cpu), vs_eager = relative_max_diff(lazy, eager);
-  std::printf("%s, 300 tokens: lazy vs cpu %.2e, vs eager %.2e (eager vs cpu %.2e)\n", f.name.c_str(), vs_cpu,
-              vs_eager, relative_max_diff(eager, cpu));
+  const double vs_cpu = relative_max_diff(lazy, cpu), vs_eager = relative_max_diff(lazy, eager),
+               mlp16_vs_cpu = relative_max_diff(mlp16, cpu), mlp16_vs_eager = relative_max_diff(mlp16, eager);
+  std::printf("%s, 300 tokens: lazy vs cpu %.2e, vs eager %.2e (eager vs cpu %.2e); with the MLP's fp16 gate and up "
+              "vs cpu %.2e, vs eager %.2e\n",
+              f.name.c_str(), vs_cpu, vs_eager, relative_max_diff(eager, cpu), mlp16_vs_cpu, mlp16_vs_eager);
   EXPECT_LE(vs_cpu, kTol) << f.name;
+  EXPECT_LE(mlp16_vs_cpu, kTol) << f.name;
   // A power-of-two shift changes no fp16 rounding unless a value falls below fp16's normal range:
-  // a shift per row instead of one per tensor changes nothing here, nor does a lazy result.
+  // a shift per row instead of one per tensor changes nothing here, nor does a lazy result. The
+  // MLP's gate and up in fp16 round them to 11 bits (as the fp16 GEMMs round their inputs).
   EXPECT_LE(vs_eager, 1e-5) << f.name;
+  EXPECT_LE(mlp16_vs_eager, 1e-2) << f.name;
   // Only bf16 weights take the fp16 GEMMs (the float16 and float32 fixtures: eager either way):
   // every layer's MLP product, gated mixer output (or its norm's) and attention output then go
   // to their GEMMs as row-scaled fp16, and every layer's norms stay unwritten in float32.
@@ -289,8 +300,11 @@ TEST_P(CudaModelTest, LongPromptLazyResultsMatchEagerOpsAndTheCpu) {
                          (has("mamba.out_proj.bias") ? 0 : n))
         << f.name;
     EXPECT_EQ(unread, 2 * n - 1) << f.name;  // every norm's but the last one's
+    EXPECT_EQ(after.mlps_f16 - before.mlps_f16,
+              has("feed_forward.gate_proj.bias") || has("feed_forward.up_proj.bias") ? 0 : n)
+        << f.name;
   } else {
-    EXPECT_EQ(rows + taken, 0u) << f.name;
+    EXPECT_EQ(rows + taken + after.mlps_f16 - before.mlps_f16, 0u) << f.name;
   }
 }
 
