@@ -50,11 +50,12 @@ struct CudaOpFixture : ::testing::Test {
   // max |gpu - cpu| / rms(cpu); NaN anywhere fails.
   double rel(const Pair& p) { return rel(host(*gpu, p.g.data(), p.n), host(*cpu, p.c.data(), p.n)); }
   static double rel(const std::vector<float>& got, const std::vector<float>& ref) { return test::rel_diff(got, ref); }
-  // Random bf16 weights [N, K] (normal times scale), kept in `host` and bound on the GPU.
-  WeightView bind_random_bf16(int64_t N, int64_t K, float scale, std::vector<uint16_t>& host) {
+  // Random bf16 weights [N, K] (normal times scale; their magnitudes if `positive`), kept in
+  // `host` and bound on the GPU.
+  WeightView bind_random_bf16(int64_t N, int64_t K, float scale, std::vector<uint16_t>& host, bool positive = false) {
     const std::vector<float> wf = randn(static_cast<size_t>(N * K), scale);
     host.resize(wf.size());
-    for (size_t i = 0; i < wf.size(); ++i) host[i] = f32_to_bf16(wf[i]);
+    for (size_t i = 0; i < wf.size(); ++i) host[i] = f32_to_bf16(positive ? std::fabs(wf[i]) : wf[i]);
     TensorView tv;
     tv.name = "w";
     tv.dtype = DType::BF16;
@@ -68,6 +69,11 @@ struct CudaOpFixture : ::testing::Test {
     CudaKernels* g;
     int64_t rows = g->matmul_f16_rows();
     ~F16RowsReset() { g->set_matmul_f16_rows(rows); }
+  };
+  // Lazy results turned on again (the default) at the end of a test that turns them off.
+  struct LazyReset {
+    CudaKernels* g;
+    ~LazyReset() { g->set_lazy_results(true); }
   };
   // The weights' fp16 copies turned on again at the end of a test that turns them off.
   struct F16CopiesReset {

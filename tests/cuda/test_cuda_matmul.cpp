@@ -484,10 +484,7 @@ TEST_F(CudaMatmulTest, DecodeGemvJobsAgainstFloat64) {
 // fp16 copy, as the eager norm's, and those matmuls' results as the eager ones'.
 TEST_F(CudaMatmulTest, RowScaledProductMatmulsAgainstFloat64AndTheEagerOps) {
   F16RowsReset reset{gpu.get()};
-  struct LazyReset {
-    CudaKernels* g;
-    ~LazyReset() { g->set_lazy_results(true); }
-  } lazy_reset{gpu.get()};
+  LazyReset lazy_reset{gpu.get()};
   gpu->set_matmul_f16_rows(256);
   gpu->set_lazy_results(true);
   const int64_t T = 300, N = 96;
@@ -619,10 +616,7 @@ TEST_F(CudaMatmulTest, RowScaledProductMatmulsAgainstFloat64AndTheEagerOps) {
 // the eager ops, which meet the same bound.
 TEST_F(CudaMatmulTest, MlpKeepsGateAndUpInF16AgainstFloat64) {
   F16RowsReset reset{gpu.get()};
-  struct LazyReset {
-    CudaKernels* g;
-    ~LazyReset() { g->set_lazy_results(true); }
-  } lazy_reset{gpu.get()};
+  LazyReset lazy_reset{gpu.get()};
   gpu->set_matmul_f16_rows(256);
   gpu->set_lazy_results(true);
   const int64_t T = 300;
@@ -645,22 +639,9 @@ TEST_F(CudaMatmulTest, MlpKeepsGateAndUpInF16AgainstFloat64) {
       for (float& v : nw) v = std::fabs(v);
     }
     std::vector<uint16_t> gb, ub, db;
-    const auto weights = [&](int64_t N, int64_t K, float scale, std::vector<uint16_t>& hb) {
-      std::vector<float> wf = randn(static_cast<size_t>(N * K), 0.05f * scale);
-      if (c.positive)
-        for (float& v : wf) v = std::fabs(v);
-      hb.resize(wf.size());
-      for (size_t i = 0; i < wf.size(); ++i) hb[i] = f32_to_bf16(wf[i]);
-      TensorView tv;
-      tv.name = "w";
-      tv.dtype = DType::BF16;
-      tv.shape = {N, K};
-      tv.data = reinterpret_cast<const uint8_t*>(hb.data());
-      tv.nbytes = hb.size() * 2;
-      return gpu->bind_weight(tv);
-    };
-    const WeightView wg = weights(I, d, c.gate_scale, gb), wu = weights(I, d, c.up_scale, ub),
-                     wd = weights(d, I, 1.0f, db);
+    const WeightView wg = bind_random_bf16(I, d, 0.05f * c.gate_scale, gb, c.positive),
+                     wu = bind_random_bf16(I, d, 0.05f * c.up_scale, ub, c.positive),
+                     wd = bind_random_bf16(d, I, 0.05f, db, c.positive);
     const std::vector<float> bias = randn(static_cast<size_t>(d));
     Buffer xg(*gpu, x.size()), nwg(*gpu, nw.size()), ug(*gpu, x.size()), gate(*gpu, size_t(T * I)),
         up(*gpu, size_t(T * I)), yg(*gpu, size_t(T * d)), biasg(*gpu, bias.size());
