@@ -163,16 +163,24 @@ TEST_F(CudaOpTest, GateSiluAndGatedRmsnorm) {
 }
 
 TEST_F(CudaOpTest, RopeAtLargePositions) {
-  for (auto [T, heads, hd] : {std::tuple{1, 3, 16}, {7, 5, 24}, {33, 2, 128}, {4, 12, 64}}) {
+  // From 256 rows a prompt's kernel (one thread a row and i, all heads): the same values, bit for
+  // bit, as the kernel of a thread a head (rows one at a time).
+  for (auto [T, heads, hd] : {std::tuple{1, 3, 16}, {7, 5, 24}, {33, 2, 128}, {4, 12, 64}, {300, 6, 128},
+                              {257, 3, 24}, {1030, 2, 64}}) {
     const int64_t ld = heads * hd + 5;
     std::vector<int64_t> pos(static_cast<size_t>(T));
     for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(t)] = (t * 977 + 13) % 300000;
     std::vector<float> inv(static_cast<size_t>(hd / 2));
     for (int i = 0; i < hd / 2; ++i) inv[static_cast<size_t>(i)] = 1.0f / std::pow(1e11f, 2.0f * i / hd);
-    auto x = both(randn(static_cast<size_t>(T * ld)));
+    const std::vector<float> x0 = randn(static_cast<size_t>(T * ld));
+    auto x = both(x0);
     cpu->rope(x.c.data(), ld, T, heads, hd, pos.data(), inv.data());
     gpu->rope(x.g.data(), ld, T, heads, hd, pos.data(), inv.data());
     EXPECT_LE(rel(x), 1e-5) << "hd=" << hd;
+    Buffer rows(*gpu, x0.size());
+    gpu->from_host(rows.data(), x0.data(), x0.size());
+    for (int64_t t = 0; t < T; ++t) gpu->rope(rows.data() + t * ld, ld, 1, heads, hd, pos.data() + t, inv.data());
+    EXPECT_EQ(host(*gpu, rows.data(), x0.size()), host(*gpu, x.g.data(), x0.size())) << "T=" << T << " hd=" << hd;
   }
 }
 
@@ -334,7 +342,10 @@ TEST_F(CudaOpTest, KvWriteAppendsRowsInEitherCacheType) {
   EXPECT_EQ(gpu->kv_cache_dtype(), DType::BF16) << "bf16 KV caches are the default";
   for (const DType kv : {DType::BF16, DType::F32, DType::I8}) {
     ASSERT_TRUE(gpu->set_kv_cache_dtype(kv));
-    for (auto [rows, width, at] : {std::tuple{1, 256, 7}, {5, 37, 0}, {3, 128, 300}, {2, 33, 3}, {4, 48, 5}}) {
+    // (4 values a thread where the rows and addresses allow it: 256 x 7, 300 x 64; not {4, 6, 1}'s
+    // bf16 rows, 12 bytes in)
+    for (auto [rows, width, at] : {std::tuple{1, 256, 7}, {5, 37, 0}, {3, 128, 300}, {2, 33, 3}, {4, 48, 5},
+                                   {4, 6, 1}, {300, 64, 2}}) {
       const size_t cap = static_cast<size_t>((at + rows + 4) * width);
       auto cache = cache_both(randn(cap), width);
       std::vector<float> old = cache_host(cache, width);  // the values the GPU holds

@@ -17,12 +17,23 @@ __global__ void kv_write_kernel(KV* cache, int64_t row, const int64_t* row_dev, 
                                 int64_t width) {
   FH1_PDL_ENTER();
   KV* dst = cache + (row_dev ? *row_dev : row) * width;
-  if constexpr (sizeof(KV) == 4) {
-    if (width % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-      for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n / 4; i += int64_t(gridDim.x) * blockDim.x)
-        reinterpret_cast<float4*>(dst)[i] = reinterpret_cast<const float4*>(src)[i];
-      return;
+  // 4 values a thread (16-byte loads) where n and the addresses allow: a prompt's rows.
+  if (n % 4 == 0 && reinterpret_cast<uintptr_t>(dst) % (4 * sizeof(KV)) == 0 &&
+      reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n / 4; i += int64_t(gridDim.x) * blockDim.x) {
+      const float4 v = reinterpret_cast<const float4*>(src)[i];
+      if constexpr (sizeof(KV) == 4) {
+        reinterpret_cast<float4*>(dst)[i] = v;
+      } else {
+        __align__(8) KV out[4];
+        kv_store(out + 0, v.x);
+        kv_store(out + 1, v.y);
+        kv_store(out + 2, v.z);
+        kv_store(out + 3, v.w);
+        reinterpret_cast<uint2*>(dst)[i] = *reinterpret_cast<const uint2*>(out);
+      }
     }
+    return;
   }
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     kv_store(dst + i, src[i]);
@@ -76,10 +87,10 @@ void kv_write(void* cache, int64_t row, const int64_t* row_dev, const float* src
     launch(kv_write_q8_kernel, blocks_for(static_cast<size_t>(n)), kThreads, 0, s, static_cast<uint8_t*>(cache), row,
            row_dev, src, n, width);
   else if (kv == KvType::BF16)
-    launch(kv_write_kernel<__nv_bfloat16>, blocks_for(static_cast<size_t>(n)), kThreads, 0, s,
+    launch(kv_write_kernel<__nv_bfloat16>, blocks_for(static_cast<size_t>(n % 4 == 0 ? n / 4 : n)), kThreads, 0, s,
            static_cast<__nv_bfloat16*>(cache), row, row_dev, src, n, width);
   else
-    launch(kv_write_kernel<float>, blocks_for(static_cast<size_t>(width % 4 == 0 ? n / 4 : n)), kThreads, 0, s,
+    launch(kv_write_kernel<float>, blocks_for(static_cast<size_t>(n % 4 == 0 ? n / 4 : n)), kThreads, 0, s,
            static_cast<float*>(cache), row, row_dev, src, n, width);
   check_launch("kv_write");
 }

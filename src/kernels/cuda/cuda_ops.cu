@@ -431,6 +431,31 @@ __global__ void rope_kernel(float* x, int64_t ld, int64_t T, int heads, int hd, 
   }
 }
 
+// A prompt's rope: one thread per (row, i < hd/2) for all of the row's heads, so each angle's
+// cosine and sine (double, the slow part) are taken once a row instead of once a head; the
+// arithmetic is rope_kernel's.
+__global__ void rope_rows_kernel(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* pos,
+                                 const float* inv_freq) {
+  FH1_PDL_ENTER();
+  const int half = hd / 2;
+  const int64_t n = T * half;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int j = static_cast<int>(i % half);
+    const int64_t t = i / half;
+    const float angle = static_cast<float>(pos[t]) * inv_freq[j];
+    double sd, cd;
+    sincos(static_cast<double>(angle), &sd, &cd);
+    const float c = static_cast<float>(cd), s = static_cast<float>(sd);
+    float* v = x + t * ld + j;
+#pragma unroll 4
+    for (int h = 0; h < heads; ++h, v += hd) {
+      const float a = v[0], b = v[half];
+      v[0] = a * c - b * s;
+      v[half] = b * c + a * s;
+    }
+  }
+}
+
 struct Q8Tag {};  // rope_kv_kernel's KV for 8-bit caches (hd % 64 == 0, width % 32 == 0: blocks of 32)
 
 // Up to two tensors rotated at the same positions, each first multiplied by its `pre` (the key
@@ -731,7 +756,11 @@ void rope(float* x, int64_t ld, int64_t T, int heads, int hd, const int64_t* pos
           cudaStream_t s) {
   const int half = hd / 2;
   if (T == 0 || half == 0) return;
-  launch(rope_kernel, blocks_for(T * heads * half), kThreads, 0, s, x, ld, T, heads, hd, pos, inv_freq);
+  // Rows enough to fill the GPU one thread a (row, i): the angle once for all heads.
+  if (T >= 256 && heads > 1)
+    launch(rope_rows_kernel, blocks_for(T * half), kThreads, 0, s, x, ld, T, heads, hd, pos, inv_freq);
+  else
+    launch(rope_kernel, blocks_for(T * heads * half), kThreads, 0, s, x, ld, T, heads, hd, pos, inv_freq);
   check_launch("rope");
 }
 
