@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "kernels/cuda/cuda_f16_scale.cuh"
@@ -126,6 +127,43 @@ __device__ __forceinline__ void online_softmax_step(const float (&s)[NT][4], flo
     lrow[r] *= corr[r];
   }
   rescale_rows(o, corr);
+}
+
+// The end of a split-KV decode warp (attn_decode_mma_kernel, attn_decode_q8_kernel; one warp a
+// block): each row's sum over its quad's lanes, then the partial result attn_merge_kernel
+// combines: (max in natural-log units, sum) into ml and the unnormalized accumulators into pacc.
+// Tile row gq + 8 r is query head row % G of the KV group for query row / G (in rows mode,
+// sequence z's one query); rows from nrows on pad the tile and write nothing.
+template <int HDP>
+__device__ __forceinline__ void store_decode_partial(const float (&o)[HDP / 8][4], const float (&mrow)[2],
+                                                     float (&lrow)[2], int nrows, bool rows, int64_t z, int H, int G,
+                                                     int kvh, int nsplit, int split, int hd, float* __restrict__ ml,
+                                                     float* __restrict__ pacc) {
+  const int lane = threadIdx.x & 31, gq = lane >> 2, c4 = lane & 3;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
+    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
+  }
+  constexpr float kLn2 = 0.6931471805599453f;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = gq + 8 * r;
+    if (row >= nrows) continue;
+    const int64_t qrow = rows ? z : row / G;
+    const int64_t idx = (qrow * H + kvh * G + row % G) * nsplit + split;
+    if (c4 == 0) {
+      ml[2 * idx] = mrow[r] == -INFINITY ? -FLT_MAX : mrow[r] * kLn2;
+      ml[2 * idx + 1] = lrow[r];
+    }
+    float* pr = pacc + idx * hd;
+#pragma unroll
+    for (int i = 0; i < HDP / 8; ++i) {
+      const int d = i * 8 + 2 * c4;
+      if (d < hd) pr[d] = o[i][2 * r];
+      if (d + 1 < hd) pr[d + 1] = o[i][2 * r + 1];
+    }
+  }
 }
 
 // The probabilities of 16 keys (the score tiles s0, s1 of one k16 step) as the A operand of a

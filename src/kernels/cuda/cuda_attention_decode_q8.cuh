@@ -272,30 +272,7 @@ __global__ void __launch_bounds__(32, BK == 16 ? 12 : 8)  // 12: 168 registers, 
     st = st + 1 == NST ? 0 : st + 1;
   }
   cp_async_wait<0>();
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 1);
-    lrow[r] += __shfl_xor_sync(0xffffffffu, lrow[r], 2);
-  }
-  constexpr float kLn2 = 0.6931471805599453f;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = gq + 8 * r;
-    if (row >= nrows) continue;
-    const int64_t qrow = rows ? z : row / G;
-    const int64_t idx = (qrow * H + kvh * G + row % G) * nsplit + split;
-    if (c4 == 0) {
-      ml[2 * idx] = mrow[r] == -INFINITY ? -FLT_MAX : mrow[r] * kLn2;
-      ml[2 * idx + 1] = lrow[r];
-    }
-    float* pr = pacc + idx * hd;
-#pragma unroll
-    for (int i = 0; i < HDP / 8; ++i) {
-      const int d = i * 8 + 2 * c4;
-      if (d < hd) pr[d] = o[i][2 * r];
-      if (d + 1 < hd) pr[d + 1] = o[i][2 * r + 1];
-    }
-  }
+  store_decode_partial<HDP>(o, mrow, lrow, nrows, rows, z, H, G, kvh, nsplit, split, hd, ml, pacc);
 }
 
 }  // namespace
