@@ -1,6 +1,6 @@
 // The CUDA backend's host side (the class: cuda_kernels_impl.h), part one: construction, device
 // memory (a caching allocator over cudaMalloc), weight upload, cuBLAS matmuls, and the dispatch
-// of every other model op to the device kernels of cuda_ops.cu, cuda_gemv.cu,
+// of every other model op to the device kernels of cuda_ops.cu, cuda_rope.cu, cuda_gemv.cu,
 // cuda_attention*.cu and cuda_ssm.cu. All work runs in order on one stream. Sampling, decode
 // steps as CUDA graphs (cuda_step.h), settings and shared helpers: cuda_kernels_control.cpp. The
 // norms, silu_mul, gate_silu and what they leave lazy for the next op: cuda_kernels_lazy.cpp.
