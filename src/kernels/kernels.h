@@ -345,13 +345,14 @@ class Kernels {
     }
   }
 
-  // Hints for independent work, in a decode step: the ops between branch_begin() and
-  // branch_end() (the branch) and those between branch_end() and branch_join() share no data
-  // that either writes; both may read what was written before branch_begin(). After
-  // branch_join() everything may be used again. A backend may run the branch beside the ops
-  // after it (the CUDA backend: a second stream in the step's graph); ignoring the hints (the
-  // default) runs the same ops in order. Branches do not nest.
-  virtual void branch_begin() {}
+  // Hints for independent work in a forward call of `rows` rows: the ops between
+  // branch_begin() and branch_end() (the branch) and those between branch_end() and
+  // branch_join() share no data that either writes; both may read what was written before
+  // branch_begin(). After branch_join() everything may be used again. A backend may run the
+  // branch beside the ops after it (the CUDA backend: a second stream, in a decode step's graph
+  // or, for a prompt, as the ops are launched); ignoring the hints (the default) runs the same
+  // ops in order. Branches do not nest.
+  virtual void branch_begin(int64_t rows) { (void)rows; }
   virtual void branch_end() {}
   virtual void branch_join() {}
 };

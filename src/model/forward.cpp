@@ -329,8 +329,8 @@ Buffer Model::run_layers(const Layout& lay, std::vector<Buffer>* keep) const {
                                        {&L.v_proj, L.v_bias.data(), vv.data()}};
     k.matmul_scaled(u.data(), d, T, static_cast<float>(c.attention_in_multiplier), x_in.data(), qkv, 3);
     // The attention and the Mamba-2 mixer are independent until they join the residual stream: a
-    // backend may run the attention as a branch beside the mixer (kernels.h, decode steps).
-    k.branch_begin();
+    // backend may run the attention as a branch beside the mixer (kernels.h).
+    k.branch_begin(T);
     // ---- attention ----
     k.scale(kk.data(), T * kvd, static_cast<float>(c.key_multiplier), kk.data());
     k.rope(q.data(), qd, T, c.num_attention_heads, c.head_dim, positions.data(), inv_freq_.data());

@@ -402,6 +402,59 @@ TEST_P(CudaModelTest, MixedBatchEqualsEachAlone) {
   EXPECT_LE(relative_max_diff(tb, lb), 1e-3);
 }
 
+// A prompt's attention as a branch on a second stream beside the Mamba-2 mixer (the model's
+// branch hints outside a decode step) computes what one stream computes, bit for bit: every op
+// runs the same kernels on the same values. Lazy results on and off (the branch's o_proj rows
+// left for the residual norm after the join, or written at once), one prompt and a batch of two
+// prompts of other lengths (each its own attention in the branch), and the decode steps after
+// them (the branch's KV writes seen by the next step).
+TEST_P(CudaModelTest, PromptBranchBesideTheMixerEqualsOneStream) {
+  auto* cg = static_cast<CudaKernels*>(gpu.get());
+  struct Reset {
+    CudaKernels* g;
+    ~Reset() {
+      g->set_prefill_branches(true);
+      g->set_lazy_results(true);
+    }
+  } reset{cg};
+  const Fixture f = load_fixture(GetParam());
+  const Model model = Model::load(f.dir, *gpu);
+  const auto L = static_cast<size_t>(model.config().num_hidden_layers);
+  std::vector<int32_t> ids;
+  while (ids.size() < 300) ids.insert(ids.end(), f.prompt_ids.begin(), f.prompt_ids.end());
+  ids.resize(300);
+  const std::span<const int32_t> all(ids);
+  const auto run = [&](bool branches) {
+    cg->set_prefill_branches(branches);
+    std::vector<float> out;
+    const auto add = [&](const std::vector<float>& v) { out.insert(out.end(), v.begin(), v.end()); };
+    SequenceState one = model.new_state();
+    add(model.forward(one, all, true));
+    SequenceState a = model.new_state(), b = model.new_state();
+    const BatchItem batch[] = {{&a, all.subspan(0, 280), true}, {&b, all.subspan(7, 260), true}};
+    add(model.forward(batch));
+    for (int s = 0; s < 3; ++s) {  // decode steps on the caches and states the prompts left
+      const int32_t t = ids[static_cast<size_t>(s) * 11];
+      add(model.forward(one, std::span<const int32_t>(&t, 1)));
+      add(model.forward(a, std::span<const int32_t>(&t, 1)));
+    }
+    return out;
+  };
+  for (const bool lazy : {true, false}) {
+    SCOPED_TRACE(lazy ? "lazy results" : "eager ops");
+    cg->set_lazy_results(lazy);
+    const auto one_stream = run(false);
+    const size_t before = cg->prefill_branches_run();
+    const auto branched = run(true);
+    EXPECT_EQ(cg->prefill_branches_run() - before, 2 * L) << f.name;  // each layer of the two prompt calls
+    ASSERT_EQ(branched.size(), one_stream.size());
+    double worst = 0;
+    for (size_t i = 0; i < branched.size(); ++i)
+      worst = std::max(worst, std::abs(static_cast<double>(branched[i]) - one_stream[i]));
+    EXPECT_EQ(worst, 0.0) << f.name;
+  }
+}
+
 // Decode steps recorded as CUDA graphs (replayed within a length bucket, re-captured when a
 // pointer or the bucket changes), with the attention as a branch beside the Mamba-2 mixer or
 // not, compute what the same ops launched one by one compute. Six sequences: the matmuls of more

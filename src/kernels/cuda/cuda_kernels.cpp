@@ -48,6 +48,7 @@ CudaKernelsImpl::CudaKernelsImpl(int device) : device_(device) {
     throw Error("CUDA: device " + std::to_string(device) + " does not exist (" + std::to_string(n) + " visible)");
   check(cudaSetDevice(device), "cudaSetDevice");
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  main_stream_ = stream_;
   check_blas(cublasCreate(&blas_), "cublasCreate");
   check_blas(cublasSetStream(blas_, stream_), "cublasSetStream");
   check_blas(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");  // no TF32
@@ -70,11 +71,7 @@ CudaKernelsImpl::CudaKernelsImpl(int device) : device_(device) {
     gemv_rows_ = std::min<int64_t>(cuda::kGemvRows, std::max<int64_t>(0, std::atoll(g)));
   // The recorded ops read stream_ when they run: a branch of the step switches it, and cuBLAS's
   // stream and workspace with it (each lane has its own workspace and scratch buffers).
-  step_ = std::make_unique<cuda::DecodeStep>(stream_, [this](int lane, cudaStream_t s) {
-    stream_ = s;
-    check_blas(cublasSetStream(blas_, s), "cublasSetStream");
-    check_blas(cublasSetWorkspace(blas_, lane_[lane].blas_ws, kBlasWorkspace), "cublasSetWorkspace");
-  });
+  step_ = std::make_unique<cuda::DecodeStep>(stream_, [this](int lane, cudaStream_t s) { use_stream(lane, s); });
   if (const char* g = std::getenv("FH1_CUDA_BRANCHES")) step_->set_branches(std::string(g) != "0");
   if (const char* g = std::getenv("FH1_CUDA_BRANCH_PRIORITY")) step_->set_branch_priority(std::string(g) != "0");
   if (const char* g = std::getenv("FH1_CUDA_PLAIN_GEMVS")) step_->set_plain_gemvs(std::atoi(g));
@@ -89,10 +86,15 @@ CudaKernelsImpl::CudaKernelsImpl(int device) : device_(device) {
   if (const char* a = std::getenv("FH1_CUDA_F16_COPIES")) weights_->set_f16_copies(std::string(a) != "0");
   if (const char* a = std::getenv("FH1_CUDA_LAZY")) lazy_on_ = std::string(a) != "0";
   if (const char* a = std::getenv("FH1_CUDA_MLP16")) mlp16_on_ = std::string(a) != "0";
+  if (const char* a = std::getenv("FH1_CUDA_PREFILL_BRANCH")) pf_mode_ = std::clamp(std::atoi(a), 0, 2);
   name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
 }
 
 CudaKernelsImpl::~CudaKernelsImpl() {
+  try {
+    close_prefill_branch();
+  } catch (const Error&) {
+  }
   cudaStreamSynchronize(stream_);
   try {
     prof_.flush();
@@ -111,10 +113,15 @@ CudaKernelsImpl::~CudaKernelsImpl() {
     cudaFree(l.y2);
     cudaFree(l.att);
     cudaFree(l.w16);
+    cudaFree(l.consts);
   }
+  for (cudaEvent_t e : {pf_fork_, pf_join_, pf_mark_})
+    if (e) cudaEventDestroy(e);
+  if (pf_side_) cudaStreamDestroy(pf_side_);
   weights_.reset();
   mem_.reset();
-  for (auto* u : {&ids_, &pos_, &freq_, &rows_}) cudaFree(u->dev);
+  for (HostUploads& l : up_)
+    for (auto* u : {&l.ids, &l.pos, &l.freq, &l.rows}) cudaFree(u->dev);
   cublasDestroy(blas_);
   cudaStreamDestroy(stream_);
 }
@@ -287,7 +294,7 @@ void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x
       rows_matmul(cuda::RowsOp::Copy, x, ldx, nullptr, 0, 0.0f, T, W, bias, y))
     return;
   const F16Weights f = f16_weights(w, bias, col_scale);
-  const cuda::F16Scratch sc{bf16_scratch(static_cast<size_t>(T * K)), f16_consts_};
+  const cuda::F16Scratch sc{bf16_scratch(static_cast<size_t>(T * K)), f16_consts()};
   const KeepLazy keep(this, lazy_kinds());
   op("matmul f16", [=, this] {
     fill(f, w);
@@ -317,7 +324,7 @@ void CudaKernelsImpl::embed(const int32_t* ids, int64_t T, const WeightView& tab
     }, off, T, dt, data, cols, scale, out);
     return;
   }
-  const auto* d_ids = static_cast<const int32_t*>(upload(ids_, ids, static_cast<size_t>(T) * sizeof(int32_t)));
+  const auto* d_ids = static_cast<const int32_t*>(upload(uploads().ids, ids, static_cast<size_t>(T) * sizeof(int32_t)));
   op("embed", [=, this] { cuda::embed(d_ids, T, dt, data, cols, scale, out, stream_); });
 }
 
@@ -376,8 +383,8 @@ void CudaKernelsImpl::rope(float* x, int64_t ld, int64_t T, int heads, int hd, c
     }, x, ld, T, heads, hd, pos, freq);
     return;
   }
-  const auto* d_pos = static_cast<const int64_t*>(upload(pos_, positions, static_cast<size_t>(T) * sizeof(int64_t)));
-  const auto* d_freq = static_cast<const float*>(upload(freq_, inv_freq, static_cast<size_t>(hd / 2) * sizeof(float)));
+  const auto* d_pos = static_cast<const int64_t*>(upload(uploads().pos, positions, static_cast<size_t>(T) * sizeof(int64_t)));
+  const auto* d_freq = static_cast<const float*>(upload(uploads().freq, inv_freq, static_cast<size_t>(hd / 2) * sizeof(float)));
   op("rope", [=, this] { cuda::rope(x, ld, T, heads, hd, d_pos, d_freq, stream_); });
 }
 
@@ -425,7 +432,7 @@ void CudaKernelsImpl::kv_write(float* cache, int64_t row, const float* src, int6
 }
 
 void CudaKernelsImpl::conv1d_silu(const float* in, int64_t ld_in, int64_t T, int64_t C, int K, const float* w, const float* bias, float* conv_state, float* out) {
-  const KeepLazy keep = keep_apart({{in, static_cast<size_t>(T * ld_in)},
+  const KeepLazy keep = keep_apart({{in, strided_rows_floats(T, ld_in, C)},
                                     {conv_state, static_cast<size_t>((K - 1) * C)},
                                     {out, static_cast<size_t>(T * C)}});
   op("conv1d_silu", [=, this] { cuda::conv1d_silu(in, ld_in, T, C, K, w, bias, conv_state, out, stream_); }, in, ld_in, T,
@@ -433,10 +440,15 @@ void CudaKernelsImpl::conv1d_silu(const float* in, int64_t ld_in, int64_t T, int
 }
 
 void CudaKernelsImpl::ssm_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, const float* dt_raw, int64_t ld_dt, int64_t T, const SsmParams& p, float* state, float* y) {
-  const auto rows = static_cast<size_t>(T * ld_xbc);
-  const KeepLazy keep = keep_apart({{x, rows}, {B, rows}, {C, rows}, {dt_raw, static_cast<size_t>(T * ld_dt)},
-                                         {state, static_cast<size_t>(p.heads * p.head_dim * p.d_state)},
-                                         {y, static_cast<size_t>(T * p.heads * p.head_dim)}});
+  // x, B, C and dt are columns of wider rows (the in_proj's and the conv's outputs): their ranges
+  // end at their own last row's end, not a row stride further (the buffer after them may be lazy).
+  const int64_t xw = p.heads * p.head_dim, bw = p.groups * p.d_state;
+  const KeepLazy keep = keep_apart({{x, strided_rows_floats(T, ld_xbc, xw)},
+                                    {B, strided_rows_floats(T, ld_xbc, bw)},
+                                    {C, strided_rows_floats(T, ld_xbc, bw)},
+                                    {dt_raw, strided_rows_floats(T, ld_dt, p.heads)},
+                                    {state, static_cast<size_t>(xw * p.d_state)},
+                                    {y, static_cast<size_t>(T * xw)}});
   const SsmParams pp = p;
   // A long scan runs in chunks and needs scratch: the attention scratch serves (every op runs in
   // stream order and none keeps data there past its own launches; growing it retires the old

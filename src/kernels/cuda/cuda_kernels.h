@@ -99,6 +99,13 @@ class CudaKernels : public Kernels {
   // A recorded decode step runs the attention as a branch beside the Mamba-2 mixer (the model's
   // branch_begin/end/join hints; default; FH1_CUDA_BRANCHES=0 turns it off).
   virtual void set_decode_branches(bool on) = 0;
+  // A prompt's forward call (more rows than the decode GEMV takes) runs the attention's ops on a
+  // second stream beside the Mamba-2 mixer's, joined before the residual norm that reads both
+  // (default; FH1_CUDA_PREFILL_BRANCH=0 turns it off, =2 gives the branch's stream the greatest
+  // priority). The results are the same either way. prefill_branches_run(): how many ran so far.
+  virtual void set_prefill_branches(bool on) = 0;
+  virtual bool prefill_branches() const = 0;
+  virtual size_t prefill_branches_run() const = 0;
   // Waits for all queued device work.
   virtual void synchronize() = 0;
   virtual CudaMemoryStats memory_stats() const = 0;

@@ -93,10 +93,83 @@ bool CudaKernelsImpl::launch_held_step(uint64_t ticket, const int32_t* ids, int6
   return step_->launch_held(ticket, ids, T);
 }
 
-void CudaKernelsImpl::branch_begin() {
-  if (!step_->recording() || !step_->branches()) return;
+void CudaKernelsImpl::use_stream(int lane, cudaStream_t s) {
+  stream_ = s;
+  check_blas(cublasSetStream(blas_, s), "cublasSetStream");
+  check_blas(cublasSetWorkspace(blas_, lane_[lane].blas_ws, kBlasWorkspace), "cublasSetWorkspace");
+}
+
+void CudaKernelsImpl::branch_begin(int64_t rows) {
+  if (step_->recording()) {
+    if (!step_->branches()) return;
+    if (!lane_[1].blas_ws) check(cudaMalloc(&lane_[1].blas_ws, kBlasWorkspace), "cuBLAS workspace (branch)");
+    step_->branch_begin();
+    return;
+  }
+  // A prompt's branch: the attention's chain (rope, KV writes, attention, o_proj) beside the
+  // Mamba-2 mixer's (conv, the chunked SSD's latency-bound kernels, out_proj), each filling the
+  // SMs the other leaves idle. One-row calls keep one stream (the decode step's graph branches).
+  close_prefill_branch();
+  if (pf_mode_ == 0 || rows <= gemv_rows_) return;
   if (!lane_[1].blas_ws) check(cudaMalloc(&lane_[1].blas_ws, kBlasWorkspace), "cuBLAS workspace (branch)");
-  step_->branch_begin();
+  if (!lane_[1].consts) check(cudaMalloc(&lane_[1].consts, 4 * sizeof(float)), "fp16 matmul constants (branch)");
+  if (!pf_side_) {
+    int least = 0, greatest = 0;
+    check(cudaDeviceGetStreamPriorityRange(&least, &greatest), "stream priorities");
+    check(cudaStreamCreateWithPriority(&pf_side_, cudaStreamNonBlocking, pf_mode_ == 2 ? greatest : least),
+          "cudaStreamCreate (prompt branch)");
+    for (cudaEvent_t* e : {&pf_fork_, &pf_join_, &pf_mark_})
+      check(cudaEventCreateWithFlags(e, cudaEventDisableTiming), "cudaEventCreate (prompt branch)");
+  }
+  check(cudaEventRecord(pf_fork_, main_stream_), "prompt branch fork");
+  check(cudaStreamWaitEvent(pf_side_, pf_fork_, 0), "prompt branch fork");
+  pf_ = PrefillBranch::Side;
+  pf_side_settled_ = false;
+  use_stream(1, pf_side_);
+  ++op_seq_;  // an fp16 input converted before the fork is not taken as ready in the branch
+  ++pf_run_;
+}
+
+void CudaKernelsImpl::branch_end() {
+  if (step_->recording()) {
+    step_->branch_end();
+    return;
+  }
+  if (pf_ != PrefillBranch::Side) return;
+  check(cudaEventRecord(pf_join_, pf_side_), "prompt branch end");
+  use_stream(0, main_stream_);
+  pf_ = PrefillBranch::Beside;
+  ++op_seq_;
+  // The branch settled a lazy result made before it (written on its stream): the ops after it
+  // may read it, so they wait for the branch (the model's branch settles none).
+  if (pf_side_settled_) check(cudaStreamWaitEvent(main_stream_, pf_join_, 0), "prompt branch end");
+}
+
+void CudaKernelsImpl::branch_join() {
+  if (step_->recording()) {
+    step_->branch_join();
+    return;
+  }
+  close_prefill_branch();
+}
+
+void CudaKernelsImpl::close_prefill_branch() {
+  if (pf_ == PrefillBranch::None) return;
+  if (pf_ == PrefillBranch::Side) branch_end();
+  pf_ = PrefillBranch::None;
+  for (LazyRows& r : lazy_rows_) r.side = false;
+  ++op_seq_;
+  check(cudaStreamWaitEvent(main_stream_, pf_join_, 0), "prompt branch join");
+}
+
+void CudaKernelsImpl::sync_lanes() {
+  if (pf_side_) check(cudaStreamSynchronize(pf_side_), "synchronize (prompt branch)");
+  check(cudaStreamSynchronize(main_stream_), "synchronize");
+}
+
+void CudaKernelsImpl::set_prefill_branches(bool on) {
+  flush();
+  pf_mode_ = on ? std::max(pf_mode_, 1) : 0;
 }
 
 void CudaKernelsImpl::set_f16_weight_copies(bool on) {
@@ -192,10 +265,11 @@ const char* CudaKernelsImpl::arrays(std::initializer_list<std::pair<const void*,
     std::memcpy(pack_.data() + at, p, b);
     offs[i++] = at;
   }
-  return static_cast<const char*>(upload(rows_, pack_.data(), pack_.size()));
+  return static_cast<const char*>(upload(uploads().rows, pack_.data(), pack_.size()));
 }
 
 void CudaKernelsImpl::flush() {
+  close_prefill_branch();
   settle();
   ++op_seq_;
   step_->end();
@@ -206,11 +280,11 @@ uint32_t* CudaKernelsImpl::output_max_slot() {
     const char* e = std::getenv("FH1_CUDA_OUTPUT_MAX");
     return !(e && std::string(e) == "0");
   }();
-  return step_->recording() || !on ? nullptr : reinterpret_cast<uint32_t*>(f16_consts_);
+  return step_->recording() || !on ? nullptr : reinterpret_cast<uint32_t*>(f16_consts());
 }
 
 void CudaKernelsImpl::zero_max_slot(uint32_t* mx) {
-  if (mx) check(cudaMemsetAsync(f16_consts_, 0, 3 * sizeof(float), stream_), "max slot (memset)");
+  if (mx) check(cudaMemsetAsync(mx, 0, 3 * sizeof(float), stream_), "max slot (memset)");
 }
 
 void CudaKernelsImpl::took_output_max(uint32_t* mx, const float* out, size_t n) {
@@ -220,7 +294,7 @@ void CudaKernelsImpl::took_output_max(uint32_t* mx, const float* out, size_t n) 
 }
 
 void CudaKernelsImpl::drop_f16_copies() {
-  cudaStreamSynchronize(stream_);
+  sync_lanes();
   weights_->drop_f16_copies(true);
 }
 
@@ -236,7 +310,7 @@ const void* CudaKernelsImpl::upload(HostUpload& u, const void* src, size_t bytes
   if (bytes == 0) return u.dev;
   if (u.dev != nullptr && u.last.size() == bytes && std::memcmp(u.last.data(), src, bytes) == 0) return u.dev;
   if (bytes > u.cap) {
-    check(cudaStreamSynchronize(stream_), "host upload");
+    sync_lanes();  // either stream may still read the old buffer
     cudaFree(u.dev);
     u.dev = nullptr;
     u.cap = std::max(bytes, u.cap * 2);

@@ -126,9 +126,9 @@ class CudaKernelsImpl final : public CudaKernels {
   uint64_t hold_next_decode_step() override;
   bool launch_held_step(uint64_t ticket, const int32_t* ids, int64_t T) override;
   void drop_held_step(uint64_t ticket) override { step_->drop_ticket(ticket); }
-  void branch_begin() override;
-  void branch_end() override { step_->branch_end(); }
-  void branch_join() override { step_->branch_join(); }
+  void branch_begin(int64_t rows) override;
+  void branch_end() override;
+  void branch_join() override;
 
   // ---- CudaKernels ----
   void set_matmul_split(bool on) override { split_ = on; }
@@ -161,6 +161,9 @@ class CudaKernelsImpl final : public CudaKernels {
   void set_decode_graphs(bool on) override;
   bool decode_graphs() const override { return step_->graphs(); }
   void set_decode_branches(bool on) override;
+  void set_prefill_branches(bool on) override;
+  bool prefill_branches() const override { return pf_mode_ != 0; }
+  size_t prefill_branches_run() const override { return pf_run_; }
   size_t graphs_captured() const override { return step_->graphs_captured(); }
   void set_decode_lookahead(bool on) override;
   size_t held_steps_launched() const override { return step_->held_launched(); }
@@ -187,6 +190,7 @@ class CudaKernelsImpl final : public CudaKernels {
     size_t att_cap = 0;
     uint16_t* w16 = nullptr;  // fp16 copy of one weight matrix (the fp16 matmul)
     size_t w16_cap = 0;
+    float* consts = nullptr;  // the fp16 GEMM's max, alpha and beta (lane 0: f16_consts_)
   };
   static constexpr int64_t kStackedRows = 64;
   static constexpr int64_t kF16Rows = 256;
@@ -249,6 +253,7 @@ class CudaKernelsImpl final : public CudaKernels {
     float* y = nullptr;  // null: none
     int64_t T = 0, N = 0;
     const float* rows = nullptr;
+    bool side = false;  // made in a prompt's branch not yet joined
   };
   unsigned lazy_kinds() const {
     unsigned k = lazy_norm_.x ? kLazyNorm : 0u;
@@ -259,6 +264,10 @@ class CudaKernelsImpl final : public CudaKernels {
   // Settles every lazy result not in keep.
   void settle(unsigned keep = 0);
   using Ranges = std::initializer_list<std::pair<const float*, size_t>>;
+  // The floats from a view's first element to its last: T rows of `width` columns, `ld` apart.
+  static size_t strided_rows_floats(int64_t T, int64_t ld, int64_t width) {
+    return T > 0 ? static_cast<size_t>((T - 1) * ld + width) : 0;
+  }
   // The lazy results none of whose ranges meets one of these [p, p + n).
   unsigned lazy_apart(Ranges ranges) const;
   // Ops run while keep_lazy_ holds `keep` (op() settles the others).
@@ -288,15 +297,34 @@ class CudaKernelsImpl final : public CudaKernels {
   // mlp with gate and up in fp16 (false: it does not fit; nothing was done).
   bool mlp_as_f16(const float* x, int64_t ldx, int64_t T, const Mlp& m, float* gate_room, float* up_room, float* y);
 
-  // Scratch of the lane (stream) the op being recorded runs on: a step's branch runs beside the
-  // ops after it, so the two must not share.
-  LaneScratch& scratch() { return lane_[step_->lane()]; }
+  // The lane (stream) the op being recorded or launched runs on: 1 in a decode step's branch or
+  // a prompt's (which run beside the ops after them), else 0.
+  int lane() const { return step_->recording() ? step_->lane() : pf_ == PrefillBranch::Side ? 1 : 0; }
+  // Scratch of that lane: a branch runs beside the ops after it, so the two must not share.
+  LaneScratch& scratch() { return lane_[lane()]; }
+  float* f16_consts() { return lane() ? lane_[1].consts : f16_consts_; }
+  // stream_, cuBLAS's stream and workspace to those of a lane.
+  void use_stream(int lane, cudaStream_t s);
+
+  // ---- a prompt's branch (branch_begin/end/join outside a recorded decode step) ----
+  // The branch's ops run on pf_side_ from the fork on; the ops after branch_end() on the main
+  // stream, which waits for the branch at branch_join(). Hidden shared state: each lane has its
+  // own scratch, host uploads, cuBLAS workspace and fp16 GEMM constants; a lazy result made in
+  // the branch and settled beside it waits for the branch first (settle()); memory is freed or
+  // regrown only with both streams idle (sync_lanes()).
+  enum class PrefillBranch { None, Side, Beside };
+  // Ends an open branch as branch_end() and branch_join() would (before host copies, frees,
+  // decode steps; after an op threw inside it).
+  void close_prefill_branch();
+  // Waits for both streams (the branch's too) from the host.
+  void sync_lanes();
 
   // A scratch buffer of at least n elements: a smaller one is retired (closures recorded earlier
   // in the step may still use it) and replaced by one at least twice as large.
   template <class T>
   T* grown(T*& p, size_t& cap, size_t n, const char* what) {
     if (n > cap) {
+      if (pf_ != PrefillBranch::None && p) sync_lanes();  // the branch's stream may still use p
       step_->retire(p);
       p = nullptr;
       cap = std::max(n, cap * 2);
@@ -375,7 +403,10 @@ class CudaKernelsImpl final : public CudaKernels {
   cublasHandle_t blas_ = nullptr;
   std::unique_ptr<cuda::CachingAllocator> mem_ = std::make_unique<cuda::CachingAllocator>();
   std::unique_ptr<cuda::DeviceWeights> weights_;
-  HostUpload ids_, pos_, freq_, rows_;
+  struct HostUploads {  // one set a lane: the two streams never write the same buffer
+    HostUpload ids, pos, freq, rows;
+  } up_[2];
+  HostUploads& uploads() { return up_[lane()]; }
   std::vector<char> pack_;
   bool split_ = true;
   // Device work since the backend began (ops, host copies): the fp16 matmul's converted
@@ -417,6 +448,13 @@ class CudaKernelsImpl final : public CudaKernels {
   float* row_scales_[kRowSlots] = {};  // each slot's scales (T floats)
   size_t row_scales_cap_[kRowSlots] = {};
   int row_slot_next_ = 0;  // the slot a GEMM's rows take when both are in use (the older one)
+  cudaStream_t main_stream_ = nullptr;  // stream_ outside branches
+  cudaStream_t pf_side_ = nullptr;      // a prompt's branch: its stream and fork/join events
+  cudaEvent_t pf_fork_ = nullptr, pf_join_ = nullptr, pf_mark_ = nullptr;
+  PrefillBranch pf_ = PrefillBranch::None;
+  int pf_mode_ = 1;  // FH1_CUDA_PREFILL_BRANCH: 0 off, 1 on, 2 on at the greatest stream priority
+  bool pf_side_settled_ = false;  // the branch settled a lazy result made before it
+  size_t pf_run_ = 0;
 };
 
 }  // namespace fh1::cuda

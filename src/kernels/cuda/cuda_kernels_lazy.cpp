@@ -27,6 +27,11 @@ void CudaKernelsImpl::set_lazy_results(bool on) {
 void CudaKernelsImpl::free(float* p) {
   // A lazy result may read or become p: settled while p is still ours. free runs in destructors,
   // during unwinding too: what cannot be settled is dropped (its op's error was thrown already).
+  // An open prompt branch is joined first: the memory's next user is ordered after it.
+  try {
+    close_prefill_branch();
+  } catch (const Error&) {
+  }
   if (lazy_kinds()) try {
       settle();
     } catch (const Error&) {
@@ -56,6 +61,16 @@ unsigned CudaKernelsImpl::lazy_apart(Ranges ranges) const {
 void CudaKernelsImpl::settle(unsigned keep) {
   const unsigned todo = lazy_kinds() & ~keep;
   if (!todo) return;
+  // Beside a prompt's branch, a result the branch made waits for the branch's work so far; in the
+  // branch, a result made before it is settled on the branch's stream, so the ops after the
+  // branch wait for it (branch_end()).
+  if (pf_ == PrefillBranch::Side) pf_side_settled_ = true;
+  bool waits = false;
+  for (int i = 0; i < kRowSlots; ++i) waits = waits || ((todo & (kLazyRows << i)) && lazy_rows_[i].side);
+  if (pf_ == PrefillBranch::Beside && waits) {
+    check(cudaEventRecord(pf_mark_, pf_side_), "prompt branch (settle)");
+    check(cudaStreamWaitEvent(main_stream_, pf_mark_, 0), "prompt branch (settle)");
+  }
   // Every result to settle is taken off before any of their ops runs, so that op() settles
   // nothing more (keep_lazy_: the ones left). None reads what another writes (checked where each
   // was made), so the order does not matter.
@@ -227,7 +242,7 @@ void CudaKernelsImpl::rows_gemm(const char* name, Ranges ranges, int64_t T, cons
     if (bias) cuda::scale_rows(y, T, N, rows, bias, stream_);
   }, w.data, N, K, T, x16, rows, bias, y);
   if (!bias) {
-    lazy_rows_[slot] = LazyRows{y, T, N, rows};
+    lazy_rows_[slot] = LazyRows{y, T, N, rows, pf_ == PrefillBranch::Side};
     row_slot_next_ = (slot + 1) % kRowSlots;
   }
   ++lazy_counts_.rows_matmuls;
@@ -262,7 +277,7 @@ bool CudaKernelsImpl::mlp_as_f16(const float* x, int64_t ldx, int64_t T, const M
   if (std::abs(eg) > 60 || std::abs(eu) > 60) return false;
   const F16Weights fg = f16_weights(G, nullptr, nullptr), fu = f16_weights(U, nullptr, nullptr);
   const WeightView gw = G, uw = U;
-  const uint32_t* bits = reinterpret_cast<const uint32_t*>(f16_consts_);
+  const uint32_t* bits = reinterpret_cast<const uint32_t*>(f16_consts());
   const uint16_t* x16 = bf16_scratch(static_cast<size_t>(T * K));  // holds it (the norm made it this size)
   const float gs = m.gate_scale;
   const size_t room = static_cast<size_t>(T * I);
