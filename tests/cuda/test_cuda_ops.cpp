@@ -704,6 +704,50 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
   EXPECT_GT(worst[1], 4 * worst[0]);
 }
 
+// A prompt's branch (branch_begin outside a decode step) runs on a second stream: a host copy
+// joins it (the values the branch wrote are there), the ops beside it run on the main stream,
+// and an op that throws inside the branch leaves the backend usable (the next host copy joins).
+TEST_F(CudaOpTest, PromptBranchIsJoinedByHostCopiesAndAfterAThrow) {
+  const size_t n = size_t(1) << 24;  // 64 MB a pass: a copy racing the branch would see stale values
+  const auto v = randn(n);
+  Buffer a(*gpu, n), b(*gpu, n), c(*gpu, n);
+  gpu->from_host(a.data(), v.data(), n);
+  const size_t before = gpu->prefill_branches_run();
+  gpu->branch_begin(300);
+  for (int i = 0; i < 8; ++i) gpu->scale(i ? b.data() : a.data(), n, 2.0f, b.data());  // b = 256 a
+  gpu->branch_end();
+  gpu->copy(c.data(), a.data(), n);  // beside the branch
+  gpu->scale(c.data(), n, 0.5f, c.data());
+  gpu->branch_join();
+  EXPECT_EQ(gpu->prefill_branches_run() - before, 1u);
+  const auto hb = host(*gpu, b.data(), n), hc = host(*gpu, c.data(), n);
+  for (size_t i = 0; i < n; i += 4099) {
+    ASSERT_EQ(hb[i], v[i] * 256.0f) << i;
+    ASSERT_EQ(hc[i], v[i] * 0.5f) << i;
+  }
+  // One-row calls (decode) keep one stream.
+  gpu->branch_begin(1);
+  gpu->branch_end();
+  gpu->branch_join();
+  EXPECT_EQ(gpu->prefill_branches_run() - before, 1u);
+
+  gpu->branch_begin(300);
+  for (int i = 0; i < 8; ++i) gpu->scale(i ? b.data() : a.data(), n, 0.5f, b.data());  // b = a / 256
+  WeightView unbound;  // float16 weights: this backend binds none, so the matmul throws
+  unbound.dtype = DType::F16;
+  unbound.data = a.data();
+  unbound.rows = unbound.cols = 4;
+  EXPECT_ANY_THROW(gpu->matmul(c.data(), 4, 300, unbound, nullptr, c.data()));
+  const auto hb2 = host(*gpu, b.data(), n);  // joins the branch left open
+  gpu->scale(b.data(), n, 4.0f, c.data());   // the main stream again
+  const auto hc2 = host(*gpu, c.data(), n);
+  for (size_t i = 0; i < n; i += 4099) {
+    ASSERT_EQ(hb2[i], v[i] / 256.0f) << i;
+    ASSERT_EQ(hc2[i], v[i] / 64.0f) << i;
+  }
+  EXPECT_EQ(gpu->prefill_branches_run() - before, 2u);
+}
+
 TEST_F(CudaOpTest, MemoryCopyZeroAndReuse) {
   const auto v = randn(1000);
   Buffer a(*gpu, 1000), b(*gpu, 1000);
