@@ -8,11 +8,13 @@
 //    kernel: its helpers serve both);
 //  - O += P V: P from registers (S's accumulators are P's A fragments as they are), V's tile in
 //    shared memory read transposed (MN-major), BK / 16 instructions m64nHDPk16.
-// The default (variant 5): K and V tiles of 64 keys loaded by the copy engine (TMA, a tensor map
-// of each fp16 cache with the same swizzle) into 4 stages, issued by one thread of a producer
-// warpgroup that gives its registers to the 3 computing warpgroups (setmaxnreg); full and empty
-// stages signalled on mbarriers, so each warpgroup runs at its own pace and one's softmax overlaps
-// another's products. Where the head size is not 64 or 128 (no whole 128-byte boxes), every
+// The default (variant 12): K and V tiles of 128 keys loaded by the copy engine (TMA, a tensor
+// map of each fp16 cache with the same swizzle) into 2 stages (181 KB of shared memory at head
+// size 128), issued by one thread of a producer warpgroup that gives its registers to the 3
+// computing warpgroups (setmaxnreg); full and empty stages signalled on mbarriers, so each
+// warpgroup runs at its own pace and one's softmax overlaps another's products. Tiles of 128 keys
+// make S = Q K^T m64n128k16, which reads half the shared memory per product of m64n64k16 (64-key
+// tiles, variant 5: prompts took up to 12 % longer). Where the head size is not 64 or 128 (no whole 128-byte boxes), every
 // thread copies the tiles with cp.async and the block meets at a barrier each tile (variant 1).
 // The other shapes, for tuning, in launch_wgmma_variant below.
 #include <cuda.h>  // CUtensorMap (the encoder itself comes through the runtime's entry points)
@@ -340,8 +342,8 @@ void launch_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, c
   check_launch("attention (flash wgmma)");
 }
 
-constexpr int kVariants = 11;
-constexpr int kDefaultVariant = 5;  // the copy engine's loads, 3 warpgroups of one head: see below
+constexpr int kVariants = 13;
+constexpr int kDefaultVariant = 12;  // the copy engine's 128-key tiles, 3 warpgroups of one head: see below
 
 std::atomic<int>& wgmma_setting() {
   static std::atomic<int> v{[] {
@@ -355,7 +357,8 @@ std::atomic<int>& wgmma_setting() {
 // blocks an SM), 64-key tiles: by cp.async 1 (4, 2, 1), 2 (2, 1, 2), 3 (2, 2, 2); by the copy
 // engine (4 stages, one more warp) 4 (2, 1, 1), 5 (3, 1, 1), 6 (3, 3, 1), 7 (2, 2, 1), with
 // the next tile's S in flight during the softmax 8 (2, 1, 1), 9 (2, 2, 1), with 5 stages 10
-// (3, 1, 1), with tiles of 128 keys in 3 stages 11 (2, 1, 1) (docs/cuda.md: their times). Several
+// (3, 1, 1), with tiles of 128 keys in 3 stages 11 (2, 1, 1), in 2 stages 12 (3, 1, 1) and 13
+// (2, 1, 1) (docs/cuda.md: their times). Several
 // heads a block only where the query heads of a KV head come in such groups (else the shape
 // with one head); the copy engine only where the head size is 64 or 128 (else 1).
 template <int HDP>
@@ -366,7 +369,7 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
   CUtensorMap tmk{}, tmv{};
   if (variant >= 4) {
     const int64_t rows = n_past + T, ld = int64_t(Hkv) * hd;
-    const int bk = variant == 11 ? 128 : 64;
+    const int bk = variant >= 11 ? 128 : 64;
     if (hd != HDP || !cache_tensor_map(tmk, k16, rows, ld, bk) || !cache_tensor_map(tmv, v16, rows, ld, bk))
       variant = 1;
   }
@@ -387,6 +390,8 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
     case 9: FH1_WGMMA(64, 2, 2, 1, true, 4, true); break;
     case 10: FH1_WGMMA(64, 3, 1, 1, true, 5); break;
     case 11: FH1_WGMMA(128, 2, 1, 1, true, 3); break;
+    case 12: FH1_WGMMA(128, 3, 1, 1, true, 2); break;
+    case 13: FH1_WGMMA(128, 2, 1, 1, true, 2); break;
     default: FH1_WGMMA(64, 4, 2, 1);
   }
 #undef FH1_WGMMA
