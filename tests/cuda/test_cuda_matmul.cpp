@@ -349,6 +349,65 @@ TEST_F(CudaMatmulTest, MatmulF16WeightCopiesGiveTheSameResultsAndGiveWay) {
   EXPECT_EQ(gpu->memory_stats().f16_copy_bytes, 0u) << "copies made again after an allocation failed";
 }
 
+// The fp16 GEMMs on tuned cublasLt algorithms (cuda_gemm_lt.h) give cublasGemmEx's bits: the
+// plain, the row-scaled and the fp16-output GEMMs (a matmul with lazy results off, then on, and
+// a prompt's MLP), at the rows a shape was tuned at and at other rows of its bucket, and again
+// once tuned.
+TEST_F(CudaMatmulTest, TunedGemmAlgorithmsGiveTheDefaultsBits) {
+  F16RowsReset reset{gpu.get()};
+  LazyReset lazy_reset{gpu.get()};
+  struct TuningReset {
+    CudaKernels* g;
+    bool on = g->gemm_tuning();
+    ~TuningReset() { g->set_gemm_tuning(on); }
+  } tuning_reset{gpu.get()};
+  gpu->set_matmul_f16_rows(256);
+  const int64_t d = 1536, I = 3072;
+  std::vector<uint16_t> gb, ub, db, wb;
+  const WeightView wg = bind_random_bf16(I, d, 0.05f, gb), wu = bind_random_bf16(I, d, 0.05f, ub),
+                   wd = bind_random_bf16(d, I, 0.05f, db), w = bind_random_bf16(I, d, 0.05f, wb);
+  const std::vector<float> nw = randn(static_cast<size_t>(d));
+  Buffer nwg(*gpu, nw.size());
+  gpu->from_host(nwg.data(), nw.data(), nw.size());
+  const Kernels::Mlp m{&wg, nullptr, &wu, nullptr, 0.8f, &wd, nullptr};
+  const int tuned_before = gpu->gemm_shapes_tuned();
+  const size_t mlps_before = gpu->lazy_counts().mlps_f16;
+  for (int64_t T : {2048, 1500, 2048}) {
+    const std::vector<float> x = randn(static_cast<size_t>(T * d));
+    Buffer xg(*gpu, x.size()), ug(*gpu, x.size()), gate(*gpu, size_t(T * I)), up(*gpu, size_t(T * I)),
+        yg(*gpu, size_t(T * d)), ym(*gpu, size_t(T * I)), spare(*gpu, 1);
+    gpu->from_host(xg.data(), x.data(), x.size());
+    const auto run = [&] {
+      std::vector<std::vector<float>> out;
+      gpu->set_lazy_results(false);
+      gpu->zero(spare.data(), 1);  // an op between: x is converted again
+      gpu->matmul(xg.data(), d, T, w, nullptr, ym.data());
+      out.push_back(host(*gpu, ym.data(), ym.size()));
+      gpu->set_lazy_results(true);
+      gpu->zero(spare.data(), 1);
+      gpu->matmul(xg.data(), d, T, w, nullptr, ym.data());
+      out.push_back(host(*gpu, ym.data(), ym.size()));
+      gpu->rmsnorm(xg.data(), T, d, nwg.data(), 1e-6f, ug.data());
+      gpu->mlp(ug.data(), d, T, m, gate.data(), up.data(), yg.data());
+      out.push_back(host(*gpu, yg.data(), yg.size()));
+      return out;
+    };
+    gpu->set_gemm_tuning(false);
+    const auto want = run();
+    gpu->set_gemm_tuning(true);
+    for (int rep = 0; rep < 2; ++rep) {
+      const auto got = run();
+      for (size_t i = 0; i < want.size(); ++i) {
+        ASSERT_EQ(got[i].size(), want[i].size());
+        EXPECT_EQ(std::memcmp(got[i].data(), want[i].data(), want[i].size() * sizeof(float)), 0)
+            << "T=" << T << " GEMM " << i << " (0 plain, 1 row-scaled, 2 MLP) run " << rep;
+      }
+    }
+  }
+  EXPECT_GE(gpu->gemm_shapes_tuned() - tuned_before, 4) << "the shapes were not tuned";
+  EXPECT_EQ(gpu->lazy_counts().mlps_f16 - mlps_before, 9u) << "the MLP did not keep gate and up in fp16";
+}
+
 // The decode GEMV job (cuda_ops.h) against float64, with enough rows for the streaming kernel
 // (and few, for the split-K one): parts with their own scales and mup vector, the scale's output,
 // the residual and the gated epilogues, K not a multiple of 256, 1 to 8 rows of x.

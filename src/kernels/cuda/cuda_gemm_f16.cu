@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_f16_scale.cuh"
+#include "kernels/cuda/cuda_gemm_lt.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_rows.cuh"
 #include "util/error.h"
@@ -300,24 +301,32 @@ void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* 
   check_launch("scale_rows");
 }
 
-void gemm_f16_rows(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const uint16_t* x16,
+void gemm_f16_rows(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const uint16_t* x16,
                    int64_t T, float* y, cudaStream_t s) {
-  (void)s;  // cuBLAS runs on the handle's stream, the caller's
   const float alpha = std::ldexp(1.0f, -w_shift), beta = 0.0f;
-  check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T), static_cast<int>(K),
-                          &alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F, static_cast<int>(K), &beta, y,
-                          CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-             "cublasGemmEx (f16 rows)");
+  const auto by_default = [&] {  // on the handle's stream, the caller's
+    check_blas(cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T),
+                            static_cast<int>(K), &alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F,
+                            static_cast<int>(K), &beta, y, CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (f16 rows)");
+  };
+  if (!g.algos || !g.algos->run(w16, N, K, x16, T, y, false, &alpha, false, g.ws, g.ws_bytes, s, by_default))
+    by_default();
 }
 
-void gemm_f16_out16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int out_exp, const uint16_t* x16,
+void gemm_f16_out16(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int out_exp, const uint16_t* x16,
                     int64_t T, uint16_t* y16, cudaStream_t s) {
-  (void)s;  // cuBLAS runs on the handle's stream, the caller's
   const float alpha = std::ldexp(1.0f, -out_exp), beta = 0.0f;
-  check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T), static_cast<int>(K),
-                          &alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F, static_cast<int>(K), &beta, y16,
-                          CUDA_R_16F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-             "cublasGemmEx (f16 out)");
+  const auto by_default = [&] {  // on the handle's stream, the caller's
+    check_blas(cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T),
+                            static_cast<int>(K), &alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F,
+                            static_cast<int>(K), &beta, y16, CUDA_R_16F, static_cast<int>(N), CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx (f16 out)");
+  };
+  if (!g.algos || !g.algos->run(w16, N, K, x16, T, y16, true, &alpha, false, g.ws, g.ws_bytes, s, by_default))
+    by_default();
 }
 
 // *out = max(*out, bits of max_n sum_k |W[n, k]|), a warp a row of the bf16 W [N, K] (the sums
@@ -394,7 +403,7 @@ void bf16_to_f16_scaled(const uint16_t* w, size_t n, int shift, uint16_t* out, c
   check_launch("bf16_to_f16_scaled");
 }
 
-void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
+void gemm_f16(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x, int64_t ldx,
               int64_t T, float x_scale, float* y, const F16Scratch& sc, bool x16_ready, bool max_ready,
               cudaStream_t s) {
   auto* bits = reinterpret_cast<uint32_t*>(sc.consts);
@@ -417,13 +426,17 @@ void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, in
   launch(f16_alpha_kernel, 1, 1, 0, s, bits, w_shift, x_scale, sc.consts + 1);
   check_launch("f16_alpha");
   // alpha (consts[1]) and beta (consts[2], zero) are read from device memory.
-  check_blas(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_DEVICE), "cublasSetPointerMode");
-  const cublasStatus_t st =
-      cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T), static_cast<int>(K),
-                   sc.consts + 1, w16, CUDA_R_16F, static_cast<int>(K), sc.x16, CUDA_R_16F, static_cast<int>(K),
-                   sc.consts + 2, y, CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  check_blas(cublasSetPointerMode(blas, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
-  check_blas(st, "cublasGemmEx (f16)");
+  const auto by_default = [&] {
+    check_blas(cublasSetPointerMode(g.blas, CUBLAS_POINTER_MODE_DEVICE), "cublasSetPointerMode");
+    const cublasStatus_t st =
+        cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T), static_cast<int>(K),
+                     sc.consts + 1, w16, CUDA_R_16F, static_cast<int>(K), sc.x16, CUDA_R_16F, static_cast<int>(K),
+                     sc.consts + 2, y, CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    check_blas(cublasSetPointerMode(g.blas, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
+    check_blas(st, "cublasGemmEx (f16)");
+  };
+  if (!g.algos || !g.algos->run(w16, N, K, sc.x16, T, y, false, sc.consts + 1, true, g.ws, g.ws_bytes, s, by_default))
+    by_default();
 }
 
 }  // namespace fh1::cuda

@@ -55,6 +55,8 @@ CudaKernelsImpl::CudaKernelsImpl(int device) : device_(device) {
   // A workspace of our own: cuBLAS calls can then be captured into graphs.
   check(cudaMalloc(&lane_[0].blas_ws, kBlasWorkspace), "cuBLAS workspace");
   check_blas(cublasSetWorkspace(blas_, lane_[0].blas_ws, kBlasWorkspace), "cublasSetWorkspace");
+  blas_ws_now_ = lane_[0].blas_ws;
+  gemm_algos_ = std::make_unique<cuda::GemmAlgos>();
   check(cudaMalloc(&f16_consts_, 4 * sizeof(float)), "fp16 matmul constants");
   // (The shifts' reductions use the 4th constant: the first three may hold converted
   // activations' max, alpha and beta that the next fp16 matmul reuses.)
@@ -122,6 +124,7 @@ CudaKernelsImpl::~CudaKernelsImpl() {
   mem_.reset();
   for (HostUploads& l : up_)
     for (auto* u : {&l.ids, &l.pos, &l.freq, &l.rows}) cudaFree(u->dev);
+  gemm_algos_.reset();
   cublasDestroy(blas_);
   cudaStreamDestroy(stream_);
 }
@@ -298,7 +301,7 @@ void CudaKernelsImpl::matmul_f16(const float* x, int64_t ldx, int64_t T, float x
   const KeepLazy keep(this, lazy_kinds());
   op("matmul f16", [=, this] {
     fill(f, w);
-    cuda::gemm_f16(blas_, f.w16, N, K, f.shift, x, ldx, T, x_scale, y, sc, ready, max_ready, stream_);
+    cuda::gemm_f16(gemm_run(), f.w16, N, K, f.shift, x, ldx, T, x_scale, y, sc, ready, max_ready, stream_);
     if (bias) cuda::add_bias(y, T, N, bias, stream_);
     if (f.cols_after) cuda::mul_columns(y, T, N, col_scale, stream_);
   }, w.data, N, K, x, ldx, T, x_scale, bias, y, col_scale);

@@ -87,6 +87,15 @@ class CudaKernels : public Kernels {
   // (Kernels::mlp, cuda_kernels_lazy.cpp). Off: float32, as the eager ops.
   virtual void set_mlp_f16(bool on) = 0;
   virtual bool mlp_f16() const = 0;
+  // The prefill's fp16 GEMMs through cublasLt, each shape's algorithm (per N, K, output type and
+  // T rounded up to a power of two) picked once by timing cuBLAS's candidates, among those whose
+  // output is bit for bit that of cublasGemmEx's default choice: speed only, the same results
+  // (off by default, cublasGemmEx's own choice; FH1_CUDA_GEMM_TUNE=1: on; cuda_gemm_lt.h).
+  // Shapes tuned so far, and how many of them took another algorithm than the default.
+  virtual void set_gemm_tuning(bool on) = 0;
+  virtual bool gemm_tuning() const = 0;
+  virtual int gemm_shapes_tuned() const = 0;
+  virtual int gemm_shapes_replaced() const = 0;
   // Decode steps recorded and replayed as CUDA graphs (default; FH1_CUDA_GRAPHS=0 turns it off).
   virtual void set_decode_graphs(bool on) = 0;
   virtual bool decode_graphs() const = 0;

@@ -97,6 +97,7 @@ void CudaKernelsImpl::use_stream(int lane, cudaStream_t s) {
   stream_ = s;
   check_blas(cublasSetStream(blas_, s), "cublasSetStream");
   check_blas(cublasSetWorkspace(blas_, lane_[lane].blas_ws, kBlasWorkspace), "cublasSetWorkspace");
+  blas_ws_now_ = lane_[lane].blas_ws;
 }
 
 void CudaKernelsImpl::branch_begin(int64_t rows) {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_allocator.h"
+#include "kernels/cuda/cuda_gemm_lt.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_profile.h"
@@ -142,6 +143,10 @@ class CudaKernelsImpl final : public CudaKernels {
   CudaLazyCounts lazy_counts() const override { return lazy_counts_; }
   void set_mlp_f16(bool on) override { mlp16_on_ = on; }
   bool mlp_f16() const override { return mlp16_on_; }
+  void set_gemm_tuning(bool on) override { gemm_algos_->set_enabled(on); }
+  bool gemm_tuning() const override { return gemm_algos_->enabled(); }
+  int gemm_shapes_tuned() const override { return gemm_algos_->tuned(); }
+  int gemm_shapes_replaced() const override { return gemm_algos_->replaced(); }
   void set_f16_weight_copies(bool on) override;
   bool f16_weight_copies() const override { return weights_->f16_copies(); }
   bool scan_tf32() const override { return tf32_scan_; }
@@ -401,6 +406,10 @@ class CudaKernelsImpl final : public CudaKernels {
   std::string name_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
+  void* blas_ws_now_ = nullptr;  // the workspace blas_ has now (use_stream)
+  std::unique_ptr<cuda::GemmAlgos> gemm_algos_;
+  // The prefill's fp16 GEMMs' handles, on the stream and workspace of now.
+  cuda::GemmRun gemm_run() const { return {blas_, gemm_algos_.get(), blas_ws_now_, kBlasWorkspace}; }
   std::unique_ptr<cuda::CachingAllocator> mem_ = std::make_unique<cuda::CachingAllocator>();
   std::unique_ptr<cuda::DeviceWeights> weights_;
   struct HostUploads {  // one set a lane: the two streams never write the same buffer

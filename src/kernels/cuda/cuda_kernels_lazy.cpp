@@ -237,7 +237,7 @@ void CudaKernelsImpl::rows_gemm(const char* name, Ranges ranges, int64_t T, cons
   op(name, [=, this] {
     fill(f, w);
     make(x16, rows);
-    cuda::gemm_f16_rows(blas_, f.w16, N, K, f.shift, x16, T, y, stream_);
+    cuda::gemm_f16_rows(gemm_run(), f.w16, N, K, f.shift, x16, T, y, stream_);
     // With a bias the rows are scaled now (the bias is not theirs to scale).
     if (bias) cuda::scale_rows(y, T, N, rows, bias, stream_);
   }, w.data, N, K, T, x16, rows, bias, y);
@@ -285,8 +285,8 @@ bool CudaKernelsImpl::mlp_as_f16(const float* x, int64_t ldx, int64_t T, const M
             y, p16, [=, this](uint16_t* x16_down, float* rows) {
               fill(fg, gw);
               fill(fu, uw);
-              cuda::gemm_f16_out16(blas_, fg.w16, I, K, fg.shift + eg, x16, T, g16, stream_);
-              cuda::gemm_f16_out16(blas_, fu.w16, I, K, fu.shift + eu, x16, T, u16, stream_);
+              cuda::gemm_f16_out16(gemm_run(), fg.w16, I, K, fg.shift + eg, x16, T, g16, stream_);
+              cuda::gemm_f16_out16(gemm_run(), fu.w16, I, K, fu.shift + eu, x16, T, u16, stream_);
               cuda::silu_mul_f16_rows(g16, u16, T, I, bits, eg, eu, gs, x16_down, rows, stream_);
             });
   ++lazy_counts_.mlps_f16;

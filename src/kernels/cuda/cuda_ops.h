@@ -98,6 +98,16 @@ int f16_shift_of_bf16_rows_scaled(const uint16_t* w, int64_t N, int64_t K, const
                                   cudaStream_t s);
 void bf16_to_f16_rows_scaled(const uint16_t* w, int64_t N, int64_t K, const float* v, int shift, uint16_t* out,
                              cudaStream_t s);
+class GemmAlgos;  // cuda_gemm_lt.h
+// What the prefill's fp16 GEMMs run with: the cuBLAS handle (stream and workspace set to the
+// caller's), the table of tuned cublasLt algorithms (null: cublasGemmEx's choice always) and
+// the handle's workspace, which cublasLt uses too.
+struct GemmRun {
+  cublasHandle_t blas;
+  GemmAlgos* algos;
+  void* ws;
+  size_t ws_bytes;
+};
 struct F16Scratch {
   uint16_t* x16;  // T x K halves
   float* consts;  // 3 floats of device memory: the max's bits, alpha, beta
@@ -107,7 +117,7 @@ struct F16Scratch {
 // matrices); only alpha is computed again. max_ready: the max's bits hold x's (the op that
 // wrote x took it, see scale), beta is zero; x is converted without a pass of its own for the max.
 // y = (x * x_scale) W^T: x_scale is taken into the GEMM's alpha.
-void gemm_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x,
+void gemm_f16(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const float* x,
               int64_t ldx, int64_t T, float x_scale, float* y, const F16Scratch& scratch, bool x16_ready,
               bool max_ready, cudaStream_t s);
 // An fp16 GEMM's input with a shift per row instead of one per tensor, made in one pass
@@ -122,14 +132,14 @@ void rows_to_f16(RowsOp op, const float* a, int64_t lda, const float* b, int64_t
                  uint16_t* x16, float* rows, cudaStream_t s);
 // y[T, N] = 2^-w_shift x16 W^T (the fp16 GEMM of rows_to_f16's x16; its rows still to be
 // multiplied by rows[t]).
-void gemm_f16_rows(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const uint16_t* x16,
+void gemm_f16_rows(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const uint16_t* x16,
                    int64_t T, float* y, cudaStream_t s);
 // The MLP's gate and up kept in fp16 (CudaKernelsImpl::mlp): y16[T, N] = 2^-out_exp x16 W^T,
 // float32 accumulate. With w16 scaled by 2^w_shift, x16's largest |value| below 2^15 (as every
 // fp16 GEMM input here is) and 2^out_exp >= max_n sum_k |w16[n, k]| (bf16_rows_l1_max), no
 // output exceeds 2^15: fp16 cannot overflow, and the typical output lies far above its
 // subnormals.
-void gemm_f16_out16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, int out_exp, const uint16_t* x16,
+void gemm_f16_out16(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int out_exp, const uint16_t* x16,
                     int64_t T, uint16_t* y16, cudaStream_t s);
 // max_n sum_k |W[n, k]| of a bf16 W [N, K] (synchronous: once a matrix).
 float bf16_rows_l1_max(const uint16_t* w, int64_t N, int64_t K, uint32_t* scratch, cudaStream_t s);
