@@ -301,6 +301,17 @@ void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* 
   check_launch("scale_rows");
 }
 
+// The GEMM on its shape's tuned cublasLt algorithm where tuning is on and has one
+// (cuda_gemm_lt.h), else by_default (cublasGemmEx with cuBLAS's own choice).
+template <class Default>
+void tuned_or_default(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, const uint16_t* x16, int64_t T,
+                      void* y, bool y16, const float* alpha, bool alpha_on_device, cudaStream_t s,
+                      const Default& by_default) {
+  if (!g.algos || !g.algos->enabled() ||
+      !g.algos->run(w16, N, K, x16, T, y, y16, alpha, alpha_on_device, g.ws, g.ws_bytes, s, by_default))
+    by_default();
+}
+
 void gemm_f16_rows(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const uint16_t* x16,
                    int64_t T, float* y, cudaStream_t s) {
   const float alpha = std::ldexp(1.0f, -w_shift), beta = 0.0f;
@@ -311,8 +322,7 @@ void gemm_f16_rows(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, 
                             CUBLAS_GEMM_DEFAULT),
                "cublasGemmEx (f16 rows)");
   };
-  if (!g.algos || !g.algos->run(w16, N, K, x16, T, y, false, &alpha, false, g.ws, g.ws_bytes, s, by_default))
-    by_default();
+  tuned_or_default(g, w16, N, K, x16, T, y, false, &alpha, false, s, by_default);
 }
 
 void gemm_f16_out16(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int out_exp, const uint16_t* x16,
@@ -325,8 +335,7 @@ void gemm_f16_out16(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K,
                             CUBLAS_GEMM_DEFAULT),
                "cublasGemmEx (f16 out)");
   };
-  if (!g.algos || !g.algos->run(w16, N, K, x16, T, y16, true, &alpha, false, g.ws, g.ws_bytes, s, by_default))
-    by_default();
+  tuned_or_default(g, w16, N, K, x16, T, y16, true, &alpha, false, s, by_default);
 }
 
 // *out = max(*out, bits of max_n sum_k |W[n, k]|), a warp a row of the bf16 W [N, K] (the sums
@@ -435,8 +444,7 @@ void gemm_f16(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int w
     check_blas(cublasSetPointerMode(g.blas, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
     check_blas(st, "cublasGemmEx (f16)");
   };
-  if (!g.algos || !g.algos->run(w16, N, K, sc.x16, T, y, false, sc.consts + 1, true, g.ws, g.ws_bytes, s, by_default))
-    by_default();
+  tuned_or_default(g, w16, N, K, sc.x16, T, y, false, sc.consts + 1, true, s, by_default);
 }
 
 }  // namespace fh1::cuda
