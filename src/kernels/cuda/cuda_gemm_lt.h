@@ -1,8 +1,9 @@
 // The prefill's fp16 GEMMs through cublasLt with an algorithm picked per shape by timing
 // (cuda_gemm_lt.cu). cublasGemmEx runs the heuristic's first choice; for some shapes another of
 // its candidates is faster. GemmAlgos times the candidates once per shape (N, K, T rounded up to
-// a power of two, output type) and keeps the fastest whose output is bit for bit the default
-// algorithm's (a checksum of the outputs), so the choice changes speed only, never results.
+// a power of two, output type, where alpha lives, the operands' alignment) and keeps the fastest
+// whose output is bit for bit the default algorithm's (a checksum of the outputs), so the choice
+// changes speed only, never results.
 #pragma once
 
 #include <cublasLt.h>
@@ -60,7 +61,7 @@ class GemmAlgos {
   bool enabled_ = false;
   std::mutex mu_;
   std::map<Key, Choice> table_;
-  unsigned long long* sum_ = nullptr;  // device: the outputs' checksum
+  unsigned long long* sum_ = nullptr;  // device: [0] the outputs' checksum, [1] zero (beta read there)
   cudaEvent_t ev_[2] = {};
   int tuned_ = 0, replaced_ = 0;
 };
