@@ -632,15 +632,19 @@ TEST_F(CudaOpTest, SsmScanLongPromptsInParallelChunks) {
 // TF32 runs the fused kernels where the shapes fit (the last cases: heads of 64 and 128 columns,
 // states of 64 to 256, chunks of 64, 128 and 256 tokens) and the batched GEMMs otherwise; both
 // are checked, and the fused ones must have run (their sums differ in order from the GEMMs').
+// On a GPU with wgmma, chunks of 128 take the outputs kernel on wgmma and states of N in 128s
+// the states kernel on wgmma: checked against the reference beside the mma.sync kernels.
 TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
   struct Reset {
     CudaKernels* g;
     ~Reset() {
       cuda::set_scan_ssd(cuda::kScanSsdAuto, 0, 0);
       cuda::set_scan_ssd_fused(true);
+      cuda::set_ssd_wgmma(wgmma);
       g->set_scan_tf32(true);
     }
-  } reset{gpu.get()};
+    int wgmma;
+  } reset{gpu.get(), cuda::ssd_wgmma()};
   EXPECT_TRUE(gpu->scan_tf32()) << "TF32 is the default";
   struct Case { ScanShape shape; int chunk; std::vector<int> windows; };
   double worst[2] = {0, 0};
@@ -659,7 +663,11 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
                         // 128 (two column blocks), N 64, chunks of 64; chunks of 256, N 256.
                         Case{{2000, 6, 64, 2, 128, 128, 0.0f, INFINITY, 0}, 0, {0, 4}},
                         Case{{1200, 4, 128, 1, 64, 64, 0.001f, 0.1f, 0}, 0, {0, 5}},
-                        Case{{1100, 2, 64, 1, 256, 256, 0.0f, INFINITY, 0}, 0, {0, 2}}}) {
+                        Case{{1100, 2, 64, 1, 256, 256, 0.0f, INFINITY, 0}, 0, {0, 2}},
+                        // Chunks of 128 (the outputs kernel on wgmma where the GPU has it): heads
+                        // of 128 with N 256, heads of 64 with N 64 and 3 groups.
+                        Case{{1500, 3, 128, 1, 256, 128, 0.0f, INFINITY, 0}, 0, {0, 4}},
+                        Case{{1000, 6, 64, 3, 64, 128, 0.001f, 0.1f, 0}, 0, {0, 3}}}) {
     const ScanInputs in = scan_inputs(c.shape);
     cuda::set_scan_ssd(-1, 0, 0);
     const auto [y_rec, st_rec] = gpu_scan(in);
@@ -688,6 +696,24 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
           cuda::set_scan_ssd_fused(true);
           EXPECT_NE(y_got, y_gemm) << "the fused kernels did not run, " << what;
           EXPECT_LE(rel(y_got, y_gemm), tol) << "vs the GEMMs, " << what;
+          // The kernels just run on wgmma (outputs: chunks of 128; states: N in 128s): against
+          // the mma.sync kernels.
+          if (reset.wgmma > 0 && (Q == 128 || c.shape.N % 128 == 0)) {
+            cuda::set_ssd_wgmma(0);
+            const auto [y_mma, st_mma] = gpu_scan(in);
+            cuda::set_ssd_wgmma(reset.wgmma);
+            // The outputs kernel rounds C exp(cum_t) where mma.sync's rounds C, so its y differs;
+            // the states kernel summed the same rounded products in the same order on an H100,
+            // and gave the same bits.
+            if (Q == 128) EXPECT_NE(y_got, y_mma) << "the wgmma outputs kernel did not run, " << what;
+            EXPECT_LE(rel(y_got, y_mma), tol) << "vs the mma.sync kernels, " << what;
+            EXPECT_LE(rel(st_got, st_mma), tol_state) << "state vs the mma.sync kernels, " << what;
+            const double e_mma[2] = {rel(y_mma, in.y_ref), rel(st_mma, in.st_ref)};
+            worst[1] = std::max({worst[1], e_mma[0], e_mma[1]});
+            std::printf("  %s: y %.2e, state %.2e with the mma.sync kernels\n", what.c_str(), e_mma[0], e_mma[1]);
+            EXPECT_LE(e_mma[0], tol) << "the mma.sync kernels, " << what;
+            EXPECT_LE(e_mma[1], tol_state) << "state, the mma.sync kernels, " << what;
+          }
         }
         const double e[4] = {rel(y_got, in.y_ref), rel(st_got, in.st_ref), rel(y_got, y_rec), rel(st_got, st_rec)};
         EXPECT_LE(e[0], tol) << what;

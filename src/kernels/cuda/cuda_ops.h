@@ -265,6 +265,12 @@ void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len);
 // Tests and tuning: the SSD's fused TF32 kernels where the shapes fit (default on; false: its
 // batched cuBLAS GEMMs; FH1_CUDA_SSD_FUSED=0).
 void set_scan_ssd_fused(bool on);
+// Tests and tuning: the fused outputs kernel on Hopper's wgmma (cuda_ssd_wgmma.cuh) for chunks of
+// 128 tokens where the device runs sm_90a code (flash_wgmma_available): 0 off (the mma.sync
+// kernel), 1 (the default) .. 3 its shapes. FH1_CUDA_SSD_WGMMA=N sets the start value; ssd_wgmma()
+// is 0 where it cannot run.
+void set_ssd_wgmma(int variant);
+int ssd_wgmma();
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same arguments).
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from
@@ -283,8 +289,8 @@ void set_flash_precision(int prec);
 int flash_precision();
 // The fp16 prefill attention on Hopper's warpgroup MMA (wgmma; cuda_attention_wgmma.cu) where
 // the GPU is compute capability 9.0 and the build has sm_90a code: 0 off (the mma.sync kernel),
-// 1..11 its block shapes (the default 5: tiles by the copy engine, 3 warpgroups of 64 queries;
-// the others for tuning, listed there). FH1_CUDA_FLASH_WGMMA=N sets the start value.
+// 1..13 its block shapes (the default 12: 128-key tiles by the copy engine, 3 warpgroups of 64
+// queries; the others for tuning, listed there). FH1_CUDA_FLASH_WGMMA=N sets the start value.
 void set_flash_wgmma(int variant);
 int flash_wgmma();
 bool flash_wgmma_available();

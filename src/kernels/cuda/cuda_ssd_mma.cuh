@@ -8,7 +8,8 @@
 //   ssd_outputs_kernel: y[c, h] = exp(cum_t) (C S_start^T) + M X + D x, with M formed from CB,
 //                       the running sums and dt as the fragments are read, and the causal
 //                       half of M X skipped tile by tile.
-// ssd_fused_states() and ssd_fused_outputs() (at the end) launch them for a window of chunks.
+// ssd_fused_states() and ssd_fused_outputs() (at the end) launch them for a window of chunks,
+// ssd_chunks_cb() the cuBLAS product CB the outputs take.
 // Inputs round to TF32 (10-bit mantissas) and the sums are float32, as in the cuBLAS TF32 path.
 // Tiles of 32 tokens or state entries come through shared memory by cp.async, double-buffered;
 // the rows of every tile are padded so that each fragment load hits 32 distinct banks.
@@ -296,10 +297,9 @@ inline size_t ssd_outputs_smem(int Q, int ST) {
   return sizeof(double) * size_t(Q) + sizeof(float) * (size_t(Q) + size_t(ST) * stage);
 }
 
-// A window's CB (cuBLAS, per group, strided over the chunks) and end states E; the caller then
-// turns E into the start states (ssm_chunk_starts_kernel) for ssd_fused_outputs().
-inline void ssd_fused_states(const SsdShape& d, const float* x, const float* B, const float* C, const float* xdf,
-                             float* CB, float* E, cublasComputeType_t compute, cublasHandle_t blas, cudaStream_t s) {
+// A window's CB (cuBLAS, per group, strided over the chunks), for the outputs.
+inline void ssd_chunks_cb(const SsdShape& d, const float* B, const float* C, float* CB, cublasComputeType_t compute,
+                          cublasHandle_t blas) {
   const float one = 1.0f, zero = 0.0f;
   const int64_t QQ = int64_t(d.Q) * d.Q;
   // CB (column-major Q x Q, s by t) = B^T C, per (chunk, group).
@@ -309,6 +309,12 @@ inline void ssd_fused_states(const SsdShape& d, const float* x, const float* B, 
                                           int(d.ld_xbc), d.Q * d.ld_xbc, &zero, CB + g * QQ, CUDA_R_32F, d.Q,
                                           d.G * QQ, int(d.nc), compute, CUBLAS_GEMM_DEFAULT),
                "the chunks' C B^T");
+}
+
+// A window's end states E; the caller then turns E into the start states
+// (ssm_chunk_starts_kernel) for ssd_fused_outputs().
+inline void ssd_fused_states(const SsdShape& d, const float* x, const float* B, const float* xdf, float* E,
+                             cudaStream_t s) {
   constexpr int ST = kSsdStages, MB = kSsdBlocksPerSm;
   const int NW = d.N % 128 == 0 ? 4 : 2;
   const dim3 grid(unsigned((d.P / kSsdCols) * (d.N / (32 * NW))), unsigned(d.nc * d.H));

@@ -30,6 +30,7 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_rows.cuh"
 #include "kernels/cuda/cuda_ssd_mma.cuh"
+#include "kernels/cuda/cuda_ssd_wgmma.cuh"
 #include "util/error.h"
 
 namespace fh1::cuda {
@@ -473,6 +474,17 @@ std::atomic<bool>& ssd_fused_on() {
   }()};
   return on;
 }
+// The outputs kernel on wgmma where it fits and the device runs sm_90a code (cuda_ssd_wgmma.cuh):
+// 0 off (the mma.sync kernels), 1..3 the outputs kernel's shapes with the states kernel on wgmma,
+// 4 shape 1 with the mma.sync states kernel (FH1_CUDA_SSD_WGMMA).
+constexpr int kSsdWgmmaVariants = 4, kSsdWgmmaDefault = 1;
+std::atomic<int>& ssd_wgmma_setting() {
+  static std::atomic<int> v{[] {
+    const char* e = std::getenv("FH1_CUDA_SSD_WGMMA");
+    return e ? std::clamp(std::atoi(e), 0, kSsdWgmmaVariants) : kSsdWgmmaDefault;
+  }()};
+  return v;
+}
 std::atomic<int64_t>& ssd_window_chunks() {
   static std::atomic<int64_t> n{[] {
     const char* e = std::getenv("FH1_CUDA_SSD_WINDOW");
@@ -607,9 +619,13 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
                static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
     };
     if (fused) {
-      ssd_fused_states(d, xw, Bw, Cw, xdf, CB, E, compute, blas, s);
+      const int wv = ssd_wgmma();
+      ssd_chunks_cb(d, Bw, Cw, CB, compute, blas);
+      if (wv > 0 && wv != 4 && ssd_states_wgmma_fits(d)) ssd_wgmma_states(d, xw, Bw, xdf, E, s);
+      else ssd_fused_states(d, xw, Bw, xdf, E, s);
       chunk_starts();
-      ssd_fused_outputs(d, xw, Cw, dtv, cum, ecum, p.D, CB, E, yw, s);
+      if (wv > 0 && ssd_outputs_wgmma_fits(d)) ssd_wgmma_outputs(wv, d, xw, Cw, dtv, cum, ecum, p.D, CB, E, yw, s);
+      else ssd_fused_outputs(d, xw, Cw, dtv, cum, ecum, p.D, CB, E, yw, s);
       continue;
     }
     launch(ssd_pointers_kernel, blocks(nb), kThreads, 0, s, d, xw, Bw, Cw, yw, static_cast<const float*>(CB), M, Xd, E,
@@ -762,6 +778,8 @@ void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len) {
 }
 
 void set_scan_ssd_fused(bool on) { ssd_fused_on().store(on); }
+void set_ssd_wgmma(int variant) { ssd_wgmma_setting().store(std::clamp(variant, 0, kSsdWgmmaVariants)); }
+int ssd_wgmma() { return flash_wgmma_available() ? ssd_wgmma_setting().load() : 0; }
 
 void set_scan_chunks(int chunks) { forced_scan_chunks().store(std::max(0, chunks)); }
 

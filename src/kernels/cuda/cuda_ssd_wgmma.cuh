@@ -1,0 +1,366 @@
+// The SSD's outputs on Hopper's warpgroup MMA (wgmma, TF32; internal to cuda_ssm.cu, included
+// after cuda_ssd_mma.cuh, whose ssd_outputs_kernel computes the same): for chunks of 128 tokens,
+//   y[c, h] = exp(cum_t) (C S_start^T) + M X + D x,  M[t, s] = CB[t, s] exp(cum_t - cum_s) dt_s (s <= t),
+// computed transposed, Y^T (64 columns p x 128 tokens t) = S C'^T + X^T M^T, so that every
+// operand wgmma reads from shared memory is K-major as TF32 requires: S [p][n], C' [t][n] (C's
+// rows times exp(cum_t)) and M [t][s] (CB as cuBLAS wrote it, masked and scaled in place), with
+// X^T's fragments (x is [s][p]) read into registers. Why: the mma.sync kernel waits on the
+// latency of its fragment loads and conversions, each repeated by every warp that shares a
+// fragment; here each element is rounded (and M formed) once, by the thread that copied it.
+// Two warpgroups a block, each 64 of the 128 tokens; the upper one's half of M X takes all four
+// 32-token tiles, the lower one's only the first two (the rest are past the diagonal).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/cuda_mma.cuh"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_ssd_mma.cuh"
+#include "kernels/cuda/cuda_wgmma.cuh"
+
+namespace fh1::cuda {
+namespace {
+
+constexpr int kSsdWgQ = 128;                                         // the chunk length it takes
+constexpr int kSsdWgBBytes = kSsdWgQ * 128;                          // [128 t][32 floats]: C' or M
+constexpr int kSsdWgABytes = kSsdTile * kSsdXLd * 4;                 // S [64 p][32 n] (8 KB) or x [32 s][72]
+constexpr int kSsdWgStage = kSsdWgBBytes + kSsdWgABytes;             // 25,600 bytes
+static_assert(kSsdWgStage % 1024 == 0, "stages keep the 128-byte swizzle's 1024-byte alignment");
+static_assert(kSsdCols * 128 <= kSsdWgABytes, "S's tile fits the A room");
+
+// The byte of 16-byte chunk q of row r in a tile of 128-byte swizzled rows (wgmma's layout).
+__device__ __forceinline__ uint32_t sw128_at(int r, int q) {
+  return uint32_t(r) * 128u + (uint32_t(q ^ (r & 7)) << 4);
+}
+
+inline size_t ssd_outputs_wgmma_smem(int ST) {
+  return 1024 + size_t(ST) * kSsdWgStage + size_t(kSsdWgQ) * (sizeof(double) + 2 * sizeof(float));
+}
+
+// Block (p block blockIdx.x, (chunk, head) blockIdx.y), 256 threads. Step j < K1 = N / 32: C's
+// and S's state entries 32 j..; then step K1 + k: the tokens s = 32 k.. of CB and x. ST tiles in
+// shared memory, loads issued ST - 1 steps ahead; each step one barrier.
+template <int ST, int MB>
+__global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, const float* __restrict__ x,
+                                                                  const float* __restrict__ C,
+                                                                  const float* __restrict__ CB,
+                                                                  const float* __restrict__ S,
+                                                                  const float* __restrict__ dtv,
+                                                                  const double* __restrict__ cum,
+                                                                  const float* __restrict__ ecum,
+                                                                  const float* __restrict__ D_, float* __restrict__ y) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int Q = kSsdWgQ;
+  extern __shared__ float4 ssd_smem4[];
+  unsigned char* raw = reinterpret_cast<unsigned char*>(ssd_smem4);
+  unsigned char* base = raw + ((1024u - (smem_addr(raw) & 1023u)) & 1023u);
+  double* cums = reinterpret_cast<double*>(base + ST * kSsdWgStage);
+  float* dts = reinterpret_cast<float*>(cums + Q);
+  float* ecs = dts + Q;
+  const int pb = blockIdx.x, b = blockIdx.y, c = b / d.H, h = b - c * d.H, g = h / (d.H / d.G);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wi = warp & 3;
+  const int gq = lane >> 2, cq = lane & 3;
+  const int64_t tok = int64_t(c) * Q, p0 = int64_t(h) * d.P + pb * kSsdCols;
+  const float* Cb = C + tok * d.ld_xbc + int64_t(g) * d.N;
+  const float* Sb = S + (int64_t(b) * d.P + pb * kSsdCols) * d.N;
+  const float* CBb = CB + (int64_t(c) * d.G + g) * Q * Q;
+  const float* xb = x + tok * d.ld_xbc + p0;
+  FH1_PDL_ENTER();
+  for (int i = tid; i < Q; i += 256) {
+    cums[i] = cum[int64_t(b) * Q + i];
+    dts[i] = dtv[int64_t(b) * Q + i];
+    ecs[i] = ecum[int64_t(b) * Q + i];
+  }
+  __syncthreads();  // the first step's rounding scales by ecs
+  const int K1 = d.N / kSsdTile, KT = K1 + Q / kSsdTile;
+  const auto broom = [&](int buf) { return base + buf * kSsdWgStage; };
+  const auto aroom = [&](int buf) { return base + buf * kSsdWgStage + kSsdWgBBytes; };
+  // Thread tid copies (and later rounds) 16-byte chunks tid + 256 k of each tile: of C or CB
+  // (128 rows of 8 chunks: k < 4), of S (64 rows of 8: k < 2) or of x (32 rows of 16: k < 2).
+  // M's rows t < 64 of the last two token tiles are past the diagonal and read by no one.
+  const auto load = [&](int j, int buf) {
+    unsigned char* Bt = broom(buf);
+    unsigned char* At = aroom(buf);
+    if (j < K1) {
+      const int n0 = j * kSsdTile;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int i = tid + 256 * k, r = i >> 3, q = i & 7;
+        cp_async16(Bt + sw128_at(r, q), Cb + int64_t(r) * d.ld_xbc + n0 + 4 * q, true);
+      }
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int i = tid + 256 * k, r = i >> 3, q = i & 7;
+        cp_async16(At + sw128_at(r, q), Sb + int64_t(r) * d.N + n0 + 4 * q, true);
+      }
+    } else {
+      const int s0 = (j - K1) * kSsdTile;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int i = tid + 256 * k, r = i >> 3, q = i & 7;
+        if (s0 < 64 || r >= 64) cp_async16(Bt + sw128_at(r, q), CBb + r * Q + s0 + 4 * q, true);
+      }
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int i = tid + 256 * k, r = i >> 4, q = i & 15;
+        cp_async16(At + (r * kSsdXLd + 4 * q) * 4, xb + int64_t(s0 + r) * d.ld_xbc + 4 * q, true);
+      }
+    }
+    cp_async_commit();
+  };
+  const auto round4 = [](float4 v, float f) {
+    return make_float4(__uint_as_float(to_tf32(v.x * f)), __uint_as_float(to_tf32(v.y * f)),
+                       __uint_as_float(to_tf32(v.z * f)), __uint_as_float(to_tf32(v.w * f)));
+  };
+  // This thread's chunks of tile j, landed: C's rows times exp(cum_t) and S rounded to TF32, or
+  // CB made M (rounded; zero past the diagonal). x is rounded as its fragments are read.
+  const auto prepare = [&](int j, int buf) {
+    unsigned char* Bt = broom(buf);
+    if (j < K1) {
+      unsigned char* At = aroom(buf);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int i = tid + 256 * k, r = i >> 3, q = i & 7;
+        float4* v = reinterpret_cast<float4*>(Bt + sw128_at(r, q));
+        *v = round4(*v, ecs[r]);
+      }
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const int i = tid + 256 * k, r = i >> 3, q = i & 7;
+        float4* v = reinterpret_cast<float4*>(At + sw128_at(r, q));
+        *v = round4(*v, 1.0f);
+      }
+    } else {
+      const int s0 = (j - K1) * kSsdTile;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const int i = tid + 256 * k, t = i >> 3, q = i & 7;
+        if (s0 >= 64 && t < 64) continue;
+        float4* v = reinterpret_cast<float4*>(Bt + sw128_at(t, q));
+        const int s = s0 + 4 * q;
+        float m[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (s <= t) {  // else the whole chunk is past the diagonal
+          const float4 cb = *v;
+          const float in[4] = {cb.x, cb.y, cb.z, cb.w};
+          const double ct = cums[t];
+          // As ssd_outputs_kernel: select past the diagonal (the exponent may overflow there),
+          // the hardware's exp2, rounded to TF32 right after.
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            m[e] = s + e <= t ? __uint_as_float(to_tf32(in[e] * __expf(float(ct - cums[s + e])) * dts[s + e])) : 0.0f;
+        }
+        *v = make_float4(m[0], m[1], m[2], m[3]);
+      }
+    }
+    fence_proxy_async();  // these stores (and the copies) seen by the tensor cores, after the barrier
+  };
+
+  float acc[8][4];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+  ssd_first_tiles<ST>(KT, load);
+  for (int j = 0; j < KT; ++j) {
+    const int buf = j % ST;
+    cp_async_wait<ST - 2>();
+    prepare(j, buf);
+    __syncthreads();
+    if (j + ST - 1 < KT) load(j + ST - 1, (j + ST - 1) % ST);
+    else cp_async_commit();
+    const uint32_t bt = smem_addr(broom(buf)) + uint32_t(wg) * 64 * 128;  // this warpgroup's 64 rows t
+    if (j < K1) {
+      const uint32_t at = smem_addr(aroom(buf));
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_tf32_n64(acc, sw128_desc(at + 32 * kk, 16, 1024), sw128_desc(bt + 32 * kk, 16, 1024));
+      wgmma_commit();
+      wgmma_wait<0>();  // done with the tiles before the next step's barrier frees them
+      fence_regs(acc);
+    } else if (wg == 1 || j - K1 < 2) {
+      const float* X = reinterpret_cast<const float*>(aroom(buf));
+      uint32_t a[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {  // X^T's fragment: rows p = 16 wi + gq (+8), columns s = 8 kk + cq (+4)
+        const float* xr = X + (8 * kk + cq) * kSsdXLd + 16 * wi + gq;
+        a[kk][0] = to_tf32(xr[0]);
+        a[kk][1] = to_tf32(xr[8]);
+        a[kk][2] = to_tf32(xr[4 * kSsdXLd]);
+        a[kk][3] = to_tf32(xr[4 * kSsdXLd + 8]);
+      }
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) wgmma_rs_tf32_n64(acc, a[kk], sw128_desc(bt + 32 * kk, 16, 1024));
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(acc);
+    }
+  }
+  // acc[nb][2 half + e]: column p = 16 wi + gq + 8 half, token t = 64 wg + 8 nb + 2 cq + e.
+  const float Dh = D_[h];
+#pragma unroll
+  for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int64_t t = tok + 64 * wg + 8 * nb + 2 * cq + e;
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t col = p0 + 16 * wi + gq + 8 * half;
+        y[t * d.ldy + col] = acc[nb][2 * half + e] + Dh * x[t * d.ld_xbc + col];
+      }
+    }
+#else
+  // Built without sm_90a code: never launched (ssd_outputs_wgmma_on checks flash_wgmma_available()).
+  (void)d, (void)x, (void)C, (void)CB, (void)S, (void)dtv, (void)cum, (void)ecum, (void)D_, (void)y;
+  __trap();
+#endif
+}
+
+// The chunks' end states on wgmma (ssd_states_kernel's product): E^T (128 state entries n x 64
+// columns p of a head) = B^T Xd over the chunk's tokens s, Xd = xdf x. Both operands are stored
+// token-major ([s][n], [s][p]) where TF32's wgmma needs them K-major, so one is turned: x's tile
+// is transposed into Xd^T [p][s] (scaled by xdf, rounded) for the shared-memory operand, and B^T's
+// fragments are read into registers from B's tile as it came. Two warpgroups a block, each 64 of
+// the 128 n. Shared memory: ST stages of B [32 s][136] and x [32 s][68] as copied (rows padded
+// so that the fragment reads and the transpose hit distinct banks), two Xd^T tiles [64 p][32 s]
+// (128-byte swizzle), xdf [Q].
+constexpr int kSsdWgBLd = 128 + 8, kSsdWgXLd = kSsdCols + 4;
+constexpr int kSsdWgStStage = (kSsdTile * (kSsdWgBLd + kSsdWgXLd) * 4 + 1023) / 1024 * 1024;  // 26 KB, 1024-aligned
+
+inline size_t ssd_states_wgmma_smem(int ST, int Q) {
+  return 1024 + size_t(ST) * kSsdWgStStage + 2 * size_t(kSsdCols) * 128 + sizeof(float) * size_t(Q);
+}
+
+// Block (p block x n block of 128 blockIdx.x, (chunk, head) blockIdx.y), 256 threads; Q / 32
+// steps of 32 tokens, loads ST - 1 steps ahead.
+template <int ST, int MB>
+__global__ void __launch_bounds__(256, MB) ssd_states_wgmma_kernel(SsdShape d, const float* __restrict__ x,
+                                                                 const float* __restrict__ B,
+                                                                 const float* __restrict__ xdf, float* __restrict__ E) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ float4 ssd_smem4[];
+  unsigned char* raw = reinterpret_cast<unsigned char*>(ssd_smem4);
+  unsigned char* base = raw + ((1024u - (smem_addr(raw) & 1023u)) & 1023u);
+  unsigned char* xdt = base + ST * kSsdWgStStage;  // two [64 p][32 s] tiles
+  float* fs = reinterpret_cast<float*>(xdt + 2 * kSsdCols * 128);
+  const int nblk = d.N / 128, pb = static_cast<int>(blockIdx.x) / nblk, nbk = static_cast<int>(blockIdx.x) - pb * nblk;
+  const int b = blockIdx.y, c = b / d.H, h = b - c * d.H, g = h / (d.H / d.G);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wi = warp & 3;
+  const int gq = lane >> 2, cq = lane & 3;
+  const int64_t tok = int64_t(c) * d.Q;
+  const float* xb = x + tok * d.ld_xbc + int64_t(h) * d.P + pb * kSsdCols;
+  const float* Bb = B + tok * d.ld_xbc + int64_t(g) * d.N + nbk * 128;
+  FH1_PDL_ENTER();
+  for (int i = tid; i < d.Q; i += 256) fs[i] = xdf[int64_t(b) * d.Q + i];
+  const auto bst = [&](int buf) { return reinterpret_cast<float*>(base + buf * kSsdWgStStage); };
+  const auto xst = [&](int buf) { return bst(buf) + kSsdTile * kSsdWgBLd; };
+  const auto load = [&](int kt, int buf) {
+    const int64_t s0 = int64_t(kt) * kSsdTile;
+    float* Bt = bst(buf);
+    float* Xt = xst(buf);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {  // B: 32 rows of 32 chunks
+      const int i = tid + 256 * k, r = i >> 5, q = i & 31;
+      cp_async16(Bt + r * kSsdWgBLd + 4 * q, Bb + (s0 + r) * d.ld_xbc + 4 * q, true);
+    }
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {  // x: 32 rows of 16 chunks
+      const int i = tid + 256 * k, r = i >> 4, q = i & 15;
+      cp_async16(Xt + r * kSsdWgXLd + 4 * q, xb + (s0 + r) * d.ld_xbc + 4 * q, true);
+    }
+    cp_async_commit();
+  };
+  float acc[8][4];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+  const int KT = d.Q / kSsdTile;
+  ssd_first_tiles<ST>(KT, load);
+  for (int kt = 0; kt < KT; ++kt) {
+    const int buf = kt % ST;
+    cp_async_wait<ST - 2>();
+    __syncthreads();  // tile kt landed for all; the Xd^T tile of step kt - 2 read by no one now
+    unsigned char* xt = xdt + (kt & 1) * kSsdCols * 128;
+    {
+      const float* Xt = xst(buf);
+      const float* f = fs + kt * kSsdTile;
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {  // a warp: the 32 tokens s of 4 columns p
+        const int i = tid + 256 * k, s = i & 31, p = 4 * (i >> 5);
+        const float4 v = *reinterpret_cast<const float4*>(Xt + s * kSsdWgXLd + p);
+        const float fv = f[s], in[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          *reinterpret_cast<uint32_t*>(xt + sw128_at(p + e, s >> 2) + 4 * (s & 3)) = to_tf32(in[e] * fv);
+      }
+    }
+    fence_proxy_async();
+    __syncthreads();  // Xd^T made; every warp past its reads of the stage the next load takes
+    if (kt + ST - 1 < KT) load(kt + ST - 1, (kt + ST - 1) % ST);
+    else cp_async_commit();
+    const float* Bt = bst(buf);
+    uint32_t a[4][4];
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {  // B^T's fragment: rows n = 64 wg + 16 wi + gq (+8), columns s = 8 kk + cq (+4)
+      const float* br = Bt + (8 * kk + cq) * kSsdWgBLd + 64 * wg + 16 * wi + gq;
+      a[kk][0] = to_tf32(br[0]);
+      a[kk][1] = to_tf32(br[8]);
+      a[kk][2] = to_tf32(br[4 * kSsdWgBLd]);
+      a[kk][3] = to_tf32(br[4 * kSsdWgBLd + 8]);
+    }
+    const uint32_t xa = smem_addr(xt);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) wgmma_rs_tf32_n64(acc, a[kk], sw128_desc(xa + 32 * kk, 16, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(acc);
+  }
+  // acc[nb][2 half + e]: state entry n = 64 wg + 16 wi + gq + 8 half, column p = 8 nb + 2 cq + e.
+  float* Eb = E + (int64_t(b) * d.P + pb * kSsdCols) * d.N + nbk * 128 + 64 * wg + 16 * wi + gq;
+#pragma unroll
+  for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) Eb[int64_t(8 * nb + 2 * cq + e) * d.N + 8 * half] = acc[nb][2 * half + e];
+#else
+  (void)d, (void)x, (void)B, (void)xdf, (void)E;
+  __trap();
+#endif
+}
+
+// Where it applies: chunks of 128 tokens and the fused kernels' other conditions (ssd_fused_fits).
+inline bool ssd_outputs_wgmma_fits(const SsdShape& d) {
+  return d.Q == kSsdWgQ && ssd_fused_fits(d.Q, d.P, d.N) && d.nc * d.H <= 65535;
+}
+
+inline bool ssd_states_wgmma_fits(const SsdShape& d) {
+  return d.Q % kSsdTile == 0 && d.Q <= 256 && d.P % kSsdCols == 0 && d.N % 128 == 0 && d.nc * d.H <= 65535;
+}
+
+// A window's end states as ssd_fused_states() makes them, by the kernel above (2 tiles in
+// flight, 3 blocks an SM).
+inline void ssd_wgmma_states(const SsdShape& d, const float* x, const float* B, const float* xdf, float* E,
+                             cudaStream_t s) {
+  const dim3 grid(unsigned((d.P / kSsdCols) * (d.N / 128)), unsigned(d.nc * d.H));
+  launch_big_smem(ssd_states_wgmma_kernel<2, 3>, grid, 256, ssd_states_wgmma_smem(2, d.Q), s, d, x, B, xdf, E);
+}
+
+// A window's y as ssd_fused_outputs() makes it, by the kernel above in shape `variant`
+// (set_ssd_wgmma): 1 two tiles in flight and 3 blocks an SM, 2 three tiles and 2 blocks, 3 two
+// tiles and 2 blocks.
+inline void ssd_wgmma_outputs(int variant, const SsdShape& d, const float* x, const float* C, const float* dtv,
+                              const double* cum, const float* ecum, const float* D, const float* CB, const float* S,
+                              float* y, cudaStream_t s) {
+  const dim3 grid(unsigned(d.P / kSsdCols), unsigned(d.nc * d.H));
+  const auto go = [&](auto kernel, int ST) {
+    launch_big_smem(kernel, grid, 256, ssd_outputs_wgmma_smem(ST), s, d, x, C, CB, S, dtv, cum, ecum, D, y);
+  };
+  if (variant == 2) go(ssd_outputs_wgmma_kernel<3, 2>, 3);
+  else if (variant == 3) go(ssd_outputs_wgmma_kernel<2, 2>, 2);
+  else go(ssd_outputs_wgmma_kernel<2, 3>, 2);
+}
+
+}  // namespace
+}  // namespace fh1::cuda
