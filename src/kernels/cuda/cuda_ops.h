@@ -265,10 +265,11 @@ void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len);
 // Tests and tuning: the SSD's fused TF32 kernels where the shapes fit (default on; false: its
 // batched cuBLAS GEMMs; FH1_CUDA_SSD_FUSED=0).
 void set_scan_ssd_fused(bool on);
-// Tests and tuning: the fused outputs kernel on Hopper's wgmma (cuda_ssd_wgmma.cuh) for chunks of
-// 128 tokens where the device runs sm_90a code (flash_wgmma_available): 0 off (the mma.sync
-// kernel), 1 (the default) .. 3 its shapes. FH1_CUDA_SSD_WGMMA=N sets the start value; ssd_wgmma()
-// is 0 where it cannot run.
+// Tests and tuning: the SSD's fused kernels on Hopper's wgmma (cuda_ssd_wgmma.cuh) where the
+// device runs sm_90a code (flash_wgmma_available): the outputs for chunks of 128 tokens, the end
+// states for N in 128s. 0 off (the mma.sync kernels), 1 (the default) both, 2 and 3 other shapes
+// of the outputs kernel, 4 the outputs only. FH1_CUDA_SSD_WGMMA=N sets the start value;
+// ssd_wgmma() is 0 where they cannot run.
 void set_ssd_wgmma(int variant);
 int ssd_wgmma();
 

@@ -474,7 +474,7 @@ std::atomic<bool>& ssd_fused_on() {
   }()};
   return on;
 }
-// The outputs kernel on wgmma where it fits and the device runs sm_90a code (cuda_ssd_wgmma.cuh):
+// The fused kernels on wgmma where they fit and the device runs sm_90a code (cuda_ssd_wgmma.cuh):
 // 0 off (the mma.sync kernels), 1..3 the outputs kernel's shapes with the states kernel on wgmma,
 // 4 shape 1 with the mma.sync states kernel (FH1_CUDA_SSD_WGMMA).
 constexpr int kSsdWgmmaVariants = 4, kSsdWgmmaDefault = 1;
