@@ -1,5 +1,6 @@
-// The SSD's outputs on Hopper's warpgroup MMA (wgmma, TF32; internal to cuda_ssm.cu, included
-// after cuda_ssd_mma.cuh, whose ssd_outputs_kernel computes the same): for chunks of 128 tokens,
+// The SSD's outputs and end states on Hopper's warpgroup MMA (wgmma, TF32; internal to
+// cuda_ssm.cu; cuda_ssd_mma.cuh's ssd_outputs_kernel and ssd_states_kernel compute the same on
+// mma.sync). The end states' kernel is described above it, below. The outputs, for chunks of 128 tokens:
 //   y[c, h] = exp(cum_t) (C S_start^T) + M X + D x,  M[t, s] = CB[t, s] exp(cum_t - cum_s) dt_s (s <= t),
 // computed transposed, Y^T (64 columns p x 128 tokens t) = S C'^T + X^T M^T, so that every
 // operand wgmma reads from shared memory is K-major as TF32 requires: S [p][n], C' [t][n] (C's
