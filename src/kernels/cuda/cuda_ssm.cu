@@ -474,9 +474,8 @@ std::atomic<bool>& ssd_fused_on() {
   }()};
   return on;
 }
-// The fused kernels on wgmma where they fit and the device runs sm_90a code (cuda_ssd_wgmma.cuh):
-// 0 off (the mma.sync kernels), 1..3 the outputs kernel's shapes with the states kernel on wgmma,
-// 4 shape 1 with the mma.sync states kernel (FH1_CUDA_SSD_WGMMA).
+// The fused kernels on wgmma where they fit (cuda_ssd_wgmma.cuh; FH1_CUDA_SSD_WGMMA, the values as
+// set_ssd_wgmma in cuda_ops.h says).
 constexpr int kSsdWgmmaVariants = 4, kSsdWgmmaDefault = 1;
 std::atomic<int>& ssd_wgmma_setting() {
   static std::atomic<int> v{[] {
