@@ -301,6 +301,17 @@ void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* 
   check_launch("scale_rows");
 }
 
+namespace {
+
+// y[T, N] = alpha W x^T by cuBLAS's own choice of algorithm (W fp16 [N, K], x fp16 [T, K]; alpha
+// and beta where the handle's pointer mode says; on the handle's stream, the caller's).
+cublasStatus_t gemm_ex_f16(cublasHandle_t blas, const uint16_t* w16, int64_t N, int64_t K, const uint16_t* x16,
+                           int64_t T, const float* alpha, const float* beta, void* y, cudaDataType_t y_type) {
+  return cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T), static_cast<int>(K),
+                      alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F, static_cast<int>(K), beta, y,
+                      y_type, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
 // The GEMM on its shape's tuned cublasLt algorithm where tuning is on and has one
 // (cuda_gemm_lt.h), else by_default (cublasGemmEx with cuBLAS's own choice).
 template <class Default>
@@ -312,15 +323,13 @@ void tuned_or_default(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t 
     by_default();
 }
 
+}  // namespace
+
 void gemm_f16_rows(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int w_shift, const uint16_t* x16,
                    int64_t T, float* y, cudaStream_t s) {
   const float alpha = std::ldexp(1.0f, -w_shift), beta = 0.0f;
-  const auto by_default = [&] {  // on the handle's stream, the caller's
-    check_blas(cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T),
-                            static_cast<int>(K), &alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F,
-                            static_cast<int>(K), &beta, y, CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT),
-               "cublasGemmEx (f16 rows)");
+  const auto by_default = [&] {
+    check_blas(gemm_ex_f16(g.blas, w16, N, K, x16, T, &alpha, &beta, y, CUDA_R_32F), "cublasGemmEx (f16 rows)");
   };
   tuned_or_default(g, w16, N, K, x16, T, y, false, &alpha, false, s, by_default);
 }
@@ -328,12 +337,8 @@ void gemm_f16_rows(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, 
 void gemm_f16_out16(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int out_exp, const uint16_t* x16,
                     int64_t T, uint16_t* y16, cudaStream_t s) {
   const float alpha = std::ldexp(1.0f, -out_exp), beta = 0.0f;
-  const auto by_default = [&] {  // on the handle's stream, the caller's
-    check_blas(cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T),
-                            static_cast<int>(K), &alpha, w16, CUDA_R_16F, static_cast<int>(K), x16, CUDA_R_16F,
-                            static_cast<int>(K), &beta, y16, CUDA_R_16F, static_cast<int>(N), CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT),
-               "cublasGemmEx (f16 out)");
+  const auto by_default = [&] {
+    check_blas(gemm_ex_f16(g.blas, w16, N, K, x16, T, &alpha, &beta, y16, CUDA_R_16F), "cublasGemmEx (f16 out)");
   };
   tuned_or_default(g, w16, N, K, x16, T, y16, true, &alpha, false, s, by_default);
 }
@@ -437,10 +442,7 @@ void gemm_f16(const GemmRun& g, const uint16_t* w16, int64_t N, int64_t K, int w
   // alpha (consts[1]) and beta (consts[2], zero) are read from device memory.
   const auto by_default = [&] {
     check_blas(cublasSetPointerMode(g.blas, CUBLAS_POINTER_MODE_DEVICE), "cublasSetPointerMode");
-    const cublasStatus_t st =
-        cublasGemmEx(g.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(T), static_cast<int>(K),
-                     sc.consts + 1, w16, CUDA_R_16F, static_cast<int>(K), sc.x16, CUDA_R_16F, static_cast<int>(K),
-                     sc.consts + 2, y, CUDA_R_32F, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    const cublasStatus_t st = gemm_ex_f16(g.blas, w16, N, K, sc.x16, T, sc.consts + 1, sc.consts + 2, y, CUDA_R_32F);
     check_blas(cublasSetPointerMode(g.blas, CUBLAS_POINTER_MODE_HOST), "cublasSetPointerMode");
     check_blas(st, "cublasGemmEx (f16)");
   };
