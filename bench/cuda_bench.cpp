@@ -378,7 +378,7 @@ int main(int argc, char** argv) {
             ck(cudaMalloc(&m, bytes), "malloc");
             ck(cudaMemset(m, 0x3c, bytes), "memset");
           }
-          for (int64_t T : {1, 4}) {
+          for (int64_t T : {1, 2, 4, 8, 16}) {
             Buffer x(*k, static_cast<size_t>(T * K)), y(*k, static_cast<size_t>(T * N));
             k->fill_random(x.data(), x.size(), 1.0f, 5);
             auto once = [&] {

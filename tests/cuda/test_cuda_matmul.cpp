@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 #include <tuple>
 
 #include "cuda/cuda_op_fixture.h"
@@ -16,7 +17,9 @@
 namespace fh1 {
 namespace {
 
-using CudaMatmulTest = CudaOpFixture;
+struct CudaMatmulTest : CudaOpFixture {
+  void decode_gemv_jobs_against_float64(int64_t K, int T, double tol, std::vector<float>& y0);
+};
 
 TEST_F(CudaMatmulTest, MatmulAllDtypesOddShapesWithStrideAndBias) {
   for (DType dt : {DType::BF16, DType::F32, DType::F16}) {
@@ -410,8 +413,39 @@ TEST_F(CudaMatmulTest, TunedGemmAlgorithmsGiveTheDefaultsBits) {
 
 // The decode GEMV job (cuda_ops.h) against float64, with enough rows for the streaming kernel
 // (and few, for the split-K one): parts with their own scales and mup vector, the scale's output,
-// the residual and the gated epilogues, K not a multiple of 256, 1 to 8 rows of x.
+// the residual and the gated epilogues, K not a multiple of 256 (nor of 8: float32 kernel only),
+// 1 to 16 rows of x, on the tensor cores (from 2 rows, tiles of 16 and 32 weight rows: x as hi +
+// lo bf16, about 16 bits, so within 1e-4 of the rms where float32 x keeps 1e-5) and on the CUDA
+// cores; the two must differ.
 TEST_F(CudaMatmulTest, DecodeGemvJobsAgainstFloat64) {
+  const int mma_default = cuda::gemv_mma_rows(), tile_default = cuda::gemv_mma_tile_rows();
+  for (int64_t K : {1024, 1000, 1004})
+    for (int T : {1, 2, 3, 8, 9, 16}) {
+      std::vector<float> first;
+      for (int mma_from : {2, 0}) {
+        for (int tile : {16, 32}) {
+          if (mma_from == 0 && tile == 32) continue;
+          SCOPED_TRACE("tensor cores from " + std::to_string(mma_from) + " rows, tiles of " + std::to_string(tile));
+          cuda::set_gemv_mma_rows(mma_from);
+          cuda::set_gemv_mma_tile_rows(tile);
+          const bool mma = mma_from > 0 && T >= mma_from && K % 8 == 0;
+          std::vector<float> y0;
+          decode_gemv_jobs_against_float64(K, T, mma ? 1e-4 : 1e-5, y0);
+          if (mma_from == 2) {
+            first = y0;
+          } else if (T >= 2 && K % 8 == 0) {
+            EXPECT_NE(std::memcmp(first.data(), y0.data(), y0.size() * sizeof(float)), 0)
+                << "the tensor-core GEMV did not run: K=" << K << " T=" << T;
+          }
+        }
+      }
+    }
+  cuda::set_gemv_mma_rows(mma_default);
+  cuda::set_gemv_mma_tile_rows(tile_default);
+}
+
+// One case of the test above; y0: part 0's y of the many-rows job.
+void CudaMatmulTest::decode_gemv_jobs_against_float64(int64_t K, int T, double tol, std::vector<float>& y0) {
   auto bf16_matrix = [&](int64_t N, int64_t K, std::vector<float>& ref, std::vector<uint16_t>& bits) {
     ref = randn(static_cast<size_t>(N * K), 0.5f);
     bits.resize(ref.size());
@@ -420,8 +454,8 @@ TEST_F(CudaMatmulTest, DecodeGemvJobsAgainstFloat64) {
       ref[i] = bf16_to_f32(bits[i]);
     }
   };
-  for (int64_t K : {1024, 1000}) {
-    for (int T : {1, 3, 8}) {
+  {
+    {
       for (bool many : {true, false}) {
         const std::vector<int64_t> Ns = many ? std::vector<int64_t>{2500, 300, 700} : std::vector<int64_t>{90, 33};
         const float xs[3] = {0.75f, -1.5f, -1.5f};
@@ -466,8 +500,9 @@ TEST_F(CudaMatmulTest, DecodeGemvJobsAgainstFloat64) {
               if (p == 0) acc *= v[size_t(n)];
               ref[size_t(t * Ns[p] + n)] = static_cast<float>(acc);
             }
-          EXPECT_LE(rel(host(*gpu, ydev[p].data(), ref.size()), ref), 1e-5)
-              << "part " << p << " K=" << K << " T=" << T << " rows " << (many ? "many" : "few");
+          const std::vector<float> got = host(*gpu, ydev[p].data(), ref.size());
+          EXPECT_LE(rel(got, ref), tol) << "part " << p << " K=" << K << " T=" << T << " rows " << (many ? "many" : "few");
+          if (p == 0 && many) y0 = got;
         }
         std::vector<float> xo_ref(static_cast<size_t>(T * K));
         for (int t = 0; t < T; ++t)
@@ -525,8 +560,8 @@ TEST_F(CudaMatmulTest, DecodeGemvJobsAgainstFloat64) {
             out_ref[i] = static_cast<float>(u * (g * 0.8) / (1.0 + std::exp(-g * 0.8)));
             h_ref[i] = static_cast<float>(hh[i] + other[i] * 0.5 + g * -1.25);
           }
-        EXPECT_LE(rel(host(*gpu, out.data(), out_ref.size()), out_ref), 1e-5) << "gated K=" << K << " T=" << T;
-        EXPECT_LE(rel(host(*gpu, h.g.data(), h_ref.size()), h_ref), 1e-5) << "residual K=" << K << " T=" << T;
+        EXPECT_LE(rel(host(*gpu, out.data(), out_ref.size()), out_ref), tol) << "gated K=" << K << " T=" << T;
+        EXPECT_LE(rel(host(*gpu, h.g.data(), h_ref.size()), h_ref), tol) << "residual K=" << K << " T=" << T;
       }
     }
   }

@@ -457,8 +457,9 @@ TEST_P(CudaModelTest, PromptBranchBesideTheMixerEqualsOneStream) {
 
 // Decode steps recorded as CUDA graphs (replayed within a length bucket, re-captured when a
 // pointer or the bucket changes), with the attention as a branch beside the Mamba-2 mixer or
-// not, compute what the same ops launched one by one compute. Six sequences: the matmuls of more
-// than 4 rows go to cuBLAS, inside the branch too.
+// not, compute what the same ops launched one by one compute. Steps of one sequence (the float32
+// GEMV), six (the tensor-core GEMV, its epilogues fused) and eighteen (cuBLAS, inside the branch
+// too), interleaved.
 TEST_P(CudaModelTest, DecodeGraphsEqualDirectLaunches) {
   for (const DType kv : {DType::BF16, DType::I8}) decode_graphs_equal_direct_launches(kv);
 }
@@ -472,16 +473,15 @@ void CudaModelTest::decode_graphs_equal_direct_launches(DType kv) {
   const std::span<const int32_t> ids(f.prompt_ids);
   ASSERT_GE(ids.size(), 20u);
   const int steps = 70;  // sequence lengths cross 64: a new bucket
-  constexpr size_t kSeqs = 6;
+  constexpr size_t kSeqs = 18;
   size_t captured = 0;
   auto run = [&](bool graphs, bool branches) {
     cg->set_decode_graphs(graphs);
     cg->set_decode_branches(branches);
     std::vector<SequenceState> st;
     for (size_t i = 0; i < kSeqs; ++i) st.push_back(model.new_state(4));
-    const size_t lens[kSeqs] = {5, 13, 20, 7, 9, 11};
     std::vector<float> all;
-    for (size_t i = 0; i < kSeqs; ++i) model.forward(st[i], ids.subspan(0, lens[i]));
+    for (size_t i = 0; i < kSeqs; ++i) model.forward(st[i], ids.subspan(0, 5 + (i * 7) % 16));
     const size_t before = cg->graphs_captured();
     std::vector<int32_t> tok(kSeqs);
     for (int s = 0; s < steps; ++s) {
@@ -490,8 +490,9 @@ void CudaModelTest::decode_graphs_equal_direct_launches(DType kv) {
         tok[i] = ids[(static_cast<size_t>(s) * 7 + i) % ids.size()];
         batch.push_back(BatchItem{&st[i], std::span<const int32_t>(&tok[i], 1), false});
       }
-      // Every other step one sequence alone: two batch shapes interleaved.
-      const auto l = (s % 2) ? model.forward(batch) : model.forward(std::span<const BatchItem>(batch).subspan(1, 1));
+      // Three batch shapes interleaved: one sequence, six, all.
+      const std::span<const BatchItem> some(batch);
+      const auto l = model.forward(s % 3 == 0 ? some.subspan(1, 1) : s % 3 == 1 ? some.subspan(0, 6) : some);
       all.insert(all.end(), l.begin(), l.end());
     }
     captured = cg->graphs_captured() - before;
@@ -515,7 +516,7 @@ void CudaModelTest::decode_graphs_equal_direct_launches(DType kv) {
                                                             c0.num_key_value_heads, cuda::KvType::Q8);
   for (size_t c : {captured_plain, captured}) {
     if (!per_length) {
-      EXPECT_LE(c, 16u) << f.name;
+      EXPECT_LE(c, 24u) << f.name;
     }
     EXPECT_GE(c, 2u) << f.name;
   }

@@ -152,7 +152,16 @@ void silu_mul_f16_rows(const uint16_t* gate16, const uint16_t* up16, int64_t T, 
 // y[t, n] = y[t, n] * rows[t] (+ bias[n] when bias).
 void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* bias, cudaStream_t s);
 // y[T, N] = x[T, K] @ W^T (+ bias) for T <= kGemvRows, W bf16 [N, K], all else float32.
-constexpr int64_t kGemvRows = 8;
+constexpr int64_t kGemvRows = 16;
+// From this many rows of x (0: never; default 2, FH1_CUDA_GEMV_MMA) the GEMV multiplies on the
+// tensor cores, x as hi + lo bf16 parts (about 16 bits of each value kept), where K % 8 == 0 and
+// x's rows are 16-byte aligned; else (and for one row) in float32 on the CUDA cores.
+void set_gemv_mma_rows(int rows);
+int gemv_mma_rows();
+// Weight rows a warp of the tensor-core GEMV takes: 16 (default) or 32 (x's parts made once for
+// both halves; FH1_CUDA_GEMV_MMA_TILE).
+void set_gemv_mma_tile_rows(int rows);
+int gemv_mma_tile_rows();
 void gemv_bf16(const uint16_t* W, int64_t N, int64_t K, const float* x, int64_t ldx, int64_t T, const float* bias,
                float* y, cudaStream_t s);
 // The decode GEMV in general: up to 4 matrices that read the same x (in_proj and q/k/v; gate/up),
