@@ -454,116 +454,112 @@ void CudaMatmulTest::decode_gemv_jobs_against_float64(int64_t K, int T, double t
       ref[i] = bf16_to_f32(bits[i]);
     }
   };
-  {
-    {
-      for (bool many : {true, false}) {
-        const std::vector<int64_t> Ns = many ? std::vector<int64_t>{2500, 300, 700} : std::vector<int64_t>{90, 33};
-        const float xs[3] = {0.75f, -1.5f, -1.5f};
-        const int64_t ldx = K + 4;
-        const auto xh = randn(static_cast<size_t>(T * ldx));
-        auto x = both(xh);
-        std::vector<std::vector<float>> wref(Ns.size());
-        std::vector<std::vector<uint16_t>> wbits(Ns.size());
-        std::vector<Buffer> wdev, ydev;
-        const auto v = randn(static_cast<size_t>(Ns[0]));
-        const auto bias = randn(static_cast<size_t>(Ns[1]));
-        Pair vb = both(v), bb = both(bias);
-        cuda::GemvJob job;
-        job.nparts = static_cast<int>(Ns.size());
-        job.K = K;
-        job.x = x.g.data();
-        job.ldx = ldx;
-        job.T = T;
-        Buffer xout(*gpu, static_cast<size_t>(T * K));
-        job.x_out = xout.data();
-        job.xs_out = xs[Ns.size() - 1];
-        for (size_t p = 0; p < Ns.size(); ++p) {
-          bf16_matrix(Ns[p], K, wref[p], wbits[p]);
-          wdev.emplace_back(*gpu, (wbits[p].size() + 1) / 2);
-          gpu->from_host(wdev.back().data(), reinterpret_cast<const float*>(wbits[p].data()), wbits[p].size() / 2);
-          ydev.emplace_back(*gpu, static_cast<size_t>(T * Ns[p]));
-          job.part[p] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(wdev.back().data()),
-                                       p == 1 ? bb.g.data() : nullptr, ydev.back().data(), Ns[p], xs[p],
-                                       p == 0 ? vb.g.data() : nullptr};
-        }
-        gpu->synchronize();
-        cuda::gemv_job(job, nullptr);
-        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        for (size_t p = 0; p < Ns.size(); ++p) {
-          std::vector<float> ref(static_cast<size_t>(T * Ns[p]));
-          for (int t = 0; t < T; ++t)
-            for (int64_t n = 0; n < Ns[p]; ++n) {
-              double acc = 0.0;
-              for (int64_t k = 0; k < K; ++k)
-                acc += double(wref[p][size_t(n * K + k)]) * double(xh[size_t(t * ldx + k)] * xs[p]);
-              if (p == 1) acc += bias[size_t(n)];
-              if (p == 0) acc *= v[size_t(n)];
-              ref[size_t(t * Ns[p] + n)] = static_cast<float>(acc);
-            }
-          const std::vector<float> got = host(*gpu, ydev[p].data(), ref.size());
-          EXPECT_LE(rel(got, ref), tol) << "part " << p << " K=" << K << " T=" << T << " rows " << (many ? "many" : "few");
-          if (p == 0 && many) y0 = got;
-        }
-        std::vector<float> xo_ref(static_cast<size_t>(T * K));
-        for (int t = 0; t < T; ++t)
-          for (int64_t k = 0; k < K; ++k) xo_ref[size_t(t * K + k)] = xh[size_t(t * ldx + k)] * job.xs_out;
-        EXPECT_EQ(rel(host(*gpu, xout.data(), xo_ref.size()), xo_ref), 0.0) << "the scale's output";
-
-        // Gated (gate/up of the same rows) and residual (h += y * sa + other * sb) epilogues.
-        const int64_t N = many ? 2400 : 40;
-        std::vector<float> gr, ur;
-        std::vector<uint16_t> gbits, ubits;
-        bf16_matrix(N, K, gr, gbits);
-        bf16_matrix(N, K, ur, ubits);
-        Buffer gw(*gpu, gbits.size() / 2), uw(*gpu, ubits.size() / 2);
-        gpu->from_host(gw.data(), reinterpret_cast<const float*>(gbits.data()), gbits.size() / 2);
-        gpu->from_host(uw.data(), reinterpret_cast<const float*>(ubits.data()), ubits.size() / 2);
-        Buffer gy(*gpu, size_t(T * N)), uy(*gpu, size_t(T * N)), out(*gpu, size_t(T * N));
-        cuda::GemvJob gj;
-        gj.nparts = 2;
-        gj.K = K;
-        gj.x = x.g.data();
-        gj.ldx = ldx;
-        gj.T = T;
-        gj.part[0] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(gw.data()), nullptr, gy.data(), N};
-        gj.part[1] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(uw.data()), nullptr, uy.data(), N};
-        gj.epi = cuda::GemvJob::kGated;
-        gj.gs = 0.8f;
-        gj.out = out.data();
-        const auto hh = randn(size_t(T * N)), other = randn(size_t(T * N));
-        Pair h = both(hh), ot = both(other);
-        cuda::GemvJob rj;
-        rj.K = K;
-        rj.x = x.g.data();
-        rj.ldx = ldx;
-        rj.T = T;
-        Buffer ry(*gpu, size_t(T * N));
-        rj.part[0] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(gw.data()), nullptr, ry.data(), N};
-        rj.epi = cuda::GemvJob::kResidual;
-        rj.h = h.g.data();
-        rj.other = ot.g.data();
-        rj.y_first = false;
-        rj.sa = 0.5f;
-        rj.sb = -1.25f;
-        cuda::gemv_job(gj, nullptr);
-        cuda::gemv_job(rj, nullptr);
-        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-        std::vector<float> out_ref(size_t(T * N)), h_ref(size_t(T * N));
-        for (int t = 0; t < T; ++t)
-          for (int64_t n = 0; n < N; ++n) {
-            double g = 0.0, u = 0.0;
-            for (int64_t k = 0; k < K; ++k) {
-              g += double(gr[size_t(n * K + k)]) * xh[size_t(t * ldx + k)];
-              u += double(ur[size_t(n * K + k)]) * xh[size_t(t * ldx + k)];
-            }
-            const size_t i = size_t(t * N + n);
-            out_ref[i] = static_cast<float>(u * (g * 0.8) / (1.0 + std::exp(-g * 0.8)));
-            h_ref[i] = static_cast<float>(hh[i] + other[i] * 0.5 + g * -1.25);
-          }
-        EXPECT_LE(rel(host(*gpu, out.data(), out_ref.size()), out_ref), tol) << "gated K=" << K << " T=" << T;
-        EXPECT_LE(rel(host(*gpu, h.g.data(), h_ref.size()), h_ref), tol) << "residual K=" << K << " T=" << T;
-      }
+  for (bool many : {true, false}) {
+    const std::vector<int64_t> Ns = many ? std::vector<int64_t>{2500, 300, 700} : std::vector<int64_t>{90, 33};
+    const float xs[3] = {0.75f, -1.5f, -1.5f};
+    const int64_t ldx = K + 4;
+    const auto xh = randn(static_cast<size_t>(T * ldx));
+    auto x = both(xh);
+    std::vector<std::vector<float>> wref(Ns.size());
+    std::vector<std::vector<uint16_t>> wbits(Ns.size());
+    std::vector<Buffer> wdev, ydev;
+    const auto v = randn(static_cast<size_t>(Ns[0]));
+    const auto bias = randn(static_cast<size_t>(Ns[1]));
+    Pair vb = both(v), bb = both(bias);
+    cuda::GemvJob job;
+    job.nparts = static_cast<int>(Ns.size());
+    job.K = K;
+    job.x = x.g.data();
+    job.ldx = ldx;
+    job.T = T;
+    Buffer xout(*gpu, static_cast<size_t>(T * K));
+    job.x_out = xout.data();
+    job.xs_out = xs[Ns.size() - 1];
+    for (size_t p = 0; p < Ns.size(); ++p) {
+      bf16_matrix(Ns[p], K, wref[p], wbits[p]);
+      wdev.emplace_back(*gpu, (wbits[p].size() + 1) / 2);
+      gpu->from_host(wdev.back().data(), reinterpret_cast<const float*>(wbits[p].data()), wbits[p].size() / 2);
+      ydev.emplace_back(*gpu, static_cast<size_t>(T * Ns[p]));
+      job.part[p] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(wdev.back().data()),
+                                   p == 1 ? bb.g.data() : nullptr, ydev.back().data(), Ns[p], xs[p],
+                                   p == 0 ? vb.g.data() : nullptr};
     }
+    gpu->synchronize();
+    cuda::gemv_job(job, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    for (size_t p = 0; p < Ns.size(); ++p) {
+      std::vector<float> ref(static_cast<size_t>(T * Ns[p]));
+      for (int t = 0; t < T; ++t)
+        for (int64_t n = 0; n < Ns[p]; ++n) {
+          double acc = 0.0;
+          for (int64_t k = 0; k < K; ++k)
+            acc += double(wref[p][size_t(n * K + k)]) * double(xh[size_t(t * ldx + k)] * xs[p]);
+          if (p == 1) acc += bias[size_t(n)];
+          if (p == 0) acc *= v[size_t(n)];
+          ref[size_t(t * Ns[p] + n)] = static_cast<float>(acc);
+        }
+      const std::vector<float> got = host(*gpu, ydev[p].data(), ref.size());
+      EXPECT_LE(rel(got, ref), tol) << "part " << p << " K=" << K << " T=" << T << " rows " << (many ? "many" : "few");
+      if (p == 0 && many) y0 = got;
+    }
+    std::vector<float> xo_ref(static_cast<size_t>(T * K));
+    for (int t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k) xo_ref[size_t(t * K + k)] = xh[size_t(t * ldx + k)] * job.xs_out;
+    EXPECT_EQ(rel(host(*gpu, xout.data(), xo_ref.size()), xo_ref), 0.0) << "the scale's output";
+
+    // Gated (gate/up of the same rows) and residual (h += y * sa + other * sb) epilogues.
+    const int64_t N = many ? 2400 : 40;
+    std::vector<float> gr, ur;
+    std::vector<uint16_t> gbits, ubits;
+    bf16_matrix(N, K, gr, gbits);
+    bf16_matrix(N, K, ur, ubits);
+    Buffer gw(*gpu, gbits.size() / 2), uw(*gpu, ubits.size() / 2);
+    gpu->from_host(gw.data(), reinterpret_cast<const float*>(gbits.data()), gbits.size() / 2);
+    gpu->from_host(uw.data(), reinterpret_cast<const float*>(ubits.data()), ubits.size() / 2);
+    Buffer gy(*gpu, size_t(T * N)), uy(*gpu, size_t(T * N)), out(*gpu, size_t(T * N));
+    cuda::GemvJob gj;
+    gj.nparts = 2;
+    gj.K = K;
+    gj.x = x.g.data();
+    gj.ldx = ldx;
+    gj.T = T;
+    gj.part[0] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(gw.data()), nullptr, gy.data(), N};
+    gj.part[1] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(uw.data()), nullptr, uy.data(), N};
+    gj.epi = cuda::GemvJob::kGated;
+    gj.gs = 0.8f;
+    gj.out = out.data();
+    const auto hh = randn(size_t(T * N)), other = randn(size_t(T * N));
+    Pair h = both(hh), ot = both(other);
+    cuda::GemvJob rj;
+    rj.K = K;
+    rj.x = x.g.data();
+    rj.ldx = ldx;
+    rj.T = T;
+    Buffer ry(*gpu, size_t(T * N));
+    rj.part[0] = cuda::GemvPart{reinterpret_cast<const uint16_t*>(gw.data()), nullptr, ry.data(), N};
+    rj.epi = cuda::GemvJob::kResidual;
+    rj.h = h.g.data();
+    rj.other = ot.g.data();
+    rj.y_first = false;
+    rj.sa = 0.5f;
+    rj.sb = -1.25f;
+    cuda::gemv_job(gj, nullptr);
+    cuda::gemv_job(rj, nullptr);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    std::vector<float> out_ref(size_t(T * N)), h_ref(size_t(T * N));
+    for (int t = 0; t < T; ++t)
+      for (int64_t n = 0; n < N; ++n) {
+        double g = 0.0, u = 0.0;
+        for (int64_t k = 0; k < K; ++k) {
+          g += double(gr[size_t(n * K + k)]) * xh[size_t(t * ldx + k)];
+          u += double(ur[size_t(n * K + k)]) * xh[size_t(t * ldx + k)];
+        }
+        const size_t i = size_t(t * N + n);
+        out_ref[i] = static_cast<float>(u * (g * 0.8) / (1.0 + std::exp(-g * 0.8)));
+        h_ref[i] = static_cast<float>(hh[i] + other[i] * 0.5 + g * -1.25);
+      }
+    EXPECT_LE(rel(host(*gpu, out.data(), out_ref.size()), out_ref), tol) << "gated K=" << K << " T=" << T;
+    EXPECT_LE(rel(host(*gpu, h.g.data(), h_ref.size()), h_ref), tol) << "residual K=" << K << " T=" << T;
   }
 }
 
