@@ -421,22 +421,18 @@ TEST_F(CudaMatmulTest, DecodeGemvJobsAgainstFloat64) {
   const int mma_default = cuda::gemv_mma_rows(), tile_default = cuda::gemv_mma_tile_rows();
   for (int64_t K : {1024, 1000, 1004})
     for (int T : {1, 2, 3, 8, 9, 16}) {
-      std::vector<float> first;
-      for (int mma_from : {2, 0}) {
-        for (int tile : {16, 32}) {
-          if (mma_from == 0 && tile == 32) continue;
-          SCOPED_TRACE("tensor cores from " + std::to_string(mma_from) + " rows, tiles of " + std::to_string(tile));
-          cuda::set_gemv_mma_rows(mma_from);
-          cuda::set_gemv_mma_tile_rows(tile);
-          const bool mma = mma_from > 0 && T >= mma_from && K % 8 == 0;
-          std::vector<float> y0;
-          decode_gemv_jobs_against_float64(K, T, mma ? 1e-4 : 1e-5, y0);
-          if (mma_from == 2) {
-            first = y0;
-          } else if (T >= 2 && K % 8 == 0) {
-            EXPECT_NE(std::memcmp(first.data(), y0.data(), y0.size() * sizeof(float)), 0)
-                << "the tensor-core GEMV did not run: K=" << K << " T=" << T;
-          }
+      std::vector<float> first;  // (tensor cores from, tile rows): 16 and 32 rows, then CUDA cores
+      for (auto [mma_from, tile] : {std::pair{2, 16}, {2, 32}, {0, 16}}) {
+        SCOPED_TRACE("tensor cores from " + std::to_string(mma_from) + " rows, tiles of " + std::to_string(tile));
+        cuda::set_gemv_mma_rows(mma_from);
+        cuda::set_gemv_mma_tile_rows(tile);
+        const bool mma = mma_from > 0 && T >= mma_from && K % 8 == 0;
+        std::vector<float> y0;
+        decode_gemv_jobs_against_float64(K, T, mma ? 1e-4 : 1e-5, y0);
+        if (mma_from > 0) first = y0;
+        if (mma_from == 0 && T >= 2 && K % 8 == 0) {
+          EXPECT_NE(std::memcmp(first.data(), y0.data(), y0.size() * sizeof(float)), 0)
+              << "the tensor-core GEMV did not run: K=" << K << " T=" << T;
         }
       }
     }

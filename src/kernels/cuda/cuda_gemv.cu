@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_mma.cuh"
 #include "kernels/cuda/cuda_ops.h"
@@ -382,20 +383,23 @@ void launch_gemv_mma(const GemvJob& job, bool scaled, unsigned blocks, cudaStrea
   else launch(gemv_mma_kernel<TG, MT, WW, false, false>, blocks, 256, 0, s, job);
 }
 
-template <int TG, int MT>
-void launch_gemv_mma_w(const GemvJob& job, int W, bool scaled, unsigned blocks, cudaStream_t s) {
-  if (W == 1) launch_gemv_mma<TG, MT, 1>(job, scaled, blocks, s);
-  else if (W == 2) launch_gemv_mma<TG, MT, 2>(job, scaled, blocks, s);
-  else if (W == 4) launch_gemv_mma<TG, MT, 4>(job, scaled, blocks, s);
-  else launch_gemv_mma<TG, MT, 8>(job, scaled, blocks, s);
+// f(std::integral_constant<int, W>) for the split W (warps a row or tile: 1, 2, 4 or 8).
+template <class F>
+void with_split(int W, F&& f) {
+  if (W == 1) f(std::integral_constant<int, 1>{});
+  else if (W == 2) f(std::integral_constant<int, 2>{});
+  else if (W == 4) f(std::integral_constant<int, 4>{});
+  else f(std::integral_constant<int, 8>{});
 }
 
 template <int TB>
 void launch_gemv_w(const GemvJob& job, int W, const GemvLaunch& g, cudaStream_t s) {
-  if (W == 1) launch_gemv<TB, 1>(job, g, s);
-  else if (W == 2) launch_gemv<TB, 2>(job, g, s);
-  else if (W == 4) launch_gemv<TB, 4>(job, g, s);
-  else launch_gemv<TB, 8>(job, g, s);
+  with_split(W, [&](auto w) { launch_gemv<TB, decltype(w)::value>(job, g, s); });
+}
+
+template <int TG, int MT>
+void launch_gemv_mma_w(const GemvJob& job, int W, bool scaled, unsigned blocks, cudaStream_t s) {
+  with_split(W, [&](auto w) { launch_gemv_mma<TG, MT, decltype(w)::value>(job, scaled, blocks, s); });
 }
 
 bool gemv_x_vec(const GemvJob& j) { return j.ldx % 4 == 0 && reinterpret_cast<uintptr_t>(j.x) % 16 == 0; }
