@@ -264,7 +264,12 @@ __global__ void __launch_bounds__(256, 2) gemv_mma_kernel(const GemvJob job) {
     }
     const int64_t chunks = (K + 31) / 32;
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    for (int64_t s0 = int64_t(sub) * U; s0 < chunks; s0 += int64_t(W) * U) {
+    // A warp takes G = 4 chunks at a time (in 4 / U rounds of U), whatever U is: the same chunks
+    // go to the same warp, summed in the same order, gated or not, so the job that fuses the
+    // SiLU gate sums as the two GEMVs do (the bf16 KV cache would round a one-ulp difference to
+    // 1/256 of the value: decode graphs against direct launches).
+    constexpr int G = 4;
+    for (int64_t s0 = int64_t(sub) * G; s0 < chunks; s0 += ((s0 + U) & (G - 1)) == 0 ? int64_t(W - 1) * G + U : U) {
       uint4 wr[U][NA][MT][2];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
