@@ -269,57 +269,61 @@ __global__ void __launch_bounds__(256, 2) gemv_mma_kernel(const GemvJob job) {
     // SiLU gate sums as the two GEMVs do (the bf16 KV cache would round a one-ulp difference to
     // 1/256 of the value: decode graphs against direct launches).
     constexpr int G = 4;
-    for (int64_t s0 = int64_t(sub) * G; s0 < chunks; s0 += ((s0 + U) & (G - 1)) == 0 ? int64_t(W - 1) * G + U : U) {
-      uint4 wr[U][NA][MT][2];
+    for (int64_t g0 = int64_t(sub) * G; g0 < chunks; g0 += int64_t(W) * G)
+      for (int64_t s0 = g0; s0 < g0 + G && s0 < chunks; s0 += U) {
+        uint4 wr[U][NA][MT][2];
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t k = (s0 + u) * 32 + 8 * c;
-        const bool in = s0 + u < chunks && k < K;  // (K % 8 == 0: a lane's 8 k are all in or all out)
-#pragma unroll
-        for (int a = 0; a < NA; ++a)
-#pragma unroll
-          for (int m = 0; m < MT; ++m)
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-              wr[u][a][m][h] = in ? __ldcs(reinterpret_cast<const uint4*>(w[a][m][h] + k)) : zero;
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (s0 + u >= chunks) break;
-        const int64_t k = (s0 + u) * 32 + 8 * c;
-        const bool in = k < K;
-#pragma unroll
-        for (int j = 0; j < TG; ++j) {
-          float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-          if (in && xin[j]) {
-            const float4 p = *reinterpret_cast<const float4*>(xr[j] + k), q = *reinterpret_cast<const float4*>(xr[j] + k + 4);
-            v[0] = p.x, v[1] = p.y, v[2] = p.z, v[3] = p.w, v[4] = q.x, v[5] = q.y, v[6] = q.z, v[7] = q.w;
-          }
-          uint32_t hi[4], lo[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            // x * xs rounded to float first (no FMA contraction into lo), as the scale op that the
-            // job took over wrote it: the same parts as scale then GEMV.
-            const float a = XS ? __fmul_rn(v[2 * e], xs) : v[2 * e], b = XS ? __fmul_rn(v[2 * e + 1], xs) : v[2 * e + 1];
-            const __nv_bfloat162 hb = __floats2bfloat162_rn(a, b);
-            const __nv_bfloat162 lb = __floats2bfloat162_rn(__fsub_rn(a, __low2float(hb)), __fsub_rn(b, __high2float(hb)));
-            hi[e] = *reinterpret_cast<const uint32_t*>(&hb);
-            lo[e] = *reinterpret_cast<const uint32_t*>(&lb);
-          }
+        for (int u = 0; u < U; ++u) {
+          const int64_t k = (s0 + u) * 32 + 8 * c;
+          const bool in = s0 + u < chunks && k < K;  // (K % 8 == 0: a lane's 8 k are all in or all out)
 #pragma unroll
           for (int a = 0; a < NA; ++a)
 #pragma unroll
-            for (int m = 0; m < MT; ++m) {
-              const uint4 wa = wr[u][a][m][0], wb = wr[u][a][m][1];
-              const uint32_t A0[4] = {wa.x, wb.x, wa.y, wb.y}, A1[4] = {wa.z, wb.z, wa.w, wb.w};
-              mma_bf16(acc[a][m][j], A0, hi[0], hi[1]);
-              mma_bf16(acc[a][m][j], A0, lo[0], lo[1]);
-              mma_bf16(acc[a][m][j], A1, hi[2], hi[3]);
-              mma_bf16(acc[a][m][j], A1, lo[2], lo[3]);
+            for (int m = 0; m < MT; ++m)
+#pragma unroll
+              for (int h = 0; h < 2; ++h)
+                wr[u][a][m][h] = in ? __ldcs(reinterpret_cast<const uint4*>(w[a][m][h] + k)) : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (s0 + u >= chunks) break;
+          const int64_t k = (s0 + u) * 32 + 8 * c;
+          const bool in = k < K;
+#pragma unroll
+          for (int j = 0; j < TG; ++j) {
+            float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+            if (in && xin[j]) {
+              const float4 p = *reinterpret_cast<const float4*>(xr[j] + k),
+                           q = *reinterpret_cast<const float4*>(xr[j] + k + 4);
+              v[0] = p.x, v[1] = p.y, v[2] = p.z, v[3] = p.w, v[4] = q.x, v[5] = q.y, v[6] = q.z, v[7] = q.w;
             }
+            uint32_t hi[4], lo[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              // x * xs rounded to float first (no FMA contraction into lo), as the scale op that the
+              // job took over wrote it: the same parts as scale then GEMV.
+              const float a = XS ? __fmul_rn(v[2 * e], xs) : v[2 * e],
+                          b = XS ? __fmul_rn(v[2 * e + 1], xs) : v[2 * e + 1];
+              const __nv_bfloat162 hb = __floats2bfloat162_rn(a, b);
+              const __nv_bfloat162 lb =
+                  __floats2bfloat162_rn(__fsub_rn(a, __low2float(hb)), __fsub_rn(b, __high2float(hb)));
+              hi[e] = *reinterpret_cast<const uint32_t*>(&hb);
+              lo[e] = *reinterpret_cast<const uint32_t*>(&lb);
+            }
+#pragma unroll
+            for (int a = 0; a < NA; ++a)
+#pragma unroll
+              for (int m = 0; m < MT; ++m) {
+                const uint4 wa = wr[u][a][m][0], wb = wr[u][a][m][1];
+                const uint32_t A0[4] = {wa.x, wb.x, wa.y, wb.y}, A1[4] = {wa.z, wb.z, wa.w, wb.w};
+                mma_bf16(acc[a][m][j], A0, hi[0], hi[1]);
+                mma_bf16(acc[a][m][j], A0, lo[0], lo[1]);
+                mma_bf16(acc[a][m][j], A1, hi[2], hi[3]);
+                mma_bf16(acc[a][m][j], A1, lo[2], lo[3]);
+              }
+          }
         }
       }
-    }
   }
   constexpr int NACC = NA * MT * TG * 4;
   if constexpr (W > 1) {  // the W warps of a tile: summed by the first
