@@ -12,9 +12,10 @@
 //              [--logits all|top1|draw] [--scan 8192] [--matmul-rows 8192]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
 // KV cache holds all T), the best of 3 runs up to 4K tokens, 2 up to 32K, else 1. Decode at context C: B sequences whose KV caches hold C rows of random
-// values (set up without a prefill), one token per sequence per step, every logit copied to the
-// host (--logits all) or only each row's best, selected on the GPU (top1: a greedy step), or
-// each row's softmax sum and draw at temperature 1 computed on the GPU (draw: a sampling step);
+// values (set up without a prefill), one token per sequence per step: by default only each row's
+// best logit, selected on the GPU and copied back (top1: a greedy step, as `generate` runs it),
+// or each row's softmax sum and draw at temperature 1 computed on the GPU (draw: a sampling
+// step), or every logit copied to the host (--logits all: what only a top-k beyond 256 does);
 // combinations whose KV caches do not fit are skipped. --scan T: the Mamba-2 scan of one layer
 // alone over T tokens (random inputs at the model's shape), the best of 5 calls (0: not run).
 // --matmul-rows T: the prefill matmul alone, T rows through each of the model's weight shapes
@@ -274,7 +275,7 @@ int main(int argc, char** argv) {
   int steps = 32;
   int64_t chunk = 32768, scan_tokens = 0, f16_rows = -1, matmul_rows = 0;
   int ssd_tf32 = -1;  // -1: the backend's default (FH1_CUDA_SSD_TF32)
-  bool split = true, tf32 = true, graphs = true, top1 = false, draw = false;
+  bool split = true, tf32 = true, graphs = true, top1 = true, draw = false;
   std::string kv_name = "bf16";  // --kv: bf16, f32 or q8
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
@@ -286,6 +287,10 @@ int main(int argc, char** argv) {
     else if (a == "--graphs") graphs = v != "0";
     else if (a == "--kv") kv_name = v;
     else if (a == "--logits") {  // decode: every logit to the host, the best (greedy), or a draw
+      if (v != "all" && v != "top1" && v != "draw") {
+        std::fprintf(stderr, "--logits takes all, top1 or draw, not '%s'\n", v.c_str());
+        return 2;
+      }
       top1 = v == "top1";
       draw = v == "draw";
     }
@@ -320,11 +325,12 @@ int main(int argc, char** argv) {
                                : f16_rows == 0 ? "bf16x2 (activations as hi + lo bf16)"
                                                : "bf16x2 (hi + lo), fp16 from " + std::to_string(f16_rows) + " rows";
     std::printf("device: %s, %d SMs, %.1f GiB; copy %.0f GB/s (read+write); bf16 GEMM 8192^3 %.0f TFLOP/s\n"
-                "matmul %s; prefill attention %s; SSD scan %s; decode graphs %s; KV cache %s; prefill in chunks of %lld tokens\n",
+                "matmul %s; prefill attention %s; SSD scan %s; decode graphs %s; KV cache %s; decode logits %s; prefill in "
+                "chunks of %lld tokens\n",
                 prop.name, prop.multiProcessorCount, prop.totalGlobalMem / 1073741824.0, bw, gemm,
                 matmul.c_str(),
                 attention.c_str(), ssd_tf32 == 1 ? "tf32" : "f32", graphs ? "on" : "off", kv_name.c_str(),
-                static_cast<long long>(chunk));
+                top1 ? "top1 (greedy)" : draw ? "draw" : "all", static_cast<long long>(chunk));
     std::ofstream js;
     if (!json_path.empty()) js.open(json_path);
     auto emit = [&](nlohmann::json j) {
