@@ -716,6 +716,19 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
             EXPECT_LE(e_mma[0], tol) << "the mma.sync kernels, " << what;
             EXPECT_LE(e_mma[1], tol_state) << "state, the mma.sync kernels, " << what;
           }
+          // The states through memory as fp16 (the default there) against float32.
+          if (reset.wgmma == 1 && Q == 128 && c.shape.N % 128 == 0) {
+            const bool s16 = cuda::ssd_states16();
+            cuda::set_ssd_states16(!s16);
+            const auto [y_o, st_o] = gpu_scan(in);
+            cuda::set_ssd_states16(s16);
+            EXPECT_NE(y_got, y_o) << "the fp16 states made no difference, " << what;
+            const double e_o[2] = {rel(y_o, in.y_ref), rel(st_o, in.st_ref)};
+            std::printf("  %s: y %.2e, state %.2e with the states in %s\n", what.c_str(), e_o[0], e_o[1],
+                        s16 ? "float32" : "fp16");
+            EXPECT_LE(e_o[0], tol) << (s16 ? "float32" : "fp16") << " states, " << what;
+            EXPECT_LE(e_o[1], tol_state) << (s16 ? "float32" : "fp16") << " states, " << what;
+          }
         }
         const double e[4] = {rel(y_got, in.y_ref), rel(st_got, in.st_ref), rel(y_got, y_rec), rel(st_got, st_rec)};
         EXPECT_LE(e[0], tol) << what;

@@ -281,6 +281,12 @@ void set_scan_ssd_fused(bool on);
 // ssd_wgmma() is 0 where they cannot run.
 void set_ssd_wgmma(int variant);
 int ssd_wgmma();
+// Tests and tuning: on the wgmma path (variant 1, chunks of 128, N a multiple of 128 up to 512)
+// the chunks' end and start states go through memory as fp16, each run of 128 entries of a row
+// with its own power of two (cuda_ssd_wgmma.cuh); false: float32. FH1_CUDA_SSD_STATES16=0 sets
+// the start value to false.
+void set_ssd_states16(bool on);
+bool ssd_states16();
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same arguments).
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from

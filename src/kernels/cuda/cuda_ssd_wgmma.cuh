@@ -12,10 +12,13 @@
 // 32-token tiles, the lower one's only the first two (the rest are past the diagonal).
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
+#include "kernels/cuda/cuda_f16_scale.cuh"
 #include "kernels/cuda/cuda_mma.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_ssd_mma.cuh"
@@ -36,18 +39,33 @@ __device__ __forceinline__ uint32_t sw128_at(int r, int q) {
   return uint32_t(r) * 128u + (uint32_t(q ^ (r & 7)) << 4);
 }
 
-inline size_t ssd_outputs_wgmma_smem(int ST) {
-  return 1024 + size_t(ST) * kSsdWgStage + size_t(kSsdWgQ) * (sizeof(double) + 2 * sizeof(float));
+// The chunks' states stored as fp16 (FH1_CUDA_SSD_STATES16): each run of 128 state entries of a
+// row p (one n block) scaled by its own power of two, so that its largest |value| lies in
+// [2^14, 2^15); the factor that undoes it (2^-shift) in a float array beside them, indexed
+// (chunk, head, p, n block). fp16 keeps TF32's 11 bits, so S loses nothing the outputs kernel's
+// rounding to TF32 keeps, and E one more rounding; half the bytes through memory. In the outputs
+// kernel S's tile [64 p][32 n] lands as fp16 in a staging room of its own (4 KB a stage) and is
+// widened, times its factor, into the A room; the block's factors (64 p x up to 4 n blocks) are
+// read once into shared memory.
+constexpr int kSsdWgS16Bytes = kSsdTile * 2 * 64;
+constexpr int kSsdWgMaxNBlocks = 4;  // N <= 512
+template <class TS>
+constexpr bool kStates16 = std::is_same_v<TS, __half>;
+
+inline size_t ssd_outputs_wgmma_smem(int ST, bool states16 = false) {
+  return 1024 + size_t(ST) * kSsdWgStage + size_t(kSsdWgQ) * (sizeof(double) + 2 * sizeof(float)) +
+         (states16 ? size_t(ST) * kSsdWgS16Bytes + 64 * kSsdWgMaxNBlocks * sizeof(float) : 0);
 }
 
 // Block (p block blockIdx.x, (chunk, head) blockIdx.y), 256 threads. Step j < K1 = N / 32: C's
 // and S's state entries 32 j..; then step K1 + k: the tokens s = 32 k.. of CB and x. ST tiles in
 // shared memory, loads issued ST - 1 steps ahead; each step one barrier.
-template <int ST, int MB>
+template <int ST, int MB, class TS = float>
 __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, const float* __restrict__ x,
                                                                   const float* __restrict__ C,
                                                                   const float* __restrict__ CB,
-                                                                  const float* __restrict__ S,
+                                                                  const TS* __restrict__ S,
+                                                                  const float* __restrict__ Ssc,
                                                                   const float* __restrict__ dtv,
                                                                   const double* __restrict__ cum,
                                                                   const float* __restrict__ ecum,
@@ -60,12 +78,14 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
   double* cums = reinterpret_cast<double*>(base + ST * kSsdWgStage);
   float* dts = reinterpret_cast<float*>(cums + Q);
   float* ecs = dts + Q;
+  float* ssc = ecs + Q;                                             // kStates16: S's factors [64 p][N / 128]
+  unsigned char* s16 = reinterpret_cast<unsigned char*>(ssc + 64 * kSsdWgMaxNBlocks);  // ST rooms of S's fp16 tile
   const int pb = blockIdx.x, b = blockIdx.y, c = b / d.H, h = b - c * d.H, g = h / (d.H / d.G);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wi = warp & 3;
   const int gq = lane >> 2, cq = lane & 3;
   const int64_t tok = int64_t(c) * Q, p0 = int64_t(h) * d.P + pb * kSsdCols;
   const float* Cb = C + tok * d.ld_xbc + int64_t(g) * d.N;
-  const float* Sb = S + (int64_t(b) * d.P + pb * kSsdCols) * d.N;
+  const TS* Sb = S + (int64_t(b) * d.P + pb * kSsdCols) * d.N;
   const float* CBb = CB + (int64_t(c) * d.G + g) * Q * Q;
   const float* xb = x + tok * d.ld_xbc + p0;
   FH1_PDL_ENTER();
@@ -73,6 +93,10 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
     cums[i] = cum[int64_t(b) * Q + i];
     dts[i] = dtv[int64_t(b) * Q + i];
     ecs[i] = ecum[int64_t(b) * Q + i];
+  }
+  if constexpr (kStates16<TS>) {
+    const int nbs = d.N / 128;
+    for (int i = tid; i < 64 * nbs; i += 256) ssc[i] = Ssc[(int64_t(b) * d.P + pb * kSsdCols) * nbs + i];
   }
   __syncthreads();  // the first step's rounding scales by ecs
   const int K1 = d.N / kSsdTile, KT = K1 + Q / kSsdTile;
@@ -91,10 +115,15 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
         const int i = tid + 256 * k, r = i >> 3, q = i & 7;
         cp_async16(Bt + sw128_at(r, q), Cb + int64_t(r) * d.ld_xbc + n0 + 4 * q, true);
       }
+      if constexpr (kStates16<TS>) {  // 64 rows of 4 chunks of 8 values
+        const int r = tid >> 2, q = tid & 3;
+        cp_async16(s16 + buf * kSsdWgS16Bytes + r * 64 + 16 * q, Sb + int64_t(r) * d.N + n0 + 8 * q, true);
+      } else {
 #pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const int i = tid + 256 * k, r = i >> 3, q = i & 7;
-        cp_async16(At + sw128_at(r, q), Sb + int64_t(r) * d.N + n0 + 4 * q, true);
+        for (int k = 0; k < 2; ++k) {
+          const int i = tid + 256 * k, r = i >> 3, q = i & 7;
+          cp_async16(At + sw128_at(r, q), Sb + int64_t(r) * d.N + n0 + 4 * q, true);
+        }
       }
     } else {
       const int s0 = (j - K1) * kSsdTile;
@@ -131,7 +160,14 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
       for (int k = 0; k < 2; ++k) {
         const int i = tid + 256 * k, r = i >> 3, q = i & 7;
         float4* v = reinterpret_cast<float4*>(At + sw128_at(r, q));
-        *v = round4(*v, 1.0f);
+        if constexpr (kStates16<TS>) {
+          const uint2 raw = *reinterpret_cast<const uint2*>(s16 + buf * kSsdWgS16Bytes + r * 64 + 8 * q);
+          const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+          const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+          *v = round4(make_float4(lo.x, lo.y, hi.x, hi.y), ssc[r * (d.N / 128) + (j >> 2)]);
+        } else {
+          *v = round4(*v, 1.0f);
+        }
       }
     } else {
       const int s0 = (j - K1) * kSsdTile;
@@ -235,10 +271,11 @@ inline size_t ssd_states_wgmma_smem(int ST, int Q) {
 
 // Block (p block x n block of 128 blockIdx.x, (chunk, head) blockIdx.y), 256 threads; Q / 32
 // steps of 32 tokens, loads ST - 1 steps ahead.
-template <int ST, int MB>
+template <int ST, int MB, class TE = float>
 __global__ void __launch_bounds__(256, MB) ssd_states_wgmma_kernel(SsdShape d, const float* __restrict__ x,
                                                                  const float* __restrict__ B,
-                                                                 const float* __restrict__ xdf, float* __restrict__ E) {
+                                                                 const float* __restrict__ xdf, TE* __restrict__ E,
+                                                                 float* __restrict__ Esc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ float4 ssd_smem4[];
   unsigned char* raw = reinterpret_cast<unsigned char*>(ssd_smem4);
@@ -318,13 +355,46 @@ __global__ void __launch_bounds__(256, MB) ssd_states_wgmma_kernel(SsdShape d, c
     fence_regs(acc);
   }
   // acc[nb][2 half + e]: state entry n = 64 wg + 16 wi + gq + 8 half, column p = 8 nb + 2 cq + e.
-  float* Eb = E + (int64_t(b) * d.P + pb * kSsdCols) * d.N + nbk * 128 + 64 * wg + 16 * wi + gq;
+  TE* Eb = E + (int64_t(b) * d.P + pb * kSsdCols) * d.N + nbk * 128 + 64 * wg + 16 * wi + gq;
+  if constexpr (std::is_same_v<TE, float>) {
 #pragma unroll
-  for (int nb = 0; nb < 8; ++nb)
+    for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
-    for (int e = 0; e < 2; ++e)
+      for (int e = 0; e < 2; ++e)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) Eb[int64_t(8 * nb + 2 * cq + e) * d.N + 8 * half] = acc[nb][2 * half + e];
+        for (int half = 0; half < 2; ++half) Eb[int64_t(8 * nb + 2 * cq + e) * d.N + 8 * half] = acc[nb][2 * half + e];
+  } else {
+    // fp16 with a power of two for each row p of this block's 128 entries n: the row's largest
+    // |value| over the 8 warps (their lanes gq hold its n), then each value scaled and rounded.
+    __shared__ float row_max[8][kSsdCols];
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float m = fmaxf(fabsf(acc[nb][e]), fabsf(acc[nb][2 + e]));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
+        if (gq == 0) row_max[warp][8 * nb + 2 * cq + e] = m;
+      }
+    __syncthreads();
+    const int nbs = d.N / 128;
+#pragma unroll
+    for (int nb = 0; nb < 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int p = 8 * nb + 2 * cq + e;
+        float m = row_max[0][p];
+#pragma unroll
+        for (int w = 1; w < 8; ++w) m = fmaxf(m, row_max[w][p]);
+        const int sh = shift_for(__float_as_uint(m), -100, 100);
+        const float f = pow2(sh);
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          Eb[int64_t(p) * d.N + 8 * half] = __float2half_rn(acc[nb][2 * half + e] * f);
+        if (warp == 0 && gq == 0) Esc[(int64_t(b) * d.P + pb * kSsdCols + p) * nbs + nbk] = pow2(-sh);
+      }
+  }
 #else
   (void)d, (void)x, (void)B, (void)xdf, (void)E;
   __trap();
@@ -342,25 +412,29 @@ inline bool ssd_states_wgmma_fits(const SsdShape& d) {
 
 // A window's end states as ssd_fused_states() makes them, by the kernel above (2 tiles in
 // flight, 3 blocks an SM).
-inline void ssd_wgmma_states(const SsdShape& d, const float* x, const float* B, const float* xdf, float* E,
-                             cudaStream_t s) {
+template <class TE>
+inline void ssd_wgmma_states(const SsdShape& d, const float* x, const float* B, const float* xdf, TE* E,
+                             cudaStream_t s, float* Esc = nullptr) {
   const dim3 grid(unsigned((d.P / kSsdCols) * (d.N / 128)), unsigned(d.nc * d.H));
-  launch_big_smem(ssd_states_wgmma_kernel<2, 3>, grid, 256, ssd_states_wgmma_smem(2, d.Q), s, d, x, B, xdf, E);
+  launch_big_smem(ssd_states_wgmma_kernel<2, 3, TE>, grid, 256, ssd_states_wgmma_smem(2, d.Q), s, d, x, B, xdf, E,
+                  Esc);
 }
 
 // A window's y as ssd_fused_outputs() makes it, by the kernel above in shape `variant`
 // (set_ssd_wgmma): 1 two tiles in flight and 3 blocks an SM, 2 three tiles and 2 blocks, 3 two
 // tiles and 2 blocks.
+template <class TS>
 inline void ssd_wgmma_outputs(int variant, const SsdShape& d, const float* x, const float* C, const float* dtv,
-                              const double* cum, const float* ecum, const float* D, const float* CB, const float* S,
-                              float* y, cudaStream_t s) {
+                              const double* cum, const float* ecum, const float* D, const float* CB, const TS* S,
+                              float* y, cudaStream_t s, const float* Ssc = nullptr) {
   const dim3 grid(unsigned(d.P / kSsdCols), unsigned(d.nc * d.H));
   const auto go = [&](auto kernel, int ST) {
-    launch_big_smem(kernel, grid, 256, ssd_outputs_wgmma_smem(ST), s, d, x, C, CB, S, dtv, cum, ecum, D, y);
+    launch_big_smem(kernel, grid, 256, ssd_outputs_wgmma_smem(ST, kStates16<TS>), s, d, x, C, CB, S, Ssc, dtv, cum,
+                    ecum, D, y);
   };
-  if (variant == 2) go(ssd_outputs_wgmma_kernel<3, 2>, 3);
-  else if (variant == 3) go(ssd_outputs_wgmma_kernel<2, 2>, 2);
-  else go(ssd_outputs_wgmma_kernel<2, 3>, 2);
+  if (variant == 2) go(ssd_outputs_wgmma_kernel<3, 2, TS>, 3);
+  else if (variant == 3) go(ssd_outputs_wgmma_kernel<2, 2, TS>, 2);
+  else go(ssd_outputs_wgmma_kernel<2, 3, TS>, 2);
 }
 
 }  // namespace

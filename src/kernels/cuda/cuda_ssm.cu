@@ -223,6 +223,57 @@ __global__ void ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const 
   store(state, s);
 }
 
+// ssm_chunk_starts_kernel<true> over states stored as fp16 with a power of two a run of 128
+// entries (FH1_CUDA_SSD_STATES16; cuda_ssd_wgmma.cuh says how): a warp's 32 x 4 entries are one
+// such run, so the warp finds each start state's largest |value| and lane 0 writes its factor
+// over the end state's (read 8 chunks ahead, before). The recurrence and `state` stay float32.
+__global__ void ssm_chunk_starts16_kernel(__half* __restrict__ chunk_states, float* __restrict__ factors,
+                                          const float* __restrict__ decay, int chunks, int H, int64_t head_entries,
+                                          float* __restrict__ state) {
+  FH1_PDL_ENTER();
+  const int64_t entries = int64_t(H) * head_entries, units = entries / 4, runs = entries / 128;
+  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (e >= units) return;  // whole warps: entries is a multiple of 128
+  const int h = static_cast<int>(4 * e / head_entries);
+  const int64_t run = e / 32;
+  const auto load = [&](int c) {
+    const uint2 raw = reinterpret_cast<const uint2*>(chunk_states + int64_t(c) * entries)[e];
+    const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
+    const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
+    const float f = factors[int64_t(c) * runs + run];
+    return make_float4(lo.x * f, lo.y * f, hi.x * f, hi.y * f);
+  };
+  const auto store = [&](int c, float4 v) {
+    float m = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const int sh = shift_for(__float_as_uint(m), -100, 100);
+    const float f = pow2(sh);
+    const __half2 lo = __floats2half2_rn(v.x * f, v.y * f), hi = __floats2half2_rn(v.z * f, v.w * f);
+    uint2 raw;
+    raw.x = *reinterpret_cast<const uint32_t*>(&lo);
+    raw.y = *reinterpret_cast<const uint32_t*>(&hi);
+    reinterpret_cast<uint2*>(chunk_states + int64_t(c) * entries)[e] = raw;
+    if ((threadIdx.x & 31) == 0) factors[int64_t(c) * runs + run] = pow2(-sh);
+  };
+  float4 s = ld4(state, e);
+  constexpr int kAhead = 8;
+  for (int c0 = 0; c0 < chunks; c0 += kAhead) {
+    float4 end[kAhead];
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) end[j] = c0 + j < chunks ? load(c0 + j) : float4{};
+    __syncwarp();  // every lane's factors read before lane 0 overwrites them
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (c0 + j >= chunks) break;
+      store(c0 + j, s);
+      const float a = decay[int64_t(c0 + j) * H + h];
+      s = map4(s, end[j], [a](float x, float y) { return a * x + y; });
+    }
+  }
+  st4(state, e, s);
+}
+
 // ---- The chunked SSD: Mamba-2's matrix form, for long prompts ----
 // For chunks of Q tokens (c) and head h (group g), with a_t = dt_t A and cum_t = a_0 + ... + a_t
 // within the chunk (in double: the products below use differences of these sums):
@@ -484,6 +535,16 @@ std::atomic<int>& ssd_wgmma_setting() {
   }()};
   return v;
 }
+// The chunks' states through memory as fp16 with a power of two a run of 128 entries, on the
+// wgmma path (cuda_ssd_wgmma.cuh; FH1_CUDA_SSD_STATES16=0: float32).
+std::atomic<bool>& ssd_states16_setting() {
+  static std::atomic<bool> on{[] {
+    const char* e = std::getenv("FH1_CUDA_SSD_STATES16");
+    return !e || std::string(e) != "0";
+  }()};
+  return on;
+}
+bool ssd_states16_on() { return ssd_states16_setting().load(); }
 std::atomic<int64_t>& ssd_window_chunks() {
   static std::atomic<int64_t> n{[] {
     const char* e = std::getenv("FH1_CUDA_SSD_WINDOW");
@@ -620,6 +681,17 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     if (fused) {
       const int wv = ssd_wgmma();
       ssd_chunks_cb(d, Bw, Cw, CB, compute, blas);
+      if (wv == 1 && ssd_states16_on() && ssd_states_wgmma_fits(d) && ssd_outputs_wgmma_fits(d) && d.N <= 512) {
+        // fp16 states in the first half of E's room, their factors in the second.
+        auto* E16 = reinterpret_cast<__half*>(static_cast<float*>(E));
+        float* factors = E + sz.e / 2;
+        ssd_wgmma_states(d, xw, Bw, xdf, E16, s, factors);
+        launch(ssm_chunk_starts16_kernel, blocks(HP * d.N / 4), kThreads, 0, s, E16, factors,
+               static_cast<const float*>(decay), static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+        ssd_wgmma_outputs(wv, d, xw, Cw, dtv, cum, ecum, p.D, CB, static_cast<const __half*>(E16), yw, s,
+                          static_cast<const float*>(factors));
+        continue;
+      }
       if (wv > 0 && wv != 4 && ssd_states_wgmma_fits(d)) ssd_wgmma_states(d, xw, Bw, xdf, E, s);
       else ssd_fused_states(d, xw, Bw, xdf, E, s);
       chunk_starts();
@@ -777,6 +849,8 @@ void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len) {
 }
 
 void set_scan_ssd_fused(bool on) { ssd_fused_on().store(on); }
+void set_ssd_states16(bool on) { ssd_states16_setting().store(on); }
+bool ssd_states16() { return ssd_states16_setting().load(); }
 void set_ssd_wgmma(int variant) { ssd_wgmma_setting().store(std::clamp(variant, 0, kSsdWgmmaVariants)); }
 int ssd_wgmma() { return flash_wgmma_available() ? ssd_wgmma_setting().load() : 0; }
 
