@@ -249,7 +249,7 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
     }
 #else
   // Built without sm_90a code: never launched (ssd_outputs_wgmma_on checks flash_wgmma_available()).
-  (void)d, (void)x, (void)C, (void)CB, (void)S, (void)dtv, (void)cum, (void)ecum, (void)D_, (void)y;
+  (void)d, (void)x, (void)C, (void)CB, (void)S, (void)Ssc, (void)dtv, (void)cum, (void)ecum, (void)D_, (void)y;
   __trap();
 #endif
 }
@@ -396,7 +396,7 @@ __global__ void __launch_bounds__(256, MB) ssd_states_wgmma_kernel(SsdShape d, c
       }
   }
 #else
-  (void)d, (void)x, (void)B, (void)xdf, (void)E;
+  (void)d, (void)x, (void)B, (void)xdf, (void)E, (void)Esc;
   __trap();
 #endif
 }
