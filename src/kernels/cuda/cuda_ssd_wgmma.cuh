@@ -410,6 +410,11 @@ inline bool ssd_states_wgmma_fits(const SsdShape& d) {
   return d.Q % kSsdTile == 0 && d.Q <= 256 && d.P % kSsdCols == 0 && d.N % 128 == 0 && d.nc * d.H <= 65535;
 }
 
+// The fp16 chunk states: both kernels above on wgmma, and at most kSsdWgMaxNBlocks n blocks.
+inline bool ssd_states16_fits(const SsdShape& d) {
+  return ssd_states_wgmma_fits(d) && ssd_outputs_wgmma_fits(d) && d.N <= 128 * kSsdWgMaxNBlocks;
+}
+
 // A window's end states as ssd_fused_states() makes them, by the kernel above (2 tiles in
 // flight, 3 blocks an SM).
 template <class TE>

@@ -452,7 +452,6 @@ std::atomic<bool>& ssd_states16_setting() {
   }()};
   return on;
 }
-bool ssd_states16_on() { return ssd_states16_setting().load(); }
 std::atomic<int64_t>& ssd_window_chunks() {
   static std::atomic<int64_t> n{[] {
     const char* e = std::getenv("FH1_CUDA_SSD_WINDOW");
@@ -589,7 +588,7 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     if (fused) {
       const int wv = ssd_wgmma();
       ssd_chunks_cb(d, Bw, Cw, CB, compute, blas);
-      if (wv == 1 && ssd_states16_on() && ssd_states_wgmma_fits(d) && ssd_outputs_wgmma_fits(d) && d.N <= 512) {
+      if (wv == 1 && ssd_states16() && ssd_states16_fits(d)) {
         // fp16 states in the first half of E's room, their factors in the second.
         auto* E16 = reinterpret_cast<__half*>(static_cast<float*>(E));
         float* factors = E + sz.e / 2;

@@ -16,6 +16,33 @@
 namespace fh1::cuda {
 namespace {
 
+// The recurrence over the chunks for one thread's entries s (float or float4) of head h:
+// load_end(c) reads chunk c's end state, store_start(c, s) writes its start state over it, and
+// loaded() runs after each group of loads; returns the state after the last chunk. The end states
+// are read 8 chunks ahead of the writes: a store to the same array between the loads kept the
+// compiler from issuing them early, so every chunk waited for one load (7B, 64 chunks: 636 us a
+// layer).
+template <class Vec, class LoadEnd, class StoreStart, class Loaded>
+__device__ __forceinline__ Vec chunk_starts(Vec s, int chunks, int H, int h, const float* __restrict__ decay,
+                                            LoadEnd load_end, StoreStart store_start, Loaded loaded) {
+  constexpr int kAhead = 8;
+  for (int c0 = 0; c0 < chunks; c0 += kAhead) {
+    Vec end[kAhead];
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) end[j] = c0 + j < chunks ? load_end(c0 + j) : Vec{};
+    loaded();
+#pragma unroll
+    for (int j = 0; j < kAhead; ++j) {
+      if (c0 + j >= chunks) break;
+      store_start(c0 + j, s);
+      const float a = decay[int64_t(c0 + j) * H + h];
+      if constexpr (std::is_same_v<Vec, float4>) s = map4(s, end[j], [a](float x, float y) { return a * x + y; });
+      else s = a * s + end[j];
+    }
+  }
+  return s;
+}
+
 // Pass 2: the chunks' start states, chunks in order, one thread per state entry, or per 4 (V:
 // 16-byte accesses, head_entries % 4 == 0, so that the 4 are of one head h; a 1.5B-Deep layer's
 // 393K entries then fit one wave of blocks, where one entry a thread left the second half empty).
@@ -39,24 +66,9 @@ __global__ void ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const 
     if constexpr (V) st4(p, e, v);
     else p[e] = v;
   };
-  Vec s = load(state);
-  // The end states are read 8 chunks ahead of the writes: a store to the same array between the
-  // loads kept the compiler from issuing them early, so every chunk waited for one load (7B, 64
-  // chunks: 636 us a layer).
-  constexpr int kAhead = 8;
-  for (int c0 = 0; c0 < chunks; c0 += kAhead) {
-    Vec end[kAhead];
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) end[j] = c0 + j < chunks ? load(chunk_states + int64_t(c0 + j) * entries) : Vec{};
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
-      if (c0 + j >= chunks) break;
-      store(chunk_states + int64_t(c0 + j) * entries, s);
-      const float a = decay[int64_t(c0 + j) * H + h];
-      if constexpr (V) s = map4(s, end[j], [a](float x, float y) { return a * x + y; });
-      else s = a * s + end[j];
-    }
-  }
+  const Vec s = chunk_starts(
+      load(state), chunks, H, h, decay, [&](int c) { return load(chunk_states + int64_t(c) * entries); },
+      [&](int c, Vec v) { store(chunk_states + int64_t(c) * entries, v); }, [] {});
   store(state, s);
 }
 
@@ -93,22 +105,8 @@ __global__ void ssm_chunk_starts16_kernel(__half* __restrict__ chunk_states, flo
     reinterpret_cast<uint2*>(chunk_states + int64_t(c) * entries)[e] = raw;
     if ((threadIdx.x & 31) == 0) factors[int64_t(c) * runs + run] = pow2(-sh);
   };
-  float4 s = ld4(state, e);
-  constexpr int kAhead = 8;
-  for (int c0 = 0; c0 < chunks; c0 += kAhead) {
-    float4 end[kAhead];
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) end[j] = c0 + j < chunks ? load(c0 + j) : float4{};
-    __syncwarp();  // every lane's factors read before lane 0 overwrites them
-#pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
-      if (c0 + j >= chunks) break;
-      store(c0 + j, s);
-      const float a = decay[int64_t(c0 + j) * H + h];
-      s = map4(s, end[j], [a](float x, float y) { return a * x + y; });
-    }
-  }
-  st4(state, e, s);
+  // Every lane's factors read before lane 0 overwrites them: a __syncwarp after each group of loads.
+  st4(state, e, chunk_starts(ld4(state, e), chunks, H, h, decay, load, store, [] { __syncwarp(); }));
 }
 
 }  // namespace
