@@ -4,6 +4,7 @@
 // fp16 once scaled, unless it lies more than 2^29 below its tensor's largest.
 #pragma once
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -25,6 +26,22 @@ __host__ __device__ inline int shift_for(uint32_t bits, int lo, int hi) {
 __host__ __device__ inline int shift_for(uint32_t bits) { return shift_for(bits, -kMaxShift, kMaxShift); }
 
 __device__ inline float pow2(int s) { return __uint_as_float(static_cast<uint32_t>(127 + s) << 23); }  // |s| <= 126
+
+// A run of 128 values held by a warp (v: 4 a lane) stored as fp16 (8 bytes a lane, dst[lane])
+// times the power of two that brings the run's largest |value| into [2^14, 2^15); lane 0 writes
+// the factor that undoes it (2^-shift) to *factor. Any finite run: the shift stays within +-126,
+// so both powers are normal floats. (The SSD's fp16 chunk states, cuda_ssd_wgmma.cuh.)
+__device__ inline void store_f16_run(float4 v, uint2* dst, float* factor) {
+  float m = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  const int sh = shift_for(__float_as_uint(m), -126, 126);
+  const float f = pow2(sh);
+  const __half2 lo = __floats2half2_rn(v.x * f, v.y * f), hi = __floats2half2_rn(v.z * f, v.w * f);
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  dst[lane] = make_uint2(*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
+  if (lane == 0) *factor = pow2(-sh);
+}
 
 }  // namespace
 }  // namespace fh1::cuda

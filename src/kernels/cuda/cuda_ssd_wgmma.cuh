@@ -33,6 +33,8 @@ constexpr int kSsdWgABytes = kSsdTile * kSsdXLd * 4;                 // S [64 p]
 constexpr int kSsdWgStage = kSsdWgBBytes + kSsdWgABytes;             // 25,600 bytes
 static_assert(kSsdWgStage % 1024 == 0, "stages keep the 128-byte swizzle's 1024-byte alignment");
 static_assert(kSsdCols * 128 <= kSsdWgABytes, "S's tile fits the A room");
+constexpr int kSsdWgOutLd = kSsdCols + 4;  // the outputs staged [128 t][68] for their stores (conflict-free)
+static_assert(2 * kSsdWgStage >= kSsdWgQ * kSsdWgOutLd * 4, "the staged outputs fit two stages");
 
 // The byte of 16-byte chunk q of row r in a tile of 128-byte swizzled rows (wgmma's layout).
 __device__ __forceinline__ uint32_t sw128_at(int r, int q) {
@@ -71,6 +73,7 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
                                                                   const float* __restrict__ ecum,
                                                                   const float* __restrict__ D_, float* __restrict__ y) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  static_assert(ST >= 2, "the epilogue stages the outputs in two stages' room");
   constexpr int Q = kSsdWgQ;
   extern __shared__ float4 ssd_smem4[];
   unsigned char* raw = reinterpret_cast<unsigned char*>(ssd_smem4);
@@ -235,18 +238,28 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
     }
   }
   // acc[nb][2 half + e]: column p = 16 wi + gq + 8 half, token t = 64 wg + 8 nb + 2 cq + e.
-  const float Dh = D_[h];
+  // Staged in shared memory as [t][p] (the stages are free now), then y = acc + D x a token row
+  // of 64 columns at a time, 16 bytes a thread (x and y start on 16 bytes on this path: the
+  // launcher's `aligned`), instead of 32 scattered 4-byte loads and stores a thread.
+  __syncthreads();  // every warp past its last wgmma and fragment reads of the stages
+  float* st = reinterpret_cast<float*>(base);
 #pragma unroll
   for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int64_t t = tok + 64 * wg + 8 * nb + 2 * cq + e;
+    for (int e = 0; e < 2; ++e)
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int64_t col = p0 + 16 * wi + gq + 8 * half;
-        y[t * d.ldy + col] = acc[nb][2 * half + e] + Dh * x[t * d.ld_xbc + col];
-      }
-    }
+      for (int half = 0; half < 2; ++half)
+        st[(64 * wg + 8 * nb + 2 * cq + e) * kSsdWgOutLd + 16 * wi + gq + 8 * half] = acc[nb][2 * half + e];
+  __syncthreads();
+  const float Dh = D_[h];
+#pragma unroll 2
+  for (int k = 0; k < Q * kSsdCols / 4 / 256; ++k) {
+    const int i = tid + 256 * k, t = i >> 4, q = i & 15;
+    const float4 a = *reinterpret_cast<const float4*>(st + t * kSsdWgOutLd + 4 * q);
+    const float4 xv = *reinterpret_cast<const float4*>(xb + int64_t(t) * d.ld_xbc + 4 * q);
+    *reinterpret_cast<float4*>(y + (tok + t) * d.ldy + p0 + 4 * q) =
+        make_float4(a.x + Dh * xv.x, a.y + Dh * xv.y, a.z + Dh * xv.z, a.w + Dh * xv.w);
+  }
 #else
   // Built without sm_90a code: never launched (ssd_outputs_wgmma_on checks flash_wgmma_available()).
   (void)d, (void)x, (void)C, (void)CB, (void)S, (void)Ssc, (void)dtv, (void)cum, (void)ecum, (void)D_, (void)y;
@@ -264,6 +277,8 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
 // (128-byte swizzle), xdf [Q].
 constexpr int kSsdWgBLd = 128 + 8, kSsdWgXLd = kSsdCols + 4;
 constexpr int kSsdWgStStage = (kSsdTile * (kSsdWgBLd + kSsdWgXLd) * 4 + 1023) / 1024 * 1024;  // 26 KB, 1024-aligned
+constexpr int kSsdWgEpiLd = 128 + 4;  // the end states staged [64 p][132] for their stores (conflict-free)
+static_assert(2 * kSsdWgStStage >= kSsdCols * kSsdWgEpiLd * 4, "the staged end states fit two stages");
 
 inline size_t ssd_states_wgmma_smem(int ST, int Q) {
   return 1024 + size_t(ST) * kSsdWgStStage + 2 * size_t(kSsdCols) * 128 + sizeof(float) * size_t(Q);
@@ -277,6 +292,7 @@ __global__ void __launch_bounds__(256, MB) ssd_states_wgmma_kernel(SsdShape d, c
                                                                  const float* __restrict__ xdf, TE* __restrict__ E,
                                                                  float* __restrict__ Esc) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  static_assert(ST >= 2, "the epilogue stages the end states in two stages' room");
   extern __shared__ float4 ssd_smem4[];
   unsigned char* raw = reinterpret_cast<unsigned char*>(ssd_smem4);
   unsigned char* base = raw + ((1024u - (smem_addr(raw) & 1023u)) & 1023u);
@@ -355,45 +371,31 @@ __global__ void __launch_bounds__(256, MB) ssd_states_wgmma_kernel(SsdShape d, c
     fence_regs(acc);
   }
   // acc[nb][2 half + e]: state entry n = 64 wg + 16 wi + gq + 8 half, column p = 8 nb + 2 cq + e.
-  TE* Eb = E + (int64_t(b) * d.P + pb * kSsdCols) * d.N + nbk * 128 + 64 * wg + 16 * wi + gq;
-  if constexpr (std::is_same_v<TE, float>) {
+  // Staged in shared memory as [p][n] (the stages are free now), then written a row p at a time
+  // by one warp, 16 bytes (float32) or 8 (fp16) a lane: whole rows of 128 entries instead of
+  // scattered 4- or 2-byte stores, and the fp16 row's largest |value| found in the warp.
+  __syncthreads();  // every warp past its last wgmma and fragment reads of the stages
+  float* st = reinterpret_cast<float*>(base);
 #pragma unroll
-    for (int nb = 0; nb < 8; ++nb)
+  for (int nb = 0; nb < 8; ++nb)
 #pragma unroll
-      for (int e = 0; e < 2; ++e)
+    for (int e = 0; e < 2; ++e)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) Eb[int64_t(8 * nb + 2 * cq + e) * d.N + 8 * half] = acc[nb][2 * half + e];
-  } else {
-    // fp16 with a power of two for each row p of this block's 128 entries n: the row's largest
-    // |value| over the 8 warps (their lanes gq hold its n), then each value scaled and rounded.
-    __shared__ float row_max[8][kSsdCols];
-#pragma unroll
-    for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float m = fmaxf(fabsf(acc[nb][e]), fabsf(acc[nb][2 + e]));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 4));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 8));
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
-        if (gq == 0) row_max[warp][8 * nb + 2 * cq + e] = m;
-      }
-    __syncthreads();
-    const int nbs = d.N / 128;
-#pragma unroll
-    for (int nb = 0; nb < 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int p = 8 * nb + 2 * cq + e;
-        float m = row_max[0][p];
-#pragma unroll
-        for (int w = 1; w < 8; ++w) m = fmaxf(m, row_max[w][p]);
-        const int sh = shift_for(__float_as_uint(m), -126, 126);  // any finite row; pow2(+-126) is normal
-        const float f = pow2(sh);
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-          Eb[int64_t(p) * d.N + 8 * half] = __float2half_rn(acc[nb][2 * half + e] * f);
-        if (warp == 0 && gq == 0) Esc[(int64_t(b) * d.P + pb * kSsdCols + p) * nbs + nbk] = pow2(-sh);
-      }
+      for (int half = 0; half < 2; ++half)
+        st[(8 * nb + 2 * cq + e) * kSsdWgEpiLd + 64 * wg + 16 * wi + gq + 8 * half] = acc[nb][2 * half + e];
+  __syncthreads();
+  const int64_t row0 = int64_t(b) * d.P + pb * kSsdCols;  // this block's first row p of E
+#pragma unroll 2
+  for (int r = 0; r < kSsdCols / 8; ++r) {  // warp w: rows p = 8 w + r
+    const int p = 8 * warp + r;
+    const float4 v = *reinterpret_cast<const float4*>(st + p * kSsdWgEpiLd + 4 * lane);
+    if constexpr (std::is_same_v<TE, float>) {
+      reinterpret_cast<float4*>(E + (row0 + p) * d.N + nbk * 128)[lane] = v;
+    } else {
+      // fp16 with a power of two for each row p of this block's 128 entries n.
+      store_f16_run(v, reinterpret_cast<uint2*>(E + (row0 + p) * d.N + nbk * 128),
+                    Esc + (row0 + p) * (d.N / 128) + nbk);
+    }
   }
 #else
   (void)d, (void)x, (void)B, (void)xdf, (void)E, (void)Esc;
