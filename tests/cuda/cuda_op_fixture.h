@@ -9,10 +9,12 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "io/safetensors.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/cuda_ops.h"
 #include "kernels/test_util.h"
 #include "util/half.h"
 #include "util/thread_pool.h"
@@ -141,6 +143,20 @@ struct CudaOpFixture : ::testing::Test {
     gpu->ssm_scan(x, x + s.ds, x + s.ds + s.GN, s.ld_xbc, s.dt.g.data(), s.ld_dt, s.c.T, scan_params(s, true),
                   st.g.data(), y.g.data());
     return {host(*gpu, y.g.data(), y.n), host(*gpu, st.g.data(), st.n)};
+  }
+  // The chunk-start recurrence's loads in groups of 4 and of 8 chunks (cuda::set_chunk_starts_group;
+  // by default the grid's size picks one, and these tests' small states take 8): the same sums in
+  // the same order, so gpu_scan() must give y and st, which it gave by default, bit for bit.
+  void expect_chunk_starts_groups_agree(const ScanInputs& s, const std::vector<float>& y,
+                                        const std::vector<float>& st, const std::string& what) {
+    const int before = cuda::chunk_starts_group();
+    for (const int group : {4, 8}) {
+      cuda::set_chunk_starts_group(group);
+      const auto [y_g, st_g] = gpu_scan(s);
+      EXPECT_EQ(y_g, y) << "chunk starts in groups of " << group << ", " << what;
+      EXPECT_EQ(st_g, st) << "state, chunk starts in groups of " << group << ", " << what;
+    }
+    cuda::set_chunk_starts_group(before);
   }
   // The GPU cache's values (rows of `width`) as float32.
   std::vector<float> cache_host(const Pair& p, int64_t width) {

@@ -69,6 +69,8 @@ TEST_F(CudaOpTest, SsmScanLongPromptsInParallelChunks) {
       } else {
         EXPECT_LE(rel(y_got, y_one), 1e-4) << "vs one pass, T=" << T << " chunks=" << chunks;
         EXPECT_LE(rel(st_got, st_one), 1e-4) << "state vs one pass, T=" << T << " chunks=" << chunks;
+        expect_chunk_starts_groups_agree(in, y_got, st_got,
+                                         "T=" + std::to_string(T) + " chunks=" + std::to_string(chunks));
       }
     }
   }
@@ -181,6 +183,7 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
             EXPECT_LE(e_o[1], tol_state) << (s16 ? "float32" : "fp16") << " states, " << what;
           }
         }
+        expect_chunk_starts_groups_agree(in, y_got, st_got, what);
         const double e[4] = {rel(y_got, in.y_ref), rel(st_got, in.st_ref), rel(y_got, y_rec), rel(st_got, st_rec)};
         EXPECT_LE(e[0], tol) << what;
         EXPECT_LE(e[1], tol_state) << "state, " << what;

@@ -287,6 +287,11 @@ int ssd_wgmma();
 // the start value to false.
 void set_ssd_states16(bool on);
 bool ssd_states16();
+// Tests and tuning: the chunks a group of the chunk-start recurrence's loads (4 or 8; 0: by the
+// grid's size, 8 where it fills at most two blocks an SM). The same sums either way, so the same
+// bits. FH1_CUDA_STARTS_GROUP=N sets the start value.
+void set_chunk_starts_group(int chunks);
+int chunk_starts_group();
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same arguments).
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from

@@ -578,12 +578,15 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
     launch(ssd_prep_kernel, blocks(nb * 32), kThreads, 0, s, dt_raw + t0 * ld_dt, ld_dt, d, p.A, p.dt_bias, p.dt_min,
            p.dt_max, dtv, cum, decay, xdf, ecum);
     const auto chunk_starts = [&] {
-      if (starts4)
-        launch(ssm_chunk_starts_kernel<true>, blocks(HP * d.N / 4), kThreads, 0, s, E, static_cast<const float*>(decay),
-               static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
-      else
-        launch(ssm_chunk_starts_kernel<false>, blocks(HP * d.N), kThreads, 0, s, E, static_cast<const float*>(decay),
-               static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+      const unsigned nblk = blocks(starts4 ? HP * d.N / 4 : HP * d.N);
+      with_starts_group(nblk, [&](auto A) {
+        if (starts4)
+          launch(ssm_chunk_starts_kernel<true, A.value>, nblk, kThreads, 0, s, E, static_cast<const float*>(decay),
+                 static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+        else
+          launch(ssm_chunk_starts_kernel<false, A.value>, nblk, kThreads, 0, s, E, static_cast<const float*>(decay),
+                 static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+      });
     };
     if (fused) {
       const int wv = ssd_wgmma();
@@ -593,8 +596,11 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
         auto* E16 = reinterpret_cast<__half*>(static_cast<float*>(E));
         float* factors = E + sz.e / 2;
         ssd_wgmma_states(d, xw, Bw, xdf, E16, s, factors);
-        launch(ssm_chunk_starts16_kernel, blocks(HP * d.N / 4), kThreads, 0, s, E16, factors,
-               static_cast<const float*>(decay), static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+        const unsigned nblk = blocks(HP * d.N / 4);
+        with_starts_group(nblk, [&](auto A) {
+          launch(ssm_chunk_starts16_kernel<A.value>, nblk, kThreads, 0, s, E16, factors,
+                 static_cast<const float*>(decay), static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
+        });
         ssd_wgmma_outputs(wv, d, xw, Cw, dtv, cum, ecum, p.D, CB, static_cast<const __half*>(E16), yw, s,
                           static_cast<const float*>(factors));
         continue;
@@ -675,12 +681,16 @@ void launch_scan(const float* x, const float* B, const float* C, int64_t ld_xbc,
   float* chunk_states = scratch;                     // [nc, H, P, N]
   float* decay = scratch + plan.chunks * entries;  // [nc, H]
   pass(ssm_scan_kernel<NPL, TS, false>, nullptr, chunk_states, entries, decay, nullptr);
-  if (head_entries % 4 == 0 && aligned16(chunk_states) && aligned16(state))
-    launch(ssm_chunk_starts_kernel<true>, blocks_for(static_cast<size_t>(entries / 4)), kThreads, 0, s, chunk_states,
-           static_cast<const float*>(decay), plan.chunks, p.heads, head_entries, state);
-  else
-    launch(ssm_chunk_starts_kernel<false>, blocks_for(static_cast<size_t>(entries)), kThreads, 0, s, chunk_states,
-           static_cast<const float*>(decay), plan.chunks, p.heads, head_entries, state);
+  const bool v4 = head_entries % 4 == 0 && aligned16(chunk_states) && aligned16(state);
+  const unsigned nblk = blocks_for(static_cast<size_t>(v4 ? entries / 4 : entries));
+  with_starts_group(nblk, [&](auto A) {
+    if (v4)
+      launch(ssm_chunk_starts_kernel<true, A.value>, nblk, kThreads, 0, s, chunk_states,
+             static_cast<const float*>(decay), plan.chunks, p.heads, head_entries, state);
+    else
+      launch(ssm_chunk_starts_kernel<false, A.value>, nblk, kThreads, 0, s, chunk_states,
+             static_cast<const float*>(decay), plan.chunks, p.heads, head_entries, state);
+  });
   pass(ssm_scan_kernel<NPL, TS, true>, chunk_states, nullptr, entries, nullptr, y);
   check_launch("ssm_scan (chunks)");
 }
@@ -758,6 +768,11 @@ void set_scan_ssd(int64_t min_tokens, int64_t window_chunks, int chunk_len) {
 void set_scan_ssd_fused(bool on) { ssd_fused_on().store(on); }
 void set_ssd_states16(bool on) { ssd_states16_setting().store(on); }
 bool ssd_states16() { return ssd_states16_setting().load(); }
+void set_chunk_starts_group(int chunks) {
+  const bool valid = chunks == kStartsGroupSmallGrid || chunks == kStartsGroupLargeGrid;
+  chunk_starts_group_setting().store(valid ? chunks : 0);
+}
+int chunk_starts_group() { return chunk_starts_group_setting().load(); }
 void set_ssd_wgmma(int variant) { ssd_wgmma_setting().store(std::clamp(variant, 0, kSsdWgmmaVariants)); }
 int ssd_wgmma() { return flash_wgmma_available() ? ssd_wgmma_setting().load() : 0; }
 

@@ -6,7 +6,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "kernels/cuda/cuda_f16_scale.cuh"
@@ -17,30 +19,76 @@ namespace fh1::cuda {
 namespace {
 
 // The recurrence over the chunks for one thread's entries s (float or float4) of head h:
-// load_end(c) reads chunk c's end state, store_start(c, s) writes its start state over it, and
-// loaded() runs after each group of loads; returns the state after the last chunk. The end states
-// are read 8 chunks ahead of the writes: a store to the same array between the loads kept the
-// compiler from issuing them early, so every chunk waited for one load (7B, 64 chunks: 636 us a
-// layer).
-template <class Vec, class LoadEnd, class StoreStart, class Loaded>
+// load_end(c) reads chunk c's end state as it lies in memory (Raw), widen() makes it a Vec,
+// store_start(c, s) writes chunk c's start state over it, and loaded() runs after each group of
+// loads; returns the state after the last chunk. The end states and the decays are read in groups
+// of A chunks, the next group issued before the current one is used, so that up to 2A chunks'
+// loads are in flight while the chunks before them are done (a store to the same array between
+// the loads kept the compiler from issuing them early, so every chunk once waited for one load:
+// 7B, 64 chunks, 636 us a layer; and with one group at a time each group waited for its loads).
+template <int A, class Vec, class Raw, class LoadEnd, class Widen, class StoreStart, class Loaded>
 __device__ __forceinline__ Vec chunk_starts(Vec s, int chunks, int H, int h, const float* __restrict__ decay,
-                                            LoadEnd load_end, StoreStart store_start, Loaded loaded) {
-  constexpr int kAhead = 8;
-  for (int c0 = 0; c0 < chunks; c0 += kAhead) {
-    Vec end[kAhead];
+                                            LoadEnd load_end, Widen widen, StoreStart store_start, Loaded loaded) {
+  Raw end[A], next_end[A]{};
+  float a[A], next_a[A]{};
+  const auto fetch = [&](int c0, Raw(&e)[A], float(&f)[A]) {
 #pragma unroll
-    for (int j = 0; j < kAhead; ++j) end[j] = c0 + j < chunks ? load_end(c0 + j) : Vec{};
+    for (int j = 0; j < A; ++j) {
+      const bool in = c0 + j < chunks;
+      e[j] = in ? load_end(c0 + j) : Raw{};
+      f[j] = in ? decay[int64_t(c0 + j) * H + h] : 0.0f;
+    }
+  };
+  fetch(0, end, a);
+  for (int c0 = 0; c0 < chunks; c0 += A) {
+    if (c0 + A < chunks) fetch(c0 + A, next_end, next_a);
     loaded();
 #pragma unroll
-    for (int j = 0; j < kAhead; ++j) {
+    for (int j = 0; j < A; ++j) {
       if (c0 + j >= chunks) break;
       store_start(c0 + j, s);
-      const float a = decay[int64_t(c0 + j) * H + h];
-      if constexpr (std::is_same_v<Vec, float4>) s = map4(s, end[j], [a](float x, float y) { return a * x + y; });
-      else s = a * s + end[j];
+      const Vec e = widen(end[j]);
+      if constexpr (std::is_same_v<Vec, float4>) {
+        const float aj = a[j];
+        s = map4(s, e, [aj](float x, float y) { return aj * x + y; });
+      } else {
+        s = a[j] * s + e;
+      }
     }
+#pragma unroll
+    for (int j = 0; j < A; ++j) end[j] = next_end[j], a[j] = next_a[j];
   }
   return s;
+}
+
+// Chunks a group of chunk_starts (A): 8 where the grid is at most two blocks an SM (a small
+// state: few warps, so more loads in flight each), else 4, in registers for three blocks an SM.
+constexpr int kStartsGroupSmallGrid = 8, kStartsGroupLargeGrid = 4;
+constexpr int starts_min_blocks(int A) { return A == kStartsGroupSmallGrid ? 2 : 3; }
+
+// The group set by set_chunk_starts_group (cuda_ops.h; FH1_CUDA_STARTS_GROUP=4|8), 0: by the grid.
+inline std::atomic<int>& chunk_starts_group_setting() {
+  static std::atomic<int> g{[] {
+    const char* e = std::getenv("FH1_CUDA_STARTS_GROUP");
+    const int v = e ? std::atoi(e) : 0;
+    return v == kStartsGroupSmallGrid || v == kStartsGroupLargeGrid ? v : 0;
+  }()};
+  return g;
+}
+
+// chunk_starts' group for a grid of `blocks` (host side): f is called with it as an integral
+// constant.
+template <class F>
+void with_starts_group(int64_t blocks, F f) {
+  static const int64_t sms = [] {
+    int dev = 0, n = 132;
+    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return int64_t(n);
+  }();
+  const int forced = chunk_starts_group_setting().load();
+  const bool few = forced == kStartsGroupSmallGrid || (forced != kStartsGroupLargeGrid && blocks <= 2 * sms);
+  if (few) f(std::integral_constant<int, kStartsGroupSmallGrid>{});
+  else f(std::integral_constant<int, kStartsGroupLargeGrid>{});
 }
 
 // Pass 2: the chunks' start states, chunks in order, one thread per state entry, or per 4 (V:
@@ -48,9 +96,10 @@ __device__ __forceinline__ Vec chunk_starts(Vec s, int chunks, int H, int h, con
 // 393K entries then fit one wave of blocks, where one entry a thread left the second half empty).
 // chunk_states[c] holds chunk c's end state from zero and is overwritten by its start state;
 // `state` (the state before the call) becomes the state after the last chunk.
-template <bool V>
-__global__ void ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const float* __restrict__ decay,
-                                        int chunks, int H, int64_t head_entries, float* __restrict__ state) {
+template <bool V, int A>
+__global__ void __launch_bounds__(kThreads, starts_min_blocks(A))
+    ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const float* __restrict__ decay, int chunks, int H,
+                            int64_t head_entries, float* __restrict__ state) {
   FH1_PDL_ENTER();
   using Vec = std::conditional_t<V, float4, float>;
   constexpr int kW = V ? 4 : 1;
@@ -66,19 +115,26 @@ __global__ void ssm_chunk_starts_kernel(float* __restrict__ chunk_states, const 
     if constexpr (V) st4(p, e, v);
     else p[e] = v;
   };
-  const Vec s = chunk_starts(
+  const Vec s = chunk_starts<A, Vec, Vec>(
       load(state), chunks, H, h, decay, [&](int c) { return load(chunk_states + int64_t(c) * entries); },
-      [&](int c, Vec v) { store(chunk_states + int64_t(c) * entries, v); }, [] {});
+      [](Vec v) { return v; }, [&](int c, Vec v) { store(chunk_states + int64_t(c) * entries, v); }, [] {});
   store(state, s);
 }
 
 // ssm_chunk_starts_kernel<true> over states stored as fp16 with a power of two a run of 128
 // entries (FH1_CUDA_SSD_STATES16; cuda_ssd_wgmma.cuh says how): a warp's 32 x 4 entries are one
 // such run, so the warp finds each start state's largest |value| and lane 0 writes its factor
-// over the end state's (read 8 chunks ahead, before). The recurrence and `state` stay float32.
-__global__ void ssm_chunk_starts16_kernel(__half* __restrict__ chunk_states, float* __restrict__ factors,
-                                          const float* __restrict__ decay, int chunks, int H, int64_t head_entries,
-                                          float* __restrict__ state) {
+// over the end state's (read one group ahead, before). The recurrence and `state` stay float32;
+// the loads are held as they came (4 fp16 and the factor) until used.
+struct Starts16Raw {
+  uint2 v;
+  float f;
+};
+template <int A>
+__global__ void __launch_bounds__(kThreads, starts_min_blocks(A))
+    ssm_chunk_starts16_kernel(__half* __restrict__ chunk_states, float* __restrict__ factors,
+                              const float* __restrict__ decay, int chunks, int H, int64_t head_entries,
+                              float* __restrict__ state) {
   FH1_PDL_ENTER();
   const int64_t entries = int64_t(H) * head_entries, units = entries / 4, runs = entries / 128;
   const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -86,27 +142,22 @@ __global__ void ssm_chunk_starts16_kernel(__half* __restrict__ chunk_states, flo
   const int h = static_cast<int>(4 * e / head_entries);
   const int64_t run = e / 32;
   const auto load = [&](int c) {
-    const uint2 raw = reinterpret_cast<const uint2*>(chunk_states + int64_t(c) * entries)[e];
-    const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-    const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
-    const float f = factors[int64_t(c) * runs + run];
-    return make_float4(lo.x * f, lo.y * f, hi.x * f, hi.y * f);
+    return Starts16Raw{reinterpret_cast<const uint2*>(chunk_states + int64_t(c) * entries)[e],
+                       factors[int64_t(c) * runs + run]};
+  };
+  const auto widen = [](const Starts16Raw& r) {
+    const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&r.v.x));
+    const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&r.v.y));
+    return make_float4(lo.x * r.f, lo.y * r.f, hi.x * r.f, hi.y * r.f);
   };
   const auto store = [&](int c, float4 v) {
-    float m = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    const int sh = shift_for(__float_as_uint(m), -126, 126);  // any finite row; pow2(+-126) is normal
-    const float f = pow2(sh);
-    const __half2 lo = __floats2half2_rn(v.x * f, v.y * f), hi = __floats2half2_rn(v.z * f, v.w * f);
-    uint2 raw;
-    raw.x = *reinterpret_cast<const uint32_t*>(&lo);
-    raw.y = *reinterpret_cast<const uint32_t*>(&hi);
-    reinterpret_cast<uint2*>(chunk_states + int64_t(c) * entries)[e] = raw;
-    if ((threadIdx.x & 31) == 0) factors[int64_t(c) * runs + run] = pow2(-sh);
+    store_f16_run(v, reinterpret_cast<uint2*>(chunk_states + int64_t(c) * entries) + (e & ~int64_t(31)),
+                  factors + int64_t(c) * runs + run);
   };
-  // Every lane's factors read before lane 0 overwrites them: a __syncwarp after each group of loads.
-  st4(state, e, chunk_starts(ld4(state, e), chunks, H, h, decay, load, store, [] { __syncwarp(); }));
+  // Every lane's factors read before lane 0 overwrites them: a __syncwarp after each group of loads
+  // (a group's loads come one group before its stores).
+  st4(state, e, chunk_starts<A, float4, Starts16Raw>(ld4(state, e), chunks, H, h, decay, load, widen, store,
+                                                     [] { __syncwarp(); }));
 }
 
 }  // namespace
