@@ -186,13 +186,14 @@ __global__ void rows_to_f16_kernel(Src src_, int64_t K, __half* x16, float* rows
   const int64_t t = blockIdx.x, n4 = K / 4;
   float4 v[R];
   uint32_t m = 0;
+  // Predicated, not a loop exit: the row's loads issue together, not each after the last's max.
 #pragma unroll
   for (int j = 0; j < R; ++j) {
     const int64_t i = threadIdx.x + int64_t(j) * blockDim.x;
-    if (i >= n4) break;
-    v[j] = src(t, i);
-    m = max(m, abs_bits(v[j]));
+    v[j] = i < n4 ? src(t, i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   }
+#pragma unroll
+  for (int j = 0; j < R; ++j) m = max(m, abs_bits(v[j]));
   __shared__ uint32_t part[32];
   for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = m;
