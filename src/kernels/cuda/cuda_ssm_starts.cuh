@@ -86,8 +86,8 @@ void with_starts_group(int64_t blocks, F f) {
     return int64_t(n);
   }();
   const int forced = chunk_starts_group_setting().load();
-  const bool few = forced == kStartsGroupSmallGrid || (forced != kStartsGroupLargeGrid && blocks <= 2 * sms);
-  if (few) f(std::integral_constant<int, kStartsGroupSmallGrid>{});
+  const bool small_grid = forced == kStartsGroupSmallGrid || (forced != kStartsGroupLargeGrid && blocks <= 2 * sms);
+  if (small_grid) f(std::integral_constant<int, kStartsGroupSmallGrid>{});
   else f(std::integral_constant<int, kStartsGroupLargeGrid>{});
 }
 
