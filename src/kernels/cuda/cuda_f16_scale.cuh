@@ -27,6 +27,13 @@ __host__ __device__ inline int shift_for(uint32_t bits) { return shift_for(bits,
 
 __device__ inline float pow2(int s) { return __uint_as_float(static_cast<uint32_t>(127 + s) << 23); }  // |s| <= 126
 
+// 4 fp16 values packed in 8 bytes (as store_f16_run and the GEMMs' fp16 outputs lay them) as floats.
+__device__ inline float4 f16x4_to_float4(uint2 packed) {
+  const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&packed.x));
+  const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&packed.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+
 // A run of 128 values held by a warp (v: 4 a lane) stored as fp16 (8 bytes a lane, dst[lane])
 // times the power of two that brings the run's largest |value| into [2^14, 2^15); lane 0 writes
 // the factor that undoes it (2^-shift) to *factor. Any finite run: the shift stays within +-126,

@@ -162,13 +162,9 @@ struct SiluMulF16Rows {
     int64_t K;
     float fg, fu;
     __device__ __forceinline__ float4 operator()(int64_t t, int64_t i) const {
-      const uint2 gv = reinterpret_cast<const uint2*>(g + t * K)[i], uv = reinterpret_cast<const uint2*>(u + t * K)[i];
-      const float2 g0 = __half22float2(*reinterpret_cast<const __half2*>(&gv.x)),
-                   g1 = __half22float2(*reinterpret_cast<const __half2*>(&gv.y)),
-                   u0 = __half22float2(*reinterpret_cast<const __half2*>(&uv.x)),
-                   u1 = __half22float2(*reinterpret_cast<const __half2*>(&uv.y));
-      const auto f = [this](float gg, float uu) { return (uu * fu) * silu(gg * fg); };
-      return make_float4(f(g0.x, u0.x), f(g0.y, u0.y), f(g1.x, u1.x), f(g1.y, u1.y));
+      const float4 gv = f16x4_to_float4(reinterpret_cast<const uint2*>(g + t * K)[i]),
+                   uv = f16x4_to_float4(reinterpret_cast<const uint2*>(u + t * K)[i]);
+      return map4(gv, uv, [this](float gg, float uu) { return (uu * fu) * silu(gg * fg); });
     }
   };
   __device__ __forceinline__ Bound bind() const {

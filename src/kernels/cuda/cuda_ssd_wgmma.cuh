@@ -164,10 +164,8 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
         const int i = tid + 256 * k, r = i >> 3, q = i & 7;
         float4* v = reinterpret_cast<float4*>(At + sw128_at(r, q));
         if constexpr (kStates16<TS>) {
-          const uint2 raw = *reinterpret_cast<const uint2*>(s16 + buf * kSsdWgS16Bytes + r * 64 + 8 * q);
-          const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&raw.x));
-          const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&raw.y));
-          *v = round4(make_float4(lo.x, lo.y, hi.x, hi.y), ssc[r * (d.N / 128) + (j >> 2)]);
+          const uint2 packed = *reinterpret_cast<const uint2*>(s16 + buf * kSsdWgS16Bytes + r * 64 + 8 * q);
+          *v = round4(f16x4_to_float4(packed), ssc[r * (d.N / 128) + (j >> 2)]);
         } else {
           *v = round4(*v, 1.0f);
         }

@@ -146,9 +146,8 @@ __global__ void __launch_bounds__(kThreads, starts_min_blocks(A))
                        factors[int64_t(c) * runs + run]};
   };
   const auto widen = [](const Starts16Raw& r) {
-    const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&r.v.x));
-    const float2 hi = __half22float2(*reinterpret_cast<const __half2*>(&r.v.y));
-    return make_float4(lo.x * r.f, lo.y * r.f, hi.x * r.f, hi.y * r.f);
+    const float f = r.f;
+    return map4(f16x4_to_float4(r.v), [f](float x) { return x * f; });
   };
   const auto store = [&](int c, float4 v) {
     store_f16_run(v, reinterpret_cast<uint2*>(chunk_states + int64_t(c) * entries) + (e & ~int64_t(31)),
