@@ -106,7 +106,9 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
   const auto broom = [&](int buf) { return base + buf * kSsdWgStage; };
   const auto aroom = [&](int buf) { return base + buf * kSsdWgStage + kSsdWgBBytes; };
   // Thread tid copies (and later rounds) 16-byte chunks tid + 256 k of each tile: of C or CB
-  // (128 rows of 8 chunks: k < 4), of S (64 rows of 8: k < 2) or of x (32 rows of 16: k < 2).
+  // (128 rows of 8 chunks: k < 4), of S (64 rows of 8: k < 2; in fp16 64 rows of 4, chunk tid)
+  // or of x (32 rows of 16: k < 2). It rounds only what it copied: before the step's barrier its
+  // wait covers only its own copies (the fp16 S once read 8-byte halves of other threads' chunks).
   // M's rows t < 64 of the last two token tiles are past the diagonal and read by no one.
   const auto load = [&](int j, int buf) {
     unsigned char* Bt = broom(buf);
@@ -159,14 +161,18 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
         float4* v = reinterpret_cast<float4*>(Bt + sw128_at(r, q));
         *v = round4(*v, ecs[r]);
       }
+      if constexpr (kStates16<TS>) {  // the 8 values of S this thread copied (its wait covers only its own)
+        const int r = tid >> 2, q = tid & 3;
+        const uint4 packed = *reinterpret_cast<const uint4*>(s16 + buf * kSsdWgS16Bytes + r * 64 + 16 * q);
+        const float f = ssc[r * (d.N / 128) + (j >> 2)];
+        *reinterpret_cast<float4*>(At + sw128_at(r, 2 * q)) = round4(f16x4_to_float4(make_uint2(packed.x, packed.y)), f);
+        *reinterpret_cast<float4*>(At + sw128_at(r, 2 * q + 1)) =
+            round4(f16x4_to_float4(make_uint2(packed.z, packed.w)), f);
+      } else {
 #pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const int i = tid + 256 * k, r = i >> 3, q = i & 7;
-        float4* v = reinterpret_cast<float4*>(At + sw128_at(r, q));
-        if constexpr (kStates16<TS>) {
-          const uint2 packed = *reinterpret_cast<const uint2*>(s16 + buf * kSsdWgS16Bytes + r * 64 + 8 * q);
-          *v = round4(f16x4_to_float4(packed), ssc[r * (d.N / 128) + (j >> 2)]);
-        } else {
+        for (int k = 0; k < 2; ++k) {
+          const int i = tid + 256 * k, r = i >> 3, q = i & 7;
+          float4* v = reinterpret_cast<float4*>(At + sw128_at(r, q));
           *v = round4(*v, 1.0f);
         }
       }
