@@ -94,6 +94,7 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
       cuda::set_scan_ssd(cuda::kScanSsdAuto, 0, 0);
       cuda::set_scan_ssd_fused(true);
       cuda::set_ssd_wgmma(wgmma);
+      cuda::set_ssd_outputs_cols(0);
       g->set_scan_tf32(true);
     }
     int wgmma;
@@ -120,7 +121,11 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
                         // Chunks of 128 (the outputs kernel on wgmma where the GPU has it): heads
                         // of 128 with N 256, heads of 64 with N 64 and 3 groups.
                         Case{{1500, 3, 128, 1, 256, 128, 0.0f, INFINITY, 0}, 0, {0, 4}},
-                        Case{{1000, 6, 64, 3, 64, 128, 0.001f, 0.1f, 0}, 0, {0, 3}}}) {
+                        Case{{1000, 6, 64, 3, 64, 128, 0.001f, 0.1f, 0}, 0, {0, 3}},
+                        // 1.5B-Deep's heads of 64 and N 256, and 2 groups of 2 heads of 64: the
+                        // outputs two heads a block (cuda_ssd_wgmma_pairs.cuh).
+                        Case{{1300, 4, 64, 1, 256, 128, 0.001f, 0.1f, 0}, 0, {0, 3}},
+                        Case{{900, 4, 64, 2, 128, 128, 0.0f, INFINITY, 0}, 0, {0, 3}}}) {
     const ScanInputs in = scan_inputs(c.shape);
     cuda::set_scan_ssd(-1, 0, 0);
     const auto [y_rec, st_rec] = gpu_scan(in);
@@ -168,6 +173,22 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
             std::printf("  %s: y %.2e, state %.2e with the mma.sync kernels\n", what.c_str(), e_mma[0], e_mma[1]);
             EXPECT_LE(e_mma[0], tol) << "the mma.sync kernels, " << what;
             EXPECT_LE(e_mma[1], tol_state) << "state, the mma.sync kernels, " << what;
+          }
+          // The outputs kernel on 128 columns a block (opt-in; the fp16 states, a group's columns
+          // in 128s): it rounds C and scales its sums by exp(cum_t) where the 64-column one rounds
+          // C exp(cum_t), so y differs a little (and so shows that it ran); run twice, the same.
+          if (reset.wgmma == 1 && cuda::ssd_states16() && Q == 128 && c.shape.N % 128 == 0 && c.shape.N <= 512 &&
+              c.shape.H / c.shape.G * c.shape.P % 128 == 0) {
+            cuda::set_ssd_outputs_cols(128);
+            const auto [y_p, st_p] = gpu_scan(in);
+            const auto [y_p2, st_p2] = gpu_scan(in);
+            cuda::set_ssd_outputs_cols(0);
+            EXPECT_NE(y_p, y_got) << "the 128-column outputs kernel did not run, " << what;
+            EXPECT_EQ(y_p2, y_p) << "the 128-column outputs kernel run twice, " << what;
+            EXPECT_LE(rel(y_p, y_got), tol) << "the 128-column outputs kernel vs the 64-column one, " << what;
+            EXPECT_LE(rel(y_p, in.y_ref), tol) << "the 128-column outputs kernel, " << what;
+            EXPECT_EQ(st_p, st_got) << "state, the 128-column outputs kernel, " << what;
+            std::printf("  %s: y %.2e with the 128-column outputs kernel\n", what.c_str(), rel(y_p, in.y_ref));
           }
           // The states through memory as fp16 (the default there) against float32.
           if (reset.wgmma == 1 && Q == 128 && c.shape.N % 128 == 0) {

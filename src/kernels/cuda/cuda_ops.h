@@ -292,6 +292,14 @@ bool ssd_states16();
 // bits. FH1_CUDA_STARTS_GROUP=N sets the start value.
 void set_chunk_starts_group(int chunks);
 int chunk_starts_group();
+// Tests and tuning: the columns of x a block of the outputs kernel on the fp16 states: 64 (the
+// default, cuda_ssd_wgmma.cuh) or 128 (two heads of 64 or a head of 128 sharing C's and CB's
+// tiles, cuda_ssd_wgmma_pairs.cuh; where a group's columns come in 128s, else 64). Opt-in until
+// measured again: one H100 A/B had it faster, another had every variant of its build slower from
+// 16K (docs/cuda.md, "Two column blocks a block"). Not the same bits: the 64-column kernel rounds
+// C exp(cum_t), the 128-column one C. FH1_CUDA_SSD_OUTPUTS_COLS=N sets the start value (0: 64).
+void set_ssd_outputs_cols(int cols);
+int ssd_outputs_cols();
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same arguments).
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from
