@@ -714,7 +714,8 @@ TEST_F(CudaMatmulTest, MlpKeepsGateAndUpInF16AgainstFloat64) {
     float gate_scale, up_scale;
   };
   for (const Case& c : {Case{96, 200, false, 1.0f, 1.0f}, Case{1280, 1024, false, 1.0f, 1e-6f},
-                        Case{96, 200, true, 3e4f, 1.0f}, Case{96, 202, false, 1.0f, 1.0f}}) {
+                        Case{96, 200, true, 3e4f, 1.0f}, Case{96, 202, false, 1.0f, 1.0f},
+                        Case{96, 204, false, 1.0f, 1.0f}}) {
     const int64_t d = c.d, I = c.I;
     const std::string what = "d=" + std::to_string(d) + " I=" + std::to_string(I) + (c.positive ? " positive" : "");
     std::vector<float> x = randn(static_cast<size_t>(T * d)), nw = randn(static_cast<size_t>(d));
@@ -743,6 +744,10 @@ TEST_F(CudaMatmulTest, MlpKeepsGateAndUpInF16AgainstFloat64) {
     const size_t before = gpu->lazy_counts().mlps_f16;
     const std::vector<float> y = run();
     EXPECT_EQ(gpu->lazy_counts().mlps_f16 - before, I % 4 == 0 ? 1u : 0u) << what;
+    // The product pass 8 values an access (opt-in; I % 8 == 0) instead of 4: the same bits.
+    cuda::set_silu_mul_wide(true);
+    EXPECT_EQ(run(), y) << "the product pass 8 values an access, " << what;
+    cuda::set_silu_mul_wide(false);
     const std::vector<float> u = host(*gpu, ug.data(), ug.size());  // (the norm's float32 output, settled)
     gpu->set_lazy_results(false);
     const std::vector<float> y_eager = run();

@@ -149,6 +149,11 @@ float bf16_rows_l1_max(const uint16_t* w, int64_t N, int64_t K, uint32_t* scratc
 bool silu_mul_f16_rows_fits(const uint16_t* gate16, const uint16_t* up16, int64_t K);
 void silu_mul_f16_rows(const uint16_t* gate16, const uint16_t* up16, int64_t T, int64_t K, const uint32_t* max_bits,
                        int gate_exp, int up_exp, float gs, uint16_t* x16, float* rows, cudaStream_t s);
+// Tests and tuning: silu_mul_f16_rows 8 values a thread's access (16-byte loads and stores) where
+// K % 8 == 0 and the rows are 16-byte aligned, else 4. Opt-in until measured again, as
+// set_ssd_outputs_cols. The same arithmetic, the same bits. FH1_CUDA_SILU_MUL_WIDE=1 sets the
+// start value to on.
+void set_silu_mul_wide(bool on);
 // y[t, n] = y[t, n] * rows[t] (+ bias[n] when bias).
 void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* bias, cudaStream_t s);
 // y[T, N] = x[T, K] @ W^T (+ bias) for T <= kGemvRows, W bf16 [N, K], all else float32.
