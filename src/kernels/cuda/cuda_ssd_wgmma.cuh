@@ -165,7 +165,8 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_wgmma_kernel(SsdShape d, 
         const int r = tid >> 2, q = tid & 3;
         const uint4 packed = *reinterpret_cast<const uint4*>(s16 + buf * kSsdWgS16Bytes + r * 64 + 16 * q);
         const float f = ssc[r * (d.N / 128) + (j >> 2)];
-        *reinterpret_cast<float4*>(At + sw128_at(r, 2 * q)) = round4(f16x4_to_float4(make_uint2(packed.x, packed.y)), f);
+        *reinterpret_cast<float4*>(At + sw128_at(r, 2 * q)) =
+            round4(f16x4_to_float4(make_uint2(packed.x, packed.y)), f);
         *reinterpret_cast<float4*>(At + sw128_at(r, 2 * q + 1)) =
             round4(f16x4_to_float4(make_uint2(packed.z, packed.w)), f);
       } else {
