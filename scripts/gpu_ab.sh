@@ -30,6 +30,13 @@ for rep in $(seq "${AB_REPS:-2}"); do
     for w in $v; do [[ $w == BENCH=* ]] && bench=${w#BENCH=}; done
     # shellcheck disable=SC2086  # a variant is a list of NAME=VALUE words
     env $v "$bench" "$@" 2>&1 | awk '/^== /{m=$2} /^(prefill|decode) +[0-9]/{print m, $0}' | sed "s|^|$i\t|" | tee -a "$out"
+    # The GPU's state after each run (clocks, temperature, power, throttle reasons): a variant
+    # slower on one machine and not another may be the machine's (docs/cuda.md, "Two column
+    # blocks a block").
+    if command -v nvidia-smi >/dev/null; then
+      echo "# $i clocks: $(nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw,clocks_throttle_reasons.active \
+        --format=csv,noheader 2>/dev/null | head -1)"
+    fi
   done
 done
 echo "== best of ${AB_REPS:-2} per variant (ms; ratio to variant 0)"
