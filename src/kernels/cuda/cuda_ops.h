@@ -304,7 +304,6 @@ int chunk_starts_group();
 // 16K (docs/cuda.md, "Two column blocks a block"). Not the same bits: the 64-column kernel rounds
 // C exp(cum_t), the 128-column one C. FH1_CUDA_SSD_OUTPUTS_COLS=N sets the start value (0: 64).
 void set_ssd_outputs_cols(int cols);
-int ssd_outputs_cols();
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same arguments).
 // n_past_dev (decode only, when attention_decode_device_len() says so): the length is read from

@@ -293,20 +293,15 @@ inline std::atomic<int>& ssd_outputs_cols_setting() {
   return c;
 }
 
-// Where the kernel above applies: the fp16 states' shapes (chunks of 128, N in 128s up to 512)
-// with a group's columns in 128s (then every 128-column block lies in one group).
-inline bool ssd_outputs_pairs_fit(const SsdShape& d) {
-  return ssd_states16_fits(d) && (int64_t(d.H / d.G) * d.P) % 128 == 0 && d.nc <= 65535;
-}
-
-inline bool ssd_outputs_pairs_on(const SsdShape& d) {
-  return ssd_outputs_cols_setting().load() == 128 && ssd_outputs_pairs_fit(d);
-}
-
-// A window's y from the fp16 start states, 128 columns a block (2 tiles in flight, 2 blocks an SM).
-inline void ssd_wgmma_outputs_pairs(const SsdShape& d, const float* x, const float* C, const float* dtv,
-                                    const double* cum, const float* ecum, const float* D, const float* CB,
-                                    const __half* S, const float* Ssc, float* y, cudaStream_t s) {
+// A window's y from the fp16 start states: by the kernel above (2 tiles in flight, 2 blocks an
+// SM) where it is set (128 columns) and applies, a group's columns in 128s (then every 128-column
+// block lies in one group); else by the 64-column kernel in shape `variant`.
+inline void ssd_wgmma_outputs16(int variant, const SsdShape& d, const float* x, const float* C, const float* dtv,
+                                const double* cum, const float* ecum, const float* D, const float* CB,
+                                const __half* S, const float* Ssc, float* y, cudaStream_t s) {
+  if (ssd_outputs_cols_setting().load() != 128 || !ssd_states16_fits(d) || (int64_t(d.H / d.G) * d.P) % 128 != 0 ||
+      d.nc > 65535)
+    return ssd_wgmma_outputs(variant, d, x, C, dtv, cum, ecum, D, CB, S, y, s, Ssc);
   const dim3 grid(unsigned(int64_t(d.H) * d.P / 128), unsigned(d.nc));
   launch_big_smem(ssd_outputs_pairs_kernel<2, 2>, grid, 256, ssd_outputs_pairs_smem(2), s, d, x, C, CB, S, Ssc, dtv,
                   cum, ecum, D, y);

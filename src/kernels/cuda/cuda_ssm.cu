@@ -602,11 +602,7 @@ void ssd_scan(const float* x, const float* B, const float* C, int64_t ld_xbc, co
           launch(ssm_chunk_starts16_kernel<A.value>, nblk, kThreads, 0, s, E16, factors,
                  static_cast<const float*>(decay), static_cast<int>(d.nc), d.H, int64_t(d.P) * d.N, state);
         });
-        if (ssd_outputs_pairs_on(d))
-          ssd_wgmma_outputs_pairs(d, xw, Cw, dtv, cum, ecum, p.D, CB, E16, factors, yw, s);
-        else
-          ssd_wgmma_outputs(wv, d, xw, Cw, dtv, cum, ecum, p.D, CB, static_cast<const __half*>(E16), yw, s,
-                            static_cast<const float*>(factors));
+        ssd_wgmma_outputs16(wv, d, xw, Cw, dtv, cum, ecum, p.D, CB, E16, factors, yw, s);
         continue;
       }
       if (wv > 0 && wv != 4 && ssd_states_wgmma_fits(d)) ssd_wgmma_states(d, xw, Bw, xdf, E, s);
@@ -778,7 +774,6 @@ void set_chunk_starts_group(int chunks) {
 }
 int chunk_starts_group() { return chunk_starts_group_setting().load(); }
 void set_ssd_outputs_cols(int cols) { ssd_outputs_cols_setting().store(cols == 64 || cols == 128 ? cols : 0); }
-int ssd_outputs_cols() { return ssd_outputs_cols_setting().load(); }
 void set_ssd_wgmma(int variant) { ssd_wgmma_setting().store(std::clamp(variant, 0, kSsdWgmmaVariants)); }
 int ssd_wgmma() { return flash_wgmma_available() ? ssd_wgmma_setting().load() : 0; }
 
