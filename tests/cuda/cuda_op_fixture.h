@@ -1,10 +1,11 @@
-// The fixture of the CUDA op tests (test_cuda_ops.cpp, test_cuda_matmul.cpp): the GPU backend
-// beside the portable reference, the same host data in both, and helpers for the scan, the KV
-// caches and bf16 weights. Every test is SKIPPED without a GPU (never passed).
+// The fixture of the CUDA op tests (test_cuda_ops.cpp, test_cuda_matmul.cpp, test_cuda_lazy.cpp):
+// the GPU backend beside the portable reference, the same host data in both, and helpers for
+// the scan, the KV caches, bf16 weights and matmuls against float64. Every test is SKIPPED without a GPU (never passed).
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -177,5 +178,28 @@ struct CudaOpFixture : ::testing::Test {
   }
 };
 
+// y [T, N] against float64 ((x s) W^T + bias) * col (x [T, K], W bf16 [N, K]; bias, col optional,
+// N values): adds to *bad each element farther than 2^-bits of sum |x s w| |col| (+ 1e-6 of the
+// value), and the largest error / allowed to *worst.
+inline void count_off_float64(const std::vector<float>& y, const std::vector<float>& x, const std::vector<uint16_t>& wb,
+                              int64_t T, int64_t N, int64_t K, float s, const float* bias, const float* col, int bits,
+                              int64_t* bad, double* worst) {
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double ref = 0, mag = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double q = static_cast<double>(x[static_cast<size_t>(t * K + k)]) * s *
+                         bf16_to_f32(wb[static_cast<size_t>(n * K + k)]);
+        ref += q;
+        mag += std::fabs(q);
+      }
+      const double c = col ? col[n] : 1.0;
+      ref = (ref + (bias ? bias[n] : 0.0)) * c;
+      const double err = std::fabs(y[static_cast<size_t>(t * N + n)] - ref);
+      const double allowed = std::ldexp(1.0, -bits) * mag * std::fabs(c) + 1e-6 * std::fabs(ref) + 1e-30;
+      *worst = std::max(*worst, err / allowed);
+      *bad += !(err <= allowed);
+    }
+}
 
 }  // namespace fh1
