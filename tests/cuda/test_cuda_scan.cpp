@@ -174,21 +174,25 @@ TEST_F(CudaOpTest, SsmScanLongPromptsAsChunkedSsd) {
             EXPECT_LE(e_mma[0], tol) << "the mma.sync kernels, " << what;
             EXPECT_LE(e_mma[1], tol_state) << "state, the mma.sync kernels, " << what;
           }
-          // The outputs kernel on 128 columns a block (opt-in; the fp16 states, a group's columns
-          // in 128s): it rounds C and scales its sums by exp(cum_t) where the 64-column one rounds
-          // C exp(cum_t), so y differs a little (and so shows that it ran); run twice, the same.
+          // The outputs kernel on 128 columns a block (the default where it applies: the fp16
+          // states, a group's columns in 128s) against the 64-column one: it rounds C and scales
+          // its sums by exp(cum_t) where the 64-column one rounds C exp(cum_t), so y differs a
+          // little (and so shows which ran); run twice, the same.
           if (reset.wgmma == 1 && cuda::ssd_states16() && Q == 128 && c.shape.N % 128 == 0 && c.shape.N <= 512 &&
               c.shape.H / c.shape.G * c.shape.P % 128 == 0) {
+            cuda::set_ssd_outputs_cols(64);
+            const auto [y_64, st_64] = gpu_scan(in);
             cuda::set_ssd_outputs_cols(128);
             const auto [y_p, st_p] = gpu_scan(in);
             const auto [y_p2, st_p2] = gpu_scan(in);
             cuda::set_ssd_outputs_cols(0);
-            EXPECT_NE(y_p, y_got) << "the 128-column outputs kernel did not run, " << what;
+            EXPECT_NE(y_p, y_64) << "the 128-column outputs kernel did not run, " << what;
+            EXPECT_EQ(y_got, y_p) << "the default is not the 128-column outputs kernel, " << what;
             EXPECT_EQ(y_p2, y_p) << "the 128-column outputs kernel run twice, " << what;
-            EXPECT_LE(rel(y_p, y_got), tol) << "the 128-column outputs kernel vs the 64-column one, " << what;
-            EXPECT_LE(rel(y_p, in.y_ref), tol) << "the 128-column outputs kernel, " << what;
-            EXPECT_EQ(st_p, st_got) << "state, the 128-column outputs kernel, " << what;
-            std::printf("  %s: y %.2e with the 128-column outputs kernel\n", what.c_str(), rel(y_p, in.y_ref));
+            EXPECT_LE(rel(y_p, y_64), tol) << "the 128-column outputs kernel vs the 64-column one, " << what;
+            EXPECT_LE(rel(y_64, in.y_ref), tol) << "the 64-column outputs kernel, " << what;
+            EXPECT_EQ(st_p, st_64) << "state, the 128-column outputs kernel, " << what;
+            std::printf("  %s: y %.2e with the 64-column outputs kernel\n", what.c_str(), rel(y_64, in.y_ref));
           }
           // The states through memory as fp16 (the default there) against float32.
           if (reset.wgmma == 1 && Q == 128 && c.shape.N % 128 == 0) {

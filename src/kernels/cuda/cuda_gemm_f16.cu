@@ -191,11 +191,11 @@ struct SiluMulF16Rows8 : SiluMulF16Rows {
   __device__ __forceinline__ Bound bind() const { return {SiluMulF16Rows::bind()}; }
 };
 
-// SiluMulF16Rows8 where it fits, when on (set_silu_mul_wide; FH1_CUDA_SILU_MUL_WIDE=1).
+// SiluMulF16Rows8 where it fits, unless off (set_silu_mul_wide; FH1_CUDA_SILU_MUL_WIDE=0).
 std::atomic<bool>& silu_mul_wide() {
   static std::atomic<bool> on{[] {
     const char* e = std::getenv("FH1_CUDA_SILU_MUL_WIDE");
-    return e && std::atoi(e) == 1;
+    return !(e && std::atoi(e) == 0);
   }()};
   return on;
 }

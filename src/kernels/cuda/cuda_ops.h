@@ -150,9 +150,8 @@ bool silu_mul_f16_rows_fits(const uint16_t* gate16, const uint16_t* up16, int64_
 void silu_mul_f16_rows(const uint16_t* gate16, const uint16_t* up16, int64_t T, int64_t K, const uint32_t* max_bits,
                        int gate_exp, int up_exp, float gs, uint16_t* x16, float* rows, cudaStream_t s);
 // Tests and tuning: silu_mul_f16_rows 8 values a thread's access (16-byte loads and stores) where
-// K % 8 == 0 and the rows are 16-byte aligned, else 4. Opt-in until measured again, as
-// set_ssd_outputs_cols. The same arithmetic, the same bits. FH1_CUDA_SILU_MUL_WIDE=1 sets the
-// start value to on.
+// K % 8 == 0 and the rows are 16-byte aligned (the default), else 4. The same arithmetic, the
+// same bits. FH1_CUDA_SILU_MUL_WIDE=0 sets the start value to off.
 void set_silu_mul_wide(bool on);
 // y[t, n] = y[t, n] * rows[t] (+ bias[n] when bias).
 void scale_rows(float* y, int64_t T, int64_t N, const float* rows, const float* bias, cudaStream_t s);
@@ -297,12 +296,12 @@ bool ssd_states16();
 // bits. FH1_CUDA_STARTS_GROUP=N sets the start value.
 void set_chunk_starts_group(int chunks);
 int chunk_starts_group();
-// Tests and tuning: the columns of x a block of the outputs kernel on the fp16 states: 64 (the
-// default, cuda_ssd_wgmma.cuh) or 128 (two heads of 64 or a head of 128 sharing C's and CB's
-// tiles, cuda_ssd_wgmma_pairs.cuh; where a group's columns come in 128s, else 64). Opt-in until
-// measured again: one H100 A/B had it faster, another had every variant of its build slower from
-// 16K (docs/cuda.md, "Two column blocks a block"). Not the same bits: the 64-column kernel rounds
-// C exp(cum_t), the 128-column one C. FH1_CUDA_SSD_OUTPUTS_COLS=N sets the start value (0: 64).
+// Tests and tuning: the columns of x a block of the outputs kernel on the fp16 states: 64
+// (cuda_ssd_wgmma.cuh) or 128 (two heads of 64 or a head of 128 sharing C's and CB's tiles,
+// cuda_ssd_wgmma_pairs.cuh; where a group's columns come in 128s, else 64). 0, the default: 128
+// where it applies (docs/cuda.md, "Two column blocks a block"). Not the same bits: the 64-column
+// kernel rounds C exp(cum_t), the 128-column one C. FH1_CUDA_SSD_OUTPUTS_COLS=N sets the start
+// value.
 void set_ssd_outputs_cols(int cols);
 
 // Attention. `scratch` must hold attention_scratch_floats(...) floats (same arguments).

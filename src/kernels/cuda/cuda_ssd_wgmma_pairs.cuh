@@ -237,14 +237,25 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_pairs_kernel(SsdShape d, 
         af[kk][3] = to_tf32(xr[4 * kSsdXLd + 8]);
       }
       const uint32_t m = smem_addr(room(buf, wg == 1 && !one_head ? 1 : 0));
-      wgmma_fence();
+      // Two straight paths, each to its wait (kt is the block's): a wgmma under a condition of
+      // its own, or paths joined before the wait, made ptxas insert waits on the accumulators
+      // between the products (its warning C7519).
+      if (kt < 2) {
+        wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        if (kt < 2) wgmma_rs_tf32_n64(lo, af[kk], sw128_desc(m + 32 * kk, 16, 1024));
-        wgmma_rs_tf32_n64(hi, af[kk], sw128_desc(m + 64 * 128 + 32 * kk, 16, 1024));
+        for (int kk = 0; kk < 4; ++kk) {
+          wgmma_rs_tf32_n64(lo, af[kk], sw128_desc(m + 32 * kk, 16, 1024));
+          wgmma_rs_tf32_n64(hi, af[kk], sw128_desc(m + 64 * 128 + 32 * kk, 16, 1024));
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+      } else {
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) wgmma_rs_tf32_n64(hi, af[kk], sw128_desc(m + 64 * 128 + 32 * kk, 16, 1024));
+        wgmma_commit();
+        wgmma_wait<0>();
       }
-      wgmma_commit();
-      wgmma_wait<0>();
       fence_regs(lo);
       fence_regs(hi);
     }
@@ -283,7 +294,7 @@ __global__ void __launch_bounds__(256, MB) ssd_outputs_pairs_kernel(SsdShape d, 
 }
 
 // The outputs kernel's columns a block set by set_ssd_outputs_cols (cuda_ops.h;
-// FH1_CUDA_SSD_OUTPUTS_COLS=64|128), 0: the default, 64 (docs/cuda.md says why, for now).
+// FH1_CUDA_SSD_OUTPUTS_COLS=64|128), 0: the default, 128 where it applies.
 inline std::atomic<int>& ssd_outputs_cols_setting() {
   static std::atomic<int> c{[] {
     const char* e = std::getenv("FH1_CUDA_SSD_OUTPUTS_COLS");
@@ -294,12 +305,12 @@ inline std::atomic<int>& ssd_outputs_cols_setting() {
 }
 
 // A window's y from the fp16 start states: by the kernel above (2 tiles in flight, 2 blocks an
-// SM) where it is set (128 columns) and applies, a group's columns in 128s (then every 128-column
+// SM) unless 64 columns are set, where a group's columns come in 128s (then every 128-column
 // block lies in one group); else by the 64-column kernel in shape `variant`.
 inline void ssd_wgmma_outputs16(int variant, const SsdShape& d, const float* x, const float* C, const float* dtv,
                                 const double* cum, const float* ecum, const float* D, const float* CB,
                                 const __half* S, const float* Ssc, float* y, cudaStream_t s) {
-  if (ssd_outputs_cols_setting().load() != 128 || !ssd_states16_fits(d) || (int64_t(d.H / d.G) * d.P) % 128 != 0 ||
+  if (ssd_outputs_cols_setting().load() == 64 || !ssd_states16_fits(d) || (int64_t(d.H / d.G) * d.P) % 128 != 0 ||
       d.nc > 65535)
     return ssd_wgmma_outputs(variant, d, x, C, dtv, cum, ecum, D, CB, S, y, s, Ssc);
   const dim3 grid(unsigned(int64_t(d.H) * d.P / 128), unsigned(d.nc));
