@@ -11,7 +11,9 @@
 //              [--dir /tmp] [--matmul bf16x2|bf16] [--f16-rows 1024] [--attention tf32|f32] [--ssd tf32|f32] [--graphs 1|0] [--kv bf16|f32]
 //              [--logits all|top1|draw] [--scan 8192] [--matmul-rows 8192]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
-// KV cache holds all T), the best of 3 runs up to 4K tokens, 2 up to 32K, else 1. Decode at context C: B sequences whose KV caches hold C rows of random
+// KV cache holds all T), the best of 3 runs up to 4K tokens, 2 up to 32K, else 1; the row ends
+// with the rms of the last token's logits, and any non-finite ones are counted there and make the
+// exit status 3 (a race once made every prompt NaN, and NaN GEMMs run faster). Decode at context C: B sequences whose KV caches hold C rows of random
 // values (set up without a prefill), one token per sequence per step: by default only each row's
 // best logit, selected on the GPU and copied back (top1: a greedy step, as `generate` runs it),
 // or each row's softmax sum and draw at temperature 1 computed on the GPU (draw: a sampling
@@ -277,6 +279,7 @@ int main(int argc, char** argv) {
   int ssd_tf32 = -1;  // -1: the backend's default (FH1_CUDA_SSD_TF32)
   bool split = true, tf32 = true, graphs = true, top1 = true, draw = false;
   std::string kv_name = "bf16";  // --kv: bf16, f32 or q8
+  size_t prompts_not_finite = 0;  // prefills whose last row had a non-finite logit: exit status 3
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--models") models = v;
@@ -502,6 +505,7 @@ int main(int argc, char** argv) {
         SequenceState st = model.new_state(T + steps + 8);
         k->reset_peak();
         double best = 1e30;
+        std::vector<float> last;  // the last row's logits: a check that the timed work computed numbers
         // The best of several runs up to 32K tokens: the first run at a new T meets cuBLAS's GEMMs
         // for that many rows for the first time, and loading them took ~38 ms of a 1.5B-Deep 8K
         // prefill of ~120 (H200; a server pays it once per shape). Longer prompts run in chunks
@@ -512,7 +516,7 @@ int main(int argc, char** argv) {
           const double a = now();
           for (int64_t at = 0; at < T; at += chunk) {
             const int64_t n = std::min(chunk, T - at);
-            model.forward(st, std::span<const int32_t>(ids).subspan(static_cast<size_t>(at), static_cast<size_t>(n)));
+            last = model.forward(st, std::span<const int32_t>(ids).subspan(static_cast<size_t>(at), static_cast<size_t>(n)));
           }
           best = std::min(best, now() - a);
         }
@@ -521,13 +525,25 @@ int main(int argc, char** argv) {
         const double pct = 100.0 * flops / best / (gemm * 1e12);
         const CudaMemoryStats m = k->memory_stats();
         const double used = device_used() / 1e9;
-        std::printf("%-8s %5d %8lld %12.1f %10.1f %9.1f%% %10.2f  (KV %.2f GB, peak activations %.2f GB, fp16 weight copies %.2f GB)\n",
+        // Non-finite logits mean the run measured broken arithmetic (NaNs also change the GEMMs'
+        // power draw and so the clocks: docs/cuda.md, "A race made the prompts faster").
+        size_t bad = 0;
+        double sq = 0;
+        for (float v : last) {
+          if (!std::isfinite(v)) ++bad;
+          else sq += double(v) * v;
+        }
+        const double rms = last.size() > bad ? std::sqrt(sq / double(last.size() - bad)) : 0.0;
+        if (bad) ++prompts_not_finite;
+        std::printf("%-8s %5d %8lld %12.1f %10.1f %9.1f%% %10.2f  (KV %.2f GB, peak activations %.2f GB, fp16 weight copies %.2f GB, logits rms %.3g%s)\n",
                     "prefill", 1, static_cast<long long>(T), T / best, best * 1e3, pct, used,
-                    double(T) * kv_bytes_per_token(c, *k) / 1e9, m.peak_live_bytes / 1e9, m.f16_copy_bytes / 1e9);
+                    double(T) * kv_bytes_per_token(c, *k) / 1e9, m.peak_live_bytes / 1e9, m.f16_copy_bytes / 1e9,
+                    rms, bad ? (", " + std::to_string(bad) + " NOT FINITE").c_str() : "");
         emit({{"model", s.name}, {"kind", "prefill"}, {"tokens", T}, {"chunk", chunk}, {"tokens_per_s", T / best},
               {"ms", best * 1e3}, {"model_TFLOP", flops / 1e12}, {"pct_of_gemm_rate", pct}, {"gpu_used_GB", used},
               {"weights_GB", m.weight_bytes / 1e9}, {"kv_GB", double(T) * kv_bytes_per_token(c, *k) / 1e9},
-              {"peak_live_GB", m.peak_live_bytes / 1e9}, {"f16_copies_GB", m.f16_copy_bytes / 1e9}});
+              {"peak_live_GB", m.peak_live_bytes / 1e9}, {"f16_copies_GB", m.f16_copy_bytes / 1e9},
+              {"logits_rms", rms}, {"logits_not_finite", bad}});
         k->trim();
       }
       // ---- decode: B sequences of `ctx` tokens each (KV cache filled with random values, no
@@ -607,6 +623,11 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cuda-bench: %s\n", e.what());
     return 1;
+  }
+  if (prompts_not_finite) {
+    std::fprintf(stderr, "cuda-bench: %zu prefill(s) gave non-finite logits: their times are not of real arithmetic\n",
+                 prompts_not_finite);
+    return 3;
   }
   return 0;
 }
