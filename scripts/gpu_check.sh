@@ -40,6 +40,7 @@ timeout "${BENCH_TIMEOUT:-300}" "$BUILD/cuda-bench" --models "${BENCH_MODELS:-0.
   --prefill "${BENCH_PREFILL:-1024,4096,16384,32768,65536}" --decode-ctx "${BENCH_DECODE_CTX:-1024,16384,131072}" \
   --batches "${BENCH_BATCHES:-1,8,64}" --prefill-chunk "${BENCH_CHUNK:-32768}" \
   --json "$OUT/cuda_bench.jsonl" --dir /dev/shm ${BENCH_ARGS:-} 2>&1 | tee "$OUT/cuda_bench.txt"
+bench_rc=${PIPESTATUS[0]}
 if [ -n "${BENCH2_ARGS:-}" ]; then
   echo "== cuda-bench (second run: ${BENCH2_ARGS})"
   timeout "${BENCH2_TIMEOUT:-200}" "$BUILD/cuda-bench" --models "${BENCH_MODELS:-0.5b,1.5b-deep,7b}" \
@@ -52,5 +53,10 @@ if [ "${SKIP_HF:-0}" != 1 ]; then
     --prefill "${HF_PREFILL:-1024,4096}" --decode-ctx "${HF_DECODE_CTX:-1024}" --decode-batch "${HF_DECODE_BATCH:-1,8}" \
     --json "$OUT/hf_bench.jsonl" 2>&1 |
     grep -v Warning | tee "$OUT/hf_bench.txt"
+fi
+# cuda-bench's status 3: a prompt gave non-finite logits, so its times are not of real arithmetic.
+if [ "$bench_rc" = 3 ]; then
+  echo "== cuda-bench: a prompt gave non-finite logits (NOT FINITE in cuda_bench.txt)"
+  [ "$test_rc" = 0 ] && test_rc=3
 fi
 exit "$test_rc"
