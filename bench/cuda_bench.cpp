@@ -526,7 +526,7 @@ int main(int argc, char** argv) {
         const CudaMemoryStats m = k->memory_stats();
         const double used = device_used() / 1e9;
         // Non-finite logits mean the run measured broken arithmetic (NaNs also change the GEMMs'
-        // power draw and so the clocks: docs/cuda.md, "A race made the prompts faster").
+        // power draw and so the clocks: docs/cuda.md, "A race made the prompts NaN").
         size_t bad = 0;
         double sq = 0;
         for (float v : last) {
