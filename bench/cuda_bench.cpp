@@ -473,6 +473,7 @@ int main(int argc, char** argv) {
       for (const auto& [name, t] : model.tensors().all())
         if (t->shape.size() == 2 && name != "model.embed_tokens.weight") { mat_bytes += t->nbytes; mat_params += t->numel(); }
       if (c.tie_word_embeddings) { mat_bytes += uint64_t(c.vocab_size) * c.hidden_size * 2; mat_params += uint64_t(c.vocab_size) * c.hidden_size; }
+      const uint64_t lm_params = uint64_t(c.vocab_size) * c.hidden_size;  // lm_head (tied or not)
       const uint64_t ssm_bytes = uint64_t(c.num_hidden_layers) * c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state * 4 * 2;
       std::printf("\n== %s: %.2fB parameters, weights %.2f GB on device, loaded in %.1f s%s%s\n", s.name.c_str(),
                   model.parameter_count() / 1e9, ms0.weight_bytes / 1e9, now() - t0,
@@ -520,7 +521,11 @@ int main(int argc, char** argv) {
           }
           best = std::min(best, now() - a);
         }
-        const double flops = 2.0 * mat_params * T +
+        // The FLOPs the prompt's output needs: every layer's matrices on all T rows, lm_head on the
+        // one row whose logits are computed, the causal attention's two products. (Up to
+        // 2026-12-07 lm_head was counted on all T rows, which the forward never computes: 1-7 %
+        // more than was done. The SSD's own products are not counted either way.)
+        const double flops = 2.0 * double(mat_params - lm_params) * T + 2.0 * double(lm_params) +
                              4.0 * (double(T) * T / 2) * c.head_dim * c.num_attention_heads * c.num_hidden_layers;
         const double pct = 100.0 * flops / best / (gemm * 1e12);
         const CudaMemoryStats m = k->memory_stats();
