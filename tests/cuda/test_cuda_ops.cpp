@@ -261,7 +261,7 @@ TEST_F(CudaOpTest, AttentionPrefillWgmmaBlockShapes) {
   ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
   const int wgmma_default = cuda::flash_wgmma();
   struct Case { int64_t T, n_past; int H, Hkv, hd; };
-  constexpr int kVariants = 13;
+  constexpr int kVariants = 15;
   double worst[kVariants + 1] = {};
   for (Case c : {Case{77, 130, 12, 2, 128}, {200, 0, 8, 2, 64}, {130, 70, 4, 2, 40}, {300, 1000, 12, 2, 128},
                  {513, 0, 4, 1, 128}, {100, 37, 6, 2, 64}, {129, 64, 3, 3, 96}, {700, 0, 6, 2, 128},

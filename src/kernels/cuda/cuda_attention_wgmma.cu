@@ -342,7 +342,7 @@ void launch_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, c
   check_launch("attention (flash wgmma)");
 }
 
-constexpr int kVariants = 13;
+constexpr int kVariants = 15;
 constexpr int kDefaultVariant = 12;  // the copy engine's 128-key tiles, 3 warpgroups of one head: see below
 
 std::atomic<int>& wgmma_setting() {
@@ -357,8 +357,8 @@ std::atomic<int>& wgmma_setting() {
 // blocks an SM), 64-key tiles: by cp.async 1 (4, 2, 1), 2 (2, 1, 2), 3 (2, 2, 2); by the copy
 // engine (4 stages, one more warp) 4 (2, 1, 1), 5 (3, 1, 1), 6 (3, 3, 1), 7 (2, 2, 1), with
 // the next tile's S in flight during the softmax 8 (2, 1, 1), 9 (2, 2, 1), with 5 stages 10
-// (3, 1, 1), with tiles of 128 keys in 3 stages 11 (2, 1, 1), in 2 stages 12 (3, 1, 1) and 13
-// (2, 1, 1) (docs/cuda.md: their times). Several
+// (3, 1, 1), with tiles of 128 keys in 3 stages 11 (2, 1, 1), in 2 stages 12 (3, 1, 1), 13
+// (2, 1, 1), 14 (3, 3, 1) and 15 (2, 2, 1) (docs/cuda.md: their times). Several
 // heads a block only where the query heads of a KV head come in such groups (else the shape
 // with one head); the copy engine only where the head size is 64 or 128 (else 1).
 template <int HDP>
@@ -377,6 +377,8 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
   if (group % 2 != 0 && variant == 7) variant = 4;
   if (group % 2 != 0 && variant == 9) variant = 8;
   if (group % 3 != 0 && variant == 6) variant = 5;
+  if (group % 3 != 0 && variant == 14) variant = 12;
+  if (group % 2 != 0 && variant == 15) variant = 13;
 #define FH1_WGMMA(...) \
   launch_wgmma<HDP, __VA_ARGS__>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, tmk, tmv, s)
   switch (variant) {
@@ -392,6 +394,8 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
     case 11: FH1_WGMMA(128, 2, 1, 1, true, 3); break;
     case 12: FH1_WGMMA(128, 3, 1, 1, true, 2); break;
     case 13: FH1_WGMMA(128, 2, 1, 1, true, 2); break;
+    case 14: FH1_WGMMA(128, 3, 3, 1, true, 2); break;
+    case 15: FH1_WGMMA(128, 2, 2, 1, true, 2); break;
     default: FH1_WGMMA(64, 4, 2, 1);
   }
 #undef FH1_WGMMA
