@@ -5,7 +5,8 @@
 #   GPU_CHECK_PREBUILT=1 scripts/gpu_check.sh   use build-cuda as it is (built elsewhere)
 # Knobs: BENCH_MODELS, BENCH_ARGS (e.g. "--matmul bf16"), BENCH_PREFILL, BENCH_DECODE_CTX, BENCH_BATCHES,
 #   BENCH_CHUNK, BENCH2_ARGS (a second cuda-bench run with other options, e.g. "--matmul bf16 --decode-ctx 0"),
-#   HF_MODELS, HF_PREFILL, HF_DECODE_CTX, HF_DECODE_BATCH, SKIP_HF=1, SKIP_TESTS=1.
+#   HF_MODELS, HF_PREFILL, HF_DECODE_CTX, HF_DECODE_BATCH, ATTN_REF_TOKENS, SKIP_HF=1 (also skips torch's
+#   attention), SKIP_TESTS=1.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -53,6 +54,9 @@ if [ "${SKIP_HF:-0}" != 1 ]; then
     --prefill "${HF_PREFILL:-1024,4096}" --decode-ctx "${HF_DECODE_CTX:-1024}" --decode-batch "${HF_DECODE_BATCH:-1,8}" \
     --json "$OUT/hf_bench.jsonl" 2>&1 |
     grep -v Warning | tee "$OUT/hf_bench.txt"
+  echo "== torch attention (a bar for the prefill attention kernel)"
+  PYTHONUNBUFFERED=1 timeout "${HF_TIMEOUT:-200}" python3 bench/attention_reference.py --tokens "${ATTN_REF_TOKENS:-8192,16384}" \
+    --json "$OUT/attention_reference.jsonl" 2>&1 | grep -v Warning | tee "$OUT/attention_reference.txt"
 fi
 # cuda-bench's status 3: a prompt gave non-finite logits, so its times are not of real arithmetic.
 if [ "$bench_rc" = 3 ]; then
