@@ -13,7 +13,9 @@
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
 // KV cache holds all T), the best of 3 runs up to 4K tokens, 2 up to 32K, else 1; the row ends
 // with the rms of the last token's logits, and any non-finite ones are counted there and make the
-// exit status 3 (a race once made every prompt NaN, and NaN GEMMs run faster). Decode at context C: B sequences whose KV caches hold C rows of random
+// exit status 3 (a race once made every prompt NaN, and NaN GEMMs run faster); % of the GEMM
+// rate counts every layer's matrices on all T rows, lm_head on the one row computed and the
+// causal attention. Decode at context C: B sequences whose KV caches hold C rows of random
 // values (set up without a prefill), one token per sequence per step: by default only each row's
 // best logit, selected on the GPU and copied back (top1: a greedy step, as `generate` runs it),
 // or each row's softmax sum and draw at temperature 1 computed on the GPU (draw: a sampling

@@ -1,6 +1,7 @@
 // The fixture of the CUDA op tests (test_cuda_ops.cpp, test_cuda_matmul.cpp, test_cuda_lazy.cpp):
 // the GPU backend beside the portable reference, the same host data in both, and helpers for
-// the scan, the KV caches, bf16 weights and matmuls against float64. Every test is SKIPPED without a GPU (never passed).
+// the scan, the KV caches, bf16 weights and matmuls against float64. Every test is SKIPPED
+// without a GPU (never passed).
 #pragma once
 
 #include <gtest/gtest.h>
