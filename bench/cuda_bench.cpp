@@ -9,7 +9,7 @@
 //   cuda-bench [--models 0.5b,1.5b-deep,7b,34b] [--prefill 1024,4096,16384,32768] [--prefill-chunk 32768]
 //              [--decode-ctx 1024,16384] [--batches 1,8,64] [--decode-steps 32] [--json out.jsonl]
 //              [--dir /tmp] [--matmul bf16x2|bf16] [--f16-rows 1024] [--attention tf32|f32] [--ssd tf32|f32] [--graphs 1|0] [--kv bf16|f32]
-//              [--logits all|top1|draw] [--scan 8192] [--matmul-rows 8192]
+//              [--logits all|top1|draw] [--scan 8192] [--matmul-rows 8192] [--attn-tokens 8192,32768]
 // Prefill of T tokens: forward calls of at most --prefill-chunk tokens (bounded activations; the
 // KV cache holds all T), the best of 3 runs up to 4K tokens, 2 up to 32K, else 1; the row ends
 // with the rms of the last token's logits, and any non-finite ones are counted there and make the
@@ -23,7 +23,9 @@
 // combinations whose KV caches do not fit are skipped. --scan T: the Mamba-2 scan of one layer
 // alone over T tokens (random inputs at the model's shape), the best of 5 calls (0: not run).
 // --matmul-rows T: the prefill matmul alone, T rows through each of the model's weight shapes
-// (conversions included), TFLOP/s of the best of 5 calls (0: not run).
+// (conversions included), TFLOP/s of the best of 5 calls (0: not run). --attn-tokens T,...: one
+// layer's prefill attention alone, T queries over an empty cache at the model's heads (the
+// caches' fp16 copy included, as a prompt pays it), TFLOP/s of its causal products, the best of 5.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <fcntl.h>
@@ -276,6 +278,7 @@ uint64_t kv_bytes_per_token(const ModelConfig& c, const Kernels& k) {
 int main(int argc, char** argv) {
   std::string models = "0.5b,1.5b-deep,7b", json_path, dir = "/tmp";
   std::vector<int64_t> prefill = {1024, 4096, 16384, 32768}, decode_ctx = {1024, 16384}, batches = {1, 8, 64};
+  std::vector<int64_t> attn_tokens;
   int steps = 32;
   int64_t chunk = 32768, scan_tokens = 0, f16_rows = -1, matmul_rows = 0;
   int ssd_tf32 = -1;  // -1: the backend's default (FH1_CUDA_SSD_TF32)
@@ -303,6 +306,7 @@ int main(int argc, char** argv) {
     else if (a == "--prefill-chunk") chunk = std::stoll(v);
     else if (a == "--scan") scan_tokens = std::stoll(v);
     else if (a == "--matmul-rows") matmul_rows = std::stoll(v);
+    else if (a == "--attn-tokens") attn_tokens = parse_list(v);
     else if (a == "--decode-steps") steps = std::stoi(v);
     else if (a == "--decode-ctx" || a == "--batch8-ctx") decode_ctx = parse_list(v);
     else if (a == "--batches") batches = parse_list(v);
@@ -469,6 +473,30 @@ int main(int argc, char** argv) {
                     "recurrence products\n", static_cast<long long>(T), static_cast<long long>(H),
                     static_cast<long long>(P), static_cast<long long>(N), best * 1e3, flops / best / 1e12);
         emit({{"model", s.name}, {"kind", "scan"}, {"tokens", T}, {"ms", best * 1e3}});
+      }
+      for (int64_t T : attn_tokens) {  // one layer's prefill attention alone
+        if (T <= 0) continue;
+        const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, hd = c.head_dim;
+        const int64_t qd = c.q_dim(), kvd = c.kv_dim();
+        Buffer q(*k, size_t(T * qd)), kv(*k, size_t(T * kvd)), out(*k, size_t(T * qd));
+        Buffer kc(*k, k->kv_cache_floats(T, kvd)), vc(*k, k->kv_cache_floats(T, kvd));
+        k->fill_random(q.data(), q.size(), 1.0f, 13);
+        k->fill_random(kv.data(), kv.size(), 1.0f, 14);
+        k->kv_write(kc.data(), 0, kv.data(), T, kvd);
+        k->fill_random(kv.data(), kv.size(), 1.0f, 15);
+        k->kv_write(vc.data(), 0, kv.data(), T, kvd);
+        double best = 1e30;
+        for (int r = 0; r < 6; ++r) {
+          k->synchronize();
+          const double a = now();
+          k->attention(q.data(), qd, T, kc.data(), vc.data(), 0, H, Hkv, hd, 1.0f / std::sqrt(float(hd)), out.data());
+          k->synchronize();
+          if (r > 0) best = std::min(best, now() - a);
+        }
+        const double tf = 4.0 * (double(T) * T / 2) * hd * H / best / 1e12;
+        std::printf("prefill attention alone (one layer, %lld tokens, %d heads, %d KV heads, head size %d): %.3f ms, "
+                    "%.0f TFLOP/s\n", static_cast<long long>(T), H, Hkv, hd, best * 1e3, tf);
+        emit({{"model", s.name}, {"kind", "attention"}, {"tokens", T}, {"ms", best * 1e3}, {"TFLOPs", tf}});
       }
       // Bytes a decode step must read at least: every matrix once (embedding: one row).
       uint64_t mat_bytes = 0, mat_params = 0;

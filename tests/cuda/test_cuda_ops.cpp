@@ -261,8 +261,8 @@ TEST_F(CudaOpTest, AttentionPrefillWgmmaBlockShapes) {
   ASSERT_TRUE(gpu->set_kv_cache_dtype(DType::BF16));
   const int wgmma_default = cuda::flash_wgmma();
   struct Case { int64_t T, n_past; int H, Hkv, hd; };
-  constexpr int kVariants = 15;
-  double worst[kVariants + 1] = {};
+  const int kVariants = cuda::flash_wgmma_variants();
+  std::vector<double> worst(static_cast<size_t>(kVariants + 1));
   for (Case c : {Case{77, 130, 12, 2, 128}, {200, 0, 8, 2, 64}, {130, 70, 4, 2, 40}, {300, 1000, 12, 2, 128},
                  {513, 0, 4, 1, 128}, {100, 37, 6, 2, 64}, {129, 64, 3, 3, 96}, {700, 0, 6, 2, 128},
                  {1000, 17, 8, 1, 128}, {2100, 3000, 12, 2, 128}}) {
@@ -282,14 +282,14 @@ TEST_F(CudaOpTest, AttentionPrefillWgmmaBlockShapes) {
       auto out = poisoned(ref.size());
       gpu->attention(q.g.data(), ldq, c.T, kc.g.data(), vc.g.data(), c.n_past, c.H, c.Hkv, c.hd, scale, out.g.data());
       const double err = rel(host(*gpu, out.g.data(), ref.size()), ref);
-      worst[variant] = std::max(worst[variant], err);
+      worst[size_t(variant)] = std::max(worst[size_t(variant)], err);
       EXPECT_LE(err, 8e-3) << "variant " << variant << " T=" << c.T << " n_past=" << c.n_past << " H=" << c.H
                            << " Hkv=" << c.Hkv << " hd=" << c.hd;
     }
   }
   cuda::set_flash_wgmma(wgmma_default);
   std::printf("fp16 prefill max|diff|/rms by block shape (0: mma.sync):");
-  for (int variant = 0; variant <= kVariants; ++variant) std::printf(" %d: %.2e", variant, worst[variant]);
+  for (int variant = 0; variant <= kVariants; ++variant) std::printf(" %d: %.2e", variant, worst[size_t(variant)]);
   std::printf("\n");
 }
 

@@ -38,7 +38,10 @@ namespace {
 // swizzle), issued by one more warp into STAGES buffers, full and empty signalled on mbarriers
 // (no block-wide barrier a tile: each warpgroup runs at its own pace); else by every thread's
 // cp.async into 2 buffers, a __syncthreads a tile.
-template <int HDP, int BK, int WG, int HPB, int MINB, bool TMA, int STAGES, bool PIPE>
+// QREG: each warp keeps its 16 rows of Q as wgmma A fragments in registers (32 at head size 128),
+// so that S = Q K^T reads only K from shared memory (m64n128k16 from shared memory reads 6 KB a
+// 64-cycle product, close to the 128 bytes a cycle shared memory gives; with Q in registers 4 KB).
+template <int HDP, int BK, int WG, int HPB, int MINB, bool TMA, int STAGES, bool PIPE, bool QREG = false>
 __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
     attn_flash_wgmma_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const uint16_t* __restrict__ kc,
                             const uint16_t* __restrict__ vc, const uint32_t* __restrict__ kv_max, int64_t n_past,
@@ -48,6 +51,7 @@ __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
   static_assert(HDP == 64 || HDP == 128, "head dims in 128-byte column blocks");
   static_assert(TMA ? STAGES >= 2 : STAGES == 2, "cp.async: double buffering");
   static_assert(TMA || !PIPE, "the next S in flight: with the copy engine's loads");
+  static_assert(!QREG || (TMA && !PIPE && BK == 128), "Q in registers: the copy engine's 128-key tiles");
   FH1_PDL_ENTER();
   static_assert(WG % HPB == 0, "whole warpgroups a head");
   // TMA: the producer warpgroup gives its registers to the others (setmaxnreg).
@@ -139,6 +143,8 @@ __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
   const uint32_t q_wg = q_addr + wg * 64 * 128;  // this warpgroup's 64 rows of Q
   using Scores = float[BK / 8][4];
 
+  // QREG: this warp's Q fragments, loaded from Q's staged rows once the block has met (below).
+  uint32_t qf[QREG ? HDP / 16 : 1][4];
   // S = Q K^T of the tile in buffer buf, issued (not committed).
   auto issue_s = [&](Scores& sc, int buf) {
     const uint32_t kt = k_addr + buf * TBYTES;
@@ -146,9 +152,13 @@ __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
 #pragma unroll
     for (int kk = 0; kk < HDP / 16; ++kk) {
       const uint32_t col = (kk & 3) * 32;  // 16 dims into the 128-byte rows
-      const uint64_t da = sw128_desc(q_wg + (kk >> 2) * (QR * 128) + col, 16, 1024);
       const uint64_t db = sw128_desc(kt + (kk >> 2) * (BK * 128) + col, 16, 1024);
-      wgmma_ss<BK>(sc, da, db, kk > 0);
+      if constexpr (QREG) {
+        wgmma_rs<BK>(sc, qf[kk], db, kk > 0);
+      } else {
+        const uint64_t da = sw128_desc(q_wg + (kk >> 2) * (QR * 128) + col, 16, 1024);
+        wgmma_ss<BK>(sc, da, db, kk > 0);
+      }
     }
   };
   // The online softmax over S of keys k0.. (complete) and O += P V of buffer buf, issued.
@@ -215,6 +225,13 @@ __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
       return;
     }
     set_max_registers<true, kConsumerRegs>();
+    if constexpr (QREG) {
+      // ldmatrix x4: lanes 0-7 / 8-15 / 16-23 / 24-31 address rows 0-7 / 8-15 / 0-7 / 8-15 of the
+      // warp's 16, dims 8c.. of chunk c = 2 kk / 2 kk / 2 kk + 1 / 2 kk + 1: mma.sync's A order.
+      const int row = warp * 16 + ((lane >> 3) & 1) * 8 + (lane & 7);
+#pragma unroll
+      for (int kk = 0; kk < HDP / 16; ++kk) ldmatrix_x4(qf[kk], Qs + swz(row, 2 * kk + (lane >> 4), QR));
+    }
     auto landed = [&](int64_t tile) {
       mbar_wait(&full_bar[tile % STAGES], static_cast<uint32_t>((tile / STAGES) & 1));
     };
@@ -321,14 +338,15 @@ bool cache_tensor_map(CUtensorMap& map, const uint16_t* base, int64_t rows, int6
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-template <int HDP, int BK, int WG, int HPB, int MINB, bool TMA = false, int STAGES = 2, bool PIPE = false>
+template <int HDP, int BK, int WG, int HPB, int MINB, bool TMA = false, int STAGES = 2, bool PIPE = false,
+          bool QREG = false>
 void launch_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, const uint16_t* v16,
                   const uint32_t* kv_max, int64_t n_past, int H, int Hkv, int hd, float scale, float* out,
                   const CUtensorMap& tmk, const CUtensorMap& tmv, cudaStream_t s) {
   constexpr int QB = 64 * WG / HPB;
   constexpr size_t smem = 1024 + size_t(HDP / 64) * 128 * (64 * WG + 2 * STAGES * BK);
   static_assert(smem <= 227 * 1024, "shared memory of one block");
-  auto* kernel = attn_flash_wgmma_kernel<HDP, BK, WG, HPB, MINB, TMA, STAGES, PIPE>;
+  auto* kernel = attn_flash_wgmma_kernel<HDP, BK, WG, HPB, MINB, TMA, STAGES, PIPE, QREG>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
@@ -342,7 +360,7 @@ void launch_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, c
   check_launch("attention (flash wgmma)");
 }
 
-constexpr int kVariants = 15;
+constexpr int kVariants = 17;
 constexpr int kDefaultVariant = 12;  // the copy engine's 128-key tiles, 3 warpgroups of one head: see below
 
 std::atomic<int>& wgmma_setting() {
@@ -358,7 +376,8 @@ std::atomic<int>& wgmma_setting() {
 // engine (4 stages, one more warp) 4 (2, 1, 1), 5 (3, 1, 1), 6 (3, 3, 1), 7 (2, 2, 1), with
 // the next tile's S in flight during the softmax 8 (2, 1, 1), 9 (2, 2, 1), with 5 stages 10
 // (3, 1, 1), with tiles of 128 keys in 3 stages 11 (2, 1, 1), in 2 stages 12 (3, 1, 1), 13
-// (2, 1, 1), 14 (3, 3, 1) and 15 (2, 2, 1) (docs/cuda.md: their times). Several
+// (2, 1, 1), 14 (3, 3, 1) and 15 (2, 2, 1), and with Q in registers 16 (2, 1, 1) and 17 (2, 2,
+// 1) (docs/cuda.md: their times). Several
 // heads a block only where the query heads of a KV head come in such groups (else the shape
 // with one head); the copy engine only where the head size is 64 or 128 (else 1).
 template <int HDP>
@@ -379,6 +398,7 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
   if (group % 3 != 0 && variant == 6) variant = 5;
   if (group % 3 != 0 && variant == 14) variant = 12;
   if (group % 2 != 0 && variant == 15) variant = 13;
+  if (group % 2 != 0 && variant == 17) variant = 16;
 #define FH1_WGMMA(...) \
   launch_wgmma<HDP, __VA_ARGS__>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, tmk, tmv, s)
   switch (variant) {
@@ -396,6 +416,8 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
     case 13: FH1_WGMMA(128, 2, 1, 1, true, 2); break;
     case 14: FH1_WGMMA(128, 3, 3, 1, true, 2); break;
     case 15: FH1_WGMMA(128, 2, 2, 1, true, 2); break;
+    case 16: FH1_WGMMA(128, 2, 1, 1, true, 2, false, true); break;
+    case 17: FH1_WGMMA(128, 2, 2, 1, true, 2, false, true); break;
     default: FH1_WGMMA(64, 4, 2, 1);
   }
 #undef FH1_WGMMA
@@ -426,6 +448,7 @@ bool flash_wgmma_available() {
 }
 
 void set_flash_wgmma(int variant) { wgmma_setting().store(std::clamp(variant, 0, kVariants)); }
+int flash_wgmma_variants() { return kVariants; }
 int flash_wgmma() { return flash_wgmma_available() ? wgmma_setting().load() : 0; }
 
 bool attention_prefill_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, const uint16_t* v16,

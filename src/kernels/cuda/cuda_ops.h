@@ -321,10 +321,12 @@ void set_flash_precision(int prec);
 int flash_precision();
 // The fp16 prefill attention on Hopper's warpgroup MMA (wgmma; cuda_attention_wgmma.cu) where
 // the GPU is compute capability 9.0 and the build has sm_90a code: 0 off (the mma.sync kernel),
-// 1..13 its block shapes (the default 12: 128-key tiles by the copy engine, 3 warpgroups of 64
-// queries; the others for tuning, listed there). FH1_CUDA_FLASH_WGMMA=N sets the start value.
+// 1..flash_wgmma_variants() its block shapes (the default 12: 128-key tiles by the copy engine,
+// 3 warpgroups of 64 queries; the others for tuning, listed there). FH1_CUDA_FLASH_WGMMA=N sets
+// the start value.
 void set_flash_wgmma(int variant);
 int flash_wgmma();
+int flash_wgmma_variants();
 bool flash_wgmma_available();
 bool attention_decode_device_len(int64_t T, int H, int hd, const void* k, const void* v, int Hkv, KvType kv);
 void attention(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,

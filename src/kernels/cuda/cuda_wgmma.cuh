@@ -1,8 +1,9 @@
 // Hopper's warpgroup MMA (wgmma, sm_90a only) for the prefill attention (cuda_attention_wgmma.cu)
 // and the SSD's outputs (cuda_ssd_wgmma.cuh):
 // shared-memory matrix descriptors for the 128-byte swizzle, the fences, mbarriers and the copy
-// engine's tile loads, and the two shapes of fp16 products it uses (A and B from shared memory; A from registers with B transposed), each
-// for N = 64 and 128 columns. Callers compile these only where __CUDA_ARCH_FEAT_SM90_ALL is
+// engine's tile loads, and the shapes of fp16 products it uses (A and B from shared memory; A
+// from registers with B transposed), each for N = 64 and 128 columns, and A from registers with B
+// not transposed for N = 128. Callers compile these only where __CUDA_ARCH_FEAT_SM90_ALL is
 // defined (the sm_90a pass).
 #pragma once
 
@@ -93,6 +94,9 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t a, uint6
 // d += A B with A (64 x 16) in registers (mma.sync m16n8k16's A fragment per warp) and B MN-major.
 template <int N>
 __device__ __forceinline__ void wgmma_rs_tb(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b);
+// d (+)= A B with A in registers as above and B K-major in shared memory (as wgmma_ss's B).
+template <int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t b, int accumulate);
 
 // The accumulators as asm output operands, d[i][j] in order: 8 n8 blocks (N = 64) or 16 (N = 128).
 #define FH1_WGMMA_D8  \
@@ -147,6 +151,15 @@ __device__ __forceinline__ void wgmma_rs_tb<128>(float (&d)[16][4], const uint32
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
       : FH1_WGMMA_D16
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+
+template <>
+__device__ __forceinline__ void wgmma_rs<128>(float (&d)[16][4], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      : FH1_WGMMA_D16
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }
 
 // TF32 products for the SSD's outputs (cuda_ssd_wgmma.cuh): d (64 x 64) += A (64 x 8) B (8 x 64),
