@@ -474,6 +474,17 @@ int main(int argc, char** argv) {
                     static_cast<long long>(P), static_cast<long long>(N), best * 1e3, flops / best / 1e12);
         emit({{"model", s.name}, {"kind", "scan"}, {"tokens", T}, {"ms", best * 1e3}});
       }
+      // Bytes a decode step must read at least: every matrix once (embedding: one row).
+      uint64_t mat_bytes = 0, mat_params = 0;
+      for (const auto& [name, t] : model.tensors().all())
+        if (t->shape.size() == 2 && name != "model.embed_tokens.weight") { mat_bytes += t->nbytes; mat_params += t->numel(); }
+      if (c.tie_word_embeddings) { mat_bytes += uint64_t(c.vocab_size) * c.hidden_size * 2; mat_params += uint64_t(c.vocab_size) * c.hidden_size; }
+      const uint64_t lm_params = uint64_t(c.vocab_size) * c.hidden_size;  // lm_head (tied or not)
+      const uint64_t ssm_bytes = uint64_t(c.num_hidden_layers) * c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state * 4 * 2;
+      std::printf("\n== %s: %.2fB parameters, weights %.2f GB on device, loaded in %.1f s%s%s\n", s.name.c_str(),
+                  model.parameter_count() / 1e9, ms0.weight_bytes / 1e9, now() - t0,
+                  *s.guessed ? "; guessed: " : "", s.guessed);
+      std::printf("%-8s %5s %8s %12s %10s %10s %10s\n", "what", "batch", "tokens", "tok/s", "ms", "%ceiling", "GPU GB");
       for (int64_t T : attn_tokens) {  // one layer's prefill attention alone
         if (T <= 0) continue;
         const int H = c.num_attention_heads, Hkv = c.num_key_value_heads, hd = c.head_dim;
@@ -494,21 +505,11 @@ int main(int argc, char** argv) {
           if (r > 0) best = std::min(best, now() - a);
         }
         const double tf = 4.0 * (double(T) * T / 2) * hd * H / best / 1e12;
-        std::printf("prefill attention alone (one layer, %lld tokens, %d heads, %d KV heads, head size %d): %.3f ms, "
-                    "%.0f TFLOP/s\n", static_cast<long long>(T), H, Hkv, hd, best * 1e3, tf);
+        std::printf("%-8s %5d %8lld %12.1f %10.3f %7.0f TF/s  (one layer's attention alone: %d heads, %d KV heads, head "
+                    "size %d; TFLOP/s of the causal products)\n", "attn", 1, static_cast<long long>(T), T / best, best * 1e3,
+                    tf, H, Hkv, hd);
         emit({{"model", s.name}, {"kind", "attention"}, {"tokens", T}, {"ms", best * 1e3}, {"TFLOPs", tf}});
       }
-      // Bytes a decode step must read at least: every matrix once (embedding: one row).
-      uint64_t mat_bytes = 0, mat_params = 0;
-      for (const auto& [name, t] : model.tensors().all())
-        if (t->shape.size() == 2 && name != "model.embed_tokens.weight") { mat_bytes += t->nbytes; mat_params += t->numel(); }
-      if (c.tie_word_embeddings) { mat_bytes += uint64_t(c.vocab_size) * c.hidden_size * 2; mat_params += uint64_t(c.vocab_size) * c.hidden_size; }
-      const uint64_t lm_params = uint64_t(c.vocab_size) * c.hidden_size;  // lm_head (tied or not)
-      const uint64_t ssm_bytes = uint64_t(c.num_hidden_layers) * c.mamba_n_heads * c.mamba_d_head * c.mamba_d_state * 4 * 2;
-      std::printf("\n== %s: %.2fB parameters, weights %.2f GB on device, loaded in %.1f s%s%s\n", s.name.c_str(),
-                  model.parameter_count() / 1e9, ms0.weight_bytes / 1e9, now() - t0,
-                  *s.guessed ? "; guessed: " : "", s.guessed);
-      std::printf("%-8s %5s %8s %12s %10s %10s %10s\n", "what", "batch", "tokens", "tok/s", "ms", "%ceiling", "GPU GB");
       const int64_t max_prefill = prefill.empty() ? 0 : *std::max_element(prefill.begin(), prefill.end());
       const std::vector<int32_t> ids = [&] {
         std::vector<int32_t> v(static_cast<size_t>(std::max<int64_t>(max_prefill, 4096) + steps + 256));

@@ -5,6 +5,8 @@
 # time of each variant and its ratio to the first.
 #   scripts/gpu_ab.sh "FH1_CUDA_GEMV_U=8" "FH1_CUDA_GEMV_U=4" -- --models 7b --prefill 0 --decode-ctx 1024 --batches 1
 #   AB_REPS=3 scripts/gpu_ab.sh "" "FH1_CUDA_FUSE=0" -- --models 0.5b --prefill 0   ("": the defaults)
+#   scripts/gpu_ab.sh FH1_CUDA_FLASH_WGMMA=12 FH1_CUDA_FLASH_WGMMA=16 -- --models 1.5b-deep --prefill 0 \
+#       --decode-ctx 0 --attn-tokens 8192,32768          (the prefill attention alone: "attn" rows)
 # BUILD (default build-cuda) holds cuda-bench. A variant's word BENCH=path runs that binary instead
 # (a build before a change against the build after it: "BENCH=build-cuda/cuda-bench.base" "").
 set -uo pipefail
@@ -29,7 +31,7 @@ for rep in $(seq "${AB_REPS:-2}"); do
     bench="$BUILD/cuda-bench"
     for w in $v; do [[ $w == BENCH=* ]] && bench=${w#BENCH=}; done
     # shellcheck disable=SC2086  # a variant is a list of NAME=VALUE words
-    env $v "$bench" "$@" 2>&1 | awk '/^== /{m=$2} /^(prefill|decode) +[0-9]/{print m, $0}' | sed "s|^|$i\t|" | tee -a "$out"
+    env $v "$bench" "$@" 2>&1 | awk '/^== /{m=$2} /^(prefill|decode|attn) +[0-9]/{print m, $0}' | sed "s|^|$i\t|" | tee -a "$out"
     # The GPU's state after each run (clocks, temperature, power, throttle reasons): a variant
     # slower on one machine and not another may be the machine's (docs/cuda.md, "Two column
     # blocks a block").

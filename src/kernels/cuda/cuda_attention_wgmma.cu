@@ -360,7 +360,7 @@ void launch_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, c
   check_launch("attention (flash wgmma)");
 }
 
-constexpr int kVariants = 17;
+constexpr int kVariants = 18;
 constexpr int kDefaultVariant = 12;  // the copy engine's 128-key tiles, 3 warpgroups of one head: see below
 
 std::atomic<int>& wgmma_setting() {
@@ -376,8 +376,9 @@ std::atomic<int>& wgmma_setting() {
 // engine (4 stages, one more warp) 4 (2, 1, 1), 5 (3, 1, 1), 6 (3, 3, 1), 7 (2, 2, 1), with
 // the next tile's S in flight during the softmax 8 (2, 1, 1), 9 (2, 2, 1), with 5 stages 10
 // (3, 1, 1), with tiles of 128 keys in 3 stages 11 (2, 1, 1), in 2 stages 12 (3, 1, 1), 13
-// (2, 1, 1), 14 (3, 3, 1) and 15 (2, 2, 1), and with Q in registers 16 (2, 1, 1) and 17 (2, 2,
-// 1) (docs/cuda.md: their times). Several
+// (2, 1, 1), 14 (3, 3, 1) and 15 (2, 2, 1), and with Q in registers 16 (2, 1, 1), 17 (2, 2, 1)
+// and, at head size 64 (else 12: 3 warpgroups' registers hold no Q of 128 dims), 18 (3, 1, 1)
+// (docs/cuda.md: their times). Several
 // heads a block only where the query heads of a KV head come in such groups (else the shape
 // with one head); the copy engine only where the head size is 64 or 128 (else 1).
 template <int HDP>
@@ -399,6 +400,7 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
   if (group % 3 != 0 && variant == 14) variant = 12;
   if (group % 2 != 0 && variant == 15) variant = 13;
   if (group % 2 != 0 && variant == 17) variant = 16;
+  if (HDP != 64 && variant == 18) variant = 12;
 #define FH1_WGMMA(...) \
   launch_wgmma<HDP, __VA_ARGS__>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, tmk, tmv, s)
   switch (variant) {
@@ -418,6 +420,9 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
     case 15: FH1_WGMMA(128, 2, 2, 1, true, 2); break;
     case 16: FH1_WGMMA(128, 2, 1, 1, true, 2, false, true); break;
     case 17: FH1_WGMMA(128, 2, 2, 1, true, 2, false, true); break;
+    case 18:
+      if constexpr (HDP == 64) FH1_WGMMA(128, 3, 1, 1, true, 2, false, true);
+      break;
     default: FH1_WGMMA(64, 4, 2, 1);
   }
 #undef FH1_WGMMA
