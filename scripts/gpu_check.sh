@@ -6,7 +6,8 @@
 # Knobs: BENCH_MODELS, BENCH_ARGS (e.g. "--matmul bf16"), BENCH_PREFILL, BENCH_DECODE_CTX, BENCH_BATCHES,
 #   BENCH_CHUNK, BENCH2_ARGS (a second cuda-bench run with other options, e.g. "--matmul bf16 --decode-ctx 0"),
 #   HF_MODELS, HF_PREFILL, HF_DECODE_CTX, HF_DECODE_BATCH, ATTN_REF_TOKENS, SKIP_HF=1 (also skips torch's
-#   attention), SKIP_TESTS=1.
+#   attention), SKIP_TESTS=1, ATTN_SHAPES (e.g. "12 16 17 18": the prefill attention alone under each
+#   FH1_CUDA_FLASH_WGMMA block shape, interleaved, at ATTN_TOKENS, default 8192,32768).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -46,6 +47,15 @@ if [ -n "${BENCH2_ARGS:-}" ]; then
   echo "== cuda-bench (second run: ${BENCH2_ARGS})"
   timeout "${BENCH2_TIMEOUT:-200}" "$BUILD/cuda-bench" --models "${BENCH_MODELS:-0.5b,1.5b-deep,7b}" \
     --json "$OUT/cuda_bench2.jsonl" --dir /dev/shm ${BENCH2_ARGS} 2>&1 | tee "$OUT/cuda_bench2.txt"
+fi
+
+if [ -n "${ATTN_SHAPES:-}" ]; then
+  echo "== the prefill attention alone by block shape (${ATTN_SHAPES})"
+  shapes=()
+  for v in $ATTN_SHAPES; do shapes+=("FH1_CUDA_FLASH_WGMMA=$v"); done
+  BUILD=$BUILD AB_REPS=2 timeout "${ATTN_TIMEOUT:-300}" scripts/gpu_ab.sh "${shapes[@]}" -- \
+    --models "${BENCH_MODELS:-0.5b,1.5b-deep,7b}" --prefill 0 --decode-ctx 0 --attn-tokens "${ATTN_TOKENS:-8192,32768}" \
+    --dir /dev/shm 2>&1 | tee "$OUT/attention_shapes.txt" | sed -n '/^== best/,$p'
 fi
 
 if [ "${SKIP_HF:-0}" != 1 ]; then
