@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
   static_assert(HDP == 64 || HDP == 128, "head dims in 128-byte column blocks");
   static_assert(TMA ? STAGES >= 2 : STAGES == 2, "cp.async: double buffering");
   static_assert(TMA || !PIPE, "the next S in flight: with the copy engine's loads");
-  static_assert(!QREG || (TMA && !PIPE && BK == 128), "Q in registers: the copy engine's 128-key tiles");
+  static_assert(!QREG || (TMA && !PIPE), "Q in registers: with the copy engine's loads");
   FH1_PDL_ENTER();
   static_assert(WG % HPB == 0, "whole warpgroups a head");
   // TMA: the producer warpgroup gives its registers to the others (setmaxnreg).
@@ -360,7 +360,7 @@ void launch_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, c
   check_launch("attention (flash wgmma)");
 }
 
-constexpr int kVariants = 18;
+constexpr int kVariants = 20;
 constexpr int kDefaultVariant = 12;  // the copy engine's 128-key tiles, 3 warpgroups of one head: see below
 
 std::atomic<int>& wgmma_setting() {
@@ -377,8 +377,9 @@ std::atomic<int>& wgmma_setting() {
 // the next tile's S in flight during the softmax 8 (2, 1, 1), 9 (2, 2, 1), with 5 stages 10
 // (3, 1, 1), with tiles of 128 keys in 3 stages 11 (2, 1, 1), in 2 stages 12 (3, 1, 1), 13
 // (2, 1, 1), 14 (3, 3, 1) and 15 (2, 2, 1), and with Q in registers 16 (2, 1, 1), 17 (2, 2, 1)
-// and, at head size 64 (else 12: 3 warpgroups' registers hold no Q of 128 dims), 18 (3, 1, 1)
-// (docs/cuda.md: their times). Several
+// and, at head size 64 (else 12: 3 warpgroups' registers hold no Q of 128 dims), 18 (3, 1, 1);
+// with Q in registers and 64-key tiles in 4 stages 19 (3, 1, 1) and 20 (3, 3, 1) (docs/cuda.md:
+// their times). Several
 // heads a block only where the query heads of a KV head come in such groups (else the shape
 // with one head); the copy engine only where the head size is 64 or 128 (else 1).
 template <int HDP>
@@ -401,6 +402,7 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
   if (group % 2 != 0 && variant == 15) variant = 13;
   if (group % 2 != 0 && variant == 17) variant = 16;
   if (HDP != 64 && variant == 18) variant = 12;
+  if (group % 3 != 0 && variant == 20) variant = 19;
 #define FH1_WGMMA(...) \
   launch_wgmma<HDP, __VA_ARGS__>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, tmk, tmv, s)
   switch (variant) {
@@ -423,6 +425,8 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
     case 18:
       if constexpr (HDP == 64) FH1_WGMMA(128, 3, 1, 1, true, 2, false, true);
       break;
+    case 19: FH1_WGMMA(64, 3, 1, 1, true, 4, false, true); break;
+    case 20: FH1_WGMMA(64, 3, 3, 1, true, 4, false, true); break;
     default: FH1_WGMMA(64, 4, 2, 1);
   }
 #undef FH1_WGMMA

@@ -2,8 +2,7 @@
 // and the SSD's outputs (cuda_ssd_wgmma.cuh):
 // shared-memory matrix descriptors for the 128-byte swizzle, the fences, mbarriers and the copy
 // engine's tile loads, and the shapes of fp16 products it uses (A and B from shared memory; A
-// from registers with B transposed), each for N = 64 and 128 columns, and A from registers with B
-// not transposed for N = 128. Callers compile these only where __CUDA_ARCH_FEAT_SM90_ALL is
+// from registers with B transposed or not), each for N = 64 and 128 columns. Callers compile these only where __CUDA_ARCH_FEAT_SM90_ALL is
 // defined (the sm_90a pass).
 #pragma once
 
@@ -153,6 +152,14 @@ __device__ __forceinline__ void wgmma_rs_tb<128>(float (&d)[16][4], const uint32
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
+template <>
+__device__ __forceinline__ void wgmma_rs<64>(float (&d)[8][4], const uint32_t (&a)[4], uint64_t b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : FH1_WGMMA_D8
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
 template <>
 __device__ __forceinline__ void wgmma_rs<128>(float (&d)[16][4], const uint32_t (&a)[4], uint64_t b, int accumulate) {
   asm volatile(
