@@ -2,8 +2,8 @@
 // and the SSD's outputs (cuda_ssd_wgmma.cuh):
 // shared-memory matrix descriptors for the 128-byte swizzle, the fences, mbarriers and the copy
 // engine's tile loads, and the shapes of fp16 products it uses (A and B from shared memory; A
-// from registers with B transposed or not), each for N = 64 and 128 columns. Callers compile these only where __CUDA_ARCH_FEAT_SM90_ALL is
-// defined (the sm_90a pass).
+// from registers with B transposed or not), each for N = 64 and 128 columns. Callers compile
+// these only where __CUDA_ARCH_FEAT_SM90_ALL is defined (the sm_90a pass).
 #pragma once
 
 #include <cstdint>
