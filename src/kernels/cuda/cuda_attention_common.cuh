@@ -10,6 +10,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/cuda_f16_scale.cuh"
 #include "kernels/cuda/cuda_mma.cuh"
@@ -226,6 +227,23 @@ __device__ __forceinline__ float ex2_ftz(float x) {
   return y;
 }
 
+// 2^x on the FMA and integer pipes instead of the MUFU unit that ex2 runs on, which does 16 a
+// cycle per SM, an eighth of the FMA pipe's rate (FlashAttention-4 moves some of its exponentials
+// so): x = j + f with j an integer and f in [-0.5, 0.5], 2^f by a degree-4 polynomial (relative
+// error 2.7e-6, fit to 2^f on that range), j added to the exponent. x below -125 gives 2^-125
+// (ex2_ftz: 0 below -126); for the probabilities, whose fp16 holds neither, the two are the same.
+__device__ __forceinline__ float ex2_fma(float x) {
+  x = fmaxf(x, -125.0f);
+  const float t = x + 12582912.0f;  // 1.5 * 2^23: x rounded to an integer, in t's low mantissa bits
+  const float f = x - (t - 12582912.0f);
+  float p = fmaf(f, 0.009570098f, 0.055917859f);
+  p = fmaf(p, f, 0.24024744f);
+  p = fmaf(p, f, 0.69312179f);
+  p = fmaf(p, f, 0.99999928f);
+  // t's bits are 0x4B400000 + j: shifted by 23 only j's low bits stay, j * 2^23 modulo 2^32.
+  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
+}
+
 // The fp16 kernel's online-softmax step on raw scores: the rows' true log2 scores are s * mul
 // (powers of two, so the products are exact), the running maxima stay raw, and off gets what
 // exp2 of the probabilities adds to s * mul: 15 - max * mul (the probabilities times 2^15).
@@ -252,14 +270,30 @@ __device__ __forceinline__ void online_softmax_step_scaled(const float (&s)[NT][
   rescale_rows(o, corr);
 }
 
-// The probabilities of 16 keys for the fp16 MMA: exp2(s * mul + off) (see above).
+// The probabilities of 16 keys for the fp16 MMA: exp2(s * mul + off) (see above); SOFT of the 8
+// a thread takes by ex2_fma, the rest by ex2_ftz.
+template <int SOFT = 0>
 __device__ __forceinline__ void probs_f16_scaled(const float (&s0)[4], const float (&s1)[4], const float (&mul)[2],
                                                  const float (&off)[2], float (&lrow)[2], uint32_t (&pa)[4]) {
-  auto e = [](float x, float m, float c) { return ex2_ftz(fmaf(x, m, c)); };
-  const float p00 = e(s0[0], mul[0], off[0]), p01 = e(s0[1], mul[0], off[0]);
-  const float p02 = e(s0[2], mul[1], off[1]), p03 = e(s0[3], mul[1], off[1]);
-  const float p10 = e(s1[0], mul[0], off[0]), p11 = e(s1[1], mul[0], off[0]);
-  const float p12 = e(s1[2], mul[1], off[1]), p13 = e(s1[3], mul[1], off[1]);
+  static_assert(SOFT >= 0 && SOFT <= 8, "8 exponentials a call");
+  auto e = [](float x, float m, float c, auto soft) {
+    const float a = fmaf(x, m, c);
+    if constexpr (decltype(soft)::value) return ex2_fma(a);
+    else return ex2_ftz(a);
+  };
+  using B0 = std::bool_constant<(SOFT > 0)>;
+  using B1 = std::bool_constant<(SOFT > 1)>;
+  using B2 = std::bool_constant<(SOFT > 2)>;
+  using B3 = std::bool_constant<(SOFT > 3)>;
+  using B4 = std::bool_constant<(SOFT > 4)>;
+  using B5 = std::bool_constant<(SOFT > 5)>;
+  using B6 = std::bool_constant<(SOFT > 6)>;
+  using B7 = std::bool_constant<(SOFT > 7)>;
+  // The ones by ex2_fma alternate between the thread's two rows.
+  const float p00 = e(s0[0], mul[0], off[0], B0{}), p01 = e(s0[1], mul[0], off[0], B4{});
+  const float p02 = e(s0[2], mul[1], off[1], B1{}), p03 = e(s0[3], mul[1], off[1], B5{});
+  const float p10 = e(s1[0], mul[0], off[0], B2{}), p11 = e(s1[1], mul[0], off[0], B6{});
+  const float p12 = e(s1[2], mul[1], off[1], B3{}), p13 = e(s1[3], mul[1], off[1], B7{});
   lrow[0] += p00 + p01 + p10 + p11;
   lrow[1] += p02 + p03 + p12 + p13;
   pa[0] = pack_f16x2(p00, p01);

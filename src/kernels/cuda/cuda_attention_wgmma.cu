@@ -41,7 +41,11 @@ namespace {
 // QREG: each warp keeps its 16 rows of Q as wgmma A fragments in registers (32 at head size 128),
 // so that S = Q K^T reads only K from shared memory (m64n128k16 from shared memory reads 6 KB a
 // 64-cycle product, close to the 128 bytes a cycle shared memory gives; with Q in registers 4 KB).
-template <int HDP, int BK, int WG, int HPB, int MINB, bool TMA, int STAGES, bool PIPE, bool QREG = false>
+// SOFT: of each thread's 8 probabilities a 16-key step, SOFT by ex2_fma (the FMA pipe) instead
+// of ex2 (the MUFU unit, 16 a cycle per SM: at head size 64 its exponentials and conversions take
+// about as long as the tile's products on the tensor cores).
+template <int HDP, int BK, int WG, int HPB, int MINB, bool TMA, int STAGES, bool PIPE, bool QREG = false,
+          int SOFT = 0>
 __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
     attn_flash_wgmma_kernel(const float* __restrict__ q, int64_t ldq, int64_t T, const uint16_t* __restrict__ kc,
                             const uint16_t* __restrict__ vc, const uint32_t* __restrict__ kv_max, int64_t n_past,
@@ -170,7 +174,7 @@ __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
       float off[2];
       online_softmax_step_scaled(x, s_mul, mrow, lrow, o, off);
 #pragma unroll
-      for (int kk = 0; kk < BK / 16; ++kk) probs_f16_scaled(x[2 * kk], x[2 * kk + 1], s_mul, off, lrow, p[kk]);
+      for (int kk = 0; kk < BK / 16; ++kk) probs_f16_scaled<SOFT>(x[2 * kk], x[2 * kk + 1], s_mul, off, lrow, p[kk]);
     };
     if (k0 + BK - 1 > n_past + wq) {  // the tile reaches past some query of this warp: mask
       Scores masked;
@@ -339,14 +343,14 @@ bool cache_tensor_map(CUtensorMap& map, const uint16_t* base, int64_t rows, int6
 }
 
 template <int HDP, int BK, int WG, int HPB, int MINB, bool TMA = false, int STAGES = 2, bool PIPE = false,
-          bool QREG = false>
+          bool QREG = false, int SOFT = 0>
 void launch_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, const uint16_t* v16,
                   const uint32_t* kv_max, int64_t n_past, int H, int Hkv, int hd, float scale, float* out,
                   const CUtensorMap& tmk, const CUtensorMap& tmv, cudaStream_t s) {
   constexpr int QB = 64 * WG / HPB;
   constexpr size_t smem = 1024 + size_t(HDP / 64) * 128 * (64 * WG + 2 * STAGES * BK);
   static_assert(smem <= 227 * 1024, "shared memory of one block");
-  auto* kernel = attn_flash_wgmma_kernel<HDP, BK, WG, HPB, MINB, TMA, STAGES, PIPE, QREG>;
+  auto* kernel = attn_flash_wgmma_kernel<HDP, BK, WG, HPB, MINB, TMA, STAGES, PIPE, QREG, SOFT>;
   static bool attr_set = false;  // per template instance
   if (!attr_set) {
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
@@ -360,7 +364,7 @@ void launch_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, c
   check_launch("attention (flash wgmma)");
 }
 
-constexpr int kVariants = 20;
+constexpr int kVariants = 23;
 constexpr int kDefaultVariant = 12;  // the copy engine's 128-key tiles, 3 warpgroups of one head: see below
 
 std::atomic<int>& wgmma_setting() {
@@ -378,7 +382,9 @@ std::atomic<int>& wgmma_setting() {
 // (3, 1, 1), with tiles of 128 keys in 3 stages 11 (2, 1, 1), in 2 stages 12 (3, 1, 1), 13
 // (2, 1, 1), 14 (3, 3, 1) and 15 (2, 2, 1), and with Q in registers 16 (2, 1, 1), 17 (2, 2, 1)
 // and, at head size 64 (else 12: 3 warpgroups' registers hold no Q of 128 dims), 18 (3, 1, 1);
-// with Q in registers and 64-key tiles in 4 stages 19 (3, 1, 1) and 20 (3, 3, 1) (docs/cuda.md:
+// with Q in registers and 64-key tiles in 4 stages 19 (3, 1, 1) and 20 (3, 3, 1); with some
+// exponentials on the FMA pipe (SOFT of every 8), at head size 64 12 with 2 (21) or 3 (22) and
+// 18 with 2 (23), at head size 128 13 with 2 (21), 16 with 2 (22), 23 as 21 (docs/cuda.md:
 // their times). Several
 // heads a block only where the query heads of a KV head come in such groups (else the shape
 // with one head); the copy engine only where the head size is 64 or 128 (else 1).
@@ -403,6 +409,7 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
   if (group % 2 != 0 && variant == 17) variant = 16;
   if (HDP != 64 && variant == 18) variant = 12;
   if (group % 3 != 0 && variant == 20) variant = 19;
+  if (HDP != 64 && variant == 23) variant = 21;
 #define FH1_WGMMA(...) \
   launch_wgmma<HDP, __VA_ARGS__>(q, ldq, T, k16, v16, kv_max, n_past, H, Hkv, hd, scale, out, tmk, tmv, s)
   switch (variant) {
@@ -427,6 +434,19 @@ void launch_wgmma_variant(int variant, const float* q, int64_t ldq, int64_t T, c
       break;
     case 19: FH1_WGMMA(64, 3, 1, 1, true, 4, false, true); break;
     case 20: FH1_WGMMA(64, 3, 3, 1, true, 4, false, true); break;
+    // (At head size 128, 3 warpgroups' registers do not hold the software exponentials: ptxas
+    // spills; 2 warpgroups there.)
+    case 21:
+      if constexpr (HDP == 64) FH1_WGMMA(128, 3, 1, 1, true, 2, false, false, 2);
+      else FH1_WGMMA(128, 2, 1, 1, true, 2, false, false, 2);
+      break;
+    case 22:
+      if constexpr (HDP == 64) FH1_WGMMA(128, 3, 1, 1, true, 2, false, false, 3);
+      else FH1_WGMMA(128, 2, 1, 1, true, 2, false, true, 2);
+      break;
+    case 23:
+      if constexpr (HDP == 64) FH1_WGMMA(128, 3, 1, 1, true, 2, false, true, 2);
+      break;
     default: FH1_WGMMA(64, 4, 2, 1);
   }
 #undef FH1_WGMMA
