@@ -293,6 +293,31 @@ TEST_F(CudaOpTest, AttentionPrefillWgmmaBlockShapes) {
   std::printf("\n");
 }
 
+// The softmax's exponential on the FMA pipe (shapes 21-23) against exp2 in double: within 4e-6
+// of it from 2^-125 to 2^16 (the probabilities' range and beyond), 2^-125 below (-inf included).
+TEST_F(CudaOpTest, Exp2OnTheFmaPipeMatchesExp2) {
+  std::vector<float> x;
+  for (double v = -130.0; v <= 16.0; v += 1.0 / 1024) x.push_back(static_cast<float>(v));
+  for (float v : {-INFINITY, -1e30f, -125.5f, -0.5f, 0.5f, -0.0f, 1e-30f, -1e-30f, 0.49999997f, -0.49999997f})
+    x.push_back(v);
+  auto in = both(x);
+  auto out = poisoned(x.size());
+  cuda::exp2_fma_values(in.g.data(), out.g.data(), static_cast<int64_t>(x.size()));
+  const std::vector<float> y = host(*gpu, out.g.data(), x.size());
+  double worst = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (x[i] >= -125.0f) {
+      const double want = std::exp2(static_cast<double>(x[i]));
+      const double err = std::fabs(y[i] - want) / want;
+      worst = std::max(worst, err);
+      ASSERT_LE(err, 4e-6) << "x=" << x[i] << " got " << y[i];
+    } else {
+      ASSERT_EQ(y[i], std::ldexp(1.0f, -125)) << "x=" << x[i];
+    }
+  }
+  std::printf("exp2 on the FMA pipe: max relative error %.2e\n", worst);
+}
+
 // The fp16 prefill scales the caches and each query row by powers of two: values far outside
 // fp16's range (above 65504, below 6e-5) keep their bits; rows of Q of different sizes too.
 TEST_F(CudaOpTest, AttentionPrefillFp16KeepsValuesOutsideItsRange) {

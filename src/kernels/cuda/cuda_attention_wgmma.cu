@@ -307,6 +307,11 @@ __global__ void __launch_bounds__(128 * (WG + (TMA ? 1 : 0)), MINB)
 #endif
 }
 
+__global__ void ex2_fma_kernel(const float* x, float* y, int64_t n) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = ex2_fma(x[i]);
+}
+
 // Whether the code running on this device was compiled for sm_90a.
 __global__ void wgmma_probe_kernel(int* has) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -478,6 +483,14 @@ bool flash_wgmma_available() {
 
 void set_flash_wgmma(int variant) { wgmma_setting().store(std::clamp(variant, 0, kVariants)); }
 int flash_wgmma_variants() { return kVariants; }
+
+void exp2_fma_values(const float* x, float* y, int64_t n) {
+  if (n <= 0) return;
+  check(cudaDeviceSynchronize(), "exp2_fma_values: inputs");
+  ex2_fma_kernel<<<static_cast<unsigned>((n + 255) / 256), 256>>>(x, y, n);
+  check_launch("exp2_fma_values");
+  check(cudaDeviceSynchronize(), "exp2_fma_values");
+}
 int flash_wgmma() { return flash_wgmma_available() ? wgmma_setting().load() : 0; }
 
 bool attention_prefill_wgmma(const float* q, int64_t ldq, int64_t T, const uint16_t* k16, const uint16_t* v16,

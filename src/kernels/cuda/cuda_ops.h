@@ -327,6 +327,9 @@ int flash_precision();
 void set_flash_wgmma(int variant);
 int flash_wgmma();
 int flash_wgmma_variants();
+// Tests: the attention's exponential on the FMA pipe (ex2_fma, cuda_attention_common.cuh) of n
+// values at x (device memory) into y, synchronously.
+void exp2_fma_values(const float* x, float* y, int64_t n);
 bool flash_wgmma_available();
 bool attention_decode_device_len(int64_t T, int H, int hd, const void* k, const void* v, int Hkv, KvType kv);
 void attention(const float* q, int64_t ldq, int64_t T, const void* k, const void* v, int64_t n_past,
