@@ -10,7 +10,6 @@
 
 #include <cfloat>
 #include <cstdint>
-#include <type_traits>
 
 #include "kernels/cuda/cuda_f16_scale.cuh"
 #include "kernels/cuda/cuda_mma.cuh"
@@ -270,30 +269,27 @@ __device__ __forceinline__ void online_softmax_step_scaled(const float (&s)[NT][
   rescale_rows(o, corr);
 }
 
+// One probability's exp2: on the FMA pipe or the MUFU unit.
+template <bool FMA>
+__device__ __forceinline__ float exp2_prob(float x) {
+  if constexpr (FMA) return ex2_fma(x);
+  else return ex2_ftz(x);
+}
+
 // The probabilities of 16 keys for the fp16 MMA: exp2(s * mul + off) (see above); SOFT of the 8
-// a thread takes by ex2_fma, the rest by ex2_ftz.
+// a thread takes by ex2_fma (alternating between its two rows), the rest by ex2_ftz.
 template <int SOFT = 0>
 __device__ __forceinline__ void probs_f16_scaled(const float (&s0)[4], const float (&s1)[4], const float (&mul)[2],
                                                  const float (&off)[2], float (&lrow)[2], uint32_t (&pa)[4]) {
   static_assert(SOFT >= 0 && SOFT <= 8, "8 exponentials a call");
-  auto e = [](float x, float m, float c, auto soft) {
-    const float a = fmaf(x, m, c);
-    if constexpr (decltype(soft)::value) return ex2_fma(a);
-    else return ex2_ftz(a);
-  };
-  using B0 = std::bool_constant<(SOFT > 0)>;
-  using B1 = std::bool_constant<(SOFT > 1)>;
-  using B2 = std::bool_constant<(SOFT > 2)>;
-  using B3 = std::bool_constant<(SOFT > 3)>;
-  using B4 = std::bool_constant<(SOFT > 4)>;
-  using B5 = std::bool_constant<(SOFT > 5)>;
-  using B6 = std::bool_constant<(SOFT > 6)>;
-  using B7 = std::bool_constant<(SOFT > 7)>;
-  // The ones by ex2_fma alternate between the thread's two rows.
-  const float p00 = e(s0[0], mul[0], off[0], B0{}), p01 = e(s0[1], mul[0], off[0], B4{});
-  const float p02 = e(s0[2], mul[1], off[1], B1{}), p03 = e(s0[3], mul[1], off[1], B5{});
-  const float p10 = e(s1[0], mul[0], off[0], B2{}), p11 = e(s1[1], mul[0], off[0], B6{});
-  const float p12 = e(s1[2], mul[1], off[1], B3{}), p13 = e(s1[3], mul[1], off[1], B7{});
+  const float p00 = exp2_prob<(SOFT > 0)>(fmaf(s0[0], mul[0], off[0]));
+  const float p01 = exp2_prob<(SOFT > 4)>(fmaf(s0[1], mul[0], off[0]));
+  const float p02 = exp2_prob<(SOFT > 1)>(fmaf(s0[2], mul[1], off[1]));
+  const float p03 = exp2_prob<(SOFT > 5)>(fmaf(s0[3], mul[1], off[1]));
+  const float p10 = exp2_prob<(SOFT > 2)>(fmaf(s1[0], mul[0], off[0]));
+  const float p11 = exp2_prob<(SOFT > 6)>(fmaf(s1[1], mul[0], off[0]));
+  const float p12 = exp2_prob<(SOFT > 3)>(fmaf(s1[2], mul[1], off[1]));
+  const float p13 = exp2_prob<(SOFT > 7)>(fmaf(s1[3], mul[1], off[1]));
   lrow[0] += p00 + p01 + p10 + p11;
   lrow[1] += p02 + p03 + p12 + p13;
   pa[0] = pack_f16x2(p00, p01);
